@@ -1,0 +1,98 @@
+"""latency: time to first response byte vs RTT, for every protocol available.
+
+Each point is one protocol at one RTT on the ``direct`` topology: a fresh
+network, one warm-up connection (it fetches the TFO cookie where TFO is used;
+it is recorded with ``warmup: true`` and left out of the statistics), then
+``repeat`` sequential connections, each a 12-byte request and a 1 KiB response,
+captured on the client interface. The analysis draws the median, the p5-p95
+band and the theory line of tcpinc-protocols.md §4 per protocol.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from experiments import plotting
+from experiments.runner import RunContext
+from experiments.theory import ttfb_ms
+from testbed.apps.transport import TRANSPORTS
+from testbed.net.network import NetConfig, Network
+from testbed.workload import Workload, run_workload
+from topologies import PathShape, create
+
+NAME = "latency"
+PROFILES = {
+    "quick": {"rtts": [10, 50, 100, 200], "repeat": 10},
+    "full": {"rtts": [1, 2, 5, 10, 20, 50, 100, 150, 200], "repeat": 30},
+}
+
+
+def protocols() -> list[str]:
+    return list(TRANSPORTS)
+
+
+def points(profile: str) -> list[dict[str, Any]]:
+    grid = PROFILES[profile]
+    return [{"proto": p, "rtt_ms": r} for r in grid["rtts"] for p in protocols()]
+
+
+def run_point(point: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
+    repeat = ctx.repeat or PROFILES[ctx.profile]["repeat"]
+    topo = create("direct", path=PathShape(rtt_ms=float(point["rtt_ms"])))
+    pcaps = ctx.run_dir / "pcaps"
+    pcaps.mkdir(exist_ok=True)
+    cfg = NetConfig(link_backend=ctx.link_backend, seed=ctx.seed)
+    with Network(topo, cfg) as net:
+        warm = run_workload(net, Workload(proto=point["proto"], connections=1))
+        pcap = pcaps / f"{point['proto']}-{point['rtt_ms']}ms.pcap"
+        records = run_workload(
+            net, Workload(proto=point["proto"], connections=repeat, gap_ms=5.0), pcap=pcap
+        )
+        backend = net.backend
+    out = [{**r, "warmup": True} for r in warm] + [{**r, "warmup": False} for r in records]
+    links = net.link_reports
+    for record in out:
+        record["link_backend"] = backend
+        record["applied_delay"] = links
+    return out
+
+
+def summarise(records: pd.DataFrame) -> pd.DataFrame:
+    measured = records[(~records["warmup"]) & records["bytes_ok"]]
+    rows = []
+    for (proto, rtt), group in measured.groupby(["proto", "rtt_ms"]):
+        ttfb = group["ttfb_ms"]
+        theory = ttfb_ms(str(proto), float(rtt))
+        rows.append({
+            "proto": proto, "rtt_ms": rtt, "n": len(group),
+            "failed": int((~records[(records.proto == proto) & (records.rtt_ms == rtt)
+                                    & ~records.warmup]["bytes_ok"]).sum()),
+            "ttfb_median_ms": ttfb.median(), "ttfb_p5_ms": ttfb.quantile(0.05),
+            "ttfb_p95_ms": ttfb.quantile(0.95), "ttfb_p99_ms": ttfb.quantile(0.99),
+            "ttfb_mean_ms": ttfb.mean(), "connect_median_ms": group["connect_ms"].median(),
+            "theory_ms": theory,
+            "error_ms": None if theory is None else ttfb.median() - theory,
+            "within_1ms_2pct": None if theory is None
+            else abs(ttfb.median() - theory) <= 1.0 + 0.02 * theory,
+        })
+    return pd.DataFrame(rows).sort_values(["proto", "rtt_ms"])
+
+
+def analyse(run_dir: Path) -> dict[str, Any]:
+    records = pd.read_json(run_dir / "records.jsonl", lines=True)
+    records[["proto", "rtt_ms", "ttfb_ms", "connect_ms", "bytes_ok", "warmup", "outcome",
+             "error", "conn", "local_port", "t_start_wall"]].to_csv(
+        run_dir / "connections.csv", index=False
+    )
+    summary = summarise(records)
+    summary.to_csv(run_dir / "summary.csv", index=False, float_format="%.3f")
+    plotting.latency_plot(summary, run_dir / "latency.png")
+    return {
+        "points": len(summary),
+        "connections": int(summary["n"].sum()),
+        "failed": int(summary["failed"].sum()),
+        "max_abs_error_ms": float(summary["error_ms"].abs().max()),
+    }

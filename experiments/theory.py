@@ -1,0 +1,20 @@
+"""Theoretical time to first byte, in RTTs (../shared/specs/tcpinc-protocols.md §4).
+
+``(send, resp)``: when the client may first send its request and when the first
+response byte reaches it, counted from the SYN, for a client-speaks-first
+request/response with zero server think time. Each entry names the row of the
+digest's table it comes from.
+"""
+
+from __future__ import annotations
+
+THEORY_RTTS: dict[str, tuple[float, float]] = {
+    "plain": (1.0, 2.0),  # Plain TCP, no TFO
+    "plain-tfo": (0.0, 1.0),  # Plain TCP with TFO, cookie cached (RFC 7413 §3)
+}
+
+
+def ttfb_ms(proto: str, rtt_ms: float) -> float | None:
+    """The theory line: first response byte after resp * RTT (None if no entry)."""
+    entry = THEORY_RTTS.get(proto)
+    return None if entry is None else entry[1] * rtt_ms

@@ -1,0 +1,115 @@
+"""Request/response client run inside a host: `python -m testbed.apps.client`.
+
+Opens N connections (sequentially, or ``--concurrency`` at a time), sends one
+request on each and reads the response, printing one JSON object per
+connection. Times are milliseconds from ``connect start`` (just before the SYN
+is asked for): connected, request sent, first response byte, done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from testbed.apps.transport import get_transport
+from testbed.apps.wire import REQUEST, encode_request, pattern
+
+
+def _ms(t: float | None, start: float) -> float | None:
+    return None if t is None else round((t - start) * 1e3, 4)
+
+
+def one_connection(args: argparse.Namespace, index: int) -> dict[str, Any]:
+    transport = get_transport(args.proto)
+    request = encode_request(index, args.response_size, args.request_size)
+    record: dict[str, Any] = {"conn": index, "proto": args.proto, "error": None}
+    t_wall = time.time()
+    start = time.perf_counter()
+    t_sent = t_first = t_done = None
+    received = 0
+    ok = True
+    conn = None
+    try:
+        conn, already = transport.connect((args.server, args.port), args.timeout, request)
+        record["local_port"] = conn.local_port
+        if already < len(request):
+            conn.sendall(request[already:])
+        t_sent = time.perf_counter()
+        while received < args.response_size:
+            chunk = conn.recv(min(1 << 16, args.response_size - received))
+            if not chunk:
+                break
+            if t_first is None:
+                t_first = time.perf_counter()
+            ok = ok and chunk == pattern(index, len(chunk), received)
+            received += len(chunk)
+        t_done = time.perf_counter()
+    except (OSError, TimeoutError) as exc:
+        record["error"] = f"{type(exc).__name__}: {exc}"
+    finally:
+        if conn is not None:
+            conn.close()
+    info = conn.info if conn is not None else None
+    phases = info.phases if info else {}
+    complete = received == args.response_size and record["error"] is None
+    record.update(
+        t_start_wall=t_wall,
+        outcome=(info.outcome if info and complete else "failed"),
+        tep=info.tep if info else None,
+        fallback_reason=info.fallback_reason if info else None,
+        session_id=info.session_id if info else None,
+        session_id_peer=info.session_id_peer if info else None,
+        connect_ms=_ms(phases.get("connected"), start),
+        request_ms=_ms(t_sent, start),
+        ttfb_ms=_ms(t_first, start),
+        total_ms=_ms(t_done, start),
+        bytes_expected=args.response_size,
+        bytes_received=received,
+        bytes_ok=bool(complete and ok),
+        phases_ms={k: _ms(v, start) for k, v in phases.items()},
+    )
+    if record["error"] is None and not complete:
+        record["error"] = f"short response: {received} of {args.response_size} bytes"
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--server", required=True)
+    parser.add_argument("--port", type=int, default=5000)
+    parser.add_argument("--proto", default="plain")
+    parser.add_argument("--connections", type=int, default=1)
+    parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--request-size", type=int, default=REQUEST.size)
+    parser.add_argument("--response-size", type=int, default=1024)
+    parser.add_argument("--timeout", type=float, default=10.0)
+    parser.add_argument("--gap-ms", type=float, default=0.0, help="pause between connections")
+    args = parser.parse_args(argv)
+    if args.connections < 1 or args.concurrency < 1 or args.request_size < REQUEST.size:
+        parser.error("connections and concurrency must be >= 1, request size >= header")
+    get_transport(args.proto)
+    lock = threading.Lock()
+
+    def emit(record: dict[str, Any]) -> None:
+        with lock:
+            print(json.dumps(record), flush=True)
+
+    if args.concurrency == 1:
+        for i in range(args.connections):
+            emit(one_connection(args, i))
+            if args.gap_ms:
+                time.sleep(args.gap_ms / 1e3)
+    else:
+        with ThreadPoolExecutor(args.concurrency) as pool:
+            for record in pool.map(lambda i: one_connection(args, i), range(args.connections)):
+                emit(record)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""The `tcpinc` command (also `python -m testbed`).
+
+Every user error (unknown name, bad value, missing feature, not root) is one
+line on stderr naming the problem and the fix, with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from testbed import log
+from testbed.errors import TestbedError
+from testbed.net.shaping import BACKENDS, parse_loss, parse_rate_bps, parse_time_ms
+
+
+def _path_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rtt", default="0ms", help="end-to-end RTT, e.g. 50ms")
+    p.add_argument("--jitter", default="0ms", help="end-to-end jitter, e.g. 1ms")
+    p.add_argument("--loss", default="0%", help="loss on the bottleneck link, e.g. 0.5%%")
+    p.add_argument("--rate", default=None, help="bottleneck rate, e.g. 100mbit")
+    p.add_argument("--queue", type=int, default=None, help="bottleneck queue limit (packets)")
+    p.add_argument("--link-backend", default="auto", choices=BACKENDS)
+    p.add_argument("--seed", type=int, default=1)
+
+
+def _path_shape(args: argparse.Namespace) -> Any:
+    from topologies import PathShape
+
+    return PathShape(
+        rtt_ms=parse_time_ms(args.rtt),
+        jitter_ms=parse_time_ms(args.jitter),
+        loss=parse_loss(args.loss),
+        rate_bps=parse_rate_bps(args.rate) if args.rate else None,
+        queue_packets=args.queue,
+    )
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from testbed.apps.transport import get_transport
+    from testbed.probe import ProbeConfig, probe
+
+    get_transport(args.proto)
+    topology = args.topology or ("middlebox" if args.middlebox else "direct")
+    cfg = ProbeConfig(
+        topology=topology, path=_path_shape(args), proto=args.proto,
+        middlebox=args.middlebox, repeat=args.repeat, response_size=args.response_size,
+        link_backend=args.link_backend, seed=args.seed,
+        pcap_dir=Path(args.pcap_dir) if args.pcap_dir else None,
+    )
+    for record in probe(cfg):
+        print(json.dumps(record), flush=True)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from experiments import runner
+
+    runner.run_cli(args)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from testbed.net import bench
+
+    bench.main(args)
+    return 0
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    from testbed.net.state import clean_all
+
+    reports = clean_all(force=args.force)
+    for report in reports:
+        print(json.dumps(report))
+    if not reports:
+        print(json.dumps({"cleaned": 0, "note": "nothing recorded was left behind"}))
+    return 0
+
+
+def cmd_topologies(args: argparse.Namespace) -> int:
+    import topologies
+
+    for name, text in topologies.describe().items():
+        print(f"{name:12} {text}")
+    return 0
+
+
+def cmd_middleboxes(args: argparse.Namespace) -> int:
+    import middleboxes
+
+    for entry in middleboxes.catalogue():
+        params = ",".join(f"{k}={v}" for k, v in entry["params"].items()) or "-"
+        print(f"{entry['name']:24} {entry['description']}\n{'':24} params: {params}")
+        print(f"{'':24} seen in: {entry['evidence']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tcpinc", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("probe", help="measure N connections over one emulated path")
+    p.add_argument("--topology", default=None, help="direct, middlebox, chain, fanin")
+    p.add_argument("--proto", default="plain")
+    p.add_argument("--middlebox", default=None, help="NAME[:param=value,...]")
+    p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--response-size", type=int, default=1024)
+    p.add_argument("--pcap-dir", default=None, help="keep the client capture here")
+    _path_args(p)
+    p.set_defaults(func=cmd_probe)
+
+    p = sub.add_parser("run", help="run an experiment into results/")
+    p.add_argument("experiment", help="latency, or all")
+    profile = p.add_mutually_exclusive_group()
+    profile.add_argument("--quick", dest="profile", action="store_const", const="quick")
+    profile.add_argument("--full", dest="profile", action="store_const", const="full")
+    p.set_defaults(profile="quick")
+    p.add_argument("--repeat", type=int, default=None)
+    p.add_argument("--out", default="results")
+    p.add_argument("--link-backend", default="auto", choices=BACKENDS)
+    p.add_argument("--seed", type=int, default=1)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("bench", help="benchmarks that print measured figures")
+    p.add_argument("target", choices=["emulator"])
+    p.add_argument("--out", default="results/bench")
+    p.add_argument("--quick", action="store_true", help="fewer probes (for tests)")
+    p.add_argument("--link-backend", default="auto", choices=BACKENDS)
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("clean", help="remove what a crashed run left behind")
+    p.add_argument("--force", action="store_true", help="also networks whose owner still runs")
+    p.set_defaults(func=cmd_clean)
+
+    sub.add_parser("topologies", help="list topologies").set_defaults(func=cmd_topologies)
+    sub.add_parser("middleboxes", help="list middlebox models").set_defaults(
+        func=cmd_middleboxes
+    )
+    return parser
+
+
+class Terminated(Exception):
+    """SIGTERM, raised so every teardown (finally, __exit__) runs."""
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise Terminated()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    log.setup(args.verbose)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return int(args.func(args))
+    except TestbedError as exc:
+        print(f"tcpinc: error: {exc.one_line()}", file=sys.stderr)
+        return 2
+    except (KeyboardInterrupt, Terminated):
+        print("tcpinc: interrupted; the network was torn down", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""What a running network leaves on the machine, recorded so `tcpinc clean` can undo a crash.
+
+Each running ``Network`` writes one JSON file in ``STATE_DIR`` naming its owner
+process, every namespace it created (by the pid of the process holding it and
+the namespace inode) and every helper process it started (pid plus kernel start
+time, so a recycled pid is never killed). Cleaning works by pid, never by
+process name: processes are killed only when their pid still has the recorded
+start time, or when they live inside a recorded namespace.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from testbed.log import LOG
+
+STATE_DIR = Path(os.environ.get("TCPINC_STATE_DIR", "/run/tcpinc"))
+
+
+def proc_start_time(pid: int) -> int | None:
+    """Kernel start time (clock ticks since boot) of ``pid``, or None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    # Field 22; the command name (field 2) may contain spaces, so split after ')'.
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def netns_inode(pid: int) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}/ns/net").st_ino
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+
+
+def same_process(pid: int, start: int | None) -> bool:
+    return start is not None and proc_start_time(pid) == start
+
+
+def pids_in_netns(inode: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and netns_inode(int(entry.name)) == inode:
+            out.append(int(entry.name))
+    return out
+
+
+@dataclass
+class NetworkState:
+    """The on-disk record of one running network."""
+
+    path: Path
+    owner_pid: int = field(default_factory=os.getpid)
+    owner_start: int | None = None
+    nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    procs: list[dict[str, Any]] = field(default_factory=list)
+    interfaces: list[str] = field(default_factory=list)
+
+    @classmethod
+    def create(cls) -> NetworkState:
+        STATE_DIR.mkdir(parents=True, exist_ok=True)
+        path = STATE_DIR / f"net-{os.getpid()}-{time.monotonic_ns()}.json"
+        state = cls(path=path, owner_start=proc_start_time(os.getpid()))
+        state.save()
+        return state
+
+    @classmethod
+    def load(cls, path: Path) -> NetworkState:
+        data = json.loads(path.read_text())
+        return cls(path=path, **data)
+
+    def save(self) -> None:
+        data = {
+            "owner_pid": self.owner_pid,
+            "owner_start": self.owner_start,
+            "nodes": self.nodes,
+            "procs": self.procs,
+            "interfaces": self.interfaces,
+        }
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=1))
+        tmp.rename(self.path)
+
+    def add_node(self, name: str, pid: int) -> None:
+        self.nodes[name] = {
+            "pid": pid,
+            "start": proc_start_time(pid),
+            "netns": netns_inode(pid),
+        }
+        self.save()
+
+    def add_proc(self, pid: int, node: str, argv: list[str]) -> None:
+        self.procs.append(
+            {"pid": pid, "start": proc_start_time(pid), "node": node, "argv": argv[:6]}
+        )
+        self.save()
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+    @property
+    def owner_alive(self) -> bool:
+        return same_process(self.owner_pid, self.owner_start)
+
+
+def _kill(pid: int, sig: int) -> bool:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _kill_and_wait(pids: list[int], timeout: float = 2.0) -> None:
+    for pid in pids:
+        _kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(proc_start_time(p) for p in pids):
+        time.sleep(0.02)
+    for pid in pids:
+        if proc_start_time(pid) is not None:
+            _kill(pid, signal.SIGKILL)
+
+
+def clean_state(state: NetworkState) -> dict[str, Any]:
+    """Kill what one recorded network left: its processes, then everything in its namespaces."""
+    report: dict[str, Any] = {"state": str(state.path), "processes": 0, "namespaces": 0}
+    procs = [p["pid"] for p in state.procs if same_process(p["pid"], p["start"])]
+    _kill_and_wait(procs)
+    report["processes"] += len(procs)
+    for node in state.nodes.values():
+        inode = node.get("netns")
+        if not inode or inode == netns_inode(1):
+            continue  # never touch the root namespace
+        members = pids_in_netns(inode)
+        if members:
+            LOG.info("killing %d process(es) in namespace %s", len(members), inode)
+            _kill_and_wait(members)
+            report["processes"] += len(members)
+            report["namespaces"] += 1
+    state.remove()
+    return report
+
+
+def clean_all(force: bool = False) -> list[dict[str, Any]]:
+    """Clean every recorded network whose owner is gone (or all of them with ``force``)."""
+    reports = []
+    if not STATE_DIR.is_dir():
+        return reports
+    for path in sorted(STATE_DIR.glob("net-*.json")):
+        try:
+            state = NetworkState.load(path)
+        except (json.JSONDecodeError, TypeError) as exc:
+            LOG.warning("unreadable state file %s (%s); removing it", path, exc)
+            path.unlink(missing_ok=True)
+            continue
+        if state.owner_alive and not force:
+            reports.append({"state": str(path), "skipped": "owner process still running"})
+            continue
+        reports.append(clean_state(state))
+    return reports

@@ -1,0 +1,78 @@
+"""`tcpinc probe`: one network, one protocol, N connections, one JSON object each."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import middleboxes
+import topologies
+from testbed.errors import ConfigError
+from testbed.net.network import NetConfig, Network
+from testbed.workload import Workload, run_workload
+from topologies import PathShape
+
+# The keys every probe record starts with, stable for every protocol.
+PROBE_KEYS = (
+    "proto", "topology", "middlebox", "rtt_ms", "link_backend", "outcome", "tep",
+    "fallback_reason", "error", "session_id", "session_id_peer", "connect_ms", "ttfb_ms",
+    "bytes_ok",
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProbeConfig:
+    topology: str = "direct"
+    path: PathShape = PathShape()
+    proto: str = "plain"
+    middlebox: str | None = None
+    repeat: int = 1
+    response_size: int = 1024
+    link_backend: str = "auto"
+    seed: int = 1
+    pcap_dir: Path | None = None
+
+
+def build_topology(cfg: ProbeConfig) -> topologies.Topology:
+    topo = topologies.create(cfg.topology, path=cfg.path)
+    if cfg.middlebox and not topo.middleboxes:
+        raise ConfigError(
+            f"topology {cfg.topology} has no middlebox node for {cfg.middlebox!r}",
+            "use --topology middlebox (or chain)",
+        )
+    return topo
+
+
+def probe(cfg: ProbeConfig) -> list[dict[str, Any]]:
+    """Run the probe; records carry PROBE_KEYS first, then the workload's details."""
+    if cfg.repeat < 1:
+        raise ConfigError(f"--repeat must be >= 1, got {cfg.repeat}")
+    box = middleboxes.create(cfg.middlebox) if cfg.middlebox else None
+    topo = build_topology(cfg)
+    work = Workload(proto=cfg.proto, connections=cfg.repeat, response_size=cfg.response_size)
+    with Network(topo, NetConfig(link_backend=cfg.link_backend, seed=cfg.seed)) as net:
+        if box is not None:
+            box.install(net, topo.middleboxes[0])
+        try:
+            if cfg.pcap_dir:
+                cfg.pcap_dir.mkdir(parents=True, exist_ok=True)
+            pcap = cfg.pcap_dir / f"probe-{cfg.proto}.pcap" if cfg.pcap_dir else None
+            records = run_workload(net, work, pcap=pcap)
+            counters = box.counters() if box else None
+        finally:
+            if box is not None:
+                box.remove()
+        backend = net.backend
+    out = []
+    for record in records:
+        head = {
+            "proto": cfg.proto, "topology": cfg.topology, "middlebox": cfg.middlebox,
+            "rtt_ms": cfg.path.rtt_ms, "link_backend": backend,
+        }
+        head.update({k: record.get(k) for k in PROBE_KEYS if k not in head})
+        head.update({k: v for k, v in record.items() if k not in head})
+        if counters is not None:
+            head["middlebox_counters"] = counters
+        out.append(head)
+    return out

@@ -1,0 +1,97 @@
+"""The substrate: addressing, routing, sysctls, teardown and `tcpinc clean`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import topologies
+from testbed.errors import ConfigError
+from testbed.net.network import NetConfig, Network
+from testbed.net.state import STATE_DIR, NetworkState, clean_all, pids_in_netns
+from tests.emulation.conftest import namespaces, state_files
+
+
+@pytest.mark.parametrize("name", ["direct", "middlebox", "chain", "fanin"])
+def test_every_topology_routes_end_to_end(name):
+    topo = topologies.create(name)
+    with Network(topo) as net:
+        for client in topo.clients:
+            out = net.run(client, ["ping", "-c", "1", "-W", "2", net.ip("server")])
+            assert "1 received" in out
+        assert net.sysctls["server"]["net.ipv4.ip_forward"] == "0"
+        for box in topo.middleboxes:
+            assert net.sysctls[box]["net.ipv4.ip_forward"] == "1"
+
+
+def test_sysctls_and_offloads_are_applied_and_recorded():
+    cfg = NetConfig(tcp_fastopen=1, extra_sysctls={"net.ipv4.tcp_syn_retries": "3"})
+    with Network(topologies.create("direct"), cfg) as net:
+        assert net.sysctls["client"]["net.ipv4.tcp_fastopen"] == "1"
+        assert net.sysctls["client"]["net.ipv4.tcp_syn_retries"] == "3"
+        assert net.run("client", ["sysctl", "-n", "net.ipv4.tcp_syn_retries"]).strip() == "3"
+        features = net.run("client", ["ethtool", "-k", net.intf("client")])
+        assert "tcp-segmentation-offload: off" in features
+        assert "generic-segmentation-offload: off" in features
+        assert net.describe()["sysctls"]["client"]["net.ipv6.conf.all.disable_ipv6"] == "1"
+
+
+def test_unknown_network_setting_is_refused():
+    with pytest.raises(ConfigError, match="use_htb"):
+        NetConfig.from_dict({"use_htb": True})
+
+
+def test_teardown_after_exception_leaves_nothing():
+    with pytest.raises(RuntimeError), Network(topologies.create("chain")) as net:
+        mine = {node["netns"] for node in net.state.nodes.values()}
+        assert len(mine & namespaces()) == 4
+        net.start_helper("server", "sleeper", ["sleep", "60"])
+        raise RuntimeError("boom")
+    assert not mine & namespaces()
+
+
+def test_tcpinc_clean_after_killed_run():
+    """A run killed with SIGKILL leaves namespaces; `clean` removes them by pid."""
+    before_state = state_files()
+    script = (
+        "import time, topologies\n"
+        "from testbed.net.network import Network\n"
+        "net = Network(topologies.create('middlebox')); net.start()\n"
+        "net.start_helper('server', 'sleeper', ['sleep', '120'])\n"
+        "net.nodes['mb'].cmd('setsid sleep 121 &')  # not recorded: found through its namespace\n"
+        "print('up', flush=True); time.sleep(120)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "up"
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    new_state = state_files() - before_state
+    assert len(new_state) == 1, "the killed run recorded its network"
+    recorded = NetworkState.load(next(iter(new_state)))
+    theirs = {node["netns"] for node in recorded.nodes.values()}
+    assert theirs & namespaces(), "the killed run left namespaces (that is the point)"
+    reports = [r for r in clean_all() if r["state"] in {str(p) for p in new_state}]
+    assert reports and reports[0]["processes"] >= 2
+    assert reports[0]["namespaces"] >= 1
+    deadline = time.monotonic() + 3
+    while theirs & namespaces() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not theirs & namespaces()
+    assert not state_files() - before_state
+    assert STATE_DIR.is_dir()
+
+
+def test_clean_skips_networks_whose_owner_runs():
+    with Network(topologies.create("direct")) as net:
+        reports = clean_all()
+        mine = [r for r in reports if r["state"] == str(net.state.path)]
+        assert mine and mine[0]["skipped"]
+        inode = net.state.nodes["client"]["netns"]
+        assert pids_in_netns(inode), "the running network is untouched"

@@ -1,0 +1,283 @@
+"""Tests for testbed.net.capture: the tcpdump command builder and the Capture lifecycle.
+
+The builder and the lifecycle (with a fake tcpdump written in Python) need no root. The
+emulation tests run the real tcpdump on ``lo`` in the root namespace through a shim host
+whose ``popen`` has the shape of Mininet's ``Node.popen``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from scapy.layers.inet import TCP
+from scapy.utils import rdpcap
+
+from testbed.net.capture import (
+    Capture,
+    CaptureError,
+    CaptureStats,
+    parse_stats,
+    tcpdump_command,
+)
+from testbed.net.pcap import EventKind, PcapReader, connections, payload_contains
+
+FAKE_TCPDUMP = r"""
+import signal, sys, time
+def stats(*_):
+    sys.stderr.write("3 packets captured\n5 packets received by filter\n"
+                     "2 packets dropped by kernel\n")
+    sys.stderr.flush()
+    sys.exit(0)
+mode = sys.argv[1]
+if mode == "ignore":
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+elif mode != "mute":
+    signal.signal(signal.SIGINT, stats)
+if mode == "fail":
+    sys.stderr.write("tcpdump: fake0: No such device exists\n")
+    sys.exit(1)
+if mode != "mute":
+    sys.stderr.write("tcpdump: listening on fake0, link-type EN10MB (Ethernet), "
+                     "snapshot length 262144 bytes\n")
+    sys.stderr.flush()
+while True:
+    time.sleep(0.05)
+"""
+
+
+class FakeTcpdumpHost:
+    """Runs a Python stand-in for tcpdump whatever argv it is given; records the call."""
+
+    name = "fake"
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.calls: list[tuple[list[str], dict[str, Any]]] = []
+
+    def popen(self, args: list[str], /, **kwargs: Any) -> subprocess.Popen[bytes]:
+        self.calls.append((args, kwargs))
+        return subprocess.Popen([sys.executable, "-c", FAKE_TCPDUMP, self.mode], **kwargs)
+
+
+class RootNamespaceHost:
+    """A Mininet-Node-like host for the root namespace: popen runs the argv as is."""
+
+    name = "root-ns"
+
+    def popen(self, args: list[str], /, **kwargs: Any) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(args, **kwargs)
+
+
+# --------------------------------------------------------------------------- builder
+
+
+def test_command_defaults() -> None:
+    assert tcpdump_command("h1-eth0", "/tmp/run/client.pcap") == [
+        "tcpdump", "-i", "h1-eth0", "-w", "/tmp/run/client.pcap", "-U", "-n",
+        "--immediate-mode", "-s", "0", "-B", "8192", "-Z", "root",
+    ]
+
+
+def test_command_options() -> None:
+    cmd = tcpdump_command("s1-eth2", Path("/r/x.pcap"), snaplen=128, bpf_filter="tcp port 443",
+                          buffer_kib=65536, nano=True, user=None, executable="/usr/bin/tcpdump")
+    assert cmd == [
+        "/usr/bin/tcpdump", "-i", "s1-eth2", "-w", "/r/x.pcap", "-U", "-n", "--immediate-mode",
+        "-s", "128", "-B", "65536", "--time-stamp-precision", "nano", "tcp port 443",
+    ]
+
+
+@pytest.mark.parametrize("kwargs", [{"snaplen": -1}, {"buffer_kib": 0}])
+def test_command_rejects_bad_numbers(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        tcpdump_command("lo", "/tmp/x.pcap", **kwargs)
+
+
+@pytest.mark.parametrize("intf", ["", "-w"])
+def test_command_rejects_bad_interface(intf: str) -> None:
+    with pytest.raises(ValueError, match="interface"):
+        tcpdump_command(intf, "/tmp/x.pcap")
+
+
+def test_parse_stats() -> None:
+    text = ("tcpdump: listening on lo, link-type EN10MB (Ethernet), snapshot length 262144 bytes\n"
+            "1 packet captured\n12 packets received by filter\n0 packets dropped by kernel\n")
+    stats = parse_stats(text)
+    assert stats == CaptureStats(captured=1, received=12, dropped_by_kernel=0)
+    assert (stats.dropped, stats.complete) == (0, True)
+    drops = "4 packets dropped by kernel\n3 packets dropped by interface"
+    with_if = parse_stats(text.replace("0 packets dropped by kernel", drops))
+    assert (with_if.dropped_by_kernel, with_if.dropped_by_interface, with_if.dropped) == (4, 3, 7)
+    assert not with_if.complete
+    with pytest.raises(CaptureError, match="received"):
+        parse_stats("1 packet captured\n")
+
+
+# --------------------------------------------------------------------------- lifecycle (fake)
+
+
+def test_lifecycle_reports_drops(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    host = FakeTcpdumpHost("normal")
+    caplog.set_level(logging.INFO, logger="testbed.net.capture")
+    with Capture(host, "fake0", tmp_path / "c.pcap", settle=0) as cap:
+        assert cap.running
+    assert not cap.running
+    assert cap.stats == CaptureStats(captured=3, received=5, dropped_by_kernel=2)
+    assert cap.stop() is cap.stats  # idempotent
+    (args, kwargs), = host.calls
+    assert args == cap.command and args[:3] == ["tcpdump", "-i", "fake0"]
+    assert kwargs["stderr"] is subprocess.PIPE and "start_new_session" not in kwargs
+    # The command line is logged before it runs; drops are a warning, not silence.
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages[0] == f"fake: {cap.command_line}"
+    assert any("incomplete: 2 packets dropped" in m for m in messages)
+    assert any(r.levelno == logging.WARNING for r in caplog.records)
+
+
+def test_start_fails_with_command_and_stderr(tmp_path: Path) -> None:
+    cap = Capture(FakeTcpdumpHost("fail"), "fake0", tmp_path / "c.pcap")
+    with pytest.raises(CaptureError) as err:
+        cap.start()
+    text = str(err.value)
+    assert "exited with code 1" in text and cap.command_line in text
+    assert "No such device exists" in text
+    assert not cap.running
+
+
+def test_start_times_out_and_ends_process(tmp_path: Path) -> None:
+    cap = Capture(FakeTcpdumpHost("mute"), "fake0", tmp_path / "c.pcap", start_timeout=0.3,
+                  stop_timeout=1.0)
+    with pytest.raises(CaptureError, match=r"did not report listening within 0.3 s"):
+        cap.start()
+    assert not cap.running
+
+
+def test_stop_escalates_to_sigkill_and_raises(tmp_path: Path) -> None:
+    cap = Capture(FakeTcpdumpHost("ignore"), "fake0", tmp_path / "c.pcap", stop_timeout=0.3,
+                  settle=0)
+    cap.start()
+    with pytest.raises(CaptureError, match="exited with code -9"):
+        cap.stop()
+    assert not cap.running
+
+
+def test_exit_stops_on_exception_and_keeps_it_primary(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="boom"), Capture(
+            FakeTcpdumpHost("normal"), "fake0", tmp_path / "c.pcap", settle=0) as cap:
+        raise RuntimeError("boom")
+    assert not cap.running and cap.stats is not None
+    with pytest.raises(RuntimeError, match="boom") as err, Capture(
+            FakeTcpdumpHost("ignore"), "fake0", tmp_path / "d.pcap", settle=0,
+            stop_timeout=0.2) as cap2:
+        raise RuntimeError("boom")
+    assert not cap2.running
+    assert any("capture stop also failed" in note for note in err.value.__notes__)
+
+
+def test_stop_before_start_and_double_start(tmp_path: Path) -> None:
+    cap = Capture(FakeTcpdumpHost("normal"), "fake0", tmp_path / "c.pcap", settle=0)
+    with pytest.raises(CaptureError, match="never started"):
+        cap.stop()
+    with cap, pytest.raises(CaptureError, match="already started"):
+        cap.start()
+
+
+# --------------------------------------------------------------------------- real tcpdump
+
+needs_root_tcpdump = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("tcpdump") is None, reason="needs root and tcpdump")
+
+
+def _exchange(port: int, request: bytes, response: bytes) -> None:
+    """One TCP connection on 127.0.0.1: request, response, close from the client."""
+    with socket.create_server(("127.0.0.1", port)) as server:
+        def serve() -> None:
+            conn, _ = server.accept()
+            with conn:
+                assert conn.recv(len(request), socket.MSG_WAITALL) == request
+                conn.sendall(response)
+                assert conn.recv(1) == b""  # client closed
+        thread = threading.Thread(target=serve)
+        thread.start()
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            client.sendall(request)
+            assert client.recv(len(response), socket.MSG_WAITALL) == response
+        thread.join(5)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.emulation
+@needs_root_tcpdump
+def test_real_capture_on_loopback(tmp_path: Path) -> None:
+    port, path = _free_port(), tmp_path / "lo.pcap"
+    request, response = b"GET /capture-test", b"200 capture-response"
+    with Capture(RootNamespaceHost(), "lo", path, bpf_filter=f"tcp port {port}") as cap:
+        _exchange(port, request, response)
+    stats = cap.stats
+    assert stats is not None and stats.dropped == 0 and stats.complete
+    with PcapReader(path) as reader:
+        assert reader.header.linktype == 1  # Linux lo is DLT_EN10MB
+        segments = list(reader)
+    assert len(segments) == stats.captured >= 8
+    conns = connections(segments)
+    assert len(conns) == 1
+    (conn,) = conns.values()
+    assert (conn.key.client, conn.key.server, conn.key.server_port) == (
+        "127.0.0.1", "127.0.0.1", port)
+    kinds = [e.kind for e in conn.timeline()]
+    for kind in (EventKind.SYN, EventKind.SYNACK, EventKind.FIRST_ACK, EventKind.FIRST_DATA_C2S,
+                 EventKind.FIRST_DATA_S2C, EventKind.FIN_C2S, EventKind.FIN_S2C):
+        assert kinds.count(kind) == 1, kinds
+    assert conn.stream_chunks("c2s") == [request]
+    assert conn.stream_chunks("s2c") == [response]
+    assert payload_contains(conn, b"capture-response")
+    assert not payload_contains(conn, b"never-sent")
+    # Handshake then request then response: four flights up to the first response byte.
+    first_s2c = next(e for e in conn.timeline() if e.kind is EventKind.FIRST_DATA_S2C)
+    assert [f.direction for f in conn.flights(until_index=first_s2c.index)] == [
+        "c2s", "s2c", "c2s", "s2c"]
+    # Our reader and scapy agree on a real kernel capture.
+    theirs = [p[TCP] for p in rdpcap(str(path)) if TCP in p]
+    assert [(s.seq, s.ack, s.flags, s.payload_len) for s in segments] == [
+        (t.seq, t.ack, int(t.flags), len(t.payload)) for t in theirs]
+
+
+@pytest.mark.emulation
+@needs_root_tcpdump
+def test_real_capture_reports_kernel_drops(tmp_path: Path,
+                                           caplog: pytest.LogCaptureFixture) -> None:
+    # A 1 KiB ring holds a single frame: a burst of connections must overflow it.
+    port = _free_port()
+    with Capture(RootNamespaceHost(), "lo", tmp_path / "d.pcap", buffer_kib=1,
+                 bpf_filter=f"tcp port {port}") as cap:
+        for _ in range(50):
+            _exchange(port, b"x" * 100, b"y" * 50)
+    assert cap.stats is not None and cap.stats.dropped_by_kernel > 0
+    assert not cap.stats.complete
+    assert any(r.levelno == logging.WARNING and "dropped" in r.getMessage()
+               for r in caplog.records)
+
+
+@pytest.mark.emulation
+@needs_root_tcpdump
+def test_real_tcpdump_bad_interface(tmp_path: Path) -> None:
+    cap = Capture(RootNamespaceHost(), "nosuch-if0", tmp_path / "x.pcap")
+    with pytest.raises(CaptureError) as err:
+        cap.start()
+    assert "nosuch-if0" in str(err.value) and "tcpdump -i nosuch-if0" in str(err.value)
+    assert "No such device" in str(err.value)
