@@ -1,0 +1,46 @@
+"""The TLS benchmark functions run, return sane dicts and print nothing (tiny sizes)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from testbed.teps.tls import bench
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "resumed", "accepted"),
+    [
+        ({}, 0.0, 0.0),
+        ({"resumed": True}, 1.0, 0.0),
+        ({"resumed": True, "early_data": b"GET /"}, 1.0, 1.0),
+        ({"key_type": "ed25519"}, 0.0, 0.0),
+    ],
+)
+def test_handshake_benchmark(
+    kwargs: dict[str, Any], resumed: float, accepted: float, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = bench.handshakes(3, **kwargs)
+    assert result["handshakes"] == 3 and result["handshakes_per_s"] > 0
+    assert result["client_cpu_s_per_handshake"] > 0 and result["server_cpu_s_per_handshake"] > 0
+    assert result["resumed_fraction"] == resumed
+    assert result["early_data_accepted_fraction"] == accepted
+    assert capsys.readouterr() == ("", "")
+
+
+def test_bulk_benchmark() -> None:
+    suite = "TLS_CHACHA20_POLY1305_SHA256"
+    result = bench.bulk_throughput(2**16, write_size=4096, ciphersuite=suite)
+    assert result["bytes"] == 2**16 and result["mb_per_s"] > 0
+    # 16 records of 4096 bytes: 5-byte header + 1 content-type byte + 16-byte tag each.
+    assert result["wire_overhead_fraction"] == pytest.approx(16 * 22 / 2**16)
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError):
+        bench.handshakes(0)
+    with pytest.raises(ValueError):
+        bench.handshakes(1, early_data=b"x")
+    with pytest.raises(ValueError):
+        bench.bulk_throughput(10, write_size=100)
