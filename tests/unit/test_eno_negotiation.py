@@ -1,0 +1,556 @@
+"""Two ENO endpoints in memory over a fake path that can strip, echo or rewrite options.
+
+Every segment is built the way the NFQUEUE hook will build it: a kernel-like options
+block, plus the ENO option the negotiator returned (``append_eno``), through a
+"middlebox" function, into the other end's ``receive_*``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pytest
+
+from testbed.eno.config import EnoConfig
+from testbed.eno.errors import EnoEncodeError, EnoStateError, LocalProtocolError
+from testbed.eno.events import (
+    Aborted,
+    AbortReason,
+    EnoEvent,
+    Fallback,
+    FallbackReason,
+    Negotiated,
+)
+from testbed.eno.negotiation import EnoNegotiator, State
+from testbed.eno.option import EnoOption, GlobalSuboption, TepSuboption
+from testbed.eno.tcp_options import append_eno, find_eno, remove_eno
+from testbed.teps.base import Role
+
+LINUX_SYN = bytes.fromhex("020405b4" "0402" "080a0000000100000000" "01" "030307")  # 20 bytes
+LINUX_ACK = bytes.fromhex("0101" "080a0000000200000001")  # 12 bytes
+SMALL_SYN = bytes.fromhex("020405b4" "0402" "01" "030307")  # no timestamps: 10 bytes
+FULL = LINUX_SYN + bytes.fromhex("050a0000000100000002") + bytes.fromhex("01" * 10)  # 40 bytes
+X, Y, Z = 0x21, 0x22, 0x23
+RESUME = bytes(range(17))
+
+Box = Callable[[str, bytes], bytes]  # (segment name, options block) -> options block
+
+
+def passthrough(name: str, options: bytes) -> bytes:
+    return options
+
+
+def strip(*names: str) -> Box:
+    """A middlebox that removes ENO from the named segments only."""
+    return lambda name, options: remove_eno(options) if name in names else options
+
+
+def wire(base: bytes, eno: bytes | None) -> bytes:
+    return append_eno(base, eno) if eno is not None else base
+
+
+def eno_of(segment_options: bytes) -> bytes:
+    """The one ENO option of a segment, kind and length included."""
+    (eno,) = find_eno(segment_options)
+    return eno.encode()
+
+
+@dataclass
+class End:
+    """One endpoint plus every event it reported."""
+
+    neg: EnoNegotiator
+    events: list[EnoEvent] = field(default_factory=list)
+
+    def collect(self, events: list[EnoEvent]) -> None:
+        self.events += events
+
+    def drain(self) -> None:
+        self.events += self.neg.pop_events()
+
+    @property
+    def outcomes(self) -> list[EnoEvent]:
+        return [e for e in self.events if isinstance(e, Negotiated | Fallback | Aborted)]
+
+
+def make(config: EnoConfig, active: bool) -> End:
+    return End(EnoNegotiator(config, active=active))
+
+
+def three_way(
+    a: End, b: End, box: Box = passthrough, ack_base: bytes = LINUX_ACK, syn_base: bytes = LINUX_SYN
+) -> list[bytes]:
+    """Active ``a``, passive ``b``: SYN, SYN-ACK, ACK, then B's first data segment."""
+    syn = box("syn", wire(syn_base, a.neg.send_syn(syn_base)))
+    b.collect(b.neg.receive_syn(syn))
+    synack = box("synack", wire(syn_base, b.neg.send_synack(syn_base)))
+    a.collect(a.neg.receive_synack(synack))
+    ack = box("ack", wire(ack_base, a.neg.send_ack(ack_base)))
+    b.collect(b.neg.receive_ack(ack))
+    reply = box("data_b", wire(LINUX_ACK, b.neg.send_ack(LINUX_ACK)))
+    a.collect(a.neg.receive_ack(reply))
+    a.drain()
+    b.drain()
+    return [syn, synack, ack, reply]
+
+
+def simultaneous(a: End, b: End, box: Box = passthrough) -> list[bytes]:
+    """Two active openers (RFC 8547 §3, Figure 12): both SYNs cross, then both SYN-ACKs."""
+    syn_a = box("syn_a", wire(LINUX_SYN, a.neg.send_syn(LINUX_SYN)))
+    syn_b = box("syn_b", wire(LINUX_SYN, b.neg.send_syn(LINUX_SYN)))
+    a.collect(a.neg.receive_syn(syn_b))
+    b.collect(b.neg.receive_syn(syn_a))
+    synack_a = box("synack_a", wire(LINUX_SYN, a.neg.send_synack(LINUX_SYN)))
+    synack_b = box("synack_b", wire(LINUX_SYN, b.neg.send_synack(LINUX_SYN)))
+    a.collect(a.neg.receive_synack(synack_b))
+    b.collect(b.neg.receive_synack(synack_a))
+    a.drain()
+    b.drain()
+    return [syn_a, syn_b, synack_a, synack_b]
+
+
+def fallback_reason(end: End) -> FallbackReason:
+    outcome = end.neg.outcome
+    assert isinstance(outcome, Fallback), outcome
+    return outcome.reason
+
+
+def negotiated(end: End) -> Negotiated:
+    outcome = end.neg.outcome
+    assert isinstance(outcome, Negotiated), outcome
+    assert end.outcomes == [outcome]  # reported exactly once
+    return outcome
+
+
+# ---------------------------------------------------------------------------
+# The normal three-way handshake (RFC 8547 §4.6, Figure 9)
+# ---------------------------------------------------------------------------
+
+
+def test_normal_open_matches_worked_encoding() -> None:
+    a = make(EnoConfig(teps=(Z, X)), active=True)
+    b = make(EnoConfig(teps=(Z,)), active=False)
+    syn, synack, ack, reply = three_way(a, b)
+    assert syn == LINUX_SYN + bytes.fromhex("45042123")  # digest 1.12: A's SYN
+    assert synack == LINUX_SYN + bytes.fromhex("45040123")  # B picks X25519
+    assert ack == LINUX_ACK + bytes.fromhex("4502" "0000")  # A's third segment (§4.6), padded
+    assert reply == LINUX_ACK  # B has received a non-SYN segment: no more ENO
+    na, nb = negotiated(a), negotiated(b)
+    assert (na.tep_id, nb.tep_id) == (Z, Z)
+    assert (na.role, nb.role) == (Role.A, Role.B)
+    assert na.transcript == nb.transcript == bytes.fromhex("45042123" "45040123")  # §4.8
+    assert na.tep_byte == nb.tep_byte == 0x23
+    assert na.peer_global == GlobalSuboption(b=True) and nb.peer_global == GlobalSuboption()
+    assert a.neg.state is State.ENABLED and b.neg.state is State.ENABLED
+
+
+def test_active_echoes_eno_until_a_non_syn_segment_arrives() -> None:
+    a = make(EnoConfig(teps=(Z,)), active=True)
+    b = make(EnoConfig(teps=(Z,)), active=False)
+    b.neg.receive_syn(wire(b"", a.neg.send_syn()))
+    a.collect(a.neg.receive_synack(wire(b"", b.neg.send_synack())))
+    assert a.neg.send_ack(LINUX_ACK) == bytes.fromhex("4502")
+    assert a.neg.state is State.ENABLED_ECHO and a.neg.encryption_enabled
+    assert a.neg.send_ack(LINUX_ACK) == bytes.fromhex("4502")  # data segment, still ENO (§4.6)
+    a.neg.receive_ack(LINUX_ACK)  # B's first non-SYN segment, with or without ENO
+    assert a.neg.state is State.ENABLED
+    assert a.neg.send_ack(LINUX_ACK) is None
+
+
+def test_passive_picks_its_most_preferred_common_tep() -> None:
+    a = make(EnoConfig(teps=(Z, Y, X)), active=True)
+    b = make(EnoConfig(teps=(X, Y)), active=False)  # B prefers X although A prefers Z
+    syn, synack, _, _ = three_way(a, b)
+    assert eno_of(syn) == bytes.fromhex("4505212223")  # A's list reversed: most preferred last
+    assert eno_of(synack) == bytes.fromhex("45040121")  # one TEP id only (§4.5 SHOULD)
+    assert negotiated(a).tep_id == negotiated(b).tep_id == X
+
+
+def test_a_picks_last_valid_tep_in_b_list() -> None:
+    # A SYN-ACK may list several TEPs (§4.5 allows it): the last one valid for A wins.
+    a = make(EnoConfig(teps=(X, Y)), active=True)
+    a.neg.send_syn()
+    a.neg.receive_synack(bytes.fromhex("4505012221"))  # B lists Y then X
+    assert a.neg.selected_tep == X
+    a = make(EnoConfig(teps=(X, Y)), active=True)
+    a.neg.send_syn()
+    a.neg.receive_synack(EnoOption.build([X, Y, Z], GlobalSuboption(b=True)).encode())
+    assert a.neg.selected_tep == Y  # Z is last but A never offered it
+
+
+def test_resumption_accepted_by_answerer() -> None:
+    def answer(offer: TepSuboption, peer: tuple[TepSuboption, ...]) -> TepSuboption | None:
+        if peer[-1].data and len(peer[-1].data) >= 9:  # RFC 8548 §3.5: 9+ bytes = resumption
+            return TepSuboption(offer.tep_id, bytes(reversed(peer[-1].data)))
+        return offer
+
+    a = make(EnoConfig(teps=(TepSuboption(Z, RESUME), X)), active=True)
+    b = make(EnoConfig(teps=(Z,), answerer=answer), active=False)
+    # A 21-byte offer does not fit beside Linux's 20 bytes of SYN options (digest 1.2), so
+    # these SYNs carry MSS, SACK-permitted and window scale only.
+    syn, synack, _, _ = three_way(a, b, syn_base=SMALL_SYN)
+    assert eno_of(syn) == bytes.fromhex("451521a3") + RESUME  # digest 1.12, data last
+    assert eno_of(synack) == bytes.fromhex("451501a3") + bytes(reversed(RESUME))
+    na, nb = negotiated(a), negotiated(b)
+    assert na.tep_byte == nb.tep_byte == 0xA3  # B's v bit goes into the session ID (§5.1)
+    assert na.peer_data == bytes(reversed(RESUME)) and nb.peer_data == RESUME
+    assert na.transcript == nb.transcript == eno_of(syn) + eno_of(synack)
+
+
+def test_resumption_declined_by_default() -> None:
+    a = make(EnoConfig(teps=(TepSuboption(Z, RESUME),)), active=True)
+    b = make(EnoConfig(teps=(Z,)), active=False)
+    _, synack, _, _ = three_way(a, b, syn_base=SMALL_SYN)
+    assert eno_of(synack) == bytes.fromhex("45040123")  # digest 1.12: "B declines"
+    assert negotiated(a).tep_byte == 0x23 and negotiated(b).peer_data == RESUME
+
+
+def test_answerer_may_not_change_the_tep() -> None:
+    b = make(EnoConfig(teps=(Z,), answerer=lambda o, p: TepSuboption(X)), active=False)
+    with pytest.raises(EnoEncodeError):
+        b.neg.receive_syn(bytes.fromhex("450323"))
+    assert b.neg.state is State.ERROR
+
+
+# ---------------------------------------------------------------------------
+# Stripping middleboxes (RFC 8547 §4.6 rule 1, Figure 11, §8.1)
+# ---------------------------------------------------------------------------
+
+# Each end can only report what it saw, so the reasons differ; the state must agree.
+STRIPPING = [
+    ("syn", FallbackReason.NO_ENO_IN_SYNACK, FallbackReason.NO_ENO_IN_SYN),
+    ("synack", FallbackReason.NO_ENO_IN_SYNACK, FallbackReason.NO_ENO_IN_ACK),
+    ("every segment", FallbackReason.NO_ENO_IN_SYNACK, FallbackReason.NO_ENO_IN_SYN),
+]
+
+
+@pytest.mark.parametrize(
+    ("where", "reason_a", "reason_b"), STRIPPING, ids=[s[0] for s in STRIPPING]
+)
+def test_stripping_falls_back_at_both_ends(
+    where: str, reason_a: FallbackReason, reason_b: FallbackReason
+) -> None:
+    box = strip("syn", "synack", "ack", "data_b") if where == "every segment" else strip(where)
+    a = make(EnoConfig(teps=(Z,)), active=True)
+    b = make(EnoConfig(teps=(Z,)), active=False)
+    syn, synack, ack, _ = three_way(a, b, box)
+    assert a.neg.state is State.DISABLED and b.neg.state is State.DISABLED
+    assert (fallback_reason(a), fallback_reason(b)) == (reason_a, reason_b)
+    assert ack == LINUX_ACK  # A disabled: its third segment carries no ENO (Figure 11)
+    assert len(a.outcomes) == len(b.outcomes) == 1
+
+
+def test_stripping_first_ack_only_splits_the_ends() -> None:
+    """RFC 8547 §4.6 makes A enable on the SYN-ACK, B decide on A's first ACK. A path that
+    strips ENO from non-SYN segments only therefore leaves A encrypting and B in plain
+    TCP: the "type-2 failure" of §9, which only the TEP handshake can detect."""
+    a = make(EnoConfig(teps=(Z,)), active=True)
+    b = make(EnoConfig(teps=(Z,)), active=False)
+    three_way(a, b, strip("ack"))
+    assert negotiated(a).tep_id == Z
+    assert fallback_reason(b) is FallbackReason.NO_ENO_IN_ACK
+    assert b.neg.state is State.DISABLED
+
+
+def test_first_ack_with_tep_contents_is_presence_only() -> None:
+    a = make(EnoConfig(teps=(Z,)), active=True)
+    b = make(EnoConfig(teps=(Z,)), active=False)
+    b.neg.receive_syn(wire(b"", a.neg.send_syn()))
+    a.neg.receive_synack(wire(b"", b.neg.send_synack()))
+    ack = a.neg.send_ack(contents=b"\x07")  # §10: A's first ACK MAY carry TEP data
+    assert ack == bytes.fromhex("450307")
+    assert isinstance(b.neg.receive_ack(ack + bytes.fromhex("4502"))[0], Negotiated)
+
+
+def test_middlebox_echoing_the_syn_option() -> None:
+    # §8.1: load balancers that echo A's option back make both b bits 0.
+    a = make(EnoConfig(teps=(Z,)), active=True)
+    syn = a.neg.send_syn(LINUX_SYN)
+    assert syn is not None
+    a.neg.receive_synack(wire(LINUX_SYN, syn))
+    assert fallback_reason(a) is FallbackReason.SAME_B_BIT
+    assert a.neg.send_ack(LINUX_ACK) is None
+
+
+# ---------------------------------------------------------------------------
+# Roles, TEP sets, application-aware and mandatory modes (RFC 8547 §4.2-§4.6)
+# ---------------------------------------------------------------------------
+
+
+def test_active_b_bit_meets_passive_opener() -> None:
+    a = make(EnoConfig(teps=(Z,), passive_role=True), active=True)
+    b = make(EnoConfig(teps=(Z,)), active=False)
+    syn, synack, _, _ = three_way(a, b)
+    assert eno_of(syn) == bytes.fromhex("45040123")
+    assert synack == LINUX_SYN  # B disabled on the SYN and sends no ENO
+    assert fallback_reason(b) is FallbackReason.SAME_B_BIT
+    assert fallback_reason(a) is FallbackReason.NO_ENO_IN_SYNACK
+
+
+def test_no_common_tep() -> None:
+    a = make(EnoConfig(teps=(X,)), active=True)
+    b = make(EnoConfig(teps=(Z,)), active=False)
+    three_way(a, b)
+    assert fallback_reason(b) is FallbackReason.NO_COMMON_TEP
+    assert fallback_reason(a) is FallbackReason.NO_ENO_IN_SYNACK
+
+
+def test_vacuous_offer_probes_and_falls_back() -> None:
+    a = make(EnoConfig(teps=()), active=True)
+    b = make(EnoConfig(teps=(Z,)), active=False)
+    syn, synack, _, _ = three_way(a, b)
+    assert eno_of(syn) == bytes.fromhex("4502")  # a vacuous SYN-form option (§4.6)
+    assert synack == LINUX_SYN
+    assert fallback_reason(b) is FallbackReason.VACUOUS_OPTION
+
+
+def test_passive_without_teps_falls_back() -> None:
+    b = make(EnoConfig(teps=()), active=False)
+    b.collect(b.neg.receive_syn(bytes.fromhex("450323")))
+    assert fallback_reason(b) is FallbackReason.VACUOUS_OPTION
+    assert b.neg.send_synack() is None
+
+
+def test_repeated_tep_id_is_invalid_by_default() -> None:
+    # §4.5 condition 3: repetition is valid only where the TEP defines it.
+    b = make(EnoConfig(teps=(Z,)), active=False)
+    b.neg.receive_syn(bytes.fromhex("45042323"))
+    assert fallback_reason(b) is FallbackReason.NO_COMMON_TEP
+    allow = make(EnoConfig(teps=(Z,), validator=lambda t, mine, peer: True), active=False)
+    allow.neg.receive_syn(bytes.fromhex("45042323"))
+    assert allow.neg.selected_tep == Z
+
+
+def test_validator_can_refuse_data() -> None:
+    config = EnoConfig(teps=(Z, X), validator=lambda t, mine, peer: peer[-1].data is None)
+    b = make(config, active=False)
+    b.neg.receive_syn(bytes.fromhex("450421a3") + b"\x01")  # Z offered with data: refused
+    assert b.neg.selected_tep == X
+
+
+@pytest.mark.parametrize(
+    ("syn", "reason"),
+    [
+        (LINUX_SYN, FallbackReason.NO_ENO_IN_SYN),
+        (bytes.fromhex("450323" "450323"), FallbackReason.MULTIPLE_ENO),  # §4.1
+        (bytes.fromhex("4504" "8123"), FallbackReason.MALFORMED_OPTION),  # §4.4
+        (bytes.fromhex("4503" "80"), FallbackReason.MALFORMED_OPTION),
+        (bytes.fromhex("4504" "0123"), FallbackReason.SAME_B_BIT),
+        (bytes.fromhex("4502"), FallbackReason.VACUOUS_OPTION),
+    ],
+    ids=["no ENO", "two ENO options", "length byte then v=0", "trailing length byte",
+         "peer b=1", "vacuous"],
+)
+def test_passive_fallback_reasons(syn: bytes, reason: FallbackReason) -> None:
+    b = make(EnoConfig(teps=(Z,)), active=False)
+    b.collect(b.neg.receive_syn(syn))
+    assert b.events == [Fallback(reason, b.events[0].detail)]  # type: ignore[attr-defined]
+    assert b.neg.send_synack(LINUX_SYN) is None  # no more ENO after fallback (§4.6)
+    assert b.neg.receive_ack(LINUX_ACK) == []
+
+
+def test_mandatory_application_aware() -> None:
+    strict = EnoConfig(teps=(Z,), mandatory_application_aware=True)
+    a = make(EnoConfig(teps=(Z,)), active=True)
+    b = make(strict, active=False)
+    three_way(a, b)
+    assert fallback_reason(b) is FallbackReason.APP_AWARE_REQUIRED  # Figure 10, case 3
+    assert fallback_reason(a) is FallbackReason.NO_ENO_IN_SYNACK
+
+    a = make(EnoConfig(teps=(Z,), application_aware=True), active=True)
+    b = make(strict, active=False)
+    syn, synack, _, _ = three_way(a, b)
+    assert eno_of(syn) == bytes.fromhex("45040223") and eno_of(synack) == bytes.fromhex("45040323")
+    assert negotiated(a).application_aware and negotiated(b).application_aware
+
+    a = make(EnoConfig(teps=(Z,), mandatory_application_aware=True), active=True)
+    b = make(EnoConfig(teps=(Z,)), active=False)
+    three_way(a, b)
+    assert fallback_reason(a) is FallbackReason.APP_AWARE_REQUIRED
+    assert fallback_reason(b) is FallbackReason.NO_ENO_IN_ACK
+    assert a.neg.peer_global == GlobalSuboption(b=True, a=False)  # §4.2: peer a is readable
+
+
+def test_a_bit_without_mandatory_mode_is_only_a_signal() -> None:
+    a = make(EnoConfig(teps=(Z,), application_aware=True), active=True)
+    b = make(EnoConfig(teps=(Z,)), active=False)
+    three_way(a, b)
+    assert negotiated(a).peer_global.a is False and negotiated(b).peer_global.a is True
+    assert not negotiated(a).application_aware
+
+
+def test_mandatory_encryption_aborts_instead_of_falling_back() -> None:
+    a = make(EnoConfig(teps=(Z,), mandatory_encryption=True), active=True)
+    b = make(EnoConfig(teps=(Z,)), active=False)
+    syn = a.neg.send_syn(LINUX_SYN)
+    assert syn is not None
+    b.neg.receive_syn(remove_eno(wire(LINUX_SYN, syn)))
+    events = a.neg.receive_synack(wire(LINUX_SYN, b.neg.send_synack(LINUX_SYN)))
+    assert events == [
+        Aborted(AbortReason.MANDATORY_ENCRYPTION, FallbackReason.NO_ENO_IN_SYNACK, "no ENO option")
+    ]
+    assert a.neg.state is State.ABORTED
+    with pytest.raises(EnoStateError):
+        a.neg.send_ack(LINUX_ACK)
+    with pytest.raises(LocalProtocolError):
+        EnoNegotiator(EnoConfig(enabled=False, mandatory_encryption=True), active=True)
+
+
+def test_disabled_by_config_and_local_disable() -> None:
+    off = make(EnoConfig(teps=(Z,), enabled=False), active=True)
+    assert off.neg.send_syn(LINUX_SYN) is None
+    assert fallback_reason(off) is FallbackReason.DISABLED_BY_CONFIG
+
+    a = make(EnoConfig(teps=(Z,)), active=True)
+    first = a.neg.send_syn(LINUX_SYN)
+    assert a.neg.send_syn(LINUX_SYN) == first  # retransmission: unchanged (§4.6)
+    a.neg.disable()  # §4.6: MAY drop ENO between SYN-only retransmissions
+    a.neg.disable()  # idempotent
+    assert a.neg.send_syn(LINUX_SYN) is None
+    assert a.neg.pop_events() == [
+        Fallback(FallbackReason.LOCAL_DISABLE, "disabled through the API")
+    ]
+
+
+def test_config_refuses_unknown_keys_and_repeated_teps() -> None:
+    with pytest.raises(TypeError):
+        EnoConfig(tepz=(Z,))  # type: ignore[call-arg]
+    with pytest.raises(EnoEncodeError):
+        EnoConfig(teps=(Z, TepSuboption(Z, b"\x01")))
+
+
+# ---------------------------------------------------------------------------
+# Retransmissions and option space
+# ---------------------------------------------------------------------------
+
+
+def test_retransmitted_syn_must_repeat_the_option() -> None:
+    b = make(EnoConfig(teps=(Z,)), active=False)
+    b.neg.receive_syn(bytes.fromhex("45042123"))
+    b.neg.receive_syn(bytes.fromhex("45042123"))
+    assert b.neg.state is State.SYN_RECEIVED
+    assert b.neg.send_synack() == b.neg.send_synack() == bytes.fromhex("45040123")
+    b.neg.receive_syn(bytes.fromhex("45042123"))
+    assert b.neg.state is State.SYNACK_SENT
+    b.neg.receive_syn(bytes.fromhex("45032123"[:6]))
+    assert fallback_reason(b) is FallbackReason.SYN_OPTION_CHANGED
+
+
+def test_retransmitted_syn_without_eno() -> None:
+    b = make(EnoConfig(teps=(Z,)), active=False)
+    b.neg.receive_syn(bytes.fromhex("450323"))
+    b.neg.send_synack()
+    b.neg.receive_syn(LINUX_SYN)  # the active opener dropped ENO (§4.6 exception 1)
+    assert fallback_reason(b) is FallbackReason.NO_ENO_IN_SYN
+
+
+def test_retransmitted_synack_is_ignored_after_the_first() -> None:
+    a = make(EnoConfig(teps=(Z,)), active=True)
+    a.neg.send_syn()
+    a.neg.receive_synack(bytes.fromhex("45040123"))
+    a.neg.receive_synack(LINUX_SYN)  # after the first received ACK segment: not checked
+    assert a.neg.send_ack() == bytes.fromhex("4502")
+    a.neg.receive_synack(bytes.fromhex("45040123"))
+    assert isinstance(a.neg.outcome, Negotiated)
+
+
+def test_full_options_on_the_syn() -> None:
+    a = make(EnoConfig(teps=(Z,)), active=True)
+    b = make(EnoConfig(teps=(Z,)), active=False)
+    assert a.neg.send_syn(FULL) is None  # 40 bytes used: no room for ENO
+    assert fallback_reason(a) is FallbackReason.NO_OPTION_SPACE
+    b.neg.receive_syn(FULL)
+    assert fallback_reason(b) is FallbackReason.NO_ENO_IN_SYN
+
+
+def test_big_offer_does_not_fit_beside_linux_options() -> None:
+    a = make(EnoConfig(teps=(TepSuboption(Z, bytes(19)),)), active=True)  # 22-byte option
+    assert a.neg.send_syn(LINUX_SYN) is None
+    assert fallback_reason(a) is FallbackReason.NO_OPTION_SPACE
+    fits = make(EnoConfig(teps=(TepSuboption(Z, bytes(17)),)), active=True)  # exactly 20
+    assert fits.neg.send_syn(LINUX_SYN) is not None
+
+
+def test_full_options_on_the_synack_and_first_ack() -> None:
+    b = make(EnoConfig(teps=(Z,)), active=False)
+    b.neg.receive_syn(bytes.fromhex("450323"))
+    assert b.neg.send_synack(FULL) is None
+    assert fallback_reason(b) is FallbackReason.NO_OPTION_SPACE
+
+    a = make(EnoConfig(teps=(Z,)), active=True)
+    b = make(EnoConfig(teps=(Z,)), active=False)
+    three_way(a, b, ack_base=FULL)
+    assert fallback_reason(a) is FallbackReason.NO_OPTION_SPACE
+    assert fallback_reason(b) is FallbackReason.NO_ENO_IN_ACK
+
+
+def test_no_room_on_a_later_echo_segment() -> None:
+    a = make(EnoConfig(teps=(Z,)), active=True)
+    a.neg.send_syn()
+    a.neg.receive_synack(bytes.fromhex("45040123"))
+    assert a.neg.send_ack(LINUX_ACK) is not None
+    assert a.neg.send_ack(FULL) is None  # encryption stays on; only the first ACK is checked
+    assert a.neg.state is State.ENABLED_ECHO
+
+
+# ---------------------------------------------------------------------------
+# Simultaneous open (RFC 8547 §4.2, §4.3, §4.6, Figure 12)
+# ---------------------------------------------------------------------------
+
+
+def test_simultaneous_open_figure_12() -> None:
+    a = make(EnoConfig(teps=(X, Y)), active=True)  # wire <Y,X>
+    b = make(EnoConfig(teps=(Z, Y, X), passive_role=True), active=True)  # wire <b=1,X,Y,Z>
+    syn_a, syn_b, synack_a, synack_b = simultaneous(a, b)
+    assert eno_of(syn_a) == bytes.fromhex("45042221")
+    assert eno_of(syn_b) == bytes.fromhex("450601212223")
+    assert (synack_a, synack_b) == (syn_a, syn_b)  # SYN-ACK repeats the SYN option (§4.6)
+    na, nb = negotiated(a), negotiated(b)
+    assert na.tep_id == nb.tep_id == Y  # Z is not A's, so Y is B's last valid TEP
+    assert (na.role, nb.role) == (Role.A, Role.B)
+    assert na.transcript == nb.transcript == eno_of(syn_a) + eno_of(syn_b)
+    assert a.neg.state is b.neg.state is State.ENABLED_ECHO
+    assert a.neg.send_ack(LINUX_ACK) == b.neg.send_ack(LINUX_ACK) == bytes.fromhex("4502")
+    a.neg.receive_ack(LINUX_ACK + bytes.fromhex("4502"))
+    assert a.neg.state is State.ENABLED
+
+
+@pytest.mark.parametrize("b_bits", [(False, False), (True, True)], ids=["both b=0", "both b=1"])
+def test_simultaneous_open_without_exactly_one_b(b_bits: tuple[bool, bool]) -> None:
+    a = make(EnoConfig(teps=(Z,), passive_role=b_bits[0]), active=True)
+    b = make(EnoConfig(teps=(Z,), passive_role=b_bits[1]), active=True)
+    _, _, synack_a, synack_b = simultaneous(a, b)
+    assert fallback_reason(a) is fallback_reason(b) is FallbackReason.SAME_B_BIT
+    assert (synack_a, synack_b) == (LINUX_SYN, LINUX_SYN)  # §4.6: MAY omit ENO after failing
+
+
+def test_simultaneous_open_peer_synack_lost() -> None:
+    a = make(EnoConfig(teps=(Z,)), active=True)
+    b = make(EnoConfig(teps=(Z,), passive_role=True), active=True)
+    syn_a, syn_b = wire(b"", a.neg.send_syn()), wire(b"", b.neg.send_syn())
+    a.neg.receive_syn(syn_b)
+    b.neg.receive_syn(syn_a)
+    a.neg.send_synack()
+    b_synack = b.neg.send_synack()
+    assert b_synack is not None
+    b.collect(b.neg.receive_synack(wire(b"", a.neg.send_synack())))
+    b_ack = b.neg.send_ack()  # B is established and ACKs with ENO; its SYN-ACK was lost
+    a.collect(a.neg.receive_ack(wire(b"", b_ack)))
+    assert a.neg.state is State.ENABLED
+    assert negotiated(a).transcript == negotiated(b).transcript
+
+
+def test_simultaneous_open_synack_must_repeat_syn() -> None:
+    a = make(EnoConfig(teps=(Z, X)), active=True)
+    a.neg.send_syn()
+    a.neg.receive_syn(bytes.fromhex("45040123"))
+    a.neg.send_synack()
+    a.neg.receive_synack(bytes.fromhex("45040121"))
+    assert fallback_reason(a) is FallbackReason.SYN_OPTION_CHANGED
+    a2 = make(EnoConfig(teps=(Z,)), active=True)
+    a2.neg.send_syn()
+    a2.neg.receive_syn(bytes.fromhex("45040123"))
+    a2.neg.send_synack()
+    a2.neg.receive_synack(LINUX_SYN)
+    assert fallback_reason(a2) is FallbackReason.NO_ENO_IN_SYNACK
