@@ -407,6 +407,33 @@ class Network:
             if path.exists():
                 self.link_reports[link_name] = json.loads(path.read_text())
 
+    def applied_delay(self) -> dict[str, dict[str, Any]]:
+        """Per shaped link and direction: the one-way delay the backend applied.
+
+        For the userspace backend this is measured by the delay line per packet
+        (median and p99 of send time minus receive time) with its drop counters;
+        for netem it is the configured value (netem does not report it).
+        """
+        out: dict[str, dict[str, Any]] = {}
+        for link in self.topology.links:
+            if link.spec.is_identity:
+                continue
+            report = self.link_reports.get(link.name)
+            entry: dict[str, Any] = {}
+            for direction, shape in (("a2b", link.spec.a2b), ("b2a", link.spec.b2a)):
+                if report is None:
+                    entry[direction] = {"configured_ms": shape.delay_ms, "source": self.backend}
+                    continue
+                stats = report["directions"][direction]
+                entry[direction] = {
+                    "configured_ms": shape.delay_ms, "source": "measured",
+                    "median_ms": stats["delay_ms"]["median"], "p99_ms": stats["delay_ms"]["p99"],
+                    "frames": stats["frames"], "dropped_loss": stats["dropped_loss"],
+                    "dropped_queue": stats["dropped_queue"], "dropped_tx": stats["dropped_tx"],
+                }
+            out[link.name] = entry
+        return out
+
     # -- commands ----------------------------------------------------------
 
     def run(self, node: str, argv: list[str], timeout: float = 30.0) -> str:

@@ -25,7 +25,7 @@ from testbed.errors import ConfigError, KernelFeatureError
 
 BACKENDS = ("auto", "netem", "userspace")
 
-_TIME_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(us|ms|s)?\s*$")
+_TIME_RE = re.compile(r"^\s*(-?[0-9]*\.?[0-9]+)\s*(us|ms|s)?\s*$")
 _RATE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(bit|kbit|mbit|gbit|bps|kbps|mbps|gbps)?\s*$", re.I)
 _RATE_UNITS = {
     None: 1, "bit": 1, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9,
