@@ -17,7 +17,7 @@ import pandas as pd
 
 from experiments import plotting
 from experiments.runner import RunContext
-from experiments.theory import ttfb_ms
+from experiments.theory import THEORY_RTTS, ttfb_ms
 from testbed.apps.transport import TRANSPORTS
 from testbed.net.network import NetConfig, Network
 from testbed.workload import Workload, run_workload
@@ -31,7 +31,8 @@ PROFILES = {
 
 
 def protocols() -> list[str]:
-    return list(TRANSPORTS)
+    """Every protocol the apps speak that has a theory line (test-only TEPs have none)."""
+    return [name for name in TRANSPORTS if name in THEORY_RTTS]
 
 
 def points(profile: str) -> list[dict[str, Any]]:

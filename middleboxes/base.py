@@ -25,6 +25,7 @@ class Middlebox(abc.ABC):
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     evidence: ClassVar[str] = ""  # which real boxes do this, and the source
+    mechanism: ClassVar[str] = ""  # how the model is built (kernel rules, NFQUEUE, proxy)
     defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, **params: Any) -> None:
@@ -61,7 +62,7 @@ class Middlebox(abc.ABC):
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "params": self.params, "description": self.description,
-                "evidence": self.evidence}
+                "evidence": self.evidence, "mechanism": self.mechanism}
 
 
 def _coerce(box: str, key: str, value: Any, default: Any) -> Any:
@@ -80,42 +81,66 @@ def _coerce(box: str, key: str, value: Any, default: Any) -> Any:
 
 
 _REGISTRY: dict[str, Callable[..., Middlebox]] = {}
+_ALIASES: dict[str, str] = {}
 
 
 def register(cls: type[Middlebox]) -> type[Middlebox]:
-    if not cls.name or cls.name in _REGISTRY:
+    if not cls.name or cls.name in _REGISTRY or cls.name in _ALIASES:
         raise ValueError(f"middlebox name {cls.name!r} empty or taken")
     _REGISTRY[cls.name] = cls
     return cls
 
 
+def register_alias(alias: str, name: str) -> None:
+    """Another name for a registered model (``strip-eno`` = ``strip-eno-all``)."""
+    if alias in _REGISTRY or alias in _ALIASES or name not in _REGISTRY:
+        raise ValueError(f"alias {alias!r} taken or target {name!r} unknown")
+    _ALIASES[alias] = name
+
+
+def resolve(name: str) -> str:
+    """The registered model behind ``name`` (itself, or the target of an alias)."""
+    return _ALIASES.get(name, name)
+
+
 def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
-    """'NAME:key=value,key=value' -> (name, params)."""
+    """'NAME:key=value,key=value' -> (name, params).
+
+    An item without '=' continues the previous value, so list values need no quoting:
+    'drop-syn-unknown-option:known=2,3,4,5,8,34' gives known='2,3,4,5,8,34'.
+    """
     name, _, rest = spec.partition(":")
     params: dict[str, str] = {}
+    last: str | None = None
     for item in filter(None, rest.split(",")):
         key, eq, value = item.partition("=")
+        if not eq and last is not None:
+            params[last] += "," + item.strip()
+            continue
         if not eq or not key:
             raise ConfigError(f"bad middlebox parameter {item!r} in {spec!r}", "use key=value")
-        params[key.strip()] = value.strip()
+        last = key.strip()
+        params[last] = value.strip()
     return name.strip(), params
 
 
 def create(spec: str) -> Middlebox:
     name, params = parse_spec(spec)
-    if name not in _REGISTRY:
+    if resolve(name) not in _REGISTRY:
         raise ConfigError(f"unknown middlebox {name!r}", f"choose from {', '.join(names())}")
-    return _REGISTRY[name](**params)
+    return _REGISTRY[resolve(name)](**params)
 
 
 def names() -> list[str]:
-    return sorted(_REGISTRY)
+    """Every name ``create`` accepts: the models and their aliases."""
+    return sorted([*_REGISTRY, *_ALIASES])
 
 
 def catalogue() -> list[dict[str, Any]]:
     out = []
-    for name in names():
+    for name in sorted(_REGISTRY):
         cls: Any = _REGISTRY[name]
+        aliases = sorted(a for a, target in _ALIASES.items() if target == name)
         out.append({"name": name, "description": cls.description, "evidence": cls.evidence,
-                    "params": cls.defaults})
+                    "params": cls.defaults, "mechanism": cls.mechanism, "aliases": aliases})
     return out

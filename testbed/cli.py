@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -45,13 +46,13 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from testbed.apps.transport import get_transport
     from testbed.probe import ProbeConfig, probe
 
-    get_transport(args.proto)
+    get_transport(args.proto, args.policy)
     topology = args.topology or ("middlebox" if args.middlebox else "direct")
     cfg = ProbeConfig(
         topology=topology, path=_path_shape(args), proto=args.proto,
         middlebox=args.middlebox, repeat=args.repeat, response_size=args.response_size,
         link_backend=args.link_backend, seed=args.seed,
-        pcap_dir=Path(args.pcap_dir) if args.pcap_dir else None,
+        pcap_dir=Path(args.pcap_dir) if args.pcap_dir else None, policy=args.policy,
     )
     for record in probe(cfg):
         print(json.dumps(record), flush=True)
@@ -96,8 +97,10 @@ def cmd_middleboxes(args: argparse.Namespace) -> int:
 
     for entry in middleboxes.catalogue():
         params = ",".join(f"{k}={v}" for k, v in entry["params"].items()) or "-"
-        print(f"{entry['name']:24} {entry['description']}\n{'':24} params: {params}")
-        print(f"{'':24} seen in: {entry['evidence']}")
+        aliases = f" (alias: {', '.join(entry['aliases'])})" if entry["aliases"] else ""
+        print(f"{entry['name']}{aliases}: {entry['description']}")
+        print(f"    mechanism: {entry['mechanism']}\n    params: {params}")
+        print(f"    seen in: {entry['evidence']}")
     return 0
 
 
@@ -108,7 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("probe", help="measure N connections over one emulated path")
     p.add_argument("--topology", default=None, help="direct, middlebox, chain, fanin")
-    p.add_argument("--proto", default="plain")
+    p.add_argument("--proto", default="plain", help="plain, plain-tfo, eno-test (TEST ONLY)")
+    p.add_argument("--policy", default=None, choices=["off", "opportunistic", "required"],
+                   help="ENO protocols: what to do when ENO fails (default opportunistic)")
     p.add_argument("--middlebox", default=None, help="NAME[:param=value,...]")
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--response-size", type=int, default=1024)
@@ -163,6 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     except TestbedError as exc:
         print(f"tcpinc: error: {exc.one_line()}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (`tcpinc middleboxes | head`): not an error of ours.
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - stdout must stay valid at exit
+        return 0
     except (KeyboardInterrupt, Terminated):
         print("tcpinc: interrupted; the network was torn down", file=sys.stderr)
         return 130

@@ -449,7 +449,8 @@ class Network:
             out, err = proc.communicate()
             raise CommandError(argv, -1, f"timed out after {timeout}s {err}", node) from None
         if proc.returncode != 0:
-            raise CommandError(argv, proc.returncode, err, node)
+            # Some tools (iperf3 -J) report their errors on stdout.
+            raise CommandError(argv, proc.returncode, err.strip() or str(out)[-400:], node)
         return str(out)
 
     # -- queries -----------------------------------------------------------

@@ -28,8 +28,10 @@ def namespaces() -> set[int]:
     return found
 
 
-def state_files() -> set[Path]:
-    return set(STATE_DIR.glob("net-*.json")) if STATE_DIR.is_dir() else set()
+def state_files(owner: int | None = None) -> set[Path]:
+    """State files of networks made by process ``owner`` (default: by anyone)."""
+    pattern = f"net-{owner}-*.json" if owner is not None else "net-*.json"
+    return set(STATE_DIR.glob(pattern)) if STATE_DIR.is_dir() else set()
 
 
 CREATED: set[int] = set()  # namespaces made by Networks in this process
@@ -52,9 +54,10 @@ def needs_root_and_leaves_nothing(monkeypatch: pytest.MonkeyPatch) -> Iterator[N
 
     monkeypatch.setattr(NetworkState, "add_node", recording)
     CREATED.clear()
-    before_state = state_files()
+    # Only this process's state files: other runs on the machine come and go meanwhile.
+    before_state = state_files(os.getpid())
     yield
     left_ns = CREATED & namespaces()
-    left_state = state_files() - before_state
+    left_state = state_files(os.getpid()) - before_state
     assert not left_ns, f"test left {len(left_ns)} namespace(s) behind"
     assert not left_state, f"test left state files {left_state}"

@@ -57,7 +57,6 @@ def test_teardown_after_exception_leaves_nothing():
 
 def test_tcpinc_clean_after_killed_run():
     """A run killed with SIGKILL leaves namespaces; `clean` removes them by pid."""
-    before_state = state_files()
     script = (
         "import time, topologies\n"
         "from testbed.net.network import Network\n"
@@ -72,7 +71,7 @@ def test_tcpinc_clean_after_killed_run():
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-    new_state = state_files() - before_state
+    new_state = state_files(owner=proc.pid)
     assert len(new_state) == 1, "the killed run recorded its network"
     recorded = NetworkState.load(next(iter(new_state)))
     theirs = {node["netns"] for node in recorded.nodes.values()}
@@ -84,7 +83,7 @@ def test_tcpinc_clean_after_killed_run():
     while theirs & namespaces() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not theirs & namespaces()
-    assert not state_files() - before_state
+    assert not state_files(owner=proc.pid)
     assert STATE_DIR.is_dir()
 
 
