@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-APT_PACKAGES := mininet iptables iproute2 net-tools tcpdump ethtool iperf3 \
+APT_PACKAGES := mininet iptables iproute2 iputils-ping net-tools tcpdump ethtool iperf3 \
                 libnetfilter-queue-dev gcc python3-dev openssl util-linux
 
 .PHONY: setup apt venv demo test test-unit lint clean-net

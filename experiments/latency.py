@@ -16,12 +16,11 @@ from typing import Any
 import pandas as pd
 
 from experiments import plotting
+from experiments.common import Measurement, measure
 from experiments.runner import RunContext
 from experiments.theory import THEORY_RTTS, ttfb_ms
 from testbed.apps.transport import TRANSPORTS
-from testbed.net.network import NetConfig, Network
-from testbed.workload import Workload, run_workload
-from topologies import PathShape, create
+from topologies import PathShape
 
 NAME = "latency"
 PROFILES = {
@@ -42,25 +41,9 @@ def points(profile: str) -> list[dict[str, Any]]:
 
 def run_point(point: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
     repeat = ctx.repeat or PROFILES[ctx.profile]["repeat"]
-    topo = create("direct", path=PathShape(rtt_ms=float(point["rtt_ms"])))
-    pcaps = ctx.run_dir / "pcaps"
-    pcaps.mkdir(exist_ok=True)
-    cfg = NetConfig(link_backend=ctx.link_backend, seed=ctx.seed)
-    with Network(topo, cfg) as net:
-        warm = run_workload(net, Workload(proto=point["proto"], connections=1))
-        pcap = pcaps / f"{point['proto']}-{point['rtt_ms']}ms.pcap"
-        records = run_workload(
-            net, Workload(proto=point["proto"], connections=repeat, gap_ms=5.0), pcap=pcap
-        )
-        backend = net.backend
-    out = [{**r, "warmup": True} for r in warm] + [{**r, "warmup": False} for r in records]
-    applied = net.applied_delay()
-    one_way = [d.get("median_ms") for link in applied.values() for d in link.values()]
-    for record in out:
-        record["link_backend"] = backend
-        # Sum of the per-direction medians the link backend applied: the RTT it really added.
-        record["applied_rtt_ms"] = sum(one_way) if all(v is not None for v in one_way) else None
-    return out
+    m = Measurement(proto=point["proto"], path=PathShape(rtt_ms=float(point["rtt_ms"])),
+                    connections=repeat)
+    return measure(m, ctx, f"{point['proto']}-{point['rtt_ms']}ms")
 
 
 def summarise(records: pd.DataFrame) -> pd.DataFrame:

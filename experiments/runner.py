@@ -28,8 +28,13 @@ from typing import Any
 from testbed.errors import ConfigError
 from testbed.net.shaping import choose_backend
 
-EXPERIMENTS = {"latency": "experiments.latency"}
-ALL = ["latency"]
+EXPERIMENTS = {
+    "latency": "experiments.latency",
+    "roundtrips": "experiments.roundtrips",
+    "loss": "experiments.loss",
+    "fallback": "experiments.fallback",
+}
+ALL = ["latency", "roundtrips", "fallback", "loss"]
 PACKAGES = ("tcpinc-testbed", "mininet", "scapy", "pandas", "matplotlib", "cryptography",
             "pyOpenSSL", "NetfilterQueue")
 REPO = Path(__file__).resolve().parent.parent
@@ -115,20 +120,59 @@ def point_key(point: dict[str, Any]) -> str:
     return json.dumps(point, sort_keys=True)
 
 
-def run_experiment(name: str, ctx: RunContext, args: dict[str, Any]) -> dict[str, Any]:
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """'2/4' -> (2, 4): this machine runs every 4th point starting with the 2nd."""
+    if not text:
+        return None
+    try:
+        index, total = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"bad shard {text!r}", "write it as i/n, e.g. 1/4") from None
+    if not 1 <= index <= total:
+        raise ConfigError(f"shard {text!r} out of range", "need 1 <= i <= n")
+    return index, total
+
+
+def shard_points(points: list[dict[str, Any]], shard: tuple[int, int] | None) -> list[dict]:
+    if shard is None:
+        return points
+    index, total = shard
+    return [p for i, p in enumerate(points) if i % total == index - 1]
+
+
+def _read_done(run_dir: Path) -> set[str]:
+    path = run_dir / "points.jsonl"
+    if not path.exists():
+        return set()
+    return {line.strip() for line in path.read_text().splitlines() if line.strip()}
+
+
+def _check_resumable(meta_path: Path, args: dict[str, Any]) -> None:
+    """A run directory is only continued with the arguments that started it."""
+    old = json.loads(meta_path.read_text()).get("arguments", {})
+    for key in ("profile", "repeat", "seed", "shard", "link_backend"):
+        if old.get(key) != args.get(key):
+            raise ConfigError(
+                f"{meta_path.parent} was started with {key}={old.get(key)!r}, not "
+                f"{args.get(key)!r}", "resume with the same arguments or use a new --run-id"
+            )
+
+
+def run_experiment(name: str, ctx: RunContext, args: dict[str, Any],
+                   shard: tuple[int, int] | None = None) -> dict[str, Any]:
     module = importlib.import_module(EXPERIMENTS[name])
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
     meta_path = ctx.run_dir / "metadata.json"
-    if not meta_path.exists():
+    if meta_path.exists():
+        _check_resumable(meta_path, args)
+    else:
         meta_path.write_text(json.dumps(metadata(name, args, ctx.link_backend), indent=2))
-    done_path = ctx.run_dir / "points.jsonl"
-    done = set()
-    if done_path.exists():
-        done = {line.strip() for line in done_path.read_text().splitlines() if line.strip()}
-    points = module.points(ctx.profile)
+    done = _read_done(ctx.run_dir)
+    points = shard_points(module.points(ctx.profile), shard)
     todo = [p for p in points if point_key(p) not in done]
     progress = Progress(len(todo), name)
-    with (ctx.run_dir / "records.jsonl").open("a") as records, done_path.open("a") as marks:
+    with (ctx.run_dir / "records.jsonl").open("a") as records, \
+            (ctx.run_dir / "points.jsonl").open("a") as marks:
         for point in todo:
             for record in module.run_point(point, ctx):
                 records.write(json.dumps({**point, **record}) + "\n")
@@ -139,6 +183,7 @@ def run_experiment(name: str, ctx: RunContext, args: dict[str, Any]) -> dict[str
     summary: dict[str, Any] = module.analyse(ctx.run_dir)
     meta = json.loads(meta_path.read_text())
     meta["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
+    meta["points_total"] = len(points)
     meta_path.write_text(json.dumps(meta, indent=2))
     return summary
 
@@ -151,11 +196,49 @@ def run_cli(args: argparse.Namespace) -> None:
                               f"choose from {', '.join(EXPERIMENTS)} or all")
     if args.repeat is not None and args.repeat < 1:
         raise ConfigError(f"--repeat must be >= 1, got {args.repeat}")
+    shard = parse_shard(args.shard)
     backend = choose_backend(args.link_backend)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    run_id = args.run_id or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + f"-{args.profile}"
+    if shard and not args.run_id:
+        run_id += f"-shard{shard[0]}of{shard[1]}"
+    given = {k: v for k, v in vars(args).items() if k not in ("func", "run_id", "out")}
     for name in names:
-        run_dir = Path(args.out) / name / f"{stamp}-{args.profile}"
+        run_dir = Path(args.out) / name / run_id
         ctx = RunContext(run_dir, args.profile, args.repeat, args.seed, backend)
-        given = {k: v for k, v in vars(args).items() if k != "func"}
-        summary = run_experiment(name, ctx, given)
+        summary = run_experiment(name, ctx, given, shard)
         print(json.dumps({"experiment": name, "run_dir": str(run_dir), **summary}))
+
+
+def merge(run_dirs: list[Path], out: Path) -> dict[str, Any]:
+    """Combine shard run directories of one experiment into ``out`` and analyse it."""
+    metas = [json.loads((d / "metadata.json").read_text()) for d in run_dirs]
+    names = {m["experiment"] for m in metas}
+    profiles = {m["arguments"].get("profile") for m in metas}
+    if len(names) != 1 or len(profiles) != 1:
+        raise ConfigError(f"cannot merge runs of {sorted(names)} / profiles {sorted(profiles)}",
+                          "merge shards of one experiment and profile")
+    if out.exists():
+        raise ConfigError(f"{out} exists", "merge into a new directory")
+    out.mkdir(parents=True)
+    seen: set[str] = set()
+    with (out / "records.jsonl").open("w") as records, (out / "points.jsonl").open("w") as marks:
+        for run_dir in run_dirs:
+            for key in sorted(_read_done(run_dir) - seen):
+                marks.write(key + "\n")
+                seen.add(key)
+            records.write((run_dir / "records.jsonl").read_text())
+    module = importlib.import_module(EXPERIMENTS[names.pop()])
+    expected = {point_key(p) for p in module.points(profiles.pop())}
+    meta = {**metas[0], "merged_from": [str(d) for d in run_dirs],
+            "complete": expected <= seen, "missing_points": len(expected - seen)}
+    (out / "metadata.json").write_text(json.dumps(meta, indent=2))
+    summary: dict[str, Any] = module.analyse(out)
+    return {"run_dir": str(out), "complete": meta["complete"], **summary}
+
+
+def analyse_cli(run_dir: Path) -> dict[str, Any]:
+    """Re-run the analysis of a finished run directory (reads nothing else)."""
+    meta = json.loads((run_dir / "metadata.json").read_text())
+    module = importlib.import_module(EXPERIMENTS[meta["experiment"]])
+    result: dict[str, Any] = module.analyse(run_dir)
+    return result

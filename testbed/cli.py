@@ -66,10 +66,33 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from testbed.net import bench
+def cmd_merge(args: argparse.Namespace) -> int:
+    from experiments import runner
 
-    bench.main(args)
+    print(json.dumps(runner.merge([Path(d) for d in args.run_dirs], Path(args.out))))
+    return 0
+
+
+def cmd_analyse(args: argparse.Namespace) -> int:
+    from experiments import runner
+
+    print(json.dumps(runner.analyse_cli(Path(args.run_dir))))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.target == "eno-hook":
+        from testbed.eno import bench as eno_bench
+
+        eno_bench.main(args)
+    elif args.target in ("handshake", "throughput"):
+        from testbed import bench_teps
+
+        bench_teps.main(args)
+    else:
+        from testbed.net import bench
+
+        bench.main(args)
     return 0
 
 
@@ -131,10 +154,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="results")
     p.add_argument("--link-backend", default="auto", choices=BACKENDS)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--run-id", default=None,
+                   help="run directory name; an existing one is resumed (finished points kept)")
+    p.add_argument("--shard", default=None, help="i/n: run every n-th point from the i-th")
     p.set_defaults(func=cmd_run)
 
+    p = sub.add_parser("merge", help="combine shard run directories of one experiment")
+    p.add_argument("run_dirs", nargs="+")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("analyse", help="redo the analysis of a run directory")
+    p.add_argument("run_dir")
+    p.set_defaults(func=cmd_analyse)
+
     p = sub.add_parser("bench", help="benchmarks that print measured figures")
-    p.add_argument("target", choices=["emulator"])
+    p.add_argument("target", choices=["emulator", "eno-hook", "handshake", "throughput"])
     p.add_argument("--out", default="results/bench")
     p.add_argument("--quick", action="store_true", help="fewer probes (for tests)")
     p.add_argument("--link-backend", default="auto", choices=BACKENDS)

@@ -32,6 +32,7 @@ class ProbeConfig:
     link_backend: str = "auto"
     seed: int = 1
     pcap_dir: Path | None = None
+    policy: str | None = None  # ENO protocols: off | opportunistic | required
 
 
 def build_topology(cfg: ProbeConfig) -> topologies.Topology:
@@ -50,7 +51,8 @@ def probe(cfg: ProbeConfig) -> list[dict[str, Any]]:
         raise ConfigError(f"--repeat must be >= 1, got {cfg.repeat}")
     box = middleboxes.create(cfg.middlebox) if cfg.middlebox else None
     topo = build_topology(cfg)
-    work = Workload(proto=cfg.proto, connections=cfg.repeat, response_size=cfg.response_size)
+    work = Workload(proto=cfg.proto, connections=cfg.repeat, response_size=cfg.response_size,
+                    policy=cfg.policy)
     with Network(topo, NetConfig(link_backend=cfg.link_backend, seed=cfg.seed)) as net:
         if box is not None:
             box.install(net, topo.middleboxes[0])
@@ -66,7 +68,7 @@ def probe(cfg: ProbeConfig) -> list[dict[str, Any]]:
         backend = net.backend
     out = []
     for record in records:
-        head = {
+        head: dict[str, Any] = {
             "proto": cfg.proto, "topology": cfg.topology, "middlebox": cfg.middlebox,
             "rtt_ms": cfg.path.rtt_ms, "link_backend": backend,
         }

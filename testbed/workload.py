@@ -3,6 +3,11 @@
 One call = one server process on the topology's server, a capture on the
 client's interface, and one client process opening N connections; the result
 is the client's per-connection JSON records, each tagged with the capture file.
+
+ENO protocols also get the ENO hook (testbed/eno/hook.py) on the client and the
+server host for the duration of the run, and the server's per-connection view
+(outcome, fallback reason, session ID) is merged into each client record as
+``session_id_peer`` and ``peer_*``.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from testbed.apps.transport import get_transport
+from testbed.eno.rules import HookSpec, start_hook, stop_hook
 from testbed.errors import ProcessDiedError
 from testbed.net.capture import Capture
 from testbed.net.network import Network
@@ -29,6 +36,7 @@ class Workload:
     response_size: int = 1024
     timeout_s: float = 10.0
     gap_ms: float = 0.0
+    policy: str | None = None  # ENO protocols: off | opportunistic | required
 
 
 def run_workload(
@@ -37,16 +45,42 @@ def run_workload(
     pcap: Path | None = None,
     client: str | None = None,
     port: int = SERVER_PORT,
+    eno_hooks: bool = True,
 ) -> list[dict[str, Any]]:
-    """Run ``work`` from ``client`` (default: the first client) to the server."""
+    """Run ``work`` from ``client`` (default: the first client) to the server.
+
+    ``eno_hooks=False``: the caller runs the ENO hooks itself (tests that read their counters).
+    """
     client = client or net.topology.clients[0]
     server = net.topology.server
-    server_proc = net.start_helper(
-        server, f"server:{work.proto}",
-        [sys.executable, "-m", "testbed.apps.server", "--port", str(port),
-         "--proto", work.proto, "--request-size", str(work.request_size)],
-        ready="ready",
-    )
+    eno = get_transport(work.proto, work.policy).uses_eno
+    nodes = (client, server) if eno and eno_hooks else ()
+    hooks = [(node, start_hook(net, node, HookSpec())) for node in nodes]
+    try:
+        records, server_view = _run(net, work, client, server, port, pcap, eno)
+    finally:
+        for node, proc in hooks:
+            stop_hook(net, node, proc)
+    for record in records:
+        record["pcap"] = str(pcap) if pcap else None
+    if eno:
+        merge_server_views(sorted(records, key=lambda r: r["t_start_wall"]), server_view)
+    return records
+
+
+def _run(
+    net: Network, work: Workload, client: str, server: str, port: int, pcap: Path | None,
+    eno: bool,
+) -> tuple[list[dict[str, Any]], dict[int, list[dict[str, Any]]]]:
+    argv = [sys.executable, "-m", "testbed.apps.server", "--port", str(port),
+            "--proto", work.proto, "--request-size", str(work.request_size)]
+    if work.policy is not None:
+        argv += ["--policy", work.policy]
+    server_records = net.workdir / f"server-records-{port}.jsonl"
+    server_records.unlink(missing_ok=True)
+    if eno:
+        argv += ["--records", str(server_records)]
+    server_proc = net.start_helper(server, f"server:{work.proto}", argv, ready="ready")
     try:
         if pcap is not None:
             with Capture(net.nodes[client], net.intf(client), pcap):
@@ -55,9 +89,41 @@ def run_workload(
             records = _run_client(net, work, client, server, port)
     finally:
         net.stop_helper(server_proc)
+    return records, read_server_records(server_records)
+
+
+def read_server_records(path: Path) -> dict[int, list[dict[str, Any]]]:
+    """The server's connections by client port, in order (a port may be used again once its
+    previous connection is gone); a ``failed`` line updates the port's latest connection."""
+    view: dict[int, list[dict[str, Any]]] = {}
+    if not path.exists():
+        return view
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        record = json.loads(line)
+        entries = view.setdefault(record["peer_port"], [])
+        if record.pop("event", "setup") == "setup" or not entries:
+            entries.append(record)
+        else:
+            entries[-1].update(record)
+    return view
+
+
+def merge_server_views(records: list[dict[str, Any]],
+                       view: dict[int, list[dict[str, Any]]]) -> None:
+    """Add the server's view of each connection: its session ID and its outcome."""
+    used: dict[int, int] = {}
     for record in records:
-        record["pcap"] = str(pcap) if pcap else None
-    return records
+        port = record.get("local_port")
+        entries = view.get(port, []) if isinstance(port, int) else []
+        index = used.get(port, 0) if isinstance(port, int) else 0
+        if isinstance(port, int):
+            used[port] = index + 1
+        entry = entries[index] if index < len(entries) else {}
+        record["session_id_peer"] = entry.get("session_id")
+        for key in ("outcome", "fallback_reason", "eno", "role", "error"):
+            record[f"peer_{key}"] = entry.get(key)
 
 
 def _run_client(
@@ -70,6 +136,8 @@ def _run_client(
         "--request-size", str(work.request_size), "--response-size", str(work.response_size),
         "--timeout", str(work.timeout_s), "--gap-ms", str(work.gap_ms),
     ]
+    if work.policy is not None:
+        argv += ["--policy", work.policy]
     proc = net.popen(client, argv)
     budget = work.connections * (work.timeout_s + 1) + 10
     out, err = proc.communicate(timeout=budget)

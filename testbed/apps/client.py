@@ -18,14 +18,24 @@ from typing import Any
 
 from testbed.apps.transport import get_transport
 from testbed.apps.wire import REQUEST, encode_request, pattern
+from testbed.stream import StreamError
 
 
 def _ms(t: float | None, start: float) -> float | None:
     return None if t is None else round((t - start) * 1e3, 4)
 
 
+def eno_keys(info: Any, policy: str | None) -> dict[str, Any]:
+    """ENO protocols: the ENO result, the TEP's label, the role and the policy."""
+    if info is None:
+        return {"eno": None, "tep_label": None, "role": None,
+                "policy": policy or "opportunistic"}
+    return {"eno": info.eno, "tep_label": info.tep_label, "role": info.role,
+            "policy": info.policy}
+
+
 def one_connection(args: argparse.Namespace, index: int) -> dict[str, Any]:
-    transport = get_transport(args.proto)
+    transport = get_transport(args.proto, args.policy)
     request = encode_request(index, args.response_size, args.request_size)
     record: dict[str, Any] = {"conn": index, "proto": args.proto, "error": None}
     t_wall = time.time()
@@ -49,8 +59,12 @@ def one_connection(args: argparse.Namespace, index: int) -> dict[str, Any]:
             ok = ok and chunk == pattern(index, len(chunk), received)
             received += len(chunk)
         t_done = time.perf_counter()
-    except (OSError, TimeoutError) as exc:
+    except (OSError, TimeoutError, StreamError) as exc:
         record["error"] = f"{type(exc).__name__}: {exc}"
+        # A connection refused by policy says why, and which port it used (server records).
+        record["fallback_reason"] = getattr(exc, "reason", None)
+        if isinstance(exc, StreamError) and exc.local_port:
+            record["local_port"] = exc.local_port
     finally:
         if conn is not None:
             conn.close()
@@ -61,7 +75,7 @@ def one_connection(args: argparse.Namespace, index: int) -> dict[str, Any]:
         t_start_wall=t_wall,
         outcome=(info.outcome if info and complete else "failed"),
         tep=info.tep if info else None,
-        fallback_reason=info.fallback_reason if info else None,
+        fallback_reason=info.fallback_reason if info else record.get("fallback_reason"),
         session_id=info.session_id if info else None,
         session_id_peer=info.session_id_peer if info else None,
         connect_ms=_ms(phases.get("connected"), start),
@@ -73,6 +87,8 @@ def one_connection(args: argparse.Namespace, index: int) -> dict[str, Any]:
         bytes_ok=bool(complete and ok),
         phases_ms={k: _ms(v, start) for k, v in phases.items()},
     )
+    if transport.uses_eno:
+        record.update(eno_keys(info, args.policy))
     if record["error"] is None and not complete:
         record["error"] = f"short response: {received} of {args.response_size} bytes"
     return record
@@ -89,10 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--response-size", type=int, default=1024)
     parser.add_argument("--timeout", type=float, default=10.0)
     parser.add_argument("--gap-ms", type=float, default=0.0, help="pause between connections")
+    parser.add_argument("--policy", default=None, help="ENO protocols: off|opportunistic|required")
     args = parser.parse_args(argv)
     if args.connections < 1 or args.concurrency < 1 or args.request_size < REQUEST.size:
         parser.error("connections and concurrency must be >= 1, request size >= header")
-    get_transport(args.proto)
+    get_transport(args.proto, args.policy)
     lock = threading.Lock()
 
     def emit(record: dict[str, Any]) -> None:

@@ -3,19 +3,30 @@
 Prints ``ready`` once listening. Each connection carries requests (see
 testbed/apps/wire.py); each is answered with the requested number of pattern
 bytes. Stops on SIGTERM/SIGINT.
+
+Each accepted socket is handed to its own thread, which lets the transport wrap
+it (for ENO protocols: the ENO result and the TEP handshake) and then serves it.
+With ``--records FILE`` the server appends one JSON line per connection as soon
+as it is set up (``event: setup``, and ``event: failed`` if it fails later): the
+server's view of outcome, TEP, fallback reason and session ID, matched to client
+records by port (and by order, since a port can serve several connections).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import signal
 import socket
 import sys
 import threading
 from types import FrameType
+from typing import IO, Any
 
 from testbed.apps.transport import get_transport
 from testbed.apps.wire import REQUEST, WireError, decode_request_header, pattern
+from testbed.stream import StreamError
 
 
 class Stop(Exception):
@@ -36,22 +47,61 @@ def _read_exact(conn: object, size: int) -> bytes | None:
     return bytes(buf)
 
 
-def serve_connection(conn: object, request_size: int) -> None:
-    """Answer requests until the client closes."""
+def serve_connection(conn: object, request_size: int) -> str | None:
+    """Answer requests until the client closes; returns the error that ended it, if any."""
     try:
         while True:
             header = _read_exact(conn, REQUEST.size)
             if header is None:
-                return
+                return None
             request_id, response_size = decode_request_header(header)
             padding = request_size - REQUEST.size
             if padding > 0 and _read_exact(conn, padding) is None:
-                return
+                return None
             conn.sendall(pattern(request_id, response_size))  # type: ignore[attr-defined]
-    except (OSError, WireError) as exc:
+    except (OSError, WireError, StreamError) as exc:
         print(f"server: connection error: {exc}", file=sys.stderr, flush=True)
+        return f"{type(exc).__name__}: {exc}"
     finally:
         conn.close()  # type: ignore[attr-defined]
+
+
+class Records:
+    """Per-connection JSON lines (one writer lock for all connection threads)."""
+
+    def __init__(self, out: IO[str] | None) -> None:
+        self.out = out
+        self.lock = threading.Lock()
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.out is None:
+            return
+        with self.lock:
+            self.out.write(json.dumps(record) + "\n")
+            self.out.flush()
+
+
+def handle(transport: Any, sock: socket.socket, addr: tuple[str, int], request_size: int,
+           records: Records) -> None:
+    """Wrap (ENO result, TEP handshake) and serve one accepted socket."""
+    peer_port = int(addr[1])
+    try:
+        conn = transport.accept(sock, addr)
+    except (OSError, StreamError) as exc:
+        sock.close()
+        print(f"server: connection setup failed: {exc}", file=sys.stderr, flush=True)
+        records.write({"event": "setup", "peer_port": peer_port, "outcome": "failed",
+                       "fallback_reason": getattr(exc, "reason", None),
+                       "error": f"{type(exc).__name__}: {exc}"})
+        return
+    info = conn.info
+    records.write({"event": "setup", "peer_port": peer_port, "outcome": info.outcome,
+                   "tep": info.tep, "fallback_reason": info.fallback_reason, "eno": info.eno,
+                   "role": info.role, "session_id": info.session_id, "error": None})
+    error = serve_connection(conn, request_size)
+    if error is not None:
+        records.write({"event": "failed", "peer_port": peer_port, "outcome": "failed",
+                       "error": error})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,8 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=5000)
     parser.add_argument("--proto", default="plain")
     parser.add_argument("--request-size", type=int, default=REQUEST.size)
+    parser.add_argument("--policy", default=None, help="ENO protocols: off|opportunistic|required")
+    parser.add_argument("--records", default=None, help="append per-connection JSON lines here")
     args = parser.parse_args(argv)
-    transport = get_transport(args.proto)
+    transport = get_transport(args.proto, args.policy)
+    out = open(args.records, "a") if args.records else None  # noqa: SIM115 (closed below)
+    records = Records(out)
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -72,16 +126,21 @@ def main(argv: list[str] | None = None) -> int:
     print("ready", flush=True)
     try:
         while True:
-            sock, _ = lsock.accept()
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn = transport.accept(sock)
+            sock, addr = lsock.accept()
+            # The peer may already have reset it (a refused ENO policy): setup then fails
+            # in the connection's thread, with a record.
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             threading.Thread(
-                target=serve_connection, args=(conn, args.request_size), daemon=True
+                target=handle, args=(transport, sock, addr, args.request_size, records),
+                daemon=True,
             ).start()
     except Stop:
         return 0
     finally:
         lsock.close()
+        if out is not None:
+            out.close()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,131 @@
+"""What several experiments share: one measured point, and round trips counted from pcaps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import middleboxes
+from experiments.runner import RunContext
+from testbed.net.network import NetConfig, Network
+from testbed.net.pcap import Connection, connections, read_segments
+from testbed.workload import Workload, run_workload
+from topologies import PathShape, create
+
+
+@dataclass(frozen=True, kw_only=True)
+class Measurement:
+    """One point: a fresh network, optional middlebox, a warm-up and N captured connections."""
+
+    proto: str
+    path: PathShape
+    connections: int
+    topology: str = "direct"
+    middlebox: str | None = None
+    policy: str | None = None
+    port: int = 5000
+    warmup: bool = True
+    timeout_s: float = 10.0
+    gap_ms: float = 5.0
+
+
+def measure(m: Measurement, ctx: RunContext, tag: str) -> list[dict[str, Any]]:
+    """Run the point; every record says whether it was the warm-up, the backend and the
+    RTT the link backend really applied (sum of the measured one-way medians)."""
+    pcaps = ctx.run_dir / "pcaps"
+    pcaps.mkdir(exist_ok=True)
+    box = middleboxes.create(m.middlebox) if m.middlebox else None
+    topo = create(m.topology, path=m.path)
+    work = Workload(proto=m.proto, connections=m.connections, gap_ms=m.gap_ms,
+                    timeout_s=m.timeout_s, policy=m.policy)
+    warm: list[dict[str, Any]] = []
+    with Network(topo, NetConfig(link_backend=ctx.link_backend, seed=ctx.seed)) as net:
+        if box is not None:
+            box.install(net, topo.middleboxes[0])
+        try:
+            if m.warmup:
+                warm = run_workload(net, Workload(proto=m.proto, connections=1,
+                                                  timeout_s=m.timeout_s, policy=m.policy),
+                                    port=m.port)
+            records = run_workload(net, work, pcap=pcaps / f"{tag}.pcap", port=m.port)
+            counters = box.counters() if box else None
+        finally:
+            if box is not None:
+                box.remove()
+        backend = net.backend
+    applied = net.applied_delay()
+    one_way = [d.get("median_ms") for link in applied.values() for d in link.values()]
+    applied_rtt = sum(one_way) if all(v is not None for v in one_way) else None
+    out = [{**r, "warmup": True} for r in warm] + [{**r, "warmup": False} for r in records]
+    for record in out:
+        record.update(link_backend=backend, applied_rtt_ms=applied_rtt,
+                      middlebox_counters=counters)
+    return out
+
+
+def find_connection(conns: dict[Any, Connection], record: dict[str, Any]) -> Connection | None:
+    """The captured connection of a client record: its local port, SYN nearest its start."""
+    port = record.get("local_port")
+    candidates = [c for k, c in conns.items() if k.client_port == port]
+    if not candidates:
+        return None
+    return min(candidates, key=lambda c: abs(c.t0 - record["t_start_wall"]))
+
+
+def round_trips(conn: Connection, record: dict[str, Any]) -> dict[str, Any]:
+    """Round trips counted from the capture (flights, not timing).
+
+    ``rt_send``: server flights the client had to wait for before the segment that
+    carries its first application byte; ``rt_resp``: server flights up to and
+    including the one that delivered the first response byte. The application's
+    own timestamps only say WHICH segment carried the request and the response
+    (encrypted payloads cannot be told apart otherwise); the count itself is the
+    number of direction changes in the capture.
+    """
+    t_request = record["t_start_wall"] + (record["request_ms"] or 0.0) / 1e3
+    t_first = record["t_start_wall"] + (record["ttfb_ms"] or 0.0) / 1e3
+    request_index = response_index = None
+    for cs in conn.segments:
+        s = cs.segment
+        if not s.payload_len:
+            continue
+        # The request segment leaves within a few hundred microseconds after send returns
+        # (TFO: with the SYN, before connect() returns); the response arrives before recv.
+        if cs.direction == "c2s" and request_index is None and s.ts >= t_request - 0.002:
+            request_index = cs.index
+        if cs.direction == "s2c" and s.ts <= t_first + 0.0005:
+            response_index = cs.index
+    if request_index is None or response_index is None:
+        return {"rt_send": None, "rt_resp": None, "flights": None}
+    flights = conn.flights()
+
+    def server_flights_until(index: int, inclusive: bool) -> int:
+        count = 0
+        for flight in flights:
+            if flight.direction != "s2c":
+                continue
+            if flight.indices[0] < index or (inclusive and index in flight.indices):
+                count += 1
+        return count
+
+    return {"rt_send": server_flights_until(request_index, inclusive=False),
+            "rt_resp": server_flights_until(response_index, inclusive=True),
+            "flights": "".join("C" if f.direction == "c2s" else "S" for f in flights)}
+
+
+def count_from_pcaps(records: list[dict[str, Any]], run_dir: Path) -> list[dict[str, Any]]:
+    """Round trips for every non-warm-up record, reading each pcap once."""
+    by_pcap: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        if not record.get("warmup") and record.get("pcap") and record.get("bytes_ok"):
+            by_pcap.setdefault(Path(record["pcap"]).name, []).append(record)
+    out = []
+    for name, recs in by_pcap.items():
+        conns = connections(read_segments(run_dir / "pcaps" / name))
+        for record in recs:
+            conn = find_connection(conns, record)
+            counted = round_trips(conn, record) if conn else {"rt_send": None, "rt_resp": None,
+                                                               "flights": None}
+            out.append({"proto": record["proto"], "conn": record["conn"], **counted})
+    return out

@@ -1,0 +1,142 @@
+"""`tcpinc bench eno-hook`: what the ENO hook costs, measured on a 0-delay link.
+
+One ``direct`` network, the hook on both hosts, three servers, and one client process that
+interleaves three kinds of connection round-robin, so a load change on the machine hits every
+arm alike (other runs share this machine's two vCPUs):
+
+* ``plain``: plain TCP to a port the hook's rules exclude: no segment enters NFQUEUE (the
+  baseline, as without a hook);
+* ``passthrough``: plain TCP to a port nobody registered: every handshake segment goes through
+  the hook and back untouched (what an unrelated application on an ENO host pays);
+* ``eno``: testbed.stream with the test TEP: announce, TCP handshake with ENO added and checked
+  by both hooks, and the hook's verdict. Setup is measured up to the verdict (``eno_result``);
+  the TEP handshake after it is the TEP's cost, reported separately.
+
+Each figure is the median and p99 over N connections per arm, plus the median of the paired
+differences to ``plain`` (same round of the interleaving). The hooks' counters, read before
+and after, give the CPU per intercepted packet (process CPU time over packets handled,
+control-channel work included) and the wall time inside the packet callback.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+import topologies
+from testbed.eno.rules import HookSpec, start_hook, stop_hook
+from testbed.net.network import NetConfig, Network
+
+PORTS = {"eno": 5000, "plain": 5001, "passthrough": 5002}
+STATS_SNIPPET = (
+    "import json; from testbed.eno.control import HookClient; "
+    "print(json.dumps(HookClient().stats()))"
+)
+CLIENT = r'''
+import json, socket, sys, time
+from testbed.stream import StreamConfig, connect
+server, rounds, warmup = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+config = StreamConfig(teps=("eno-test",))
+out = {"plain": [], "passthrough": [], "eno": [], "eno_tcp": [], "eno_tep": []}
+
+def plain(port):
+    start = time.perf_counter()
+    sock = socket.create_connection((server, port), timeout=5)
+    took = time.perf_counter() - start
+    sock.close()
+    return took * 1e3
+
+for i in range(rounds + warmup):
+    a, b = plain(5001), plain(5002)
+    start = time.perf_counter()
+    s = connect((server, 5000), config, timeout=5)
+    p = s.info.phases
+    assert s.info.eno == "negotiated", s.info
+    s.close()
+    if i >= warmup:
+        out["plain"].append(a)
+        out["passthrough"].append(b)
+        out["eno"].append((p["eno_result"] - start) * 1e3)
+        out["eno_tcp"].append((p["tcp_connected"] - start) * 1e3)
+        out["eno_tep"].append((p["tep_handshake_done"] - start) * 1e3)
+print(json.dumps(out))
+'''
+
+
+def hook_stats(net: Network, node: str) -> dict[str, Any]:
+    """The hook's counters in ``node``, read over its control channel."""
+    stats: dict[str, Any] = json.loads(net.run(node, [sys.executable, "-c", STATS_SNIPPET]))
+    return stats
+
+
+def summary(values: list[float], base: list[float] | None = None) -> dict[str, float]:
+    ordered = sorted(values)
+    out = {
+        "n": len(ordered),
+        "median_ms": round(statistics.median(ordered), 4),
+        "p99_ms": round(ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], 4),
+    }
+    if base is not None:
+        deltas = sorted(v - b for v, b in zip(values, base, strict=True))
+        out["added_median_ms"] = round(statistics.median(deltas), 4)
+        out["added_p99_ms"] = round(deltas[min(len(deltas) - 1, int(0.99 * len(deltas)))], 4)
+    return out
+
+
+def _cpu(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    packets = after["callbacks"] - before["callbacks"]
+    cpu = after["cpu_s"] - before["cpu_s"]
+    return {
+        "packets": packets,
+        "cpu_us_per_packet": round(cpu / packets * 1e6, 1) if packets else None,
+        "callback_us_median": after.get("callback_us_median"),
+        "callback_us_p99": after.get("callback_us_p99"),
+        "rss_kib": after["rss_kib"],
+    }
+
+
+def measure(rounds: int = 500, warmup: int = 50) -> dict[str, Any]:
+    """Run the interleaved arms; returns the figures (milliseconds, microseconds)."""
+    spec = HookSpec(exclude_ports=(PORTS["plain"],))
+    with Network(topologies.create("direct"), NetConfig()) as net:
+        hooks = [(node, start_hook(net, node, spec)) for node in ("client", "server")]
+        try:
+            for arm, port in PORTS.items():
+                proto = "eno-test" if arm == "eno" else "plain"
+                net.start_helper("server", f"server:{arm}", [
+                    sys.executable, "-m", "testbed.apps.server", "--port", str(port),
+                    "--proto", proto], ready="ready")
+            before = {node: hook_stats(net, node) for node, _ in hooks}
+            proc = net.popen("client", [sys.executable, "-c", CLIENT, net.ip("server"),
+                                        str(rounds), str(warmup)])
+            out, err = proc.communicate(timeout=60 + rounds * 0.1)
+            if proc.returncode != 0:
+                raise RuntimeError(f"bench client failed: {err[-2000:]}")
+            after = {node: hook_stats(net, node) for node, _ in hooks}
+        finally:
+            for node, hook in hooks:
+                stop_hook(net, node, hook)
+        backend = net.backend
+    times = json.loads(out)
+    return {
+        "link": "direct, 0 ms", "link_backend": backend, "rounds": rounds,
+        "plain_connect": summary(times["plain"]),
+        "passthrough_connect": summary(times["passthrough"], times["plain"]),
+        "eno_setup_until_result": summary(times["eno"], times["plain"]),
+        "eno_tcp_connect": summary(times["eno_tcp"], times["plain"]),
+        "eno_until_tep_handshake_done": summary(times["eno_tep"], times["plain"]),
+        "hooks": {node: _cpu(before[node], after[node]) for node in before},
+    }
+
+
+def main(args: Any) -> None:
+    rounds = 100 if getattr(args, "quick", False) else 500
+    result = measure(rounds=rounds, warmup=20 if rounds < 200 else 50)
+    text = json.dumps(result, indent=1)
+    print(text)
+    out = Path(getattr(args, "out", "results/bench"))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eno-hook.json").write_text(text + "\n")

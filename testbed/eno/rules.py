@@ -1,0 +1,170 @@
+"""The iptables rules that feed the ENO hook, and starting / stopping a hook in a host.
+
+Only handshake-phase segments may reach userspace (platform-notes.md sections 3, 4): the rules
+queue SYNs and SYN-ACKs, plus the first few packets of each connection in each direction by
+conntrack's packet counter (connbytes), never bulk data:
+
+* ``original`` direction, first ``original_window`` packets: the active opener's SYN, its
+  third segment (which MUST carry ``45 02``, RFC 8547 §4.6) and early data (ENO rides on every
+  segment until a non-SYN segment arrives, §4.6); at the passive end the same packets arrive
+  and its hook judges the first ACK segment (§4.6 rule 1).
+* ``reply`` direction, first ``reply_window`` packets: the passive opener's SYN-ACK and what
+  follows it. Queueing them keeps a TFO server's early reply behind its queued SYN-ACK (one
+  FIFO), the fix for the 200 ms stall of platform-notes.md section 4; at the active end they
+  tell the hook that a non-SYN segment arrived, so A stops sending ENO (§4.6).
+
+Every rule has ``--queue-bypass``: with no hook bound, segments pass untouched and ENO simply
+never appears (the peer falls back, §4.6) instead of a black hole (platform-notes.md section 6).
+The rules live in two private chains jumped to from mangle OUTPUT and PREROUTING, so removal is
+exact and the chains' counters show what the kernel queued.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from subprocess import Popen
+
+from testbed.eno.control import DEFAULT_NAME
+from testbed.net.network import Network
+
+TABLE = "mangle"
+CHAINS = {"OUTPUT": "TCPINC_ENO_OUT", "PREROUTING": "TCPINC_ENO_IN"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class HookSpec:
+    """How one host's hook runs."""
+
+    queue: int = 0
+    original_window: int = 5  # SYN, SYN retransmissions, third segment, early data
+    reply_window: int = 3  # SYN-ACK and the passive opener's first segments after it
+    name: str = DEFAULT_NAME
+    expiry: float = 30.0
+    mtu: int = 1500
+    # Ports whose segments never enter the queue (the bench's no-hook baseline on one host).
+    exclude_ports: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.queue <= 65535:
+            raise ValueError(f"queue {self.queue} outside 0..65535")
+        if self.original_window < 3 or self.reply_window < 1:
+            raise ValueError("windows must cover at least the SYN, ACK and one data segment")
+
+
+def _queue(spec: HookSpec) -> list[str]:
+    return ["-j", "NFQUEUE", "--queue-num", str(spec.queue), "--queue-bypass"]
+
+
+def chain_rules(spec: HookSpec) -> list[list[str]]:
+    """The rules of each private chain (the same for both directions)."""
+    windows = (("original", spec.original_window), ("reply", spec.reply_window))
+    rules = [["-p", "tcp", "--tcp-flags", "SYN", "SYN", *_queue(spec)]]
+    for direction, window in windows:
+        # connbytes reads the connection's counter for ``direction`` whatever way the packet
+        # goes, so --ctdir keeps each window to the packets of its own direction.
+        rules.append(["-p", "tcp", "-m", "conntrack", "--ctdir", direction.upper(),
+                      "-m", "connbytes", "--connbytes", f"0:{window}",
+                      "--connbytes-dir", direction, "--connbytes-mode", "packets",
+                      *_queue(spec)])
+    return rules
+
+
+def install_commands(spec: HookSpec) -> list[list[str]]:
+    """iptables argv lists that install the rules (builder only, runs nothing)."""
+    ipt = ["iptables", "-w", "-t", TABLE]
+    cmds: list[list[str]] = []
+    exclude = []
+    if spec.exclude_ports:
+        ports = ",".join(str(p) for p in spec.exclude_ports)
+        exclude = ["-m", "multiport", "!", "--ports", ports]
+    for builtin, chain in CHAINS.items():
+        cmds.append([*ipt, "-N", chain])
+        cmds += [[*ipt, "-A", chain, *rule] for rule in chain_rules(spec)]
+        cmds.append([*ipt, "-A", builtin, "-p", "tcp", *exclude, "-j", chain])
+    return cmds
+
+
+def remove_commands(listing: dict[str, str]) -> list[list[str]]:
+    """Delete exactly the jump rules ``iptables -S <builtin>`` shows for our chains, then the
+    chains (builder: ``listing`` maps each built-in chain to its -S output)."""
+    ipt = ["iptables", "-w", "-t", TABLE]
+    cmds: list[list[str]] = []
+    for builtin, chain in CHAINS.items():
+        for line in listing.get(builtin, "").splitlines():
+            words = line.split()
+            if words[:2] == ["-A", builtin] and words[-2:] == ["-j", chain]:
+                cmds.append([*ipt, "-D", *words[1:]])
+        cmds += [[*ipt, "-F", chain], [*ipt, "-X", chain]]
+    return cmds
+
+
+def install_rules(net: Network, node: str, spec: HookSpec) -> None:
+    for cmd in install_commands(spec):
+        net.run(node, cmd)
+
+
+def remove_rules(net: Network, node: str) -> None:
+    listing = {b: net.run(node, ["iptables", "-w", "-t", TABLE, "-S", b]) for b in CHAINS}
+    for cmd in remove_commands(listing):
+        net.run(node, cmd)
+
+
+def rule_counters(net: Network, node: str) -> dict[str, list[int]]:
+    """Packets each rule of each private chain queued, in rule order."""
+    out: dict[str, list[int]] = {}
+    for chain in CHAINS.values():
+        text = net.run(node, ["iptables", "-w", "-t", TABLE, "-L", chain, "-n", "-v", "-x"])
+        rows = [line.split() for line in text.splitlines()[2:] if line.strip()]
+        out[chain] = [int(row[0]) for row in rows]
+    return out
+
+
+def queue_status(net: Network, node: str) -> dict[int, dict[str, int]]:
+    """/proc/net/netfilter/nfnetlink_queue of the host: per queue, packets waiting, dropped
+    and ``id_sequence`` (how many packets the kernel has queued in total)."""
+    text = net.run(node, ["cat", "/proc/net/netfilter/nfnetlink_queue"])
+    names = ("queue", "portid", "waiting", "copy_mode", "copy_range", "queue_dropped",
+             "user_dropped", "id_sequence")
+    out = {}
+    for line in text.splitlines():
+        values = [int(v) for v in line.split()[: len(names)]]
+        row = dict(zip(names, values, strict=True))
+        out[row["queue"]] = row
+    return out
+
+
+def hook_argv(spec: HookSpec, stats_out: Path | None = None, verbose: int = 0) -> list[str]:
+    argv = [sys.executable, "-m", "testbed.eno.hook", "--queue", str(spec.queue),
+            "--name", spec.name, "--expiry", str(spec.expiry), "--mtu", str(spec.mtu)]
+    if stats_out is not None:
+        argv += ["--stats-out", str(stats_out)]
+    return argv + ["-v"] * verbose
+
+
+def start_hook(
+    net: Network, node: str, spec: HookSpec | None = None, stats_out: Path | None = None,
+    log_path: Path | None = None, essential: bool = True,
+) -> Popen[str]:
+    """Start the hook in ``node`` (tracked by the network), then install its rules.
+
+    The hook's stderr goes to ``log_path`` (default: a file in the network's work directory),
+    never to an unread pipe that could fill up and block the packet path. ``essential``:
+    a hook that dies fails the run (``Network.check``); False only for tests that kill it.
+    """
+    spec = spec or HookSpec()
+    log_path = log_path or net.workdir / f"eno-hook-{node}.log"
+    with open(log_path, "a") as log:  # the child keeps its own descriptor
+        proc = net.start_helper(node, f"eno-hook:{node}", hook_argv(spec, stats_out),
+                                ready="ready", essential=essential, stderr=log)
+    install_rules(net, node, spec)
+    return proc
+
+
+def stop_hook(net: Network, node: str, proc: Popen[str]) -> None:
+    """Remove the rules first (segments then pass untouched), then stop the process."""
+    try:
+        remove_rules(net, node)
+    finally:
+        net.stop_helper(proc)

@@ -1,0 +1,578 @@
+"""What an application uses: ``connect()`` / ``listen()`` / ``accept()`` -> a ``Stream``.
+
+Theory of operation
+-------------------
+A stream is a kernel TCP socket plus what TCP-ENO and the negotiated TEP made of it:
+
+1. Before the SYN, the stream tells the host's ENO hook (testbed/eno/hook.py, over the
+   control channel of testbed/eno/control.py) which TEPs it offers on this local port
+   (``announce``) or listener port (``listen``), with the §4.2 bits and, under the
+   ``required`` policy, the mandatory-encryption mode of RFC 8547 §4.7.
+2. The kernel does the TCP handshake; the hook adds and checks ENO on its segments.
+3. The stream asks the hook for the result (negotiated TEP, role, transcript, or the
+   fallback reason) and records the phase times ``tcp_connected`` and ``eno_result``.
+4. Negotiated: the TEP's sans-IO core is created with the role and transcript (RFC 8547
+   §4.8) and driven over the socket (testbed/tepio.py) until its handshake is done
+   (``tep_handshake_done``); from then on only what the core authenticates reaches the
+   application. Fallback: the socket is used as plain TCP and the stream says why.
+
+Policies: ``off`` never offers ENO; ``opportunistic`` falls back to plain TCP and says so
+(``encrypted`` False, ``fallback_reason``); ``required`` turns any fallback into
+``EncryptionRequiredError`` after resetting the connection, before one application byte is
+sent, on both sides. TEP failures (integrity, protocol, truncation) reset the connection and
+raise ``TepFailure``; nothing unauthenticated is delivered.
+
+One RFC 8547 gap is handled here. If a path strips ENO from A's third segment only, B falls
+back (§4.6 rule 1: its first ACK segment lacked ENO) while A has sent and received ACK
+segments with ENO and enables encryption. A keeps ENO on its next segments (§4.6), which B's
+hook records. B's stream checks that record before handing the first received bytes to the
+application and, if A believes encryption is on, resets the connection instead of delivering
+A's TEP messages as application data (``SplitNegotiationError``). An opportunistic A whose
+TEP handshake is refused that way (reset or closed before any TEP byte arrived) reconnects once
+without ENO and reports ``fallback_reason = "peer_refused_tep"``; a required A fails.
+
+Per-host TEP state (a TLS ``ServerIdentity``, a tcpcrypt ``ResumptionCache``) comes from
+``TepProvider`` objects registered per TEP name (``register_provider``) or given per stream
+(``StreamConfig.providers``); static per-TEP options come from ``StreamConfig.tep_options``.
+Limit: a listener's suboption data is fixed at registration, so a passive opener cannot yet
+answer a resumption offer with data that depends on it (RFC 8548 §3.5); that needs the hook to
+ask the application during the SYN (a control-channel round trip on the SYN's path).
+
+The announcement is a one-way message (no round trip before the SYN); ``eno_announced`` is
+its phase time. ``Stream.session_id`` raises ``NoSessionIdError`` while there is none (RFC 8547
+§5.1); ``StreamInfo.session_id`` is the same value or None, for records.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import os
+import socket
+import struct
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from testbed.eno.control import DEFAULT_NAME, HookClient, HookUnavailableError, Result, Settings
+from testbed.tepio import TepDriver
+from testbed.teps import base, enotest
+from testbed.teps.base import Role, TepContext, TepError, TepSpec
+
+Addr = tuple[str, int]
+UNENCRYPTED_TEPS = frozenset({enotest.TEP_NAME})  # negotiated, but protect nothing
+enotest.register()  # explicit_only: registered, but offered only when named
+
+
+class Policy(enum.Enum):
+    OFF = "off"
+    OPPORTUNISTIC = "opportunistic"
+    REQUIRED = "required"
+
+
+class StreamError(Exception):
+    """Base of the stream layer's errors; ``local_port`` names the connection, if one existed."""
+
+    local_port: int | None = None
+
+
+class EncryptionRequiredError(StreamError):
+    """Policy ``required`` and ENO did not negotiate a TEP; the connection was reset."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"encryption required but not negotiated: {reason} {detail}".strip())
+        self.reason = reason
+
+
+class TepFailure(StreamError):
+    """The TEP failed (integrity, protocol, truncation, timeout); the connection was reset."""
+
+
+class IntegrityFailure(TepFailure):
+    """Received bytes did not authenticate."""
+
+
+class PeerRefusedTep(TepFailure):
+    """The peer reset or closed the connection before sending one TEP byte."""
+
+
+class SplitNegotiationError(StreamError):
+    """This end fell back but the peer enabled encryption (ENO stripped from A's ACK only)."""
+
+
+class NoSessionIdError(StreamError):
+    """RFC 8547 §5.1: there is no session ID (ENO failed, or no TEP handshake yet)."""
+
+
+class TepProvider(Protocol):
+    """Per-host state a TEP needs; register one per TEP name."""
+
+    def suboption_data(self, spec: TepSpec, *, active: bool, peer: Addr | None) -> bytes | None:
+        """Data for our SYN-form suboption (e.g. a resumption offer), or None for v = 0."""
+
+    def context_options(
+        self, spec: TepSpec, *, role: Role, peer: Addr, result: Result
+    ) -> dict[str, Any]:
+        """``TepContext.options`` for a connection that negotiated ``spec``."""
+
+
+_PROVIDERS: dict[str, TepProvider] = {}
+
+
+def register_provider(name: str, provider: TepProvider) -> None:
+    _PROVIDERS[name] = provider
+
+
+@dataclass(frozen=True, kw_only=True)
+class StreamConfig:
+    policy: Policy = Policy.OPPORTUNISTIC
+    # TEP names, most preferred first; () = every registered TEP that is not explicit_only.
+    teps: tuple[str, ...] = ()
+    passive_role: bool = False  # b = 1 as an active opener (simultaneous open, §4.2, §4.3)
+    application_aware: bool = False  # a bit (§4.2)
+    mandatory_application_aware: bool = False
+    tep_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    providers: Mapping[str, TepProvider] = field(default_factory=dict)
+    hook_name: str = DEFAULT_NAME
+    eno_wait: float = 2.0  # how long to wait for the hook's verdict
+    handshake_timeout: float = 10.0
+    retry_plain: bool = True  # opportunistic A: reconnect without ENO if the TEP is refused
+
+    def specs(self) -> list[TepSpec]:
+        if not self.teps:
+            return [s for s in base.registered() if not s.explicit_only]
+        return [base.get(name) for name in self.teps]
+
+    def provider(self, name: str) -> TepProvider | None:
+        return self.providers.get(name) or _PROVIDERS.get(name)
+
+    def settings(self, *, active: bool, peer: Addr | None) -> Settings:
+        teps = []
+        for spec in self.specs():
+            provider = self.provider(spec.name)
+            data = provider.suboption_data(spec, active=active, peer=peer) if provider else None
+            teps.append((spec.tep_id, data or None))
+        return Settings(
+            teps=tuple(teps), passive_role=self.passive_role and active,
+            application_aware=self.application_aware,
+            mandatory_app_aware=self.mandatory_application_aware,
+            mandatory=self.policy is Policy.REQUIRED,
+        )
+
+
+@dataclass
+class StreamInfo:
+    """What a stream says about itself (the probe's per-connection keys come from here)."""
+
+    policy: str
+    encrypted: bool = False
+    eno: str | None = None  # "negotiated" | "fallback" | "aborted" | None (ENO not used)
+    tep: str | None = None
+    tep_id: int | None = None
+    tep_label: str | None = None
+    role: str | None = None
+    fallback_reason: str | None = None
+    detail: str = ""
+    session_id: bytes | None = None
+    transcript: bytes = b""
+    peer_application_aware: bool | None = None
+    phases: dict[str, float] = field(default_factory=dict)  # name -> perf_counter seconds
+
+
+_local = threading.local()
+
+
+def _hook(name: str) -> HookClient:
+    """A per-thread control connection (connecting costs a syscall round per stream)."""
+    clients: dict[str, HookClient] = _local.__dict__.setdefault("clients", {})
+    client = clients.get(name)
+    if client is None:
+        client = clients[name] = HookClient(name)
+    return client
+
+
+def _forget_hook(name: str) -> None:
+    client = _local.__dict__.get("clients", {}).pop(name, None)
+    if client is not None:
+        client.close()
+
+
+def reset(sock: socket.socket) -> None:
+    """Abort the connection with a RST (SO_LINGER 0) instead of a FIN."""
+    # OSError: the peer already reset the connection; close() is then all there is to do.
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+class Stream:
+    """A connected stream: plain TCP after fallback, or TEP-protected."""
+
+    def __init__(self, sock: socket.socket, info: StreamInfo, driver: TepDriver | None = None,
+                 split_check: Any = None) -> None:
+        self.sock = sock
+        self.info = info
+        self._driver = driver
+        self._split_check = split_check  # callable -> bool, run before the first delivery
+        self._closed_write = False
+
+    # -- what the stream says -----------------------------------------------------------
+
+    @property
+    def encrypted(self) -> bool:
+        return self.info.encrypted
+
+    @property
+    def tep(self) -> str | None:
+        return self.info.tep
+
+    @property
+    def fallback_reason(self) -> str | None:
+        return self.info.fallback_reason
+
+    @property
+    def session_id(self) -> bytes:
+        """RFC 8547 §5.1: the session ID, or an error while there is none."""
+        if self.info.session_id is None:
+            raise NoSessionIdError(f"no session ID ({self.info.fallback_reason or 'no TEP'})")
+        return self.info.session_id
+
+    @property
+    def local_port(self) -> int:
+        return int(self.sock.getsockname()[1])
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def settimeout(self, timeout: float | None) -> None:
+        self.sock.settimeout(timeout)
+
+    # -- data ---------------------------------------------------------------------------
+
+    def sendall(self, data: bytes) -> None:
+        if self._driver is None:
+            self.sock.sendall(data)
+            return
+        driver = self._driver
+        self._guard(lambda: driver.send(data))
+
+    def recv(self, size: int) -> bytes:
+        if self._split_check is not None:
+            self._run_split_check()
+        if self._driver is None:
+            return self.sock.recv(size)
+        driver = self._driver
+        data: bytes = self._guard(lambda: driver.recv(size))
+        return data
+
+    def _run_split_check(self) -> None:
+        check, self._split_check = self._split_check, None
+        if not self.sock.recv(1, socket.MSG_PEEK):
+            return  # the peer closed without sending: nothing to misinterpret
+        if check():
+            self.abort()
+            raise SplitNegotiationError(
+                "ENO was stripped from the peer's first ACK only: the peer enabled encryption "
+                "while this end fell back (RFC 8547 §4.6); connection reset"
+            )
+
+    def _guard(self, action: Any) -> Any:
+        try:
+            return action()
+        except TepError as exc:
+            self.abort()
+            kind = IntegrityFailure if isinstance(exc, base.IntegrityError) else TepFailure
+            raise kind(f"{self.info.tep}: {exc}") from exc
+
+    def shutdown(self, how: int) -> None:
+        if how in (socket.SHUT_WR, socket.SHUT_RDWR) and not self._closed_write:
+            self._closed_write = True
+            if self._driver is not None:
+                driver = self._driver
+                self._guard(driver.close_write)
+            else:
+                self.sock.shutdown(socket.SHUT_WR)
+        if how in (socket.SHUT_RD, socket.SHUT_RDWR):
+            self.sock.shutdown(socket.SHUT_RD)
+
+    def close(self) -> None:
+        """Close gracefully: the TEP's end of stream, then FIN."""
+        if self.sock.fileno() < 0:
+            return
+        # OSError / StreamError: the peer is gone or the TEP failed (the connection was reset);
+        # closing the socket is then all that is left to do.
+        with contextlib.suppress(OSError, StreamError):
+            if self._driver is not None and not self._closed_write:
+                self.shutdown(socket.SHUT_WR)
+        if self.sock.fileno() >= 0:
+            self.sock.close()
+
+    def abort(self) -> None:
+        """Reset the connection (RST)."""
+        if self.sock.fileno() >= 0:
+            reset(self.sock)
+
+
+# ---------------------------------------------------------------------------
+# Establishing a stream from the hook's result
+# ---------------------------------------------------------------------------
+
+
+def _tcp_socket(timeout: float | None) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.settimeout(timeout)
+    return sock
+
+
+def _fail_closed(sock: socket.socket, reason: str, detail: str = "") -> EncryptionRequiredError:
+    error = EncryptionRequiredError(reason, detail)
+    error.local_port = _port_of(sock)
+    reset(sock)
+    return error
+
+
+def _port_of(sock: socket.socket) -> int | None:
+    try:
+        return int(sock.getsockname()[1])
+    except OSError:
+        return None
+
+
+def establish(
+    sock: socket.socket, result: Result | None, config: StreamConfig, info: StreamInfo,
+    *, active: bool, split_check: Any = None,
+) -> Stream:
+    """Turn a connected socket and the hook's result into a stream (or reset and raise)."""
+    info.phases["eno_result"] = time.perf_counter()
+    required = config.policy is Policy.REQUIRED
+    if result is None or result.outcome is None:
+        why = "hook_error" if result is not None and result.error else "no_eno_result"
+        detail = (result.error or "") if result is not None else ""
+        if required:
+            raise _fail_closed(sock, why, detail)
+        info.fallback_reason, info.detail = why, detail
+        return Stream(sock, info)
+    info.eno = result.outcome
+    if result.outcome == "aborted":
+        raise _fail_closed(sock, result.fallback or result.reason or "aborted", result.detail)
+    if result.outcome == "fallback":
+        if required:
+            raise _fail_closed(sock, result.reason or "fallback", result.detail)
+        info.fallback_reason, info.detail = result.reason, result.detail
+        check = split_check if result.reason == "no_eno_in_ack" and not active else None
+        return Stream(sock, info, split_check=check)
+    return _start_tep(sock, result, config, info)
+
+
+def _start_tep(
+    sock: socket.socket, result: Result, config: StreamConfig, info: StreamInfo
+) -> Stream:
+    assert result.tep_id is not None and result.role is not None
+    spec = base.by_id(result.tep_id)
+    if spec is None:  # the hook negotiated an id this process never offered
+        raise _fail_closed(sock, "unknown_tep", f"{result.tep_id:#x}")
+    role = Role(result.role)
+    info.tep, info.tep_id, info.role = spec.name, spec.tep_id, role.value
+    info.tep_label = spec.label or None
+    info.transcript = result.transcript_bytes
+    info.peer_application_aware = result.peer_a
+    options: dict[str, Any] = {}
+    provider = config.provider(spec.name)
+    if provider is not None:
+        options.update(provider.context_options(spec, role=role, peer=result.remote,
+                                                result=result))
+    options.update(config.tep_options.get(spec.name, {}))
+    ctx = TepContext(role=role, transcript=info.transcript, random=os.urandom,
+                     now=time.monotonic(), peer_suboption_data=result.peer_data_bytes,
+                     options=options)
+    driver = TepDriver(sock, spec.factory(ctx))
+    try:
+        done = driver.run_handshake(config.handshake_timeout)
+    except (TepError, OSError) as exc:
+        refused = driver.received == 0 and isinstance(
+            exc, base.TruncationError | ConnectionError)
+        port = _port_of(sock)
+        reset(sock)
+        failure: TepFailure
+        if refused:
+            failure = PeerRefusedTep(f"{spec.name}: peer refused the TEP handshake: {exc}")
+        elif isinstance(exc, base.IntegrityError):
+            failure = IntegrityFailure(f"{spec.name} handshake failed: {exc}")
+        else:
+            failure = TepFailure(f"{spec.name} handshake failed: {exc}")
+        failure.local_port = port
+        raise failure from exc
+    info.phases["tep_handshake_done"] = time.perf_counter()
+    info.session_id = done.session_id
+    info.encrypted = spec.name not in UNENCRYPTED_TEPS
+    return Stream(sock, info, driver)
+
+
+def connect(
+    address: Addr, config: StreamConfig | None = None, *, timeout: float | None = 10.0,
+    local_address: Addr | None = None,
+) -> Stream:
+    """Open a stream to ``address`` under ``config.policy``."""
+    config = config or StreamConfig()
+    if config.policy is Policy.OFF:
+        return _plain_connect(address, config, timeout, local_address, "disabled_by_config")
+    try:
+        return _eno_connect(address, config, timeout, local_address)
+    except PeerRefusedTep as exc:
+        if config.policy is Policy.REQUIRED:
+            # ENO negotiated here, but the peer fell back (or reset): no encryption.
+            error = EncryptionRequiredError("peer_refused_tep", str(exc))
+            error.local_port = exc.local_port
+            raise error from exc
+        if not config.retry_plain:
+            raise
+        stream = _plain_connect(address, config, timeout, local_address, "peer_refused_tep")
+        stream.info.detail = str(exc)
+        return stream
+
+
+def _plain_connect(
+    address: Addr, config: StreamConfig, timeout: float | None, local_address: Addr | None,
+    reason: str,
+) -> Stream:
+    info = StreamInfo(policy=config.policy.value, fallback_reason=reason)
+    sock = _tcp_socket(timeout)
+    try:
+        if local_address is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(local_address)
+        sock.connect(address)
+    except BaseException:
+        sock.close()
+        raise
+    info.phases["tcp_connected"] = time.perf_counter()
+    return Stream(sock, info)
+
+
+def _eno_connect(
+    address: Addr, config: StreamConfig, timeout: float | None, local_address: Addr | None
+) -> Stream:
+    info = StreamInfo(policy=config.policy.value)
+    settings = config.settings(active=True, peer=address)
+    if not settings.teps:
+        if config.policy is Policy.REQUIRED:
+            raise EncryptionRequiredError("no_tep_configured")
+        return _plain_connect(address, config, timeout, local_address, "no_tep_configured")
+    sock = _tcp_socket(timeout)
+    try:
+        if local_address is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(local_address or ("0.0.0.0", 0))
+        try:
+            hook = _hook(config.hook_name)
+            hook.announce(sock.getsockname()[1], settings, wait=False)
+            info.phases["eno_announced"] = time.perf_counter()
+        except HookUnavailableError as exc:
+            _forget_hook(config.hook_name)
+            if config.policy is Policy.REQUIRED:
+                raise EncryptionRequiredError("hook_unavailable", str(exc)) from None
+            sock.connect(address)
+            info.phases["tcp_connected"] = time.perf_counter()
+            info.fallback_reason, info.detail = "hook_unavailable", str(exc)
+            return Stream(sock, info)
+        try:
+            sock.connect(address)
+        except OSError:
+            _cancel(config.hook_name, sock)  # no SYN used it: a later socket may get the port
+            raise
+        info.phases["tcp_connected"] = time.perf_counter()
+        result = _result(config, sock)
+        return establish(sock, result, config, info, active=True)
+    except BaseException:
+        if sock.fileno() >= 0:
+            sock.close()
+        raise
+
+
+def _cancel(name: str, sock: socket.socket) -> None:
+    # The announcement stays if the hook is gone, but then no SYN is rewritten anyway.
+    with contextlib.suppress(HookUnavailableError, OSError):
+        _hook(name).cancel(sock.getsockname()[1])
+
+
+def _result(config: StreamConfig, sock: socket.socket) -> Result | None:
+    return _query(config, sock.getsockname(), sock.getpeername())
+
+
+def _query(config: StreamConfig, local: Addr, remote: Addr) -> Result | None:
+    try:
+        return _hook(config.hook_name).result(local, remote, wait=config.eno_wait)
+    except HookUnavailableError:
+        _forget_hook(config.hook_name)
+        return None
+
+
+class Listener:
+    """A listening socket registered with the hook for as long as it lives."""
+
+    def __init__(self, sock: socket.socket, config: StreamConfig | None = None) -> None:
+        self.sock = sock
+        self.config = config or StreamConfig()
+        self._registration: HookClient | None = None
+        self.unavailable: str | None = None
+        if self.config.policy is not Policy.OFF:
+            self._register()
+
+    def _register(self) -> None:
+        settings = self.config.settings(active=False, peer=None)
+        if not settings.teps:
+            if self.config.policy is Policy.REQUIRED:
+                raise EncryptionRequiredError("no_tep_configured")
+            self.unavailable = "no_tep_configured"
+            return
+        try:
+            self._registration = HookClient(self.config.hook_name)
+            self._registration.listen(self.sock.getsockname()[1], settings)
+        except HookUnavailableError as exc:
+            if self.config.policy is Policy.REQUIRED:
+                raise EncryptionRequiredError("hook_unavailable", str(exc)) from None
+            self.unavailable = "hook_unavailable"
+
+    def accept(self) -> tuple[Stream, Addr]:
+        sock, addr = self.sock.accept()
+        return self.wrap(sock, addr), addr
+
+    def wrap(self, sock: socket.socket, peer: Addr | None = None) -> Stream:
+        """ENO result and TEP handshake for a kernel socket ``accept()`` returned; ``peer``
+        is the address accept() gave (a socket the peer already reset has no peer name)."""
+        info = StreamInfo(policy=self.config.policy.value)
+        info.phases["tcp_connected"] = time.perf_counter()
+        if self._registration is None:
+            info.fallback_reason = self.unavailable or "disabled_by_config"
+            return Stream(sock, info)
+        local, remote = sock.getsockname(), peer or sock.getpeername()
+        result = _query(self.config, local, remote)
+
+        def peer_enabled() -> bool:
+            again = _hook(self.config.hook_name).result(local, remote)
+            return bool(again and again.peer_eno_after_fallback)
+
+        return establish(sock, result, self.config, info, active=False, split_check=peer_enabled)
+
+    def close(self) -> None:
+        if self._registration is not None:
+            self._registration.close()  # the hook forgets the port with the connection
+            self._registration = None
+        self.sock.close()
+
+
+def listen(address: Addr, config: StreamConfig | None = None, backlog: int = 128) -> Listener:
+    """Bind, register with the hook (before any SYN can arrive), then listen."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        listener = Listener(sock, config)
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return listener

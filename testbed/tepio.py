@@ -1,0 +1,109 @@
+"""Drive one sans-IO TEP core over a connected kernel TCP socket (the aioquic ``transmit`` shell).
+
+``TepDriver`` is all the I/O a TEP core gets: bytes read from the socket go to
+``receive_data``, whatever ``data_to_send`` returns is written out, and the core's events are
+turned into a byte buffer for the application. Only bytes the core delivered in
+``DataReceived`` ever reach the application (RFC 8547 §4.6: once encryption is enabled no raw
+payload goes to the application). A TCP FIN goes to ``peer_closed``, which raises
+``TruncationError`` unless the TEP's own end-of-stream arrived first (RFC 8547 §5: an abort
+must be reported differently from EOF).
+
+Errors are not handled here: the stream layer resets the connection and re-raises.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+
+from testbed.teps.base import (
+    DataReceived,
+    EndOfStream,
+    HandshakeComplete,
+    TepCore,
+    TepEvent,
+    TruncationError,
+)
+
+READ_SIZE = 65536
+
+
+class TepDriver:
+    """One TEP core on one socket."""
+
+    def __init__(
+        self, sock: socket.socket, core: TepCore, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.sock = sock
+        self.core = core
+        self.clock = clock
+        self.received = 0  # bytes read from the peer, handshake included
+        self.eof = False  # the peer's authenticated end of stream arrived
+        self.handshake: HandshakeComplete | None = None
+        self._plain = bytearray()
+
+    def _flush(self) -> None:
+        out = self.core.data_to_send()
+        if out:
+            self.sock.sendall(out)
+
+    def _absorb(self, events: list[TepEvent]) -> None:
+        for event in events:
+            if isinstance(event, DataReceived):
+                self._plain += event.data
+            elif isinstance(event, EndOfStream):
+                self.eof = True
+            elif isinstance(event, HandshakeComplete):
+                self.handshake = event
+
+    def _read_once(self) -> None:
+        data = self.sock.recv(READ_SIZE)
+        if not data:
+            self._absorb(self.core.peer_closed())  # raises TruncationError without the TEP's end
+            if not self.eof:
+                raise TruncationError("TCP ended before the TEP's end of stream")
+            return
+        self.received += len(data)
+        self._absorb(self.core.receive_data(data, self.clock()))
+        self._flush()
+
+    def run_handshake(self, timeout: float) -> HandshakeComplete:
+        """Start the core and exchange handshake messages until it has its keys."""
+        deadline = time.monotonic() + timeout
+        saved = self.sock.gettimeout()
+        try:
+            self.core.start(self.clock())
+            self._flush()
+            while not self.core.handshake_complete:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"TEP handshake not complete after {timeout:.1f} s")
+                self.sock.settimeout(remaining)
+                self._read_once()
+        finally:
+            self.sock.settimeout(saved)
+        if self.handshake is None:
+            session_id = self.core.session_id
+            if session_id is None:
+                raise TruncationError("TEP finished its handshake without a session ID")
+            self.handshake = HandshakeComplete(session_id)
+        return self.handshake
+
+    def send(self, data: bytes) -> None:
+        self.core.send_data(data)
+        self._flush()
+
+    def recv(self, size: int) -> bytes:
+        """Up to ``size`` authenticated bytes; b"" after the peer's end of stream."""
+        while not self._plain and not self.eof:
+            self._read_once()
+        out = bytes(self._plain[:size])
+        del self._plain[:size]
+        return out
+
+    def close_write(self) -> None:
+        """Send the TEP's end of stream, then TCP's FIN."""
+        self.core.close()
+        self._flush()
+        self.sock.shutdown(socket.SHUT_WR)

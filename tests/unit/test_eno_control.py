@@ -1,0 +1,172 @@
+"""The hook's control channel (messages, server dispatch, root-only access) and rule builders."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from testbed.eno.control import (
+    ControlError,
+    HookClient,
+    HookUnavailableError,
+    Result,
+    Settings,
+)
+from testbed.eno.engine import HookEngine
+from testbed.eno.hook import ControlServer
+from testbed.eno.rules import HookSpec, chain_rules, install_commands, remove_commands
+from tests.eno_segments import segment
+
+A, B = ("10.0.1.1", 40000), ("10.0.2.1", 5000)
+
+
+def test_settings_round_trip_and_strictness():
+    settings = Settings(teps=((0x21, bytes(9)), (0x20, None)), passive_role=True,
+                        application_aware=True, mandatory=True)
+    assert Settings.from_json(settings.to_json()) == settings
+    config = settings.eno_config()
+    assert config.mandatory_encryption and config.passive_role and config.a_bit
+    for bad in ({"teps": [[0x1F, None]]}, {"teps": [[0x20, None], [0x20, None]]},
+                {"teps": [[0x20, "zz"]]}, {"teps": [[0x20, "00" * 38]]}, {"colour": 1},
+                {"b": "yes"}, {"teps": [0x20]}, []):
+        with pytest.raises(ControlError):
+            Settings.from_json(bad)
+
+
+def test_result_round_trip():
+    result = Result(local=("10.0.1.1", 1), remote=("10.0.2.1", 2), active=True,
+                    state="enabled", outcome="negotiated", role="A", tep_id=0x20,
+                    transcript="45032045040120", peer_data="ab")
+    back = Result.from_json(result.to_json())
+    assert back == result and back.transcript_bytes == bytes.fromhex("45032045040120")
+
+
+def test_rules_queue_only_handshake_segments_with_bypass():
+    spec = HookSpec(queue=3, original_window=5, reply_window=3)
+    rules = chain_rules(spec)
+    assert all(r[-4:] == ["NFQUEUE", "--queue-num", "3", "--queue-bypass"] for r in rules)
+    assert rules[0][:5] == ["-p", "tcp", "--tcp-flags", "SYN", "SYN"]
+    assert rules[1][4:12] == ["--ctdir", "ORIGINAL", "-m", "connbytes", "--connbytes", "0:5",
+            "--connbytes-dir", "original"]
+    assert rules[2][4:12] == ["--ctdir", "REPLY", "-m", "connbytes", "--connbytes", "0:3",
+            "--connbytes-dir", "reply"]
+    install = install_commands(spec)
+    assert ["iptables", "-w", "-t", "mangle", "-A", "OUTPUT", "-p", "tcp", "-j",
+            "TCPINC_ENO_OUT"] in install
+    listing = {"OUTPUT": "-P OUTPUT ACCEPT\n-A OUTPUT -p tcp -j TCPINC_ENO_OUT\n"
+                         "-A OUTPUT -p udp -j OTHER\n",
+               "PREROUTING": "-A PREROUTING -p tcp -m multiport ! --ports 5001 "
+                             "-j TCPINC_ENO_IN\n"}
+    removal = remove_commands(listing)
+    assert removal[0] == ["iptables", "-w", "-t", "mangle", "-D", "OUTPUT", "-p", "tcp", "-j",
+                          "TCPINC_ENO_OUT"]
+    assert removal[3][5:] == ["PREROUTING", "-p", "tcp", "-m", "multiport", "!", "--ports",
+                              "5001", "-j", "TCPINC_ENO_IN"]
+    assert len(removal) == 6
+    excluded = install_commands(HookSpec(exclude_ports=(5001, 5002)))
+    assert excluded[4][8:13] == ["-m", "multiport", "!", "--ports", "5001,5002"]
+    with pytest.raises(ValueError):
+        HookSpec(original_window=2)
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[ControlServer, str]]:
+    """A control server on a fresh abstract name, served by a thread (no NFQUEUE needed)."""
+    name = f"tcpinc-test-{uuid.uuid4().hex[:8]}"
+    engine = HookEngine()
+    srv = ControlServer(engine, name)
+    stop = threading.Event()
+    lock = threading.Lock()
+    srv.lock = lock  # type: ignore[attr-defined]
+
+    def loop() -> None:
+        while not stop.is_set():
+            for key, _ in srv.selector.select(0.02):
+                with lock:
+                    srv.ready(key.fileobj, time.monotonic())  # type: ignore[arg-type]
+            with lock:
+                srv.tick(time.monotonic())
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield srv, name
+    finally:
+        stop.set()
+        thread.join(2)
+        srv.close()
+
+
+def test_listen_announce_and_waiting_for_a_result(server):
+    srv, name = server
+    with HookClient(name) as client:
+        assert client.request("hello")["version"] == 1
+        client.listen(5000, Settings(teps=((0x20, None),)))
+        assert 5000 in srv.engine.listeners
+        client.announce(40000, Settings(teps=((0x20, None),)))
+        with srv.lock:  # type: ignore[attr-defined]
+            srv.engine.handle(segment(A, B, "S", 1), True, time.monotonic())
+        assert client.result(A, B) is not None
+        assert client.result(A, B).outcome is None  # SYN sent, nothing decided yet
+
+        def answer_later() -> None:
+            time.sleep(0.1)
+            with srv.lock:  # type: ignore[attr-defined]
+                srv.engine.handle(segment(B, A, "SA", 9, 2), False, time.monotonic())
+
+        threading.Thread(target=answer_later).start()
+        started = time.monotonic()
+        result = client.result(A, B, wait=2.0)
+        assert result.outcome == "fallback" and result.reason == "no_eno_in_synack"
+        assert 0.05 < time.monotonic() - started < 1.5, "answered when the outcome came"
+        started = time.monotonic()
+        unknown = client.result(("10.9.9.9", 1), B, wait=2.0)
+        assert unknown is None and time.monotonic() - started < 1.0, "not followed: no wait"
+        assert client.stats()["counts"]["syn_out"] == 1
+        with pytest.raises(ControlError, match="unknown op"):
+            client.request("reboot")
+        with pytest.raises(ControlError, match="bad port"):
+            client.request("listen", port=0, settings={})
+    deadline = time.monotonic() + 2
+    while srv.engine.listeners and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not srv.engine.listeners, "a listener lives as long as its control connection"
+
+
+def test_another_application_cannot_take_a_registered_port(server):
+    _, name = server
+    with HookClient(name) as first, HookClient(name) as second:
+        first.listen(5000, Settings(teps=((0x20, None),)))
+        with pytest.raises(ControlError, match="already registered"):
+            second.listen(5000, Settings(teps=((0x20, None),)))
+
+
+def test_no_hook_is_a_clear_error():
+    with pytest.raises(HookUnavailableError):
+        HookClient(f"tcpinc-nobody-{uuid.uuid4().hex[:8]}")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another uid")
+def test_only_root_may_use_the_control_channel(server):
+    srv, name = server
+    pid = os.fork()
+    if pid == 0:  # child: become nobody and try
+        code = 1
+        try:
+            os.setuid(65534)
+            client = HookClient(name, timeout=2)
+            try:
+                client.request("hello")
+            except HookUnavailableError:
+                code = 0  # refused: the server closed the connection
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
+    assert srv.refused == 1
+

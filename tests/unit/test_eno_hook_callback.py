@@ -1,0 +1,70 @@
+"""The NFQUEUE callback of the hook process, with a fake packet (no queue needed)."""
+
+from __future__ import annotations
+
+from testbed.eno.control import Settings
+from testbed.eno.engine import HookEngine
+from testbed.eno.hook import NF_INET_LOCAL_OUT, PacketTimer, _syn_with_data, make_callback
+from testbed.eno.packet import parse_segment
+from tests.eno_segments import segment
+
+A, B = ("10.0.1.1", 40000), ("10.0.2.1", 5000)
+
+
+class FakePacket:
+    def __init__(self, raw: bytes, hook: int) -> None:
+        self.raw, self.hook, self.calls = raw, hook, []
+
+    def get_payload(self) -> bytes:
+        self.calls.append("get")
+        return self.raw
+
+    def set_payload(self, raw: bytes) -> None:
+        self.calls.append("set")
+        self.raw = raw
+
+    def accept(self) -> None:
+        self.calls.append("accept")
+
+
+def test_syn_with_data_detection():
+    assert _syn_with_data(segment(A, B, "S", 1, payload=b"x"))
+    assert not _syn_with_data(segment(A, B, "S", 1))
+    assert not _syn_with_data(segment(A, B, "PA", 1, 1, payload=b"x"))
+    assert not _syn_with_data(b"\x45" + bytes(10))
+
+
+def test_outgoing_syn_is_rewritten_before_its_verdict():
+    engine = HookEngine()
+    engine.announce(A[1], Settings(teps=((0x20, None),)), 0.0, 1e9)
+    callback = make_callback(engine, PacketTimer())
+    packet = FakePacket(segment(A, B, "S", 1), NF_INET_LOCAL_OUT)
+    callback(packet)
+    assert packet.calls == ["get", "set", "accept"]
+    assert parse_segment(packet.raw).options.endswith(bytes.fromhex("45032000"))
+
+
+def test_incoming_segments_get_their_verdict_before_the_core_reads_them():
+    engine = HookEngine()
+    engine.listen(B[1], Settings(teps=((0x20, None),)), owner=1)
+    callback = make_callback(engine, PacketTimer())
+    packet = FakePacket(segment(A, B, "S", 1, options=bytes.fromhex(
+        "020405b4" "45032000")), hook=0)
+    callback(packet)
+    assert packet.calls == ["get", "accept"]
+    assert engine.result((*B, *A)).state == "syn_received"
+
+
+def test_a_failing_engine_still_accepts_and_counts():
+    engine = HookEngine()
+
+    def broken(raw: bytes, outgoing: bool, now: float) -> bytes | None:
+        raise RuntimeError("bug")
+
+    engine.handle = broken  # type: ignore[method-assign]
+    timer = PacketTimer()
+    packet = FakePacket(segment(A, B, "S", 1), NF_INET_LOCAL_OUT)
+    make_callback(engine, timer)(packet)
+    assert packet.calls == ["get", "accept"]
+    assert engine.counts["internal_errors"] == 1
+    assert timer.count == 1 and timer.stats()["callbacks"] == 1
