@@ -64,6 +64,19 @@ def measure(m: Measurement, ctx: RunContext, tag: str) -> list[dict[str, Any]]:
     return out
 
 
+def is_resumption_arm(proto: str) -> bool:
+    return "-resume" in proto or "-0rtt" in proto
+
+
+def counts_for_arm(record: dict[str, Any]) -> bool:
+    """Whether a connection measures its arm: not a warm-up, and for resumption arms only
+    connections that did resume (the first connection of such a run is a full handshake
+    that seeds the session; the record says ``resumed``)."""
+    if record.get("warmup"):
+        return False
+    return not is_resumption_arm(record["proto"]) or bool(record.get("resumed"))
+
+
 def find_connection(conns: dict[Any, Connection], record: dict[str, Any]) -> Connection | None:
     """The captured connection of a client record: its local port, SYN nearest its start."""
     port = record.get("local_port")
@@ -118,7 +131,7 @@ def count_from_pcaps(records: list[dict[str, Any]], run_dir: Path) -> list[dict[
     """Round trips for every non-warm-up record, reading each pcap once."""
     by_pcap: dict[str, list[dict[str, Any]]] = {}
     for record in records:
-        if not record.get("warmup") and record.get("pcap") and record.get("bytes_ok"):
+        if counts_for_arm(record) and record.get("pcap") and record.get("bytes_ok"):
             by_pcap.setdefault(Path(record["pcap"]).name, []).append(record)
     out = []
     for name, recs in by_pcap.items():

@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from experiments import plotting
-from experiments.common import Measurement, measure
+from experiments.common import Measurement, counts_for_arm, measure
 from experiments.runner import RunContext
 from experiments.theory import THEORY_RTTS, ttfb_ms
 from testbed.apps.transport import TRANSPORTS
@@ -47,15 +47,17 @@ def run_point(point: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
 
 
 def summarise(records: pd.DataFrame) -> pd.DataFrame:
-    measured = records[(~records["warmup"]) & records["bytes_ok"]]
+    arm = records.apply(lambda r: counts_for_arm(r.to_dict()), axis=1)
+    records = records[arm]
+    measured = records[records["bytes_ok"]]
     rows = []
     for (proto, rtt), group in measured.groupby(["proto", "rtt_ms"]):
         ttfb = group["ttfb_ms"]
         theory = ttfb_ms(str(proto), float(rtt))
         rows.append({
             "proto": proto, "rtt_ms": rtt, "n": len(group),
-            "failed": int((~records[(records.proto == proto) & (records.rtt_ms == rtt)
-                                    & ~records.warmup]["bytes_ok"]).sum()),
+            "failed": int((~records[(records.proto == proto) & (records.rtt_ms == rtt)]
+                           ["bytes_ok"]).sum()),
             "ttfb_median_ms": ttfb.median(), "ttfb_p5_ms": ttfb.quantile(0.05),
             "ttfb_p95_ms": ttfb.quantile(0.95), "ttfb_p99_ms": ttfb.quantile(0.99),
             "ttfb_mean_ms": ttfb.mean(), "connect_median_ms": group["connect_ms"].median(),

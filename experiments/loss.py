@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from experiments.common import Measurement, measure  # noqa: E402
+from experiments.common import Measurement, counts_for_arm, measure  # noqa: E402
 from experiments.latency import protocols  # noqa: E402
 from experiments.runner import RunContext  # noqa: E402
 from experiments.style import style  # noqa: E402
@@ -64,7 +64,7 @@ def analyse(run_dir: Path) -> dict[str, Any]:
     records = [json.loads(line) for line in (run_dir / "records.jsonl").read_text().splitlines()]
     rows = [{"proto": r["proto"], "loss_percent": r["loss_percent"], "conn": r["conn"],
              "ok": bool(r["bytes_ok"]), "handshake_ms": handshake_ms(r), "ttfb_ms": r["ttfb_ms"]}
-            for r in records if not r["warmup"]]
+            for r in records if counts_for_arm(r)]
     frame = pd.DataFrame(rows)
     frame.to_csv(run_dir / "loss_connections.csv", index=False)
     summary = frame.groupby(["proto", "loss_percent"]).agg(

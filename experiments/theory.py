@@ -11,6 +11,17 @@ from __future__ import annotations
 THEORY_RTTS: dict[str, tuple[float, float]] = {
     "plain": (1.0, 2.0),  # Plain TCP, no TFO
     "plain-tfo": (0.0, 1.0),  # Plain TCP with TFO, cookie cached (RFC 7413 §3)
+    "tcpcrypt": (2.0, 3.0),  # tcpcrypt fresh: Init1/Init2 after the TCP handshake
+    "tcpcrypt-resume": (1.0, 2.0),  # tcpcrypt resumed: keys from ss[i], no Init1/Init2
+    "tls": (2.0, 3.0),  # TLS 1.3 full (use-tls under ENO)
+    "tls-resume": (2.0, 3.0),  # TLS 1.3 PSK resumption without early data
+    "tls-0rtt": (1.0, 2.0),  # TLS 1.3 0-RTT (beyond the drafts under ENO)
+    "tls-noeno": (2.0, 3.0),  # ordinary TLS 1.3 over TCP
+    "tls-noeno-resume": (2.0, 3.0),
+    "tls-noeno-0rtt": (1.0, 2.0),
+    "tls-noeno-tfo": (1.0, 2.0),  # plain TLS + TFO: ClientHello in the SYN
+    "tls-noeno-resume-tfo": (1.0, 2.0),
+    "tls-noeno-0rtt-tfo": (0.0, 1.0),  # ClientHello + early data in the SYN
 }
 
 

@@ -46,10 +46,11 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from testbed.apps.transport import get_transport
     from testbed.probe import ProbeConfig, probe
 
-    get_transport(args.proto, args.policy)
+    proto = arm_name(args.proto, resume=args.resume, early_data=args.early_data, tfo=args.tfo)
+    get_transport(proto, args.policy)
     topology = args.topology or ("middlebox" if args.middlebox else "direct")
     cfg = ProbeConfig(
-        topology=topology, path=_path_shape(args), proto=args.proto,
+        topology=topology, path=_path_shape(args), proto=proto,
         middlebox=args.middlebox, repeat=args.repeat, response_size=args.response_size,
         link_backend=args.link_backend, seed=args.seed,
         pcap_dir=Path(args.pcap_dir) if args.pcap_dir else None, policy=args.policy,
@@ -57,6 +58,22 @@ def cmd_probe(args: argparse.Namespace) -> int:
     for record in probe(cfg):
         print(json.dumps(record), flush=True)
     return 0
+
+
+def arm_name(proto: str, *, resume: bool, early_data: bool, tfo: bool) -> str:
+    """`--proto tls --early-data` -> `tls-0rtt`: the variant flags name a protocol arm.
+
+    Arms: NAME, NAME-resume (the first connection is fresh, each later one resumes the
+    one before), NAME-0rtt (resumed with early data), and -tfo for TCP Fast Open.
+    """
+    name = proto
+    if early_data:
+        name += "-0rtt"
+    elif resume:
+        name += "-resume"
+    if tfo:
+        name += "-tfo"
+    return name
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -139,6 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ENO protocols: what to do when ENO fails (default opportunistic)")
     p.add_argument("--middlebox", default=None, help="NAME[:param=value,...]")
     p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--resume", action="store_true",
+                   help="later connections resume the first (session resumption)")
+    p.add_argument("--early-data", action="store_true",
+                   help="resumed connections send the request as 0-RTT early data")
+    p.add_argument("--tfo", action="store_true", help="TCP Fast Open (non-ENO arms)")
     p.add_argument("--response-size", type=int, default=1024)
     p.add_argument("--pcap-dir", default=None, help="keep the client capture here")
     _path_args(p)

@@ -187,6 +187,15 @@ _ENO_FACTORIES: dict[str, Any] = {"eno-test": _eno_test}
 POLICIES = tuple(p.value for p in eno_stream.Policy)
 
 
+def register_transport(name: str, transport: Any, eno_factory: Any = None) -> None:
+    """Add a protocol arm; ENO arms also give a factory taking the policy name."""
+    if name in TRANSPORTS:
+        raise ValueError(f"protocol {name!r} already registered")
+    TRANSPORTS[name] = transport
+    if eno_factory is not None:
+        _ENO_FACTORIES[name] = eno_factory
+
+
 def get_transport(name: str, policy: str | None = None) -> Any:
     if name not in TRANSPORTS:
         raise ConfigError(f"unknown protocol {name!r}", f"choose from {', '.join(TRANSPORTS)}")
