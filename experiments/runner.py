@@ -33,8 +33,9 @@ EXPERIMENTS = {
     "roundtrips": "experiments.roundtrips",
     "loss": "experiments.loss",
     "fallback": "experiments.fallback",
+    "cost": "experiments.cost",
 }
-ALL = ["latency", "roundtrips", "fallback", "loss"]
+ALL = ["latency", "roundtrips", "fallback", "loss", "cost"]
 PACKAGES = ("tcpinc-testbed", "mininet", "scapy", "pandas", "matplotlib", "cryptography",
             "pyOpenSSL", "NetfilterQueue")
 REPO = Path(__file__).resolve().parent.parent
@@ -207,6 +208,10 @@ def run_cli(args: argparse.Namespace) -> None:
         ctx = RunContext(run_dir, args.profile, args.repeat, args.seed, backend)
         summary = run_experiment(name, ctx, given, shard)
         print(json.dumps({"experiment": name, "run_dir": str(run_dir), **summary}))
+    if args.experiment == "all" and shard is None:
+        from experiments.report import write_report
+
+        print(json.dumps({"report": str(write_report(Path(args.out)))}))
 
 
 def merge(run_dirs: list[Path], out: Path) -> dict[str, Any]:

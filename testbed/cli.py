@@ -90,6 +90,13 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from experiments.report import write_report
+
+    print(json.dumps({"report": str(write_report(Path(args.results)))}))
+    return 0
+
+
 def cmd_analyse(args: argparse.Namespace) -> int:
     from experiments import runner
 
@@ -185,6 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dirs", nargs="+")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("report", help="write REPORT.md from the newest finished runs")
+    p.add_argument("--results", default="results")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("analyse", help="redo the analysis of a run directory")
     p.add_argument("run_dir")
