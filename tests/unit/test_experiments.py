@@ -1,0 +1,143 @@
+"""Experiment plumbing without a network: round trips from real captures, the runner's
+resume / shard / merge, and the analysis reading only the run directory."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from experiments import runner
+from experiments.common import count_from_pcaps, counts_for_arm, find_connection, round_trips
+from experiments.fallback import classify
+from testbed.errors import ConfigError
+from testbed.net.pcap import connections, read_segments
+
+DATA = Path(__file__).resolve().parent.parent / "data"
+
+
+def _records(name: str) -> list[dict]:
+    return [json.loads(line) for line in (DATA / f"{name}.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        # Plain TCP: SYN / SYN-ACK, then the request; the response one flight later.
+        ("probe_plain_20ms", [(1, 2, "CSCSCS"), (1, 2, "CSCSCS")]),
+        # TFO: the first connection only fetches a cookie; the second sends in the SYN.
+        ("probe_plain_tfo_20ms", [(1, 2, "CSCSCS"), (0, 1, "CSCS")]),
+    ],
+)
+def test_round_trips_counted_from_real_captures(name, expected):
+    conns = connections(read_segments(DATA / f"{name}.pcap"))
+    got = []
+    for record in _records(name):
+        conn = find_connection(conns, record)
+        assert conn is not None
+        counted = round_trips(conn, record)
+        got.append((counted["rt_send"], counted["rt_resp"], counted["flights"]))
+    assert got == expected
+
+
+def test_count_from_pcaps_reads_the_run_directory(tmp_path):
+    (tmp_path / "pcaps").mkdir()
+    (tmp_path / "pcaps" / "x.pcap").write_bytes((DATA / "probe_plain_20ms.pcap").read_bytes())
+    records = [{**r, "pcap": "/elsewhere/x.pcap", "warmup": False} for r in
+               _records("probe_plain_20ms")]
+    counted = count_from_pcaps(records, tmp_path)
+    assert [(c["rt_send"], c["rt_resp"]) for c in counted] == [(1, 2), (1, 2)]
+
+
+def test_counts_for_arm_keeps_only_resumed_connections_of_resumption_arms():
+    assert counts_for_arm({"proto": "tls", "warmup": False})
+    assert not counts_for_arm({"proto": "tls", "warmup": True})
+    assert not counts_for_arm({"proto": "tcpcrypt-resume", "warmup": False, "resumed": False})
+    assert counts_for_arm({"proto": "tls-0rtt", "warmup": False, "resumed": True})
+
+
+@pytest.mark.parametrize(
+    "record,cls",
+    [
+        ({"outcome": "encrypted", "session_id": "aa", "session_id_peer": "aa"}, "encrypted"),
+        ({"outcome": "encrypted", "session_id": "aa", "session_id_peer": "bb"}, "encrypted-mitm"),
+        ({"outcome": "plaintext", "bytes_ok": True}, "plaintext"),
+        ({"outcome": "plaintext", "bytes_ok": False}, "plaintext-corrupted"),
+        ({"outcome": "failed", "error": "EncryptionRequiredError: required"}, "failed:refused"),
+        ({"outcome": "failed", "error": "IntegrityFailure: tag"}, "failed:integrity"),
+        ({"outcome": "failed", "error": "ConnectionResetError: reset"}, "failed:reset"),
+        ({"outcome": "failed", "error": "ConnectionRefusedError: Connection refused"},
+         "failed:reset"),
+        ({"outcome": "failed", "error": "TimeoutError: timed out"}, "failed:timeout"),
+        ({"outcome": "failed", "error": "weird"}, "failed:other"),
+    ],
+)
+def test_fallback_classification(record, cls):
+    assert classify(record) == cls
+
+
+@pytest.fixture
+def fake_experiment(monkeypatch):
+    """A registered experiment whose points are numbers and whose records count calls."""
+    module = types.ModuleType("experiments.fake")
+    calls: list[int] = []
+
+    def points(profile):
+        return [{"x": i} for i in range(5)]
+
+    def run_point(point, ctx):
+        calls.append(point["x"])
+        if point["x"] == ctx.__dict__.get("fail_at"):
+            raise KeyboardInterrupt
+        return [{"y": point["x"] * 10}]
+
+    def analyse(run_dir):
+        lines = (run_dir / "records.jsonl").read_text().splitlines()
+        return {"records": len(lines), "sum": sum(json.loads(x)["y"] for x in lines)}
+
+    module.points, module.run_point, module.analyse = points, run_point, analyse
+    module.calls = calls
+    monkeypatch.setitem(sys.modules, "experiments.fake", module)
+    monkeypatch.setitem(runner.EXPERIMENTS, "fake", "experiments.fake")
+    return module
+
+
+def test_runner_resumes_without_redoing_finished_points(tmp_path, fake_experiment):
+    ctx = runner.RunContext(tmp_path / "run", "quick", None, 1, "userspace")
+    ctx.fail_at = 3  # type: ignore[attr-defined]
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_experiment("fake", ctx, {"profile": "quick", "seed": 1})
+    assert fake_experiment.calls == [0, 1, 2, 3]
+    ctx.fail_at = None  # type: ignore[attr-defined]
+    summary = runner.run_experiment("fake", ctx, {"profile": "quick", "seed": 1})
+    assert fake_experiment.calls == [0, 1, 2, 3, 3, 4]
+    assert summary == {"records": 5, "sum": 100}
+    meta = json.loads((tmp_path / "run" / "metadata.json").read_text())
+    assert meta["finished"] and meta["link_backend"] == "userspace"
+    with pytest.raises(ConfigError, match="seed"):
+        runner.run_experiment("fake", ctx, {"profile": "quick", "seed": 2})
+
+
+def test_shards_partition_the_grid_and_merge_back(tmp_path, fake_experiment):
+    dirs = []
+    for i in (1, 2):
+        ctx = runner.RunContext(tmp_path / f"s{i}", "quick", None, 1, "userspace")
+        runner.run_experiment("fake", ctx, {"profile": "quick", "seed": 1, "shard": f"{i}/2"},
+                              shard=runner.parse_shard(f"{i}/2"))
+        dirs.append(ctx.run_dir)
+    assert sorted(fake_experiment.calls) == [0, 1, 2, 3, 4]
+    merged = runner.merge(dirs, tmp_path / "merged")
+    assert merged["complete"] and merged["records"] == 5 and merged["sum"] == 100
+    partial = runner.merge(dirs[:1], tmp_path / "partial")
+    assert not partial["complete"]
+    with pytest.raises(ConfigError):
+        runner.merge(dirs, tmp_path / "merged")  # exists
+
+
+@pytest.mark.parametrize("text", ["0/2", "3/2", "a/b", "1-2"])
+def test_bad_shard(text):
+    with pytest.raises(ConfigError):
+        runner.parse_shard(text)
