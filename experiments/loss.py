@@ -41,7 +41,7 @@ QUICK_ARMS = ("plain", "tcpcrypt", "tls", "tls-noeno")  # one per design; full r
 
 
 def points(profile: str) -> list[dict[str, Any]]:
-    arms = [p for p in protocols() if profile == "full" or p in QUICK_ARMS]
+    arms = [p for p in protocols("full") if profile == "full" or p in QUICK_ARMS]
     return [{"proto": p, "loss_percent": loss}
             for loss in PROFILES[profile]["losses"] for p in arms]
 

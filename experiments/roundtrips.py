@@ -28,7 +28,7 @@ PROFILES = {"quick": {"repeat": 5}, "full": {"repeat": 20}}
 
 
 def points(profile: str) -> list[dict[str, Any]]:
-    return [{"proto": p} for p in protocols()]
+    return [{"proto": p} for p in protocols("full")]
 
 
 def run_point(point: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:

@@ -141,6 +141,15 @@ def shard_points(points: list[dict[str, Any]], shard: tuple[int, int] | None) ->
     return [p for i, p in enumerate(points) if i % total == index - 1]
 
 
+def select_protocols(points: list[dict[str, Any]], protocols: str | None) -> list[dict]:
+    """`--protocols a,b`: keep only points of those protocol arms (experiments without a
+    protocol dimension are unaffected)."""
+    if not protocols:
+        return points
+    wanted = set(protocols.split(","))
+    return [p for p in points if "proto" not in p or p["proto"] in wanted]
+
+
 def _read_done(run_dir: Path) -> set[str]:
     path = run_dir / "points.jsonl"
     if not path.exists():
@@ -151,7 +160,7 @@ def _read_done(run_dir: Path) -> set[str]:
 def _check_resumable(meta_path: Path, args: dict[str, Any]) -> None:
     """A run directory is only continued with the arguments that started it."""
     old = json.loads(meta_path.read_text()).get("arguments", {})
-    for key in ("profile", "repeat", "seed", "shard", "link_backend"):
+    for key in ("profile", "repeat", "seed", "shard", "link_backend", "protocols"):
         if old.get(key) != args.get(key):
             raise ConfigError(
                 f"{meta_path.parent} was started with {key}={old.get(key)!r}, not "
@@ -169,7 +178,8 @@ def run_experiment(name: str, ctx: RunContext, args: dict[str, Any],
     else:
         meta_path.write_text(json.dumps(metadata(name, args, ctx.link_backend), indent=2))
     done = _read_done(ctx.run_dir)
-    points = shard_points(module.points(ctx.profile), shard)
+    points = shard_points(select_protocols(module.points(ctx.profile), args.get("protocols")),
+                          shard)
     todo = [p for p in points if point_key(p) not in done]
     progress = Progress(len(todo), name)
     with (ctx.run_dir / "records.jsonl").open("a") as records, \
@@ -233,7 +243,8 @@ def merge(run_dirs: list[Path], out: Path) -> dict[str, Any]:
                 seen.add(key)
             records.write((run_dir / "records.jsonl").read_text())
     module = importlib.import_module(EXPERIMENTS[names.pop()])
-    expected = {point_key(p) for p in module.points(profiles.pop())}
+    wanted = metas[0].get("arguments", {}).get("protocols")
+    expected = {point_key(p) for p in select_protocols(module.points(profiles.pop()), wanted)}
     meta = {**metas[0], "merged_from": [str(d) for d in run_dirs],
             "complete": expected <= seen, "missing_points": len(expected - seen)}
     (out / "metadata.json").write_text(json.dumps(meta, indent=2))

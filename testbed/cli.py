@@ -186,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-id", default=None,
                    help="run directory name; an existing one is resumed (finished points kept)")
     p.add_argument("--shard", default=None, help="i/n: run every n-th point from the i-th")
+    p.add_argument("--protocols", default=None,
+                   help="comma-separated protocol arms to keep (default: the profile's)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("merge", help="combine shard run directories of one experiment")

@@ -20,7 +20,9 @@ Policies: ``off`` never offers ENO; ``opportunistic`` falls back to plain TCP an
 (``encrypted`` False, ``fallback_reason``); ``required`` turns any fallback into
 ``EncryptionRequiredError`` after resetting the connection, before one application byte is
 sent, on both sides. TEP failures (integrity, protocol, truncation) reset the connection and
-raise ``TepFailure``; nothing unauthenticated is delivered.
+raise ``TepFailure``; nothing unauthenticated is delivered. A passive end whose hook put ENO in
+the SYN-ACK but never judged the first ACK segment (the hook missed it) resets the connection
+under every policy (``UndecidedEnoError``): the peer may have enabled encryption (§4.6).
 
 One RFC 8547 gap is handled here. If a path strips ENO from A's third segment only, B falls
 back (§4.6 rule 1: its first ACK segment lacked ENO) while A has sent and received ACK
@@ -34,9 +36,13 @@ without ENO and reports ``fallback_reason = "peer_refused_tep"``; a required A f
 Per-host TEP state (a TLS ``ServerIdentity``, a tcpcrypt ``ResumptionCache``) comes from
 ``TepProvider`` objects registered per TEP name (``register_provider``) or given per stream
 (``StreamConfig.providers``); static per-TEP options come from ``StreamConfig.tep_options``.
-Limit: a listener's suboption data is fixed at registration, so a passive opener cannot yet
-answer a resumption offer with data that depends on it (RFC 8548 §3.5); that needs the hook to
-ask the application during the SYN (a control-channel round trip on the SYN's path).
+A listener's suboption data is fixed at registration; a passive opener answers resumption
+offers (RFC 8548 §3.5) with single-use answers its provider pushed to the hook beforehand
+(``HookClient.answer``, testbed/eno/engine.py), so no control round trip sits on the SYN's
+path. An active opener's provider may say, per offer, what the peer's answer must begin with
+(``expected_peer_data``); the hook then ignores a mismatching answer (§3.5). A provider that
+raises ``TepError`` for a connection (e.g. the secret an answer named is gone) gets the
+connection reset, as a failed TEP handshake would.
 
 The announcement is a one-way message (no round trip before the SYN); ``eno_announced`` is
 its phase time. ``Stream.session_id`` raises ``NoSessionIdError`` while there is none (RFC 8547
@@ -59,7 +65,7 @@ from typing import Any, Protocol
 from testbed.eno.control import DEFAULT_NAME, HookClient, HookUnavailableError, Result, Settings
 from testbed.tepio import TepDriver
 from testbed.teps import base, enotest
-from testbed.teps.base import Role, TepContext, TepError, TepSpec
+from testbed.teps.base import HandshakeComplete, Role, TepContext, TepError, TepSpec
 
 Addr = tuple[str, int]
 UNENCRYPTED_TEPS = frozenset({enotest.TEP_NAME})  # negotiated, but protect nothing
@@ -102,6 +108,12 @@ class SplitNegotiationError(StreamError):
     """This end fell back but the peer enabled encryption (ENO stripped from A's ACK only)."""
 
 
+class UndecidedEnoError(StreamError):
+    """Our SYN-ACK carried ENO but the hook never judged the peer's first ACK segment (RFC 8547
+    §4.6), so the peer may have enabled encryption: the connection was reset rather than its
+    bytes taken for plaintext."""
+
+
 class NoSessionIdError(StreamError):
     """RFC 8547 §5.1: there is no session ID (ENO failed, or no TEP handshake yet)."""
 
@@ -116,6 +128,16 @@ class TepProvider(Protocol):
         self, spec: TepSpec, *, role: Role, peer: Addr, result: Result
     ) -> dict[str, Any]:
         """``TepContext.options`` for a connection that negotiated ``spec``."""
+
+
+def _expected(provider: TepProvider | None, spec: TepSpec, data: bytes | None) -> bytes | None:
+    """A provider's optional ``expected_peer_data(spec, data)``: the prefix the peer's answer
+    to our suboption data must carry (RFC 8548 §3.5), or None for no constraint."""
+    method = getattr(provider, "expected_peer_data", None)
+    if method is None or not data:
+        return None
+    prefix: bytes | None = method(spec, data)
+    return prefix
 
 
 _PROVIDERS: dict[str, TepProvider] = {}
@@ -139,6 +161,10 @@ class StreamConfig:
     eno_wait: float = 2.0  # how long to wait for the hook's verdict
     handshake_timeout: float = 10.0
     retry_plain: bool = True  # opportunistic A: reconnect without ENO if the TEP is refused
+    # A server hands the stream over once 0-RTT data arrived, before the TEP handshake ends,
+    # so the application can answer at 0.5-RTT (TLS 0-RTT, RFC 8446 §2.3; beyond the drafts).
+    # The session ID is then None until a later recv() completes the handshake.
+    early_handoff: bool = False
 
     def specs(self) -> list[TepSpec]:
         if not self.teps:
@@ -149,16 +175,19 @@ class StreamConfig:
         return self.providers.get(name) or _PROVIDERS.get(name)
 
     def settings(self, *, active: bool, peer: Addr | None) -> Settings:
-        teps = []
+        teps, expect = [], []
         for spec in self.specs():
             provider = self.provider(spec.name)
             data = provider.suboption_data(spec, active=active, peer=peer) if provider else None
             teps.append((spec.tep_id, data or None))
+            prefix = _expected(provider, spec, data) if active else None
+            if prefix:
+                expect.append((spec.tep_id, prefix))
         return Settings(
             teps=tuple(teps), passive_role=self.passive_role and active,
             application_aware=self.application_aware,
             mandatory_app_aware=self.mandatory_application_aware,
-            mandatory=self.policy is Policy.REQUIRED,
+            mandatory=self.policy is Policy.REQUIRED, expect=tuple(expect),
         )
 
 
@@ -178,7 +207,17 @@ class StreamInfo:
     session_id: bytes | None = None
     transcript: bytes = b""
     peer_application_aware: bool | None = None
+    resumed: bool | None = None  # the TEP handshake resumed an earlier session
+    early_data_accepted: bool | None = None  # None: no 0-RTT data was attempted
     phases: dict[str, float] = field(default_factory=dict)  # name -> perf_counter seconds
+
+
+def note_handshake(info: StreamInfo, done: HandshakeComplete) -> None:
+    """Record a finished TEP handshake in ``info`` (session ID, resumption, 0-RTT)."""
+    info.phases.setdefault("tep_handshake_done", time.perf_counter())
+    info.session_id = done.session_id
+    info.resumed = done.resumed
+    info.early_data_accepted = done.early_data_accepted
 
 
 _local = threading.local()
@@ -265,6 +304,10 @@ class Stream:
             return self.sock.recv(size)
         driver = self._driver
         data: bytes = self._guard(lambda: driver.recv(size))
+        if self.info.session_id is None:
+            done = driver.completed()  # an early handoff's handshake ended in this recv
+            if done is not None:
+                note_handshake(self.info, done)
         return data
 
     def _run_split_check(self) -> None:
@@ -353,6 +396,12 @@ def establish(
         detail = (result.error or "") if result is not None else ""
         if required:
             raise _fail_closed(sock, why, detail)
+        if not active and result is not None and result.state == "synack_sent":
+            undecided = UndecidedEnoError(f"ENO sent in the SYN-ACK, no verdict on the first "
+                                          f"ACK segment ({result.packets} segments seen)")
+            undecided.local_port = _port_of(sock)
+            reset(sock)
+            raise undecided
         info.fallback_reason, info.detail = why, detail
         return Stream(sock, info)
     info.eno = result.outcome
@@ -382,15 +431,24 @@ def _start_tep(
     options: dict[str, Any] = {}
     provider = config.provider(spec.name)
     if provider is not None:
-        options.update(provider.context_options(spec, role=role, peer=result.remote,
-                                                result=result))
+        try:
+            options.update(provider.context_options(spec, role=role, peer=result.remote,
+                                                    result=result))
+        except TepError as exc:  # e.g. a resumption secret gone: no TEP byte sent yet
+            refusal = TepFailure(f"{spec.name}: {exc}")
+            refusal.local_port = _port_of(sock)
+            reset(sock)
+            raise refusal from exc
     options.update(config.tep_options.get(spec.name, {}))
     ctx = TepContext(role=role, transcript=info.transcript, random=os.urandom,
                      now=time.monotonic(), peer_suboption_data=result.peer_data_bytes,
                      options=options)
     driver = TepDriver(sock, spec.factory(ctx))
     try:
-        done = driver.run_handshake(config.handshake_timeout)
+        if config.early_handoff:
+            done = driver.run_until_data(config.handshake_timeout)
+        else:
+            done = driver.run_handshake(config.handshake_timeout)
     except (TepError, OSError) as exc:
         refused = driver.received == 0 and isinstance(
             exc, base.TruncationError | ConnectionError)
@@ -405,8 +463,10 @@ def _start_tep(
             failure = TepFailure(f"{spec.name} handshake failed: {exc}")
         failure.local_port = port
         raise failure from exc
-    info.phases["tep_handshake_done"] = time.perf_counter()
-    info.session_id = done.session_id
+    if done is not None:
+        note_handshake(info, done)
+        # A core that resumes has its keys at start(), before any event could be read.
+        info.resumed = bool(info.resumed or getattr(driver.core, "resumed", False))
     info.encrypted = spec.name not in UNENCRYPTED_TEPS
     return Stream(sock, info, driver)
 

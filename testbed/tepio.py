@@ -8,6 +8,11 @@ payload goes to the application). A TCP FIN goes to ``peer_closed``, which raise
 ``TruncationError`` unless the TEP's own end-of-stream arrived first (RFC 8547 §5: an abort
 must be reported differently from EOF).
 
+A server may hand the connection to its application before the handshake ends
+(``run_until_data``): once the core delivered 0-RTT data (TLS, RFC 8446 §2.3, beyond the
+drafts) the application can read it and answer with 0.5-RTT data; the rest of the handshake
+then happens inside later ``recv`` calls and ``completed()`` reports it.
+
 Errors are not handled here: the stream layer resets the connection and re-raises.
 """
 
@@ -41,6 +46,7 @@ class TepDriver:
         self.received = 0  # bytes read from the peer, handshake included
         self.eof = False  # the peer's authenticated end of stream arrived
         self.handshake: HandshakeComplete | None = None
+        self.early_received = False  # the core delivered 0-RTT data (DataReceived.early)
         self._plain = bytearray()
 
     def _flush(self) -> None:
@@ -52,6 +58,7 @@ class TepDriver:
         for event in events:
             if isinstance(event, DataReceived):
                 self._plain += event.data
+                self.early_received = self.early_received or event.early
             elif isinstance(event, EndOfStream):
                 self.eof = True
             elif isinstance(event, HandshakeComplete):
@@ -70,12 +77,30 @@ class TepDriver:
 
     def run_handshake(self, timeout: float) -> HandshakeComplete:
         """Start the core and exchange handshake messages until it has its keys."""
+        self._exchange(timeout, stop_at_early_data=False)
+        done = self.completed()
+        if done is None:
+            raise TruncationError("TEP finished its handshake without a session ID")
+        return done
+
+    def run_until_data(self, timeout: float) -> HandshakeComplete | None:
+        """``run_handshake``, but return None as soon as the core delivered 0-RTT data.
+
+        A server answering early data at 0.5-RTT (RFC 8446 §2.3) cannot wait for the client's
+        Finished, which is one round trip later; later ``recv`` calls finish the handshake.
+        """
+        self._exchange(timeout, stop_at_early_data=True)
+        return self.completed() if self.core.handshake_complete else None
+
+    def _exchange(self, timeout: float, *, stop_at_early_data: bool) -> None:
         deadline = time.monotonic() + timeout
         saved = self.sock.gettimeout()
         try:
             self.core.start(self.clock())
             self._flush()
             while not self.core.handshake_complete:
+                if stop_at_early_data and self.early_received:
+                    return
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise TimeoutError(f"TEP handshake not complete after {timeout:.1f} s")
@@ -83,11 +108,13 @@ class TepDriver:
                 self._read_once()
         finally:
             self.sock.settimeout(saved)
-        if self.handshake is None:
+
+    def completed(self) -> HandshakeComplete | None:
+        """The handshake's result once the core has its keys (None before)."""
+        if self.handshake is None and self.core.handshake_complete:
             session_id = self.core.session_id
-            if session_id is None:
-                raise TruncationError("TEP finished its handshake without a session ID")
-            self.handshake = HandshakeComplete(session_id)
+            if session_id is not None:
+                self.handshake = HandshakeComplete(session_id)
         return self.handshake
 
     def send(self, data: bytes) -> None:

@@ -7,7 +7,8 @@ is the client's per-connection JSON records, each tagged with the capture file.
 ENO protocols also get the ENO hook (testbed/eno/hook.py) on the client and the
 server host for the duration of the run, and the server's per-connection view
 (outcome, fallback reason, session ID) is merged into each client record as
-``session_id_peer`` and ``peer_*``.
+``session_id_peer`` and ``peer_*``; so is that of non-ENO protocols with session IDs
+(ordinary TLS, whose transport says ``session_ids``).
 """
 
 from __future__ import annotations
@@ -53,24 +54,27 @@ def run_workload(
     """
     client = client or net.topology.clients[0]
     server = net.topology.server
-    eno = get_transport(work.proto, work.policy).uses_eno
+    transport = get_transport(work.proto, work.policy)
+    eno = transport.uses_eno
+    # Protocols with session IDs but no ENO (ordinary TLS) also report the server's view.
+    peer_view = eno or bool(getattr(transport, "session_ids", False))
     nodes = (client, server) if eno and eno_hooks else ()
     hooks = [(node, start_hook(net, node, HookSpec())) for node in nodes]
     try:
-        records, server_view = _run(net, work, client, server, port, pcap, eno)
+        records, server_view = _run(net, work, client, server, port, pcap, peer_view)
     finally:
         for node, proc in hooks:
             stop_hook(net, node, proc)
     for record in records:
         record["pcap"] = str(pcap) if pcap else None
-    if eno:
+    if peer_view:
         merge_server_views(sorted(records, key=lambda r: r["t_start_wall"]), server_view)
     return records
 
 
 def _run(
     net: Network, work: Workload, client: str, server: str, port: int, pcap: Path | None,
-    eno: bool,
+    peer_view: bool,
 ) -> tuple[list[dict[str, Any]], dict[int, list[dict[str, Any]]]]:
     argv = [sys.executable, "-m", "testbed.apps.server", "--port", str(port),
             "--proto", work.proto, "--request-size", str(work.request_size)]
@@ -78,7 +82,7 @@ def _run(
         argv += ["--policy", work.policy]
     server_records = net.workdir / f"server-records-{port}.jsonl"
     server_records.unlink(missing_ok=True)
-    if eno:
+    if peer_view:
         argv += ["--records", str(server_records)]
     server_proc = net.start_helper(server, f"server:{work.proto}", argv, ready="ready")
     try:

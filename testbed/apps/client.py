@@ -70,6 +70,8 @@ def one_connection(args: argparse.Namespace, index: int) -> dict[str, Any]:
             conn.close()
     info = conn.info if conn is not None else None
     phases = info.phases if info else {}
+    # A transport that sent the request inside connect (TLS 0-RTT) says when it left.
+    t_sent = phases.get("request_sent", t_sent)
     complete = received == args.response_size and record["error"] is None
     record.update(
         t_start_wall=t_wall,
@@ -85,10 +87,13 @@ def one_connection(args: argparse.Namespace, index: int) -> dict[str, Any]:
         bytes_expected=args.response_size,
         bytes_received=received,
         bytes_ok=bool(complete and ok),
+        delivered_ok=ok,  # every byte the application got was right, also if it failed later
         phases_ms={k: _ms(v, start) for k, v in phases.items()},
     )
     if transport.uses_eno:
         record.update(eno_keys(info, args.policy))
+    if info is not None:
+        record.update(info.extras)
     if record["error"] is None and not complete:
         record["error"] = f"short response: {received} of {args.response_size} bytes"
     return record

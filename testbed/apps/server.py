@@ -99,6 +99,11 @@ def handle(transport: Any, sock: socket.socket, addr: tuple[str, int], request_s
                    "tep": info.tep, "fallback_reason": info.fallback_reason, "eno": info.eno,
                    "role": info.role, "session_id": info.session_id, "error": None})
     error = serve_connection(conn, request_size)
+    late = conn.info.session_id
+    if late != info.session_id:
+        # A TLS server that answered 0-RTT data learns the session ID from the client's
+        # Finished, after setup (testbed/tepio.py, run_until_data).
+        records.write({"event": "update", "peer_port": peer_port, "session_id": late})
     if error is not None:
         records.write({"event": "failed", "peer_port": peer_port, "outcome": "failed",
                        "error": error})

@@ -45,6 +45,8 @@ class ConnInfo:
     tep_label: str | None = None
     role: str | None = None
     policy: str | None = None
+    # Arm-specific keys the client copies into its record (e.g. TLS: resumed, variant_label).
+    extras: dict[str, Any] = field(default_factory=dict)
 
 
 class PlainConn:
@@ -207,3 +209,10 @@ def get_transport(name: str, policy: str | None = None) -> Any:
     if policy is not None and policy not in POLICIES:
         raise ConfigError(f"unknown policy {policy!r}", f"choose from {', '.join(POLICIES)}")
     return _ENO_FACTORIES[name](policy or "opportunistic")
+
+
+# The arm modules register themselves; imported last because they use the names above.
+from testbed.apps import (  # noqa: E402
+    proto_tcpcrypt,  # noqa: F401  (registers the tcpcrypt arms)
+    proto_tls,  # noqa: F401  (registers the TLS arms)
+)

@@ -26,9 +26,22 @@ optional ``id`` that the reply echoes; replies carry ``ok`` and, when false, ``e
                                 outcome is known or ``wait`` seconds pass -> {result: ... | null}.
                                 null at once if the hook never followed that connection.
 ``stats``                       -> {stats: counters, table size, RSS, CPU per packet}
+``answer``   port, tep_id, key, data, ttl[, noreply]
+                                passive resumption (RFC 8548 §3.5): the next SYN to listener
+                                ``port`` whose suboption for ``tep_id`` carries data beginning
+                                with ``key`` (hex) is answered with ``data`` (hex) for that TEP
+                                instead of the listener's fixed suboption. Single use; forgotten
+                                after ``ttl`` s or with the listener. Any other SYN gets the
+                                listener's settings (a fresh key exchange for tcpcrypt).
+``unanswer`` port, tep_id, key[, noreply]
+                                withdraw an unused answer (its secret left the cache)
 
 Settings: ``{"teps": [[tep_id, data_hex | null], ...], "b": bool, "a": bool,
-"mandatory_app_aware": bool, "mandatory": bool}``; TEPs most preferred first.
+"mandatory_app_aware": bool, "mandatory": bool, "expect": [[tep_id, prefix_hex], ...]}``; TEPs
+most preferred first. ``expect`` (active openers): a peer suboption for ``tep_id`` that
+carries data is valid only if the data begins with the prefix; one without data stays valid.
+RFC 8548 §3.5: a resumption answer must carry the other half of our identifier, and an active
+opener ignores a non-matching one (and disables ENO when it was the only TEP).
 """
 
 from __future__ import annotations
@@ -38,7 +51,7 @@ import socket
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from testbed.eno.config import EnoConfig
+from testbed.eno.config import EnoConfig, TepValidator, default_validator
 from testbed.eno.constants import MAX_SYN_ENO_BODY, TEP_ID_MAX, TEP_ID_MIN
 from testbed.eno.option import TepSuboption
 
@@ -72,6 +85,8 @@ class Settings:
     application_aware: bool = False  # the a bit (§4.2)
     mandatory_app_aware: bool = False  # fall back unless the peer sets a = 1 (§4.2)
     mandatory: bool = False  # mandatory encryption: abort instead of falling back (§4.7)
+    # (TEP id, prefix): the peer's data for that TEP must begin with prefix (module docstring)
+    expect: tuple[tuple[int, bytes], ...] = ()
 
     def __post_init__(self) -> None:
         seen: set[int] = set()
@@ -81,45 +96,79 @@ class Settings:
             if data is not None and not 0 < len(data) <= MAX_SYN_ENO_BODY - 1:
                 raise ControlError(f"suboption data for {tep_id:#x} must be 1..37 bytes")
             seen.add(tep_id)
+        expected = [tep_id for tep_id, _ in self.expect]
+        if len(set(expected)) != len(expected) or not set(expected) <= seen:
+            raise ControlError("expect names each offered TEP at most once")
+        if any(not 0 < len(prefix) <= MAX_SYN_ENO_BODY - 1 for _, prefix in self.expect):
+            raise ControlError("an expected prefix is 1..37 bytes")
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "teps": [[t, d.hex() if d is not None else None] for t, d in self.teps],
             "b": self.passive_role, "a": self.application_aware,
             "mandatory_app_aware": self.mandatory_app_aware, "mandatory": self.mandatory,
         }
+        if self.expect:
+            out["expect"] = [[t, prefix.hex()] for t, prefix in self.expect]
+        return out
 
     @classmethod
     def from_json(cls, data: Any) -> Settings:
         if not isinstance(data, dict):
             raise ControlError("settings must be an object")
-        unknown = set(data) - {"teps", "b", "a", "mandatory_app_aware", "mandatory"}
+        unknown = set(data) - {"teps", "b", "a", "mandatory_app_aware", "mandatory", "expect"}
         if unknown:
             raise ControlError(f"unknown settings {sorted(unknown)}")
         teps = []
         for item in data.get("teps", []):
             if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], int)):
                 raise ControlError("settings.teps items are [tep_id, data_hex | null]")
-            try:
-                raw = None if item[1] is None else bytes.fromhex(item[1])
-            except (TypeError, ValueError):
-                raise ControlError(f"bad suboption data {item[1]!r}") from None
+            raw = None if item[1] is None else hex_bytes(item[1], "suboption data")
             teps.append((item[0], raw))
+        expect = []
+        for item in data.get("expect", []):
+            if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], int)):
+                raise ControlError("settings.expect items are [tep_id, prefix_hex]")
+            expect.append((item[0], hex_bytes(item[1], "expected prefix")))
         return cls(
             teps=tuple(teps), passive_role=_bool(data, "b"),
             application_aware=_bool(data, "a"),
             mandatory_app_aware=_bool(data, "mandatory_app_aware"),
-            mandatory=_bool(data, "mandatory"),
+            mandatory=_bool(data, "mandatory"), expect=tuple(expect),
         )
 
     def eno_config(self) -> EnoConfig:
         offers = tuple(TepSuboption(t) if d is None else TepSuboption(t, d) for t, d in self.teps)
+        validator = expecting_validator(dict(self.expect)) if self.expect else default_validator
         return EnoConfig(
             teps=offers, passive_role=self.passive_role,
             application_aware=self.application_aware,
             mandatory_application_aware=self.mandatory_app_aware,
-            mandatory_encryption=self.mandatory,
+            mandatory_encryption=self.mandatory, validator=validator,
         )
+
+
+def hex_bytes(value: object, what: str) -> bytes:
+    """Bytes from a hex string in a control message, or ControlError."""
+    try:
+        return bytes.fromhex(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ControlError(f"bad {what} {value!r}") from None
+
+
+def expecting_validator(expect: dict[int, bytes]) -> TepValidator:
+    """The default validity rule (§4.5), plus: the peer's data for a TEP in ``expect`` must
+    begin with the expected prefix. RFC 8548 §3.5: an active opener that offered resumption
+    ignores an answer with the wrong identifier half; when it was the only TEP, ENO is off."""
+
+    def valid(tep_id: int, local: tuple[TepSuboption, ...], peer: tuple[TepSuboption, ...]
+              ) -> bool:
+        if not default_validator(tep_id, local, peer):
+            return False
+        prefix, data = expect.get(tep_id), peer[0].data
+        return prefix is None or data is None or data.startswith(prefix)
+
+    return valid
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -251,6 +300,25 @@ class HookClient:
 
     def cancel(self, port: int) -> None:
         self.request("cancel", port=port)
+
+    def answer(self, port: int, tep_id: int, key: bytes, data: bytes, ttl: float,
+               wait: bool = False) -> None:
+        """Let listener ``port`` answer one SYN whose ``tep_id`` data begins with ``key``
+        with ``data`` (passive resumption, RFC 8548 §3.5); one-way unless ``wait``."""
+        self._send_op("answer", wait, port=port, tep_id=tep_id, key=key.hex(),
+                      data=data.hex(), ttl=ttl)
+
+    def unanswer(self, port: int, tep_id: int, key: bytes, wait: bool = False) -> None:
+        self._send_op("unanswer", wait, port=port, tep_id=tep_id, key=key.hex())
+
+    def _send_op(self, op: str, wait: bool, **args: Any) -> None:
+        if wait:
+            self.request(op, **args)
+            return
+        try:
+            self.sock.send(encode({"op": op, **args, "noreply": True}))
+        except OSError as exc:
+            raise HookUnavailableError(f"control channel failed: {exc}") from None
 
     def result(self, local: Addr, remote: Addr, wait: float = 0.0) -> Result | None:
         reply = self.request("result", local=list(local), remote=list(remote), wait=wait)

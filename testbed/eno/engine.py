@@ -19,8 +19,25 @@ port), each with an ``EnoNegotiator`` from the pure core, and applies what the c
 * received SYN data is removed from the segment when the core says it MUST be discarded
   (§4.7), also for ports with ENO off (§4.7 applies "even when ENO has been disabled").
 
+Passive resumption (RFC 8548 §3.5): a listener's suboptions are fixed at registration, but the
+application may push single-use *answers* (``answer``): a SYN whose suboption for a TEP carries
+data beginning with a pushed key is answered with the pushed data for that TEP (a tcpcrypt
+server's half of resume[i] and its nonce); every other SYN gets the listener's settings, i.e.
+a fresh key exchange. An answer is taken by the first SYN that names it and expires after its
+ttl. Pushes are one-way control messages, so pending ones are read before such a SYN is judged.
+An active opener's ``Settings.expect`` makes a mismatching answer invalid (control.py).
+
+Option space (RFC 8547 §4.4: 40 bytes): Linux's SYN and SYN-ACK options take 20 bytes (MSS 4,
+SACK-permitted 2, timestamps 10, NOP + window scale 4), leaving 20 for ENO, and a tcpcrypt
+resumption answer (global suboption, TEP byte, 9-byte identifier half, 8-byte nonce) needs 21.
+When, and only when, ENO does not fit otherwise, the kernel's NOP padding is dropped (options
+may start on any octet, RFC 9293 §3.1: alignment is a convenience); when an active opener's
+offer still does not fit, its least preferred TEPs without data are left out (RFC 8548 §3.2:
+they are optional, and a resumption suboption already offers its TEP fresh).
+
 Kernel options (MSS, SACK-permitted, timestamps, window scale, TFO) are copied byte for byte:
-only the ENO option is appended behind them and the checksums are recomputed (packet.py).
+only the ENO option is appended behind them and the checksums are recomputed (packet.py); the
+one exception, NOP padding in a SYN that ENO would not fit beside, is described above.
 Anything the engine cannot read, or a core error, leaves the segment untouched and is counted;
 nothing a peer sends can raise out of ``handle``.
 
@@ -34,6 +51,7 @@ import logging
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 
 from testbed.eno import fastopt
 from testbed.eno.config import EnoConfig
@@ -49,7 +67,9 @@ from testbed.eno.events import (
     SynDataDiscarded,
 )
 from testbed.eno.negotiation import EnoNegotiator, State, Trigger, allowed_targets
+from testbed.eno.option import TepSuboption
 from testbed.eno.packet import PacketError, Segment, parse_segment, with_options, without_payload
+from testbed.eno.selection import active_syn_option
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +83,8 @@ DUTY_IN = frozenset({State.SYNACK_SENT, State.SIMUL_SYNACK_SENT, State.ENABLED_E
 # the MTU (the core then skips ENO, or falls back on A's first ACK, §4.4 / §4.6).
 _NO_ROOM = bytes((KIND_NOP,)) * MAX_TCP_OPTIONS_LEN
 _NON_SYN_ENO_WIRE = len(EMPTY_NON_SYN_ENO) + (-len(EMPTY_NON_SYN_ENO) % 4)
+_SYN_OUT = frozenset({Trigger.SEND_SYN, Trigger.SEND_SYNACK})
+MAX_ANSWERS = 4096  # pushed resumption answers kept per listener (oldest dropped first)
 
 
 @dataclass
@@ -82,10 +104,19 @@ class Conn:
 
 
 @dataclass
+class _Answer:
+    data: bytes
+    deadline: float
+
+
+@dataclass
 class _Listener:
     settings: Settings
     config: EnoConfig
     owner: object
+    # (TEP id, key) -> answer; keys are prefixes of the peer's suboption data (§3.5 halves)
+    answers: dict[tuple[int, bytes], _Answer] = field(default_factory=dict)
+    key_lengths: set[int] = field(default_factory=set)
 
 
 @dataclass
@@ -112,6 +143,7 @@ class HookEngine:
     counts: Counter[str] = field(default_factory=Counter)
     reasons: Counter[str] = field(default_factory=Counter)
     max_packets_per_conn: int = 0
+    _now: float = 0.0  # time of the segment being handled (answers expire by it)
 
     # -- registrations (control channel) -------------------------------------------
 
@@ -119,7 +151,52 @@ class HookEngine:
         current = self.listeners.get(port)
         if current is not None and current.owner is not owner:
             raise ValueError(f"port {port} is already registered by another application")
-        self.listeners[port] = _Listener(settings, settings.eno_config(), owner)
+        config = replace(settings.eno_config(), answerer=partial(self._answer, port))
+        listener = _Listener(settings, config, owner)
+        if current is not None:  # new settings, same application: pushed answers stay
+            listener.answers, listener.key_lengths = current.answers, current.key_lengths
+        self.listeners[port] = listener
+
+    def answer(self, port: int, tep_id: int, key: bytes, data: bytes, deadline: float) -> None:
+        """Answer the next SYN to ``port`` whose ``tep_id`` data begins with ``key`` with
+        ``data`` (RFC 8548 §3.5 passive resumption; see the module docstring)."""
+        listener = self.listeners.get(port)
+        if listener is None:
+            raise ValueError(f"port {port} has no listener")
+        if not key or not data:
+            raise ValueError("an answer needs a key and data")
+        TepSuboption(tep_id, data)  # refuses an invalid TEP id now, not on the packet path
+        while len(listener.answers) >= MAX_ANSWERS:
+            del listener.answers[next(iter(listener.answers))]
+            self.counts["answers_evicted"] += 1
+        listener.answers[(tep_id, bytes(key))] = _Answer(bytes(data), deadline)
+        listener.key_lengths.add(len(key))
+        self.counts["answers_pushed"] += 1
+
+    def unanswer(self, port: int, tep_id: int, key: bytes) -> bool:
+        listener = self.listeners.get(port)
+        return listener is not None and listener.answers.pop((tep_id, key), None) is not None
+
+    def _answer(
+        self, port: int, offer: TepSuboption, peer: tuple[TepSuboption, ...]
+    ) -> TepSuboption | None:
+        """The listener's ``answerer`` (config.py): a pushed answer taken by the SYN's data,
+        else the listener's own suboption (RFC 8548 §3.5: MAY answer fresh, same TEP)."""
+        listener = self.listeners.get(port)
+        data = peer[0].data if len(peer) == 1 else None
+        if listener is None or data is None:
+            return offer
+        for size in sorted(listener.key_lengths):
+            found = listener.answers.pop((offer.tep_id, data[:size]), None)
+            if found is None:
+                continue
+            if found.deadline <= self._now:
+                self.counts["answers_expired"] += 1
+                break
+            self.counts["answers_used"] += 1
+            return TepSuboption(offer.tep_id, found.data)
+        self.counts["answers_unknown"] += 1
+        return offer
 
     def unlisten(self, port: int, owner: object) -> bool:
         current = self.listeners.get(port)
@@ -163,6 +240,11 @@ class HookEngine:
         for port in [p for p, a in self.announcements.items() if a.deadline <= now]:
             del self.announcements[port]
             self.counts["announcements_expired"] += 1
+        for listener in self.listeners.values():
+            stale = [k for k, a in listener.answers.items() if a.deadline <= now]
+            for k in stale:
+                del listener.answers[k]
+            self.counts["answers_expired"] += len(stale)
         self.counts["expired"] += gone
         return gone
 
@@ -171,6 +253,7 @@ class HookEngine:
     def handle(self, raw: bytes, outgoing: bool, now: float) -> bytes | None:
         """The rewritten segment, or None to let ``raw`` through unchanged."""
         self.counts["packets"] += 1
+        self._now = now
         try:
             seg = parse_segment(raw)
         except PacketError:
@@ -228,7 +311,7 @@ class HookEngine:
                 if announced is None or announced.deadline <= now:
                     self._forget(key)  # a new connection reuses the 4-tuple: not ours now
                     return self._pass("unregistered")
-                conn = self._new_conn(key, announced.config, True, now)
+                conn = self._new_conn(key, self._fit_offer(announced.config, seg), True, now)
                 conn.syn_seq, conn.syn_len = seg.seq, seg.payload_len
             return self._step(conn, Trigger.SEND_SYN, seg)
         if conn is None:
@@ -240,6 +323,19 @@ class HookEngine:
         if conn.negotiator.state in DUTY_OUT:
             return self._step(conn, Trigger.SEND_ACK, seg)
         return self._pass("no_duty")
+
+    def _fit_offer(self, config: EnoConfig, seg: Segment) -> EnoConfig:
+        """Leave out the least preferred TEPs without data while the SYN-form option would
+        not fit beside the kernel's options, NOP padding dropped (module docstring)."""
+        room = MAX_TCP_OPTIONS_LEN - len(_without_nops(seg.options))
+        teps = list(config.offers)
+        while _syn_option_len(replace(config, teps=tuple(teps))) > room:
+            spare = [i for i, t in enumerate(teps) if t.data is None]
+            if len(teps) < 2 or not spare:
+                break  # nothing optional left: the core falls back (no_option_space)
+            del teps[spare[-1]]
+            self.counts["offers_trimmed"] += 1
+        return config if len(teps) == len(config.offers) else replace(config, teps=tuple(teps))
 
     def _take_announcement(self, port: int) -> _Announcement | None:
         announced = self.announcements.pop(port, None)
@@ -278,6 +374,10 @@ class HookEngine:
                 conn.peer_isn = seg.seq
             return self._step(conn, Trigger.RECV_SYN, seg)
         listener = self.listeners.get(seg.dport)
+        if listener is not None and listener.key_lengths and self.drain_control is not None:
+            # Answers are pushed one-way: read any still waiting before this SYN is judged.
+            self.drain_control()
+            listener = self.listeners.get(seg.dport)
         if listener is None:
             self._forget(key)
             if seg.payload_len and fastopt.scan(seg.options).enos:
@@ -317,8 +417,11 @@ class HookEngine:
         if not allowed_targets(neg.state, trigger):
             return self._pass(f"ignored_{trigger.value}")
         found = fastopt.scan(seg.options)
+        # SYN-form ENO is judged against the options without NOP padding (module docstring).
+        packed = _without_nops(seg.options) if trigger in _SYN_OUT else None
+        view = fastopt.scan(packed) if packed is not None else found
         try:
-            option, events = self._drive(neg, trigger, seg, fastopt.core_view(found), acked)
+            option, events = self._drive(neg, trigger, seg, fastopt.core_view(view), acked)
         except EnoError as exc:
             conn.error = f"{trigger.value} in {neg.state.name}: {exc}"
             self.counts["core_errors"] += 1
@@ -329,7 +432,12 @@ class HookEngine:
         if option is None and not strip:
             return None
         try:
-            options = fastopt.append(seg.options, option, found) if option else seg.options
+            options = seg.options
+            if option and packed is not None and found.used + len(option) > MAX_TCP_OPTIONS_LEN:
+                options = fastopt.append(packed, option, view)
+                self.counts["nop_padding_dropped"] += 1
+            elif option:
+                options = fastopt.append(seg.options, option, found)
             new = without_payload(seg, options) if strip else with_options(seg, options)
         except (EnoError, PacketError) as exc:
             self.counts["rewrite_errors"] += 1
@@ -382,6 +490,29 @@ class HookEngine:
     def _notify(self, conn: Conn) -> None:
         if self.on_outcome is not None:
             self.on_outcome(conn.key)
+
+
+def _syn_option_len(config: EnoConfig) -> int:
+    try:
+        return len(active_syn_option(config).encode())
+    except EnoError:  # cannot be encoded at all: the core refuses it (no_option_space)
+        return MAX_TCP_OPTIONS_LEN + 1
+
+
+def _without_nops(raw: bytes) -> bytes:
+    """The options before EOL with every NOP left out (RFC 9293 §3.1: NOPs only align);
+    a block with a malformed tail is returned as it is."""
+    found = fastopt.scan(raw)
+    if found.malformed:
+        return bytes(raw)
+    out, i = bytearray(), 0
+    while i < found.used:
+        if raw[i] == KIND_NOP:
+            i += 1
+            continue
+        out += raw[i : i + raw[i + 1]]
+        i += raw[i + 1]
+    return bytes(out)
 
 
 def result_of(conn: Conn) -> Result:

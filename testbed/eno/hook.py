@@ -51,6 +51,7 @@ from testbed.eno.control import (
     address,
     decode,
     encode,
+    hex_bytes,
 )
 from testbed.eno.engine import HookEngine, Key
 
@@ -211,6 +212,16 @@ class ControlServer:
             return None if message.get("noreply") else {"ok": True}
         if op == "cancel":
             return {"ok": True, "cancelled": engine.cancel(_port(message))}
+        if op == "answer":  # passive resumption, RFC 8548 §3.5 (engine.py)
+            deadline = now + float(message["ttl"])
+            engine.answer(_port(message), int(message["tep_id"]),
+                          hex_bytes(message["key"], "key"), hex_bytes(message["data"], "data"),
+                          deadline)
+            return None if message.get("noreply") else {"ok": True}
+        if op == "unanswer":
+            done = engine.unanswer(_port(message), int(message["tep_id"]),
+                                   hex_bytes(message["key"], "key"))
+            return None if message.get("noreply") else {"ok": True, "withdrawn": done}
         if op == "result":
             return self._result_request(client, message, now)
         if op == "stats":

@@ -42,7 +42,7 @@ def test_probe_through_a_middlebox_reports_counters():
 
 def test_run_latency_writes_a_complete_run_directory(tmp_path: Path):
     proc = tcpinc("run", "latency", "--quick", "--repeat", "2", "--out", str(tmp_path),
-                  timeout=300)
+                  "--protocols", "plain,plain-tfo", timeout=300)
     assert proc.returncode == 0, proc.stderr
     summary_line = json.loads(proc.stdout.strip().splitlines()[-1])
     run_dir = Path(summary_line["run_dir"])

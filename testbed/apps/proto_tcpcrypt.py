@@ -1,0 +1,368 @@
+"""tcpcrypt (RFC 8548) in the stream, the probe and the experiments (registered at import).
+
+Importing this module (testbed/apps/transport.py does) registers the four tcpcrypt TEPs (0x21
+P-256, 0x22 P-521, 0x23 X25519, 0x24 X448) with the TEP registry, ``HOST_PROVIDER`` as their
+stream provider, and these protocol arms:
+
+    tcpcrypt                  all four TEPs, X25519 preferred, then X448, P-256, P-521; a fresh
+                              key exchange (Init1/Init2) on every connection, nothing cached.
+    tcpcrypt-resume           X25519; the first connection of a client process is fresh, each
+                              later one resumes the session before it (§3.5, ss[i] ratchet).
+    tcpcrypt-<curve>[-resume] the same with one curve: x25519, x448, p256, p521
+                              (``tcpinc probe --proto tcpcrypt-p256 [--resume]``).
+
+Records of these arms carry ``resumed`` (the session ID's first byte has v = 1, §3.4, §3.5),
+``resume_nonce_len`` and ``eno_option_bytes`` (the lengths of A's and B's SYN-form ENO options,
+from the transcript, RFC 8547 §4.8) besides the stable probe keys; ``tep`` names the curve.
+
+Theory of operation: resumption across two processes and two hooks (RFC 8548 §3.5)
+-------------------------------------------------------------------------------------
+Each host process keeps one ``HostCache`` (a thread-safe ``ResumptionCache``). After every
+session the core caches ss[i+1] under the peer's name: ``ActivePeer`` (the server's address)
+for sessions this host opened, ``PassivePeer`` (the client's address and our listener port) for
+sessions it accepted. Each chain is therefore used for opens in one direction only, which §3.5
+suggests to rule out crossed resumption SYNs.
+
+Active opener: ``suboption_data`` takes the newest secret for the server (single use: it leaves
+the cache whether or not the resumption works, §3.5 "lowest i not yet tried") and returns
+resume[i]'s half and an 8-byte nonce for the SYN; the stream announces it to the hook with
+``expect`` = the other half, so the hook ignores a SYN-ACK answer with another half and, the
+TEP being the only one offered, disables ENO (§3.5). ``context_options`` hands the offer to the
+core, which resumes if B answered with v = 1 and starts Init1 if B answered v = 0.
+
+Passive opener: a listener's settings are fixed, so the cache pushes, whenever it stores a
+``PassivePeer`` secret, a single-use *answer* to this host's hook over the control channel
+(``HookClient.answer``: key = the half the client will send, data = our half and a fresh
+nonce, ttl just below the cache lifetime) and withdraws it when the secret leaves the cache
+(eviction, expiry). The hook answers a SYN naming that key with that data and every other SYN
+with a bare TEP id (fresh key exchange, §3.5 "MUST NOT agree to resumption" otherwise). At
+accept ``context_options`` takes the named secret; if it is gone the connection is reset with
+an error saying so (the client is resuming and no fresh exchange can follow).
+
+Option space (RFC 8547 §4.4, 40 bytes): Linux puts 20 bytes of options in SYNs and SYN-ACKs
+(MSS 4, SACK-permitted 2, timestamps 10, NOP 1, window scale 3). The active opener's offer
+``45 14 a3 <9-byte half> <8-byte nonce>`` is 20 bytes and fits exactly; the passive answer needs
+a global suboption too (b = 1, RFC 8547 §4.2): 21 bytes. The identifier half cannot shrink (§3.5
+Figs. 2, 3 fix 9 bytes), a shorter nonce would go below the default §3.5 requires when secret
+reuse cannot be ruled out, and switching TCP timestamps off is a per-host sysctl that would
+change every arm. So the hook drops the kernel's one NOP (it only pads window scale to a 4-byte
+boundary; options may start on any octet, RFC 9293 §3.1) when, and only when, ENO does not fit
+otherwise: the resumed SYN-ACK carries 19 + 21 = 40 option bytes. Cost: an unaligned window
+scale option in that one segment and no option space left for anything else in it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from testbed import stream as eno_stream
+from testbed.apps.transport import EnoConn, EnoTransport, register_transport
+from testbed.eno.control import DEFAULT_NAME, HookClient, HookUnavailableError, Result
+from testbed.errors import ConfigError
+from testbed.teps import tcpcrypt
+from testbed.teps.base import Role, TepSpec
+from testbed.teps.tcpcrypt.constants import (
+    DEFAULT_RESUME_NONCE_LEN,
+    ENO_V_BIT,
+    RESUME_HALF_LEN,
+    TEPS,
+    TepId,
+)
+from testbed.teps.tcpcrypt.errors import ResumptionError
+from testbed.teps.tcpcrypt.options import (
+    OPT_CACHE,
+    OPT_CACHE_SECRETS,
+    OPT_LOCAL_DATA,
+    OPT_NONCE_LEN,
+    OPT_PEER,
+    OPT_PENDING,
+    OPT_RESUME,
+)
+from testbed.teps.tcpcrypt.resumption import CachedSession, ResumptionCache
+
+logger = logging.getLogger(__name__)
+Addr = tuple[str, int]
+
+# Default preference (RFC 8548 §5: X25519 REQUIRED, X448 RECOMMENDED, the NIST curves OPTIONAL).
+PREFERENCE = tuple(TEPS[t].name for t in (TepId.X25519, TepId.X448, TepId.P256, TepId.P521))
+CURVES = {name.removeprefix("tcpcrypt-"): name for name in PREFERENCE}
+CACHE_ENTRIES = 4096  # secrets per host process (oldest evicted first)
+CACHE_LIFETIME = 600.0  # seconds a cached secret stays usable
+ANSWER_MARGIN = 1.0  # the hook forgets an answer this long before the cache forgets its secret
+MAX_OFFERS = 1024  # resumption offers awaiting their connection's result, per process
+
+
+class ActivePeer(NamedTuple):
+    """Cache key of sessions this host opened: the server's address."""
+
+    ip: str
+    port: int
+
+
+class PassivePeer(NamedTuple):
+    """Cache key of sessions this host accepted: the client's address, our listener port."""
+
+    ip: str
+    port: int
+    listen_port: int
+
+
+class HookPublisher:
+    """One-way answer pushes to this host's hook; thread-safe, (re)connects when needed."""
+
+    def __init__(self, hook_name: str = DEFAULT_NAME) -> None:
+        self.hook_name = hook_name
+        self.failures = 0
+        self._client: HookClient | None = None
+        self._lock = threading.Lock()
+
+    def answer(self, port: int, tep_id: int, key: bytes, data: bytes, ttl: float) -> None:
+        self._send(lambda c: c.answer(port, tep_id, key, data, ttl))
+
+    def withdraw(self, port: int, tep_id: int, key: bytes) -> None:
+        self._send(lambda c: c.unanswer(port, tep_id, key))
+
+    def _send(self, action: Any) -> None:
+        with self._lock:
+            try:
+                if self._client is None:
+                    self._client = HookClient(self.hook_name)
+                action(self._client)
+            except HookUnavailableError as exc:
+                # The hook is gone or restarting: later offers get a fresh exchange (§3.5).
+                self.failures += 1
+                logger.warning("tcpcrypt: cannot push a resumption answer to the hook: %s", exc)
+                if self._client is not None:
+                    self._client.close()
+                self._client = None
+
+
+class HostCache(ResumptionCache):
+    """This host process's ``ResumptionCache``, safe across connection threads, which keeps
+    the hook's answers in step with the secrets it holds for passive opens (module docstring)."""
+
+    def __init__(self, publisher: HookPublisher | None = None, *,
+                 max_entries: int = CACHE_ENTRIES, lifetime: float = CACHE_LIFETIME,
+                 nonce_len: int = DEFAULT_RESUME_NONCE_LEN) -> None:
+        super().__init__(max_entries=max_entries, lifetime=lifetime)
+        self.publisher = publisher
+        self.nonce_len = nonce_len
+        self._lock = threading.RLock()
+        self._consuming = False  # a taken entry: the hook already used its answer
+
+    def store(self, *, peer: Hashable, tep_id: int, secret: bytes, index: int,
+              original_a: bool, aead_id: int, now: float) -> CachedSession:
+        with self._lock:
+            entry = super().store(peer=peer, tep_id=tep_id, secret=secret, index=index,
+                                  original_a=original_a, aead_id=aead_id, now=now)
+        if self.publisher is not None and isinstance(peer, PassivePeer):
+            # B's answer: the other half of resume[i+1] and our nonce (§3.5 Figs. 2, 3).
+            data = entry.own_half + os.urandom(self.nonce_len)
+            ttl = max(self.lifetime - ANSWER_MARGIN, self.lifetime / 2)
+            self.publisher.answer(peer.listen_port, entry.tep_id, entry.peer_half, data, ttl)
+        return entry
+
+    def take_for_peer(self, peer: Hashable, tep_id: int, now: float) -> CachedSession | None:
+        with self._lock:
+            return super().take_for_peer(peer, tep_id, now)
+
+    def take_by_half(self, tep_id: int, half: bytes, now: float) -> CachedSession | None:
+        with self._lock:
+            self._consuming = True
+            try:
+                return super().take_by_half(tep_id, half, now)
+            finally:
+                self._consuming = False
+
+    def discard(self, peer: Hashable) -> bool:
+        with self._lock:
+            entry = self.peek(peer)
+            gone = super().discard(peer)
+            consuming = self._consuming
+        if entry is not None and not consuming and self.publisher is not None \
+                and isinstance(peer, PassivePeer):
+            self.publisher.withdraw(peer.listen_port, entry.tep_id, entry.peer_half)
+        return gone
+
+    def discard_entry(self, entry: CachedSession) -> bool:
+        with self._lock:
+            return super().discard_entry(entry)
+
+    def expire(self, now: float) -> int:
+        with self._lock:
+            return super().expire(now)
+
+    def clear(self) -> None:
+        with self._lock:
+            super().clear()
+
+
+@dataclass
+class TcpcryptProvider:
+    """The tcpcrypt TEPs' per-host state for the stream (``testbed.stream.TepProvider``).
+
+    ``cache`` None: a fresh key exchange every time and nothing cached (the ``tcpcrypt`` arm).
+    """
+
+    cache: HostCache | None = None
+    nonce_len: int = DEFAULT_RESUME_NONCE_LEN
+
+    def __post_init__(self) -> None:
+        self._offers: OrderedDict[bytes, dict[str, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _options(self, peer: Hashable) -> dict[str, Any]:
+        if self.cache is None:
+            return {OPT_RESUME: False, OPT_CACHE_SECRETS: False}
+        return {OPT_CACHE: self.cache, OPT_PEER: peer, OPT_NONCE_LEN: self.nonce_len}
+
+    def suboption_data(self, spec: TepSpec, *, active: bool, peer: Addr | None) -> bytes | None:
+        """Active opener: a resumption offer for ``peer`` if a secret is cached (§3.5)."""
+        if not active or self.cache is None or peer is None:
+            return None  # passive answers go to the hook as they are cached (HostCache)
+        options = self._options(ActivePeer(str(peer[0]), int(peer[1])))
+        data = tcpcrypt.local_suboption_data(options, spec.tep_id, os.urandom, time.monotonic())
+        if not data:
+            return None
+        with self._lock:
+            self._offers[data] = options
+            while len(self._offers) > MAX_OFFERS:  # offers whose SYN never left
+                self._offers.popitem(last=False)
+        return data
+
+    def expected_peer_data(self, spec: TepSpec, data: bytes) -> bytes | None:
+        """What B's answer to our offer ``data`` must start with: the other half (§3.5)."""
+        with self._lock:
+            options = self._offers.get(data)
+        entry = options.get(OPT_PENDING) if options else None
+        return entry.peer_half if isinstance(entry, CachedSession) else None
+
+    def context_options(
+        self, spec: TepSpec, *, role: Role, peer: Addr, result: Result
+    ) -> dict[str, Any]:
+        local = bytes.fromhex(result.local_data)
+        if result.active:
+            with self._lock:
+                offered = self._offers.pop(local, None) if local else None
+            if local and offered is None:
+                raise ResumptionError("the SYN carried a resumption offer this process did "
+                                      "not make (RFC 8548 §3.5)")
+            return offered or self._options(ActivePeer(str(peer[0]), int(peer[1])))
+        options = self._options(PassivePeer(str(peer[0]), int(peer[1]), int(result.local[1])))
+        if local:
+            options.update(self._accept(spec, local, result.peer_data_bytes))
+        return options
+
+    def _accept(self, spec: TepSpec, local: bytes, peer_data: bytes) -> dict[str, Any]:
+        """The hook answered the SYN with ``local``: take the secret it names (§3.5)."""
+        if self.cache is None:
+            raise ResumptionError("a resumption answer was sent, but this arm caches nothing")
+        entry = self.cache.take_by_half(spec.tep_id, peer_data[:RESUME_HALF_LEN],
+                                        time.monotonic())
+        if entry is None or entry.own_half != local[:RESUME_HALF_LEN]:
+            raise ResumptionError("the hook agreed to resume a session whose secret is no "
+                                  "longer cached (RFC 8548 §3.5); connection reset")
+        return {OPT_LOCAL_DATA: local, OPT_PENDING: entry}
+
+
+HOST_CACHE = HostCache(HookPublisher())
+HOST_PROVIDER = TcpcryptProvider(HOST_CACHE)
+FRESH_PROVIDER = TcpcryptProvider(None)
+
+
+class TcpcryptConn(EnoConn):
+    """A stream of a tcpcrypt arm; its record says whether the session was resumed."""
+
+    def __init__(self, stream: eno_stream.Stream, nonce_len: int | None) -> None:
+        super().__init__(stream)
+        self.info.extras = tcpcrypt_keys(stream.info, nonce_len)
+
+
+def tcpcrypt_keys(info: eno_stream.StreamInfo, nonce_len: int | None) -> dict[str, Any]:
+    """The record keys of tcpcrypt arms (module docstring)."""
+    sid = info.session_id
+    return {
+        # §3.4, §3.5: byte 0 is B's TEP byte, whose v bit is set exactly when resumed.
+        "resumed": bool(sid and sid[0] & ENO_V_BIT),
+        "resume_nonce_len": nonce_len,  # None: the arm never resumes
+        "eno_option_bytes": eno_option_lengths(info.transcript),
+    }
+
+
+def eno_option_lengths(transcript: bytes) -> list[int] | None:
+    """[A's, B's] SYN-form ENO option lengths; the transcript is A's option | B's (§4.8)."""
+    if len(transcript) < 2 or transcript[1] >= len(transcript):
+        return None
+    first = transcript[1]
+    return [first, len(transcript) - first]
+
+
+@dataclass
+class TcpcryptTransport(EnoTransport):
+    """An ENO arm whose TEPs are tcpcrypt's, fresh or resuming."""
+
+    resume: bool = False
+
+    def provider(self) -> TcpcryptProvider:
+        return HOST_PROVIDER if self.resume else FRESH_PROVIDER
+
+    @property
+    def nonce_len(self) -> int | None:
+        return self.provider().nonce_len if self.resume else None
+
+    def config(self) -> eno_stream.StreamConfig:
+        providers: Mapping[str, eno_stream.TepProvider] = {n: self.provider() for n in self.teps}
+        return eno_stream.StreamConfig(policy=eno_stream.Policy(self.policy), teps=self.teps,
+                                       providers=providers)
+
+    def connect(self, addr: Addr, timeout: float, first: bytes) -> tuple[TcpcryptConn, int]:
+        """Open a stream; nothing of ``first`` rides on the SYN (RFC 8548 defines no SYN data,
+        RFC 8547 §4.7)."""
+        stream = eno_stream.connect(addr, self.config(), timeout=timeout)
+        return TcpcryptConn(stream, self.nonce_len), 0
+
+    def accept(self, sock: socket.socket, addr: Addr | None = None) -> TcpcryptConn:
+        if self.listener is None:
+            raise ConfigError("TcpcryptTransport.accept before listen")
+        return TcpcryptConn(self.listener.wrap(sock, addr), self.nonce_len)
+
+
+def arm(name: str, teps: tuple[str, ...], resume: bool, policy: str = "opportunistic"
+        ) -> TcpcryptTransport:
+    curves = ", ".join(t.removeprefix("tcpcrypt-") for t in teps)
+    what = "resumes the session before it (RFC 8548 §3.5)" if resume else "fresh key exchange"
+    return TcpcryptTransport(name, teps, description=f"tcpcrypt ({curves}): {what}",
+                             policy=policy, resume=resume)
+
+
+def arms() -> dict[str, tuple[tuple[str, ...], bool]]:
+    """Arm name -> (TEP names, most preferred first; resumes?)."""
+    out = {"tcpcrypt": (PREFERENCE, False), "tcpcrypt-resume": ((PREFERENCE[0],), True)}
+    for curve, tep in CURVES.items():
+        out[f"tcpcrypt-{curve}"] = ((tep,), False)
+        out[f"tcpcrypt-{curve}-resume"] = ((tep,), True)
+    return out
+
+
+def _register() -> None:
+    tcpcrypt.register_all()
+    for name in PREFERENCE:
+        eno_stream.register_provider(name, HOST_PROVIDER)
+    for name, (teps, resume) in arms().items():
+
+        def factory(policy: str, name: str = name, teps: tuple[str, ...] = teps,
+                    resume: bool = resume) -> TcpcryptTransport:
+            return arm(name, teps, resume, policy)
+
+        register_transport(name, arm(name, teps, resume), factory)
+
+
+_register()
