@@ -13,9 +13,13 @@ byte. Every figure is measured in the same run; nothing is asserted here.
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
+import os
 import socket
 import ssl
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -167,8 +171,39 @@ def _sender(kind: str, port: int, total: int, client_ctx: ssl.SSLContext | None)
     return {"t0": t0, "cpu_s": cpu, "cipher": cipher, "wire_bytes": out.sent, "sock": conn_alive}
 
 
+# The stdlib ssl module (Python 3.11) cannot choose TLS 1.3 suites, and OpenSSL prefers
+# AES-256-GCM; an OpenSSL config file restricts it to AES-128-GCM, the suite the other arms
+# use, in a child process (the config is read when OpenSSL starts).
+_SSL_CONF = """openssl_conf = tcpinc_conf
+[tcpinc_conf]
+ssl_conf = tcpinc_ssl
+[tcpinc_ssl]
+system_default = tcpinc_default
+[tcpinc_default]
+Ciphersuites = TLS_AES_128_GCM_SHA256
+"""
+_CHILD_ENV = "TCPINC_BENCH_SSL_CHILD"
+
+
+def _stdlib_ssl_in_child(total: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        conf = Path(tmp) / "openssl.cnf"
+        conf.write_text(_SSL_CONF)
+        env = {**os.environ, "OPENSSL_CONF": str(conf), _CHILD_ENV: "1"}
+        proc = subprocess.run(
+            [sys.executable, "-c", "import json, sys; from testbed import bench_teps as b; "
+             f"print(json.dumps(b.loopback_throughput('stdlib-ssl', {total})))"],
+            env=env, capture_output=True, text=True, check=False, timeout=300)
+    if proc.returncode != 0:
+        raise RuntimeError(f"stdlib-ssl child failed: {proc.stderr.strip()[-400:]}")
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
 def loopback_throughput(kind: str, total: int) -> dict[str, Any]:
     """One transfer of ``total`` bytes from a sender process to a receiver process."""
+    if kind == "stdlib-ssl" and not os.environ.get(_CHILD_ENV):
+        return _stdlib_ssl_in_child(total)
     identity = ServerIdentity() if kind == "tls" else None
     with tempfile.TemporaryDirectory() as tmp:
         client_ctx, server_ctx = (_stdlib_contexts(Path(tmp)) if kind == "stdlib-ssl"

@@ -158,7 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("probe", help="measure N connections over one emulated path")
     p.add_argument("--topology", default=None, help="direct, middlebox, chain, fanin")
-    p.add_argument("--proto", default="plain", help="plain, plain-tfo, eno-test (TEST ONLY)")
+    p.add_argument("--proto", default="plain",
+                   help="plain, plain-tfo, tcpcrypt[-CURVE], tls, tls-noeno, eno-test (TEST "
+                        "ONLY); --resume/--early-data/--tfo pick variants (README: arms)")
     p.add_argument("--policy", default=None, choices=["off", "opportunistic", "required"],
                    help="ENO protocols: what to do when ENO fails (default opportunistic)")
     p.add_argument("--middlebox", default=None, help="NAME[:param=value,...]")

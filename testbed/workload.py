@@ -116,7 +116,13 @@ def read_server_records(path: Path) -> dict[int, list[dict[str, Any]]]:
 
 def merge_server_views(records: list[dict[str, Any]],
                        view: dict[int, list[dict[str, Any]]]) -> None:
-    """Add the server's view of each connection: its session ID and its outcome."""
+    """Add the server's view of each connection: its session ID and its outcome.
+
+    A connection is matched by the id of its first request where the server saw one
+    (this survives proxies that re-originate TCP from another port), else by client port.
+    """
+    by_request = {e["request_id"]: e for entries in view.values() for e in entries
+                  if e.get("request_id") is not None}
     used: dict[int, int] = {}
     for record in records:
         port = record.get("local_port")
@@ -124,7 +130,9 @@ def merge_server_views(records: list[dict[str, Any]],
         index = used.get(port, 0) if isinstance(port, int) else 0
         if isinstance(port, int):
             used[port] = index + 1
-        entry = entries[index] if index < len(entries) else {}
+        entry = by_request.get(record.get("conn"))
+        if entry is None:
+            entry = entries[index] if index < len(entries) else {}
         record["session_id_peer"] = entry.get("session_id")
         for key in ("outcome", "fallback_reason", "eno", "role", "error"):
             record[f"peer_{key}"] = entry.get(key)

@@ -21,6 +21,7 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from types import FrameType
 from typing import IO, Any
 
@@ -47,14 +48,19 @@ def _read_exact(conn: object, size: int) -> bytes | None:
     return bytes(buf)
 
 
-def serve_connection(conn: object, request_size: int) -> str | None:
+def serve_connection(conn: object, request_size: int,
+                     on_first_request: Callable[[int], None] | None = None) -> str | None:
     """Answer requests until the client closes; returns the error that ended it, if any."""
+    first = True
     try:
         while True:
             header = _read_exact(conn, REQUEST.size)
             if header is None:
                 return None
             request_id, response_size = decode_request_header(header)
+            if first and on_first_request is not None:
+                on_first_request(request_id)
+            first = False
             padding = request_size - REQUEST.size
             if padding > 0 and _read_exact(conn, padding) is None:
                 return None
@@ -98,7 +104,9 @@ def handle(transport: Any, sock: socket.socket, addr: tuple[str, int], request_s
     records.write({"event": "setup", "peer_port": peer_port, "outcome": info.outcome,
                    "tep": info.tep, "fallback_reason": info.fallback_reason, "eno": info.eno,
                    "role": info.role, "session_id": info.session_id, "error": None})
-    error = serve_connection(conn, request_size)
+    # The request id names the client's connection even where a proxy changed the port.
+    error = serve_connection(conn, request_size, lambda rid: records.write(
+        {"event": "request", "peer_port": peer_port, "request_id": rid}))
     late = conn.info.session_id
     if late != info.session_id:
         # A TLS server that answered 0-RTT data learns the session ID from the client's

@@ -29,3 +29,18 @@ def test_a_reused_port_is_matched_by_order_and_failures_update_the_latest(tmp_pa
     assert records[1]["peer_fallback_reason"] == "no_eno_in_ack"
     assert records[2]["peer_outcome"] == "failed" and records[3]["peer_outcome"] is None
     assert read_server_records(tmp_path / "missing.jsonl") == {}
+
+
+def test_connections_are_matched_by_request_id_through_a_proxy(tmp_path):
+    path = tmp_path / "server.jsonl"
+    lines = [
+        {"event": "setup", "peer_port": 40001, "outcome": "encrypted", "session_id": "30aa"},
+        {"event": "request", "peer_port": 40001, "request_id": 1},
+        {"event": "setup", "peer_port": 40002, "outcome": "encrypted", "session_id": "30bb"},
+        {"event": "request", "peer_port": 40002, "request_id": 0},
+    ]
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    # The client saw other ports (the proxy's connections to the server used new ones).
+    records = [{"conn": 0, "local_port": 50000}, {"conn": 1, "local_port": 50001}]
+    merge_server_views(records, read_server_records(path))
+    assert [r["session_id_peer"] for r in records] == ["30bb", "30aa"]

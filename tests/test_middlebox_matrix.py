@@ -1,0 +1,96 @@
+"""CI regression of middlebox behaviour: the fallback matrix against its committed table.
+
+Runs the fallback experiment (quick profile: one arm per design, every middlebox
+model, opportunistic and required policies) and compares each protocol x policy x
+middlebox outcome with tests/data/expected_fallback_matrix.csv. A changed outcome
+fails with the list of cells that moved. After an intended change, regenerate
+the table with `python -m tests.test_middlebox_matrix --update`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+EXPECTED = Path(__file__).parent / "data" / "expected_fallback_matrix.csv"
+KEY = ["proto", "policy", "middlebox"]
+# Models whose damage lands on a random bit: which check trips first (a tag, a length that
+# now promises more bytes, a reset) varies, so only the outcome family is compared.
+RANDOM_DAMAGE = ("tamper",)
+
+
+def _family(outcome: object, middlebox: str) -> object:
+    if isinstance(outcome, str) and middlebox.startswith(RANDOM_DAMAGE):
+        return outcome.split(":")[0].replace("plaintext-corrupted", "failed")
+    return outcome
+
+
+def run_matrix(out: Path) -> pd.DataFrame:
+    from experiments import fallback
+    from experiments.runner import RunContext, run_experiment
+    from testbed.net.shaping import choose_backend
+
+    ctx = RunContext(out / "fallback", "quick", None, 1, choose_backend("auto"))
+    run_experiment("fallback", ctx, {"profile": "quick", "seed": 1})
+    assert fallback.NAME == "fallback"
+    return pd.read_csv(ctx.run_dir / "fallback_matrix.csv")
+
+
+def moved_cells(expected: pd.DataFrame, measured: pd.DataFrame) -> list[str]:
+    """Readable lines for every cell whose outcome differs, or that appeared or vanished."""
+    merged = expected[KEY + ["outcome"]].merge(
+        measured[KEY + ["outcome"]], on=KEY, how="outer", suffixes=("_expected", "_measured"))
+    lines = []
+    for row in merged.itertuples():
+        box = str(row.middlebox)
+        if _family(row.outcome_expected, box) != _family(row.outcome_measured, box):
+            lines.append(f"{row.proto:10} {row.policy:14} {row.middlebox:24} "
+                         f"expected {row.outcome_expected!s:18} got {row.outcome_measured}")
+    return lines
+
+
+def test_moved_cells_reports_changes() -> None:
+    expected = pd.DataFrame([{"proto": "tls", "policy": "required", "middlebox": "dpi-443",
+                              "outcome": "encrypted"}])
+    measured = expected.assign(outcome="failed:reset")
+    assert moved_cells(expected, expected) == []
+    (line,) = moved_cells(expected, measured)
+    assert "dpi-443" in line and "expected encrypted" in line and "got failed:reset" in line
+    tampered = expected.assign(middlebox="tamper:rate=0.5", outcome="failed:timeout")
+    assert moved_cells(tampered, tampered.assign(outcome="failed:integrity")) == []
+    assert moved_cells(tampered, tampered.assign(outcome="encrypted")) != []
+
+
+@pytest.mark.emulation
+def test_middlebox_matrix_matches_committed_table(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    measured = run_matrix(tmp_path)
+    expected = pd.read_csv(EXPECTED)
+    moved = moved_cells(expected, measured)
+    assert not moved, "middlebox outcomes moved:\n" + "\n".join(moved)
+    steady = measured[~measured["middlebox"].str.startswith(RANDOM_DAMAGE)]
+    assert steady["consistent"].all(), steady[steady["consistent"] == 0].to_string()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--update", action="store_true", help="rewrite the committed table")
+    parser.add_argument("--out", default="/tmp/tcpinc-matrix")
+    args = parser.parse_args()
+    measured = run_matrix(Path(args.out))
+    if args.update:
+        measured[KEY + ["outcome"]].to_csv(EXPECTED, index=False)
+        print(f"written {EXPECTED}")
+    else:
+        print("\n".join(moved_cells(pd.read_csv(EXPECTED), measured)) or "no change")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
