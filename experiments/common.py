@@ -86,15 +86,48 @@ def find_connection(conns: dict[Any, Connection], record: dict[str, Any]) -> Con
     return min(candidates, key=lambda c: abs(c.t0 - record["t_start_wall"]))
 
 
-def round_trips(conn: Connection, record: dict[str, Any]) -> dict[str, Any]:
-    """Round trips counted from the capture (flights, not timing).
+def _seq_leq(a: int, b: int) -> bool:
+    """a <= b in 32-bit sequence space (RFC 793 §3.3 comparisons)."""
+    return (b - a) % 2**32 < 2**31
 
-    ``rt_send``: server flights the client had to wait for before the segment that
-    carries its first application byte; ``rt_resp``: server flights up to and
-    including the one that delivered the first response byte. The application's
-    own timestamps only say WHICH segment carried the request and the response
-    (encrypted payloads cannot be told apart otherwise); the count itself is the
-    number of direction changes in the capture.
+
+def server_rounds(conn: Connection) -> list[tuple[int, int]]:
+    """(segment index, round number) for each server segment that carries something.
+
+    A server segment opens a new round trip only when it acknowledges the first
+    segment of the client's latest unanswered flight: the ACK field proves it was
+    sent after that flight arrived. Server segments that do not (a 0.5-RTT reply
+    leaving just after the ServerHello while the client's Finished is already on
+    the way) stay in the round they belong to, even if a client flight shows
+    between them in the capture.
+    """
+    out: list[tuple[int, int]] = []
+    rounds = 0
+    awaiting: int | None = None  # seq end of the first segment of an unanswered client flight
+    for cs in conn.segments:
+        s = cs.segment
+        if not s.seg_len and not s.is_rst:
+            continue  # pure ACKs never make the peer wait
+        if cs.direction == "c2s":
+            if awaiting is None:
+                awaiting = (s.seq + s.seg_len) % 2**32
+            continue
+        if awaiting is not None and s.is_ack and _seq_leq(awaiting, s.ack):
+            rounds += 1
+            awaiting = None
+        out.append((cs.index, rounds))
+    return out
+
+
+def round_trips(conn: Connection, record: dict[str, Any]) -> dict[str, Any]:
+    """Round trips counted from the capture (sequence and ACK numbers, not timing).
+
+    ``rt_send``: server round trips the client had to wait for before the segment
+    that carries its first application byte; ``rt_resp``: the round trip in which
+    the first response byte arrived. The application's own timestamps only say
+    WHICH segment carried the request and the response (encrypted payloads cannot
+    be told apart otherwise); the count comes from the segments themselves (see
+    ``server_rounds``).
     """
     t_request = record["t_start_wall"] + (record["request_ms"] or 0.0) / 1e3
     t_first = record["t_start_wall"] + (record["ttfb_ms"] or 0.0) / 1e3
@@ -111,19 +144,10 @@ def round_trips(conn: Connection, record: dict[str, Any]) -> dict[str, Any]:
             response_index = cs.index
     if request_index is None or response_index is None:
         return {"rt_send": None, "rt_resp": None, "flights": None}
+    rounds = server_rounds(conn)
     flights = conn.flights()
-
-    def server_flights_until(index: int, inclusive: bool) -> int:
-        count = 0
-        for flight in flights:
-            if flight.direction != "s2c":
-                continue
-            if flight.indices[0] < index or (inclusive and index in flight.indices):
-                count += 1
-        return count
-
-    return {"rt_send": server_flights_until(request_index, inclusive=False),
-            "rt_resp": server_flights_until(response_index, inclusive=True),
+    return {"rt_send": max([r for i, r in rounds if i < request_index], default=0),
+            "rt_resp": max([r for i, r in rounds if i <= response_index], default=0),
             "flights": "".join("C" if f.direction == "c2s" else "S" for f in flights)}
 
 
