@@ -31,6 +31,7 @@ import pandas as pd  # noqa: E402
 import middleboxes  # noqa: E402
 from experiments.common import Measurement, measure  # noqa: E402
 from experiments.runner import RunContext  # noqa: E402
+from experiments.theory import THEORY_RTTS  # noqa: E402
 from testbed.apps.transport import TRANSPORTS  # noqa: E402
 from topologies import PathShape  # noqa: E402
 
@@ -50,7 +51,9 @@ def arms(profile: str = "full") -> list[tuple[str, str | None]]:
     """(protocol, policy): ENO protocols twice, the others once; test-only TEPs left out."""
     out: list[tuple[str, str | None]] = []
     for name, transport in TRANSPORTS.items():
-        if name == "eno-test" or (profile == "quick" and name not in QUICK_ARMS):
+        # Arms with a theory row (the single-curve tcpcrypt arms and the test-only TEP are
+        # variants the matrix does not need).
+        if name not in THEORY_RTTS or (profile == "quick" and name not in QUICK_ARMS):
             continue
         if getattr(transport, "uses_eno", False):
             out += [(name, "opportunistic"), (name, "required")]

@@ -23,7 +23,7 @@ from testbed.apps.transport import TRANSPORTS
 from topologies import PathShape
 
 NAME = "latency"
-PROFILES = {
+PROFILES: dict[str, dict[str, Any]] = {
     "quick": {"rtts": [10, 50, 100, 200], "repeat": 8},
     "full": {"rtts": [1, 2, 5, 10, 20, 50, 100, 150, 200], "repeat": 30},
 }

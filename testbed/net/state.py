@@ -151,7 +151,7 @@ def clean_state(state: NetworkState) -> dict[str, Any]:
 
 def clean_all(force: bool = False) -> list[dict[str, Any]]:
     """Clean every recorded network whose owner is gone (or all of them with ``force``)."""
-    reports = []
+    reports: list[dict[str, Any]] = []
     if not STATE_DIR.is_dir():
         return reports
     for path in sorted(STATE_DIR.glob("net-*.json")):
