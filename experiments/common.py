@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,10 @@ def measure(m: Measurement, ctx: RunContext, tag: str) -> list[dict[str, Any]]:
                 box.remove()
         backend = net.backend
     applied = net.applied_delay()
+    # What ran, once per point: addresses, link shapes, every host's sysctls as read back.
+    with (ctx.run_dir / "networks.jsonl").open("a") as networks:
+        networks.write(json.dumps({"tag": tag, **net.describe(), "applied_delay": applied})
+                       + "\n")
     one_way = [d.get("median_ms") for link in applied.values() for d in link.values()]
     applied_rtt = sum(one_way) if all(v is not None for v in one_way) else None
     out = [{**r, "warmup": True} for r in warm] + [{**r, "warmup": False} for r in records]

@@ -44,7 +44,7 @@ from typing import Any
 
 from testbed.errors import CommandError, ConfigError, KernelFeatureError, ProcessDiedError
 from testbed.log import LOG
-from testbed.net.shaping import LinkSpec, choose_backend, netem_command
+from testbed.net.shaping import choose_backend, netem_command
 from testbed.net.state import NetworkState
 from topologies.base import LinkDesc, Topology
 
@@ -470,9 +470,6 @@ class Network:
     def ip(self, node: str) -> str:
         """The node's first address (endpoints have exactly one)."""
         return self.link_ip(self.interfaces[node][0].link, node)
-
-    def link_shape(self, link: str) -> LinkSpec:
-        return self.topology.link(link).spec
 
     def describe(self) -> dict[str, Any]:
         """What ran, for metadata.json: backend, addresses, links, sysctls."""
