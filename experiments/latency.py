@@ -53,25 +53,24 @@ def run_point(point: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
 
 
 def summarise(records: pd.DataFrame) -> pd.DataFrame:
-    arm = records.apply(lambda r: counts_for_arm(r.to_dict()), axis=1)
-    records = records[arm]
-    measured = records[records["bytes_ok"]]
+    """One row per (protocol, RTT); a point whose connections all failed still has its row."""
+    records = records[records.apply(lambda r: counts_for_arm(r.to_dict()), axis=1)]
     rows = []
-    for (proto, rtt), group in measured.groupby(["proto", "rtt_ms"]):
-        ttfb = group["ttfb_ms"]
+    for (proto, rtt), group in records.groupby(["proto", "rtt_ms"]):
+        ok = group[group["bytes_ok"].astype(bool)]
+        ttfb = ok["ttfb_ms"]
         theory = ttfb_ms(str(proto), float(rtt))
+        median = ttfb.median()
         rows.append({
-            "proto": proto, "rtt_ms": rtt, "n": len(group),
-            "failed": int((~records[(records.proto == proto) & (records.rtt_ms == rtt)]
-                           ["bytes_ok"]).sum()),
-            "ttfb_median_ms": ttfb.median(), "ttfb_p5_ms": ttfb.quantile(0.05),
+            "proto": proto, "rtt_ms": rtt, "n": len(ok), "failed": len(group) - len(ok),
+            "ttfb_median_ms": median, "ttfb_p5_ms": ttfb.quantile(0.05),
             "ttfb_p95_ms": ttfb.quantile(0.95), "ttfb_p99_ms": ttfb.quantile(0.99),
-            "ttfb_mean_ms": ttfb.mean(), "connect_median_ms": group["connect_ms"].median(),
+            "ttfb_mean_ms": ttfb.mean(), "connect_median_ms": ok["connect_ms"].median(),
             "applied_rtt_ms": group["applied_rtt_ms"].median(),
             "theory_ms": theory,
-            "error_ms": None if theory is None else ttfb.median() - theory,
-            "within_1ms_2pct": None if theory is None
-            else abs(ttfb.median() - theory) <= 1.0 + 0.02 * theory,
+            "error_ms": None if theory is None else median - theory,
+            "within_1ms_2pct": None if theory is None or pd.isna(median)
+            else bool(abs(median - theory) <= 1.0 + 0.02 * theory),
         })
     return pd.DataFrame(rows).sort_values(["proto", "rtt_ms"])
 

@@ -141,3 +141,19 @@ def test_shards_partition_the_grid_and_merge_back(tmp_path, fake_experiment):
 def test_bad_shard(text):
     with pytest.raises(ConfigError):
         runner.parse_shard(text)
+
+
+def test_latency_summary_keeps_points_whose_connections_all_failed():
+    import pandas as pd
+
+    from experiments.latency import summarise
+
+    base = {"warmup": False, "connect_ms": 10.0, "applied_rtt_ms": 10.0}
+    rows = [{**base, "proto": "plain", "rtt_ms": 10, "bytes_ok": True, "ttfb_ms": 20.5},
+            {**base, "proto": "plain", "rtt_ms": 10, "bytes_ok": False, "ttfb_ms": None},
+            {**base, "proto": "plain", "rtt_ms": 50, "bytes_ok": False, "ttfb_ms": None}]
+    summary = summarise(pd.DataFrame(rows)).set_index("rtt_ms")
+    assert summary.loc[10, "n"] == 1 and summary.loc[10, "failed"] == 1
+    assert summary.loc[10, "within_1ms_2pct"]
+    assert summary.loc[50, "n"] == 0 and summary.loc[50, "failed"] == 1
+    assert summary.loc[50, "within_1ms_2pct"] is None
