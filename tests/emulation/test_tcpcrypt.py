@@ -7,6 +7,7 @@ capture, and a tamperer on the path flipping one bit of every data segment.
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 from contextlib import ExitStack
@@ -86,7 +87,11 @@ def test_probe_resume_saves_one_round_trip_at_100ms(tmp_path: Path) -> None:
     assert fresh["session_id"].startswith("23") and resumed["session_id"].startswith("a3")
     assert resumed["eno_option_bytes"] == [20, 21] and resumed["resume_nonce_len"] == 8
     # One RTT less: no Init1/Init2 exchange (theory 3 vs 2 RTT, ../shared/specs §2.11).
-    assert_within(fresh["ttfb_ms"] - resumed["ttfb_ms"], 100.0, tol=10.0,
+    # The fresh reference comes from warm processes (later connections of a fresh-only run):
+    # a client process's first connection also pays its cold start, which is not an RTT.
+    warm = probe("--proto", "tcpcrypt", "--rtt", "100ms", "--repeat", "3")[1:]
+    fresh_ms = statistics.median(r["ttfb_ms"] for r in warm)
+    assert_within(fresh_ms - resumed["ttfb_ms"], 100.0, tol=10.0,
                   what="fresh - resumed ttfb_ms")
     assert_within(resumed["ttfb_ms"], 200.0, tol=10.0, what="resumed ttfb_ms")
     first, second = client_conns(tmp_path / "probe-tcpcrypt-resume.pcap")
