@@ -84,7 +84,7 @@ def run_point(point: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
     repeat = ctx.repeat or PROFILES[ctx.profile]["repeat"]
     m = Measurement(proto=point["proto"], policy=point["policy"], path=PathShape(rtt_ms=RTT_MS),
                     connections=repeat, topology="middlebox", middlebox=point["middlebox"],
-                    port=PORT, warmup=False, timeout_s=6.0, gap_ms=2.0)
+                    port=PORT, warmup=False, timeout_s=10.0, gap_ms=2.0)
     tag = f"{point['proto']}-{point['policy'] or 'none'}-{point['middlebox']}"
     return measure(m, ctx, tag)
 

@@ -153,6 +153,16 @@ def _box(fb: pd.DataFrame | None, proto: str, policy: str, box: str) -> str:
     return "not measured" if row.empty else str(row["outcome"].iloc[0])
 
 
+def _outcome_ms(fb: pd.DataFrame | None, proto: str, box: str) -> str:
+    """Median time to outcome of one opportunistic cell, as text."""
+    if fb is None:
+        return "not measured"
+    row = fb[(fb["proto"] == proto) & (fb["policy"] == "opportunistic") & (fb["middlebox"] == box)]
+    if row.empty or pd.isna(row["time_to_outcome_ms"].iloc[0]):
+        return "not measured"
+    return f"{float(row['time_to_outcome_ms'].iloc[0]) / 1000:.1f} s"
+
+
 def section_questions(runs: dict[str, Path], root: Path) -> list[str]:
     lat = pd.read_csv(runs["latency"] / "summary.csv") if "latency" in runs else None
     fb = pd.read_csv(runs["fallback"] / "fallback_matrix.csv") if "fallback" in runs else None
@@ -200,8 +210,12 @@ def section_questions(runs: dict[str, Path], root: Path) -> list[str]:
                   "terminates TCP, so ENO never reaches the server. A box that silently drops "
                   "SYNs with unknown options gives tcpcrypt "
                   f"{box('tcpcrypt', 'drop-syn-unknown-option')} and TCP-use-TLS "
-                  f"{box('tls', 'drop-syn-unknown-option')}: the hook keeps ENO in SYN "
-                  "retransmissions (RFC 8547 §4.6 allows an active opener to drop it).", ""]
+                  f"{box('tls', 'drop-syn-unknown-option')} after "
+                  f"{_outcome_ms(fb, 'tls', 'drop-syn-unknown-option')}: an opportunistic active "
+                  "opener leaves ENO out of its third SYN retransmission (RFC 8547 §4.6 "
+                  "exception; two unanswered retransmissions, as Linux MPTCP does for "
+                  "MP_CAPABLE), while `required` keeps ENO and gets "
+                  f"`{_box(fb, 'tls', 'required', 'drop-syn-unknown-option')}`.", ""]
     if cost is not None:
         def cpu(tep: str, variant: str) -> float | None:
             row = cost[(cost["tep"].str.startswith(tep)) & (cost["variant"] == variant)]

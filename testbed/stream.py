@@ -161,6 +161,13 @@ class StreamConfig:
     eno_wait: float = 2.0  # how long to wait for the hook's verdict
     handshake_timeout: float = 10.0
     retry_plain: bool = True  # opportunistic A: reconnect without ENO if the TEP is refused
+    # Opportunistic A: SYN retransmissions that keep ENO before it is dropped (RFC 8547 §4.6
+    # exception, for paths that drop SYNs bearing unknown options). 2 follows Linux MPTCP,
+    # which falls back after the SYN+MP_CAPABLE went unanswered for 2 retransmissions. The
+    # SYN without ENO leaves ~3 s after the first where the kernel spaces its first SYN
+    # retransmissions 1 s apart (net.ipv4.tcp_syn_linear_timeouts), ~7 s where it doubles
+    # the 1 s timeout. None: keep ENO in every retransmission. Required never drops it.
+    syn_retries_with_eno: int | None = 2
     # A server hands the stream over once 0-RTT data arrived, before the TEP handshake ends,
     # so the application can answer at 0.5-RTT (TLS 0-RTT, RFC 8446 §2.3; beyond the drafts).
     # The session ID is then None until a later recv() completes the handshake.
@@ -188,6 +195,8 @@ class StreamConfig:
             application_aware=self.application_aware,
             mandatory_app_aware=self.mandatory_application_aware,
             mandatory=self.policy is Policy.REQUIRED, expect=tuple(expect),
+            syn_retries=self.syn_retries_with_eno
+            if active and self.policy is Policy.OPPORTUNISTIC else None,
         )
 
 

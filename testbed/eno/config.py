@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from testbed.eno.errors import EnoEncodeError
+from testbed.eno.errors import EnoEncodeError, LocalProtocolError
 from testbed.eno.option import TepSuboption
 
 # validator(tep_id, our suboptions for it, the peer's suboptions for it) -> valid? (§4.5)
@@ -55,6 +55,11 @@ class EnoConfig:
     allow_syn_only_data: bool = False
     # §4.7 non-default mode: unACKed SYN-only data does not abort when the SYN-ACK lacks ENO.
     tolerate_unacked_syn_data: bool = False
+    # §4.6 exception: an active opener MAY drop ENO between retransmissions of a SYN-only
+    # segment. None: every retransmission repeats the option (the MUST of §4.6); n >= 0:
+    # the first n retransmissions repeat it, later ones go without and encryption is
+    # disabled. Never with mandatory encryption, and never for a SYN that carried data.
+    syn_retries_with_eno: int | None = None
     validator: TepValidator = default_validator
     answerer: TepAnswerer | None = None
 
@@ -64,6 +69,12 @@ class EnoConfig:
             # RFC 8548 §3.5 forbids two resumption suboptions for one id; repetition in general
             # needs TEP rules (§4.5), so a preference list names each TEP once.
             raise EnoEncodeError(f"TEP ids repeated in the preference list: {ids}")
+        if self.syn_retries_with_eno is not None:
+            if self.syn_retries_with_eno < 0:
+                raise LocalProtocolError("syn_retries_with_eno must be None or >= 0")
+            if self.mandatory_encryption:
+                raise LocalProtocolError(
+                    "mandatory encryption never drops ENO from SYN retransmissions")
 
     @property
     def offers(self) -> tuple[TepSuboption, ...]:

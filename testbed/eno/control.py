@@ -58,6 +58,7 @@ from testbed.eno.option import TepSuboption
 DEFAULT_NAME = "tcpinc-eno-hook"
 PROTOCOL_VERSION = 1
 MAX_MESSAGE = 65536
+MAX_SYN_RETRIES = 255  # above any tcp_syn_retries the kernel accepts (its maximum is 127)
 Addr = tuple[str, int]
 
 
@@ -87,8 +88,18 @@ class Settings:
     mandatory: bool = False  # mandatory encryption: abort instead of falling back (§4.7)
     # (TEP id, prefix): the peer's data for that TEP must begin with prefix (module docstring)
     expect: tuple[tuple[int, bytes], ...] = ()
+    # §4.6 exception: SYN retransmissions that still carry ENO before an active opener drops
+    # it and falls back (None: all of them). Opportunistic only (mandatory never drops it).
+    syn_retries: int | None = None
 
     def __post_init__(self) -> None:
+        if self.syn_retries is not None and (
+            isinstance(self.syn_retries, bool) or not isinstance(self.syn_retries, int)
+            or not 0 <= self.syn_retries <= MAX_SYN_RETRIES
+        ):
+            raise ControlError(f"syn_retries must be null or 0..{MAX_SYN_RETRIES}")
+        if self.syn_retries is not None and self.mandatory:
+            raise ControlError("mandatory encryption never drops ENO from SYN retransmissions")
         seen: set[int] = set()
         for tep_id, data in self.teps:
             if not TEP_ID_MIN <= tep_id <= TEP_ID_MAX or tep_id in seen:
@@ -110,13 +121,16 @@ class Settings:
         }
         if self.expect:
             out["expect"] = [[t, prefix.hex()] for t, prefix in self.expect]
+        if self.syn_retries is not None:
+            out["syn_retries"] = self.syn_retries
         return out
 
     @classmethod
     def from_json(cls, data: Any) -> Settings:
         if not isinstance(data, dict):
             raise ControlError("settings must be an object")
-        unknown = set(data) - {"teps", "b", "a", "mandatory_app_aware", "mandatory", "expect"}
+        known = {"teps", "b", "a", "mandatory_app_aware", "mandatory", "expect", "syn_retries"}
+        unknown = set(data) - known
         if unknown:
             raise ControlError(f"unknown settings {sorted(unknown)}")
         teps = []
@@ -135,6 +149,7 @@ class Settings:
             application_aware=_bool(data, "a"),
             mandatory_app_aware=_bool(data, "mandatory_app_aware"),
             mandatory=_bool(data, "mandatory"), expect=tuple(expect),
+            syn_retries=data.get("syn_retries"),
         )
 
     def eno_config(self) -> EnoConfig:
@@ -145,6 +160,7 @@ class Settings:
             application_aware=self.application_aware,
             mandatory_application_aware=self.mandatory_app_aware,
             mandatory_encryption=self.mandatory, validator=validator,
+            syn_retries_with_eno=self.syn_retries,
         )
 
 

@@ -20,7 +20,10 @@ class FallbackReason(enum.Enum):
 
     # Local decisions (this end never sent, or stopped sending, ENO).
     DISABLED_BY_CONFIG = "disabled_by_config"  # ENO switched off for this connection
-    LOCAL_DISABLE = "local_disable"  # §4.6: active opener dropped ENO between SYN retransmissions
+    LOCAL_DISABLE = "local_disable"  # disabled through the API before the handshake ended
+    # §4.6 exception: the active opener left ENO out of a SYN retransmission after the
+    # configured number of unanswered SYNs with ENO (a path that drops SYNs bearing it).
+    SYN_RETRANSMISSION = "syn_retransmission"
     NO_OPTION_SPACE = "no_option_space"  # the segment had no room for ENO (40 bytes, §4.4)
     TFO_CONFLICT = "tfo_conflict"  # outgoing SYN had a non-empty TFO option (§4.7 MUST NOT)
     SYN_DATA_CONFLICT = "syn_data_conflict"  # outgoing SYN data the SYN TEP does not define (§4.7)

@@ -104,7 +104,8 @@ TRANSITIONS: dict[State, dict[Trigger, frozenset[State]]] = {
     S.CLOSED: {T.SEND_SYN: frozenset({S.SYN_SENT}) | _FAIL, T.DISABLE: _FAIL},
     S.LISTEN: {T.RECV_SYN: frozenset({S.SYN_RECEIVED}) | _FAIL, T.DISABLE: _FAIL},
     S.SYN_SENT: {
-        T.SEND_SYN: frozenset({S.SYN_SENT}),  # retransmission, option unchanged (§4.6)
+        # Retransmission: option unchanged, or dropped (§4.6 exception, syn_retries_with_eno).
+        T.SEND_SYN: frozenset({S.SYN_SENT, S.DISABLED}),
         T.RECV_SYN: frozenset({S.SIMUL_SYN_RECEIVED}) | _FAIL,
         T.RECV_SYNACK: frozenset({S.SYNACK_RECEIVED}) | _FAIL,
         T.DISABLE: _FAIL,  # §4.6: MAY drop ENO between SYN-only retransmissions
@@ -192,6 +193,7 @@ class EnoNegotiator:
         self._chosen: Negotiated | None = None  # decided at the SYN exchange, reported later
         self._sent_syn_data = False  # we sent data in a SYN+ENO segment (§4.7)
         self._sent_syn_only_data = False  # ... and it was our SYN-only segment
+        self._syn_retransmissions = 0  # of our SYN-only segment
         if not config.enabled:
             self._state = State.DISABLED
             self._record(Fallback(FallbackReason.DISABLED_BY_CONFIG, "ENO off for this connection"))
@@ -341,7 +343,14 @@ class EnoNegotiator:
         if self._state is State.DISABLED:
             return State.DISABLED, None
         if self._state is State.SYN_SENT:
-            return State.SYN_SENT, self._local_raw  # MUST NOT alter on retransmission (§4.6)
+            self._syn_retransmissions += 1
+            limit = self.config.syn_retries_with_eno
+            if limit is None or self._syn_retransmissions <= limit or self._sent_syn_data:
+                return State.SYN_SENT, self._local_raw  # MUST NOT alter (§4.6)
+            # The one exception an active opener has (§4.6): recover from a path that drops
+            # SYNs bearing ENO. Config refuses this with mandatory encryption.
+            detail = f"no answer to {limit + 1} SYN(s) with ENO; retransmitting without"
+            return self._fail(FallbackReason.SYN_RETRANSMISSION, detail), None
         option = active_syn_option(self.config)
         problem = self._outgoing_syn_problem(option, options, payload_len, syn_only=True)
         if problem is not None:

@@ -48,6 +48,16 @@ from testbed.net.shaping import choose_backend, netem_command
 from testbed.net.state import NetworkState
 from topologies.base import LinkDesc, Topology
 
+# Read back into the metadata beside the ones the network sets. SYN retransmission timing
+# decides what a dropped SYN costs (loss, fallback): newer kernels retransmit the first
+# tcp_syn_linear_timeouts SYNs 1 s apart before doubling, older ones double from the start.
+RECORDED_SYSCTLS = [
+    "net.ipv4.tcp_congestion_control", "net.core.rmem_max", "net.core.wmem_max",
+    "net.ipv4.tcp_timestamps", "net.ipv4.tcp_sack", "net.ipv4.tcp_window_scaling",
+    "net.ipv4.tcp_syn_retries", "net.ipv4.tcp_synack_retries",
+    *(["net.ipv4.tcp_syn_linear_timeouts"]
+      if Path("/proc/sys/net/ipv4/tcp_syn_linear_timeouts").exists() else []),
+]
 REQUIRED_BINARIES = ("mnexec", "ip", "tc", "sysctl", "ethtool", "ifconfig")
 OFFLOAD_MODES = ("wire", "gso")
 FORWARDING_ROLES = ("router", "middlebox")
@@ -126,6 +136,9 @@ class Network:
         self.interfaces: dict[str, list[Interface]] = {}
         self.sysctls: dict[str, dict[str, str]] = {}
         self.helpers: list[Helper] = []
+        # Every process started in a host: one-shot commands too, so that one abandoned by an
+        # exception (an interrupted run, a timeout above it) is killed at teardown.
+        self._procs: list[subprocess.Popen[str]] = []
         self.link_reports: dict[str, dict[str, Any]] = {}
         self.state: NetworkState | None = None
         self._own_workdir = workdir is None
@@ -181,6 +194,7 @@ class Network:
             if died:
                 errors.append(died)
         self.helpers.clear()
+        self._kill_leftovers()
         self._collect_link_reports()
         if self.mn is not None:
             for node in self.mn.hosts:
@@ -244,9 +258,7 @@ class Network:
         if cfg.congestion_control:
             values["net.ipv4.tcp_congestion_control"] = cfg.congestion_control
         self.set_sysctls(name, values)
-        self.record_sysctls(name, ["net.ipv4.tcp_congestion_control", "net.core.rmem_max",
-                                   "net.core.wmem_max", "net.ipv4.tcp_timestamps",
-                                   "net.ipv4.tcp_sack", "net.ipv4.tcp_window_scaling"])
+        self.record_sysctls(name, RECORDED_SYSCTLS)
         self.run(name, ["ip", "link", "set", "lo", "up"])
         for intf in self.interfaces[name]:
             self.run(name, ["ip", "link", "set", intf.name, "up"])
@@ -335,6 +347,21 @@ class Network:
         ]
         self.start_helper(shaper, f"delayline:{link.name}", argv, ready="ready")
 
+    def _kill_leftovers(self) -> None:
+        """Kill processes started with ``popen`` that still run (nobody waits for them now)."""
+        for proc in self._procs:
+            if proc.poll() is None:
+                LOG.warning("killing pid %d left running at teardown: %s", proc.pid, proc.args)
+                proc.kill()
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    LOG.error("pid %d did not die on SIGKILL", proc.pid)
+            for stream in (proc.stdin, proc.stdout, proc.stderr):
+                if stream:
+                    stream.close()
+        self._procs.clear()
+
     # -- helpers (processes inside hosts) ---------------------------------
 
     def popen(self, node: str, argv: list[str], **kwargs: Any) -> subprocess.Popen[str]:
@@ -344,6 +371,8 @@ class Network:
         kwargs.setdefault("stderr", subprocess.PIPE)
         kwargs.setdefault("text", True)
         proc: subprocess.Popen[str] = self.nodes[node].popen(argv, **kwargs)
+        self._procs = [p for p in self._procs if p.poll() is None]
+        self._procs.append(proc)
         if self.state is not None:
             self.state.add_proc(proc.pid, node, argv)
         return proc

@@ -123,6 +123,38 @@ def test_eno_stripped_by_the_path(tmp_path, where, policy):
         check_fail_closed(where, records, conns)
 
 
+def test_a_path_dropping_eno_syns_costs_two_retransmissions_then_falls_back(tmp_path):
+    """RFC 8547 §4.6 exception, opportunistic policy: the SYN and two retransmissions carry
+    the same ENO option; the third retransmission leaves without it, gets through, and both
+    ends run plain TCP knowing why. It costs three SYN timeouts: 1 + 1 + 1 s with linear SYN
+    timeouts (net.ipv4.tcp_syn_linear_timeouts >= 3), 1 + 2 + 4 s without."""
+    pcaps = {"client": tmp_path / "client.pcap", "server": tmp_path / "server.pcap"}
+    with Network(topologies.create("middlebox")) as net, eno_hooks(net):
+        net.run("mb", ["iptables", "-w", "-A", "FORWARD", "-p", "tcp", "--tcp-flags",
+                       "SYN,ACK", "SYN", "--tcp-option", str(ENO_KIND), "-j", "DROP"])
+        with Capture(net.nodes["server"], net.intf("server"), pcaps["server"]), \
+                Capture(net.nodes["client"], net.intf("client"), pcaps["client"]):
+            (record,) = run_workload(net, Workload(proto="eno-test", connections=1),
+                                     eno_hooks=False)
+        client, server = stats(net, "client"), stats(net, "server")
+    assert record["outcome"] == "plaintext" and record["bytes_ok"], record
+    assert record["fallback_reason"] == "syn_retransmission"
+    assert record["peer_fallback_reason"] == "no_eno_in_syn"
+    linear = int(net.sysctls["client"].get("net.ipv4.tcp_syn_linear_timeouts", "0")) >= 3
+    low, high = (3000, 4000) if linear else (7000, 8000)
+    assert low <= record["ttfb_ms"] < high, (record["ttfb_ms"], linear)
+    (conn,) = eno_conns(pcaps["client"])
+    syns = [s for s in (cs.segment for cs in conn.segments) if s.is_syn and not s.is_ack]
+    assert len(syns) == 4 and len({s.seq for s in syns}) == 1
+    assert [bool(options_of(s, ENO_KIND)) for s in syns] == [True, True, True, False]
+    assert len({bytes(options_of(s, ENO_KIND)[0]) for s in syns[:3]}) == 1, "unchanged (§4.6)"
+    (arrived,) = eno_conns(pcaps["server"])
+    server_syns = [cs.segment for cs in arrived.segments if cs.segment.is_syn]
+    assert not any(options_of(s, ENO_KIND) for s in server_syns)
+    assert client["fallback_reasons"] == {"syn_retransmission": 1}
+    assert server["fallback_reasons"] == {"no_eno_in_syn": 1}
+
+
 def check_fallback(where, records, client, server):
     """RFC 8547 §4.6 rule 1 on each end; the data arrives intact as plain TCP."""
     for r in records:

@@ -55,6 +55,17 @@ def test_teardown_after_exception_leaves_nothing():
     assert not mine & namespaces()
 
 
+def test_teardown_kills_commands_abandoned_by_an_exception():
+    """A one-shot command whose caller was interrupted (Ctrl-C, SIGTERM, a timeout above it)
+    must not outlive the network."""
+    with pytest.raises(KeyboardInterrupt), Network(topologies.create("direct")) as net:
+        proc = net.popen("client", ["sleep", "60"])
+        finished = net.popen("client", ["true"])
+        finished.wait(timeout=5)
+        raise KeyboardInterrupt
+    assert proc.returncode == -signal.SIGKILL and finished.returncode == 0
+
+
 def test_tcpinc_clean_after_killed_run():
     """A run killed with SIGKILL leaves namespaces; `clean` removes them by pid."""
     script = (

@@ -38,6 +38,20 @@ def test_settings_round_trip_and_strictness():
             Settings.from_json(bad)
 
 
+def test_settings_syn_retries():
+    settings = Settings(teps=((0x20, None),), syn_retries=2)
+    assert settings.to_json()["syn_retries"] == 2
+    assert Settings.from_json(settings.to_json()) == settings
+    assert settings.eno_config().syn_retries_with_eno == 2
+    assert "syn_retries" not in Settings(teps=((0x20, None),)).to_json()
+    assert Settings(teps=((0x20, None),)).eno_config().syn_retries_with_eno is None
+    for bad in ({"syn_retries": -1}, {"syn_retries": 256}, {"syn_retries": "2"},
+                {"syn_retries": True}, {"syn_retries": 1.5},
+                {"syn_retries": 1, "mandatory": True}):
+        with pytest.raises(ControlError):
+            Settings.from_json(bad)
+
+
 def test_result_round_trip():
     result = Result(local=("10.0.1.1", 1), remote=("10.0.2.1", 2), active=True,
                     state="enabled", outcome="negotiated", role="A", tep_id=0x20,

@@ -206,6 +206,28 @@ def test_retransmitted_syn_carries_the_same_option():
     assert first == again is not None
 
 
+def test_syn_retransmission_without_eno_after_the_limit():
+    """A path that drops SYNs bearing ENO: after ``syn_retries`` unanswered retransmissions
+    A's next SYN leaves as the kernel built it, A falls back, and B (which never saw a SYN
+    with ENO) completes a plain handshake; the late SYN-ACK carries no ENO either."""
+    pair = Pair()
+    pair.b.listen(B[1], TEST_TEP, owner=1)
+    pair.a.announce(A[1], Settings(teps=((0x20, None),), syn_retries=1), pair.now, 10)
+    kernel_syn = segment(A, B, "S", ISN_A)
+    sent = [pair.a.handle(kernel_syn, True, pair.now + t) for t in (0, 1, 3)]
+    assert sent[0] == sent[1] is not None and find_eno(parse_segment(sent[0]).options)
+    assert sent[2] is None  # untouched: no ENO
+    result = pair.result_a()
+    assert result.outcome == "fallback" and result.reason == "syn_retransmission"
+    pair.now += 3
+    assert pair.b.handle(kernel_syn, False, pair.now) is None
+    synack = pair.b_to_a(segment(B, A, "SA", ISN_B, ISN_A + 1))
+    assert not find_eno(parse_segment(synack).options)
+    pair.a_to_b(segment(A, B, "A", ISN_A + 1, ISN_B + 1))
+    assert pair.result_b().outcome == "fallback" and pair.result_b().reason == "no_eno_in_syn"
+    assert pair.result_a().reason == "syn_retransmission"
+
+
 def test_entries_expire_and_memory_is_bounded():
     engine = HookEngine(expiry=5.0, max_conns=10)
     engine.listen(5000, TEST_TEP, owner=1)

@@ -437,6 +437,55 @@ def test_retransmitted_syn_must_repeat_the_option() -> None:
     assert fallback_reason(b) is FallbackReason.SYN_OPTION_CHANGED
 
 
+def test_syn_retries_with_eno_drops_the_option_after_the_limit() -> None:
+    """§4.6 exception: with syn_retries_with_eno = 2 the original SYN and two retransmissions
+    carry the same option byte for byte; the third retransmission goes without and the
+    connection falls back, and the passive end sees that retransmission as an ENO-less SYN."""
+    a = make(EnoConfig(teps=(Z,), syn_retries_with_eno=2), active=True)
+    sent = [a.neg.send_syn(LINUX_SYN) for _ in range(3)]
+    assert sent == [bytes.fromhex("450323")] * 3 and a.neg.state is State.SYN_SENT
+    assert a.neg.pop_events() == []
+    assert a.neg.send_syn(LINUX_SYN) is None
+    assert a.neg.state is State.DISABLED
+    (event,) = a.neg.pop_events()
+    assert event == Fallback(FallbackReason.SYN_RETRANSMISSION,
+                             "no answer to 3 SYN(s) with ENO; retransmitting without")
+    assert a.neg.send_syn(LINUX_SYN) is None and a.neg.pop_events() == []  # stays off
+    # The path delivered a late SYN-ACK with ENO: encryption stays off, nothing is owed.
+    a.neg.receive_synack(bytes.fromhex("45040123"))
+    assert a.neg.state is State.DISABLED and a.neg.send_ack(LINUX_ACK) is None
+
+
+def test_syn_retries_zero_drops_from_the_first_retransmission() -> None:
+    a = make(EnoConfig(teps=(Z,), syn_retries_with_eno=0), active=True)
+    assert a.neg.send_syn(LINUX_SYN) == bytes.fromhex("450323")
+    assert a.neg.send_syn(LINUX_SYN) is None
+    assert fallback_reason(a) is FallbackReason.SYN_RETRANSMISSION
+
+
+def test_syn_retries_default_keeps_the_option_forever() -> None:
+    a = make(EnoConfig(teps=(Z,)), active=True)
+    assert {a.neg.send_syn(LINUX_SYN) for _ in range(8)} == {bytes.fromhex("450323")}
+    assert a.neg.state is State.SYN_SENT
+
+
+def test_syn_retries_never_drop_a_syn_that_carried_data() -> None:
+    """Data sent under the SYN TEP would be read as plain SYN data without the option."""
+    config = EnoConfig(teps=(Z,), syn_data_teps=frozenset({Z}), allow_syn_only_data=True,
+                       syn_retries_with_eno=0)
+    a = make(config, active=True)
+    first = a.neg.send_syn(LINUX_SYN, payload_len=10)
+    assert first is not None and a.neg.send_syn(LINUX_SYN, payload_len=10) == first
+    assert a.neg.state is State.SYN_SENT
+
+
+def test_syn_retries_config_is_checked() -> None:
+    with pytest.raises(LocalProtocolError):
+        EnoConfig(teps=(Z,), syn_retries_with_eno=-1)
+    with pytest.raises(LocalProtocolError):
+        EnoConfig(teps=(Z,), syn_retries_with_eno=1, mandatory_encryption=True)
+
+
 def test_retransmitted_syn_without_eno() -> None:
     b = make(EnoConfig(teps=(Z,)), active=False)
     b.neg.receive_syn(bytes.fromhex("450323"))

@@ -220,3 +220,15 @@ def test_the_real_teps_are_one_registration_away(name, tep_id):
     assert b.recv(100) == b"over " + name.encode()
     a.close()
     b.close()
+
+
+def test_only_an_opportunistic_active_opener_drops_eno_from_syn_retransmissions():
+    """RFC 8547 §4.6 exception: the stream asks the hook to drop ENO after 2 unanswered
+    retransmissions (configurable); passive ends and the required policy never do."""
+    assert OPPORTUNISTIC.settings(active=True, peer=None).syn_retries == 2
+    assert OPPORTUNISTIC.settings(active=False, peer=None).syn_retries is None
+    assert REQUIRED.settings(active=True, peer=None).syn_retries is None
+    never = StreamConfig(teps=("eno-test",), syn_retries_with_eno=None)
+    assert never.settings(active=True, peer=None).syn_retries is None
+    sooner = StreamConfig(teps=("eno-test",), syn_retries_with_eno=0)
+    assert sooner.settings(active=True, peer=None).eno_config().syn_retries_with_eno == 0
