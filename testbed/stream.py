@@ -161,6 +161,9 @@ class StreamConfig:
     eno_wait: float = 2.0  # how long to wait for the hook's verdict
     handshake_timeout: float = 10.0
     retry_plain: bool = True  # opportunistic A: reconnect without ENO if the TEP is refused
+    # Opportunistic A: reconnect without ENO when the SYN with ENO is answered by a RST
+    # (a box rejecting unknown options; connect() docstring). Costs a closed port one RTT.
+    retry_plain_after_reset: bool = True
     # Opportunistic A: SYN retransmissions that keep ENO before it is dropped (RFC 8547 §4.6
     # exception, for paths that drop SYNs bearing unknown options). 2 follows Linux MPTCP,
     # which falls back after the SYN+MP_CAPABLE went unanswered for 2 retransmissions. The
@@ -484,12 +487,26 @@ def connect(
     address: Addr, config: StreamConfig | None = None, *, timeout: float | None = 10.0,
     local_address: Addr | None = None,
 ) -> Stream:
-    """Open a stream to ``address`` under ``config.policy``."""
+    """Open a stream to ``address`` under ``config.policy``.
+
+    Opportunistic fallbacks that need a second connection (the stream's
+    ``fallback_reason`` says which): the peer refused the negotiated TEP
+    (``peer_refused_tep``), or the SYN with ENO was reset (``syn_reset``). The
+    required policy raises instead."""
     config = config or StreamConfig()
     if config.policy is Policy.OFF:
         return _plain_connect(address, config, timeout, local_address, "disabled_by_config")
     try:
         return _eno_connect(address, config, timeout, local_address)
+    except ConnectionRefusedError as exc:
+        if config.policy is Policy.REQUIRED or not config.retry_plain_after_reset:
+            raise
+        # A RST to our SYN with ENO: a box that rejects unknown options, or a closed port.
+        # Opportunistic: one more SYN without ENO tells them apart (RFC 3168 §6.1.1.1 lets
+        # an ECN-setup SYN be retried the same way); a closed port refuses it again.
+        stream = _plain_connect(address, config, timeout, local_address, "syn_reset")
+        stream.info.detail = f"the SYN with ENO was reset ({exc}); reconnected without ENO"
+        return stream
     except PeerRefusedTep as exc:
         if config.policy is Policy.REQUIRED:
             # ENO negotiated here, but the peer fell back (or reset): no encryption.

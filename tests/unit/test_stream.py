@@ -232,3 +232,26 @@ def test_only_an_opportunistic_active_opener_drops_eno_from_syn_retransmissions(
     assert never.settings(active=True, peer=None).syn_retries is None
     sooner = StreamConfig(teps=("eno-test",), syn_retries_with_eno=0)
     assert sooner.settings(active=True, peer=None).eno_config().syn_retries_with_eno == 0
+
+
+def test_a_reset_syn_with_eno_is_retried_without_it_only_when_opportunistic(monkeypatch):
+    """A RST to the SYN with ENO (stand-in: _eno_connect refused): opportunistic reconnects
+    without ENO and says why; required, or the retry switched off, raise; a port that
+    refuses plain TCP too still raises."""
+    import testbed.stream as stream_module
+
+    def refused(*args: Any, **kwargs: Any) -> Stream:
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    monkeypatch.setattr(stream_module, "_eno_connect", refused)
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        addr = server.getsockname()
+        plain = connect(addr, OPPORTUNISTIC, timeout=2)
+        assert plain.fallback_reason == "syn_reset" and not plain.info.encrypted
+        assert "reconnected without ENO" in plain.info.detail
+        plain.close()
+        for config in (REQUIRED, StreamConfig(teps=("eno-test",), retry_plain_after_reset=False)):
+            with pytest.raises(ConnectionRefusedError):
+                connect(addr, config, timeout=2)
+    with pytest.raises(ConnectionRefusedError):
+        connect(addr, OPPORTUNISTIC, timeout=2)  # closed now: refused without ENO as well
