@@ -9,8 +9,9 @@ from typing import Any
 
 import middleboxes
 from experiments.runner import RunContext
+from testbed.net.flows import Connection, connections
 from testbed.net.network import NetConfig, Network
-from testbed.net.pcap import Connection, connections, read_segments
+from testbed.net.pcap import read_segments
 from testbed.workload import Workload, run_workload
 from topologies import PathShape, create
 

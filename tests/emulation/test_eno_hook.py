@@ -17,8 +17,9 @@ import pytest
 import topologies
 from testbed.eno.rules import HookSpec, queue_status, rule_counters, start_hook
 from testbed.net.capture import Capture
+from testbed.net.flows import Connection, connections, payload_contains
 from testbed.net.network import Network
-from testbed.net.pcap import Connection, connections, options_of, payload_contains, read_segments
+from testbed.net.pcap import options_of, read_segments
 from testbed.workload import Workload, run_workload
 from tests.emulation.eno_support import (
     RAW_PEER,

@@ -25,8 +25,9 @@ import topologies
 from middleboxes.helper import HelperBox
 from testbed.errors import ProcessDiedError
 from testbed.net.capture import Capture
+from testbed.net.flows import Connection, connections, payload_contains
 from testbed.net.network import Network
-from testbed.net.pcap import Connection, connections, options_of, payload_contains, read_segments
+from testbed.net.pcap import options_of, read_segments
 from testbed.net.state import netns_inode, pids_in_netns
 from testbed.workload import Workload, run_workload
 

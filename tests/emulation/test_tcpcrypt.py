@@ -19,8 +19,9 @@ import pytest
 import middleboxes
 import topologies
 from testbed.apps.wire import encode_request, pattern
+from testbed.net.flows import Connection, connections, payload_contains
 from testbed.net.network import Network
-from testbed.net.pcap import Connection, connections, payload_contains, read_segments
+from testbed.net.pcap import read_segments
 from testbed.teps.tcpcrypt.constants import INIT1_MAGIC, INIT2_MAGIC
 from tests.emulation.eno_support import eno_hooks
 from tests.helpers import assert_within

@@ -21,8 +21,9 @@ from scapy.all import load_layer
 
 import middleboxes
 import topologies
+from testbed.net.flows import Connection, connections
 from testbed.net.network import Network
-from testbed.net.pcap import Connection, connections, options_of, read_segments
+from testbed.net.pcap import options_of, read_segments
 from testbed.teps.tls import ServerIdentity
 from testbed.workload import Workload, run_workload
 from tests.helpers import assert_within

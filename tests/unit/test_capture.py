@@ -28,7 +28,8 @@ from testbed.net.capture import (
     parse_stats,
     tcpdump_command,
 )
-from testbed.net.pcap import EventKind, PcapReader, connections, payload_contains
+from testbed.net.flows import EventKind, connections, payload_contains
+from testbed.net.pcap import PcapReader
 
 FAKE_TCPDUMP = r"""
 import signal, sys, time

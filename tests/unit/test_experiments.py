@@ -14,7 +14,8 @@ from experiments import runner
 from experiments.common import count_from_pcaps, counts_for_arm, find_connection, round_trips
 from experiments.fallback import classify
 from testbed.errors import ConfigError
-from testbed.net.pcap import connections, read_segments
+from testbed.net.flows import connections
+from testbed.net.pcap import read_segments
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 

@@ -1,4 +1,4 @@
-"""Tests for testbed.net.pcap: the pure pcap reader and the connection analysis.
+"""Tests for testbed.net.pcap (the pure pcap reader) and testbed.net.flows (connections).
 
 The test capture is crafted with scapy (``build_handshake_packets``) so every field is known;
 tests/data/handshake_small.pcap is the committed copy of it (regenerate with
@@ -22,22 +22,24 @@ from scapy.layers.l2 import ARP, CookedLinux, CookedLinuxV2, Ether
 from scapy.packet import Packet, Padding, Raw
 from scapy.utils import EDecimal, PcapWriter, rdpcap
 
+from testbed.net.flows import (
+    ConnKey,
+    Event,
+    EventKind,
+    Retransmission,
+    connections,
+    payload_contains,
+)
 from testbed.net.pcap import (
     LINKTYPE_LINUX_SLL,
     LINKTYPE_LINUX_SLL2,
     LINKTYPE_RAW,
-    ConnKey,
-    Event,
-    EventKind,
     IncompleteCaptureError,
     PcapError,
     PcapReader,
-    Retransmission,
     Segment,
-    connections,
     options_of,
     parse_options,
-    payload_contains,
     read_segments,
 )
 
