@@ -5,7 +5,12 @@ network, one warm-up connection (it fetches the TFO cookie where TFO is used;
 it is recorded with ``warmup: true`` and left out of the statistics), then
 ``repeat`` sequential connections, each a 12-byte request and a 1 KiB response,
 captured on the client interface. The analysis draws the median, the p5-p95
-band and the theory line of tcpinc-protocols.md §4 per protocol.
+band and the theory line of tcpinc-protocols.md §4 per protocol, and splits each
+point's excess over theory (``excess.csv``) at the moment the client sent its
+request: how late the request left against the theory's ``send`` RTTs (TCP
+handshake through the hooks, the ENO verdict query, the TEP handshake) and how
+late the response came back after it against ``resp - send`` RTTs (server and
+response path). The two add up to the excess of each connection.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import pandas as pd
 from experiments import plotting
 from experiments.common import Measurement, counts_for_arm, measure
 from experiments.runner import RunContext
-from experiments.theory import THEORY_RTTS, ttfb_ms
+from experiments.theory import THEORY_RTTS, send_ms, ttfb_ms
 from testbed.apps.transport import TRANSPORTS
 from topologies import PathShape
 
@@ -75,6 +80,36 @@ def summarise(records: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values(["proto", "rtt_ms"])
 
 
+def excess(records: pd.DataFrame) -> pd.DataFrame:
+    """Per (protocol, RTT): medians of where the time beyond theory went (module docstring).
+
+    ``request_late_ms`` + ``response_late_ms`` is each connection's excess (medians need not
+    add up exactly); ``connect_late_ms`` is the TCP handshake beyond one RTT (arms without
+    TFO, whose connect() waits for the SYN-ACK) and ``eno_query_ms`` the wait for the hook's
+    verdict after it (ENO arms)."""
+    records = records[records.apply(lambda r: counts_for_arm(r.to_dict()), axis=1)]
+    ok = records[records["bytes_ok"].astype(bool) & records["request_ms"].notna()].copy()
+    if ok.empty:
+        return pd.DataFrame()
+    rtt = ok["rtt_ms"].astype(float)
+    send = ok.apply(lambda r: send_ms(str(r["proto"]), float(r["rtt_ms"])), axis=1)
+    theory = ok.apply(lambda r: ttfb_ms(str(r["proto"]), float(r["rtt_ms"])), axis=1)
+    ok["request_late_ms"] = ok["request_ms"] - send
+    ok["response_late_ms"] = ok["ttfb_ms"] - ok["request_ms"] - (theory - send)
+    phases = ok["phases_ms"].apply(lambda p: p if isinstance(p, dict) else {})
+    connected = phases.apply(lambda p: p.get("tcp_connected"))
+    verdict = phases.apply(lambda p: p.get("eno_result"))
+    tfo = ok["proto"].str.contains("tfo")
+    ok["connect_late_ms"] = (ok["connect_ms"] - rtt).where(~tfo)
+    ok["eno_query_ms"] = (verdict.astype(float) - connected.astype(float))
+    cols = ["request_late_ms", "response_late_ms", "connect_late_ms", "eno_query_ms"]
+    table = (ok.groupby(["proto", "rtt_ms"])[cols].median().reset_index()
+             .sort_values(["proto", "rtt_ms"]))
+    table.insert(2, "error_ms", (ok["ttfb_ms"] - theory).groupby(
+        [ok["proto"], ok["rtt_ms"]]).median().to_numpy())
+    return table
+
+
 def analyse(run_dir: Path) -> dict[str, Any]:
     records = pd.read_json(run_dir / "records.jsonl", lines=True)
     records[["proto", "rtt_ms", "ttfb_ms", "connect_ms", "bytes_ok", "warmup", "outcome",
@@ -83,6 +118,7 @@ def analyse(run_dir: Path) -> dict[str, Any]:
     )
     summary = summarise(records)
     summary.to_csv(run_dir / "summary.csv", index=False, float_format="%.3f")
+    excess(records).to_csv(run_dir / "excess.csv", index=False, float_format="%.3f")
     plotting.latency_plot(summary, run_dir / "latency.png")
     return {
         "points": len(summary),

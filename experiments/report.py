@@ -74,7 +74,7 @@ def _fmt3(value: float | None) -> str:
     return "not measured" if value is None else f"{value:.3f} ms"
 
 
-def section_latency(run: Path, root: Path) -> list[str]:
+def section_latency(run: Path, root: Path, cost_run: Path | None = None) -> list[str]:
     summary = pd.read_csv(run / "summary.csv")
     cols = ["proto", "rtt_ms", "n", "ttfb_median_ms", "ttfb_p95_ms", "theory_ms", "error_ms",
             "within_1ms_2pct"]
@@ -93,7 +93,44 @@ def section_latency(run: Path, root: Path) -> list[str]:
             f"the configured RTT to within {applied_err:.3f} ms (`applied_rtt_ms`), so the "
             "error is the endpoints' own processing: the ENO hook holding handshake "
             "segments in NFQUEUE, and the TEPs and applications running in Python.")
+    text += ["", *_excess_text(run, root, cost_run)]
     return text + [""]
+
+
+EXCESS_ARMS = ("plain", "tcpcrypt", "tls", "tls-noeno")
+
+
+def _excess_text(run: Path, root: Path, cost_run: Path | None) -> list[str]:
+    """Where the time beyond theory went, and the wake-up benchmark that explains its growth
+    with the RTT (module docstrings of experiments/latency.py and testbed/bench_wakeup.py)."""
+    path = run / "excess.csv"
+    if not path.exists():
+        return []
+    table = pd.read_csv(path)
+    table = table[table["proto"].isin(EXCESS_ARMS)]
+    if table.empty:
+        return []
+    low, high = table["rtt_ms"].min(), table["rtt_ms"].max()
+    ends = table[table["rtt_ms"].isin([low, high])]
+    lines = [f"**Where the excess goes** (`{_rel(path, root)}`, medians at {low:g} and {high:g} "
+             "ms RTT): how late the client's request left against the theory's send time "
+             "(TCP handshake through the hooks beyond one RTT, the wait for the ENO verdict, "
+             "the TEP handshake), and how late the response came back after it.", "",
+             _table(ends), ""]
+    wakeup = cost_run / "wakeup.csv" if cost_run is not None else None
+    grows = "Every part grows with the RTT, that is with how long the processes on the " \
+        "path (client, server, the two hooks) sat idle between flights."
+    if wakeup is None or not wakeup.exists():
+        return [*lines, grows]
+    bench = pd.read_csv(wakeup).sort_values("gap_ms")
+    first, last = bench.iloc[0], bench.iloc[-1]
+    return [*lines, grows + f" `tcpinc bench wakeup` isolates that without any network "
+            f"(`{_rel(wakeup, root)}`): a one-byte loopback ping-pong between two processes "
+            f"takes {first['median_us']:.0f} us after {first['gap_ms']:g} ms of idleness and "
+            f"{last['median_us']:.0f} us after {last['gap_ms']:g} ms "
+            f"({last['ratio_to_smallest_gap']:.1f}x); every flight of a handshake wakes "
+            "several such processes, the ENO arms' most (two hooks on every handshake "
+            "segment)."]
 
 
 def section_roundtrips(run: Path, root: Path) -> list[str]:
@@ -240,7 +277,9 @@ def write_report(root: Path) -> Path:
              "of each experiment below. TLS TEP id 0x30 is non-standard; TLS resumption and "
              f"0-RTT under ENO are {BEYOND}.", ""]
     for name in ALL:
-        if name in runs:
+        if name == "latency" and name in runs:
+            lines += section_latency(runs[name], root, runs.get("cost"))
+        elif name in runs:
             lines += sections[name](runs[name], root)
         else:
             lines += [f"## {name}", "", "Not run yet.", ""]

@@ -25,6 +25,12 @@ THEORY_RTTS: dict[str, tuple[float, float]] = {
 }
 
 
+def send_ms(proto: str, rtt_ms: float) -> float | None:
+    """When the theory lets the client send its request (None if no entry)."""
+    entry = THEORY_RTTS.get(proto)
+    return None if entry is None else entry[0] * rtt_ms
+
+
 def ttfb_ms(proto: str, rtt_ms: float) -> float | None:
     """The theory line: first response byte after resp * RTT (None if no entry)."""
     entry = THEORY_RTTS.get(proto)

@@ -113,6 +113,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from testbed import bench_teps
 
         bench_teps.main(args)
+    elif args.target == "wakeup":
+        from testbed import bench_wakeup
+
+        bench_wakeup.main(args)
     else:
         from testbed.net import bench
 
@@ -206,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_analyse)
 
     p = sub.add_parser("bench", help="benchmarks that print measured figures")
-    p.add_argument("target", choices=["emulator", "eno-hook", "handshake", "throughput"])
+    p.add_argument("target", choices=["emulator", "eno-hook", "handshake", "throughput", "wakeup"])
     p.add_argument("--out", default="results/bench")
     p.add_argument("--quick", action="store_true", help="fewer probes (for tests)")
     p.add_argument("--link-backend", default="auto", choices=BACKENDS)

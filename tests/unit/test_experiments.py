@@ -158,3 +158,38 @@ def test_latency_summary_keeps_points_whose_connections_all_failed():
     assert summary.loc[10, "within_1ms_2pct"]
     assert summary.loc[50, "n"] == 0 and summary.loc[50, "failed"] == 1
     assert summary.loc[50, "within_1ms_2pct"] is None
+
+
+def test_latency_excess_splits_at_the_request():
+    """request_late + response_late is each connection's excess over theory; connect_late
+    only for arms whose connect() waits a round trip; eno_query from the stream's phases."""
+    import pandas as pd
+
+    from experiments.latency import excess
+
+    base = {"warmup": False, "bytes_ok": True, "rtt_ms": 10, "applied_rtt_ms": 10.0}
+    rows = [  # tcpcrypt: send after 2 RTTs, first byte after 3
+        {**base, "proto": "tcpcrypt", "connect_ms": 11.0, "request_ms": 23.0, "ttfb_ms": 34.5,
+         "phases_ms": {"tcp_connected": 11.0, "eno_result": 11.5}},
+        {**base, "proto": "plain-tfo", "connect_ms": 0.2, "request_ms": 0.3, "ttfb_ms": 10.6,
+         "phases_ms": {"connected": 0.2}},
+        {**base, "proto": "plain", "connect_ms": 10.1, "request_ms": 10.2, "ttfb_ms": None,
+         "bytes_ok": False, "phases_ms": {}},  # failed: left out
+    ]
+    table = excess(pd.DataFrame(rows)).set_index("proto")
+    crypt, tfo = table.loc["tcpcrypt"], table.loc["plain-tfo"]
+    assert crypt["error_ms"] == pytest.approx(4.5)
+    assert crypt["request_late_ms"] == pytest.approx(3.0)
+    assert crypt["response_late_ms"] == pytest.approx(1.5)
+    assert crypt["connect_late_ms"] == pytest.approx(1.0)
+    assert crypt["eno_query_ms"] == pytest.approx(0.5)
+    assert tfo["error_ms"] == pytest.approx(0.6) and tfo["request_late_ms"] == pytest.approx(0.3)
+    assert pd.isna(tfo["connect_late_ms"]) and pd.isna(tfo["eno_query_ms"])
+    assert "plain" not in table.index
+
+
+def test_cost_grid_includes_the_wakeup_benchmark():
+    from experiments import cost
+
+    assert {"bench": "wakeup"} in cost.points("quick")
+    assert cost.PROFILES["quick"]["wakeup_rounds"] < cost.PROFILES["full"]["wakeup_rounds"]
