@@ -38,6 +38,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -53,6 +54,7 @@ from testbed.eno.control import (
     encode,
     hex_bytes,
 )
+from testbed.eno.ctzero import CounterZeroer
 from testbed.eno.engine import HookEngine, Key
 
 logger = logging.getLogger("tcpinc.eno.hook")
@@ -351,6 +353,16 @@ def make_callback(engine: HookEngine, timer: PacketTimer) -> Callable[[Any], Non
     return callback
 
 
+def _zero_counters(zeroer: CounterZeroer, key: Key, active: bool) -> None:
+    """A new connection: zero the counters of a reopened conntrack entry (ctzero.py). The
+    entry's original direction runs from the active opener: our key for A, reversed for B."""
+    local_ip, local_port, remote_ip, remote_port = key
+    if active:
+        zeroer.zero((local_ip, local_port, remote_ip, remote_port))
+    else:
+        zeroer.zero((remote_ip, remote_port, local_ip, local_port))
+
+
 def _syn_with_data(raw: bytes) -> bool:
     """An IPv4 TCP SYN carrying payload (the only incoming segment the hook may rewrite)."""
     if len(raw) < 40 or raw[0] >> 4 != 4:
@@ -405,6 +417,8 @@ def main(argv: list[str] | None = None) -> int:
     from netfilterqueue import NetfilterQueue  # imported here: unit tests need no NFQUEUE
 
     engine = HookEngine(expiry=args.expiry, max_conns=args.max_conns, mtu=args.mtu)
+    zeroer = CounterZeroer()
+    engine.on_new_conn = partial(_zero_counters, zeroer)
     timer = PacketTimer()
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
@@ -413,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         nfq.bind(args.queue, make_callback(engine, timer), max_len=4096)
         server = ControlServer(engine, args.name)
-        server.extra_stats = timer.stats
+        server.extra_stats = lambda: {**timer.stats(), "conntrack": dict(zeroer.counts)}
         # Everything imported so far lives as long as the process: keep it out of the
         # collector's scans, and collect young objects less often (fewer pauses on the
         # packet path; per-connection state has no reference cycles).
@@ -428,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
         if server is not None:
             server.close()
         if args.stats_out:
-            final = {**engine.stats(), **timer.stats()}
+            final = {**engine.stats(), **timer.stats(), "conntrack": dict(zeroer.counts)}
             Path(args.stats_out).write_text(json.dumps(final, indent=1))
     return 0
 

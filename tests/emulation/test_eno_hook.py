@@ -156,6 +156,66 @@ def test_a_path_dropping_eno_syns_costs_two_retransmissions_then_falls_back(tmp_
     assert server["fallback_reasons"] == {"no_eno_in_syn": 1}
 
 
+PLAIN_THEN_RESET = r"""
+import socket, struct
+srv = socket.create_server(("0.0.0.0", 5000))
+print("ready", flush=True)
+conn, _ = srv.accept()
+for _ in range(12):
+    conn.sendall(conn.recv(100))
+conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+conn.close()  # a RST from the server's side: conntrack keeps the entry (CLOSE, 10 s)
+srv.close()
+"""
+REUSE_CLIENT = r"""
+import json, socket, sys
+from testbed.stream import StreamConfig, connect
+server, port = sys.argv[1], int(sys.argv[2])
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+s.bind(("0.0.0.0", port))
+s.connect((server, 5000))
+for _ in range(12):
+    s.sendall(b"x" * 10)
+    s.recv(100)
+try:
+    s.recv(100)
+except ConnectionResetError:
+    pass
+s.close()
+sys.stdin.readline()  # the ENO server is up now
+e = connect((server, 5000), StreamConfig(teps=("eno-test",)), timeout=5,
+            local_address=("0.0.0.0", port))
+print(json.dumps({"eno": e.info.eno, "reason": e.info.fallback_reason}))
+e.close()
+"""
+
+
+def test_a_reused_four_tuple_gets_fresh_conntrack_counters():
+    """A connection that exchanged more packets than the rules' windows and was reset by the
+    server leaves its conntrack entry behind; a new connection on the same 4-tuple reopens it
+    (the RST came from the other direction). Both hooks zero its counters on the new SYN, so
+    they still see the first ACK segment and ENO is negotiated."""
+    port = 40123
+    with Network(topologies.create("direct")) as net, eno_hooks(net):
+        ip = net.ip("server")
+        plain = net.start_helper("server", "plain-server", [sys.executable, "-c",
+                                 PLAIN_THEN_RESET], ready="ready", essential=False)
+        client = net.popen("client", [sys.executable, "-c", REUSE_CLIENT, ip, str(port)],
+                           stdin=subprocess.PIPE)
+        plain.wait(timeout=10)
+        eno_server = net.start_helper("server", "server", [
+            sys.executable, "-m", "testbed.apps.server", "--proto", "eno-test"], ready="ready")
+        out, err = client.communicate("go\n", timeout=20)
+        assert client.returncode == 0, err[-2000:]
+        result = json.loads(out.strip().splitlines()[-1])
+        hooks = {node: stats(net, node)["conntrack"] for node in ("client", "server")}
+        net.stop_helper(eno_server)
+    assert result == {"eno": "negotiated", "reason": None}, (result, hooks)
+    assert hooks["client"]["zeroed"] >= 1 and hooks["server"]["zeroed"] >= 1, hooks
+
+
 def check_fallback(where, records, client, server):
     """RFC 8547 §4.6 rule 1 on each end; the data arrives intact as plain TCP."""
     for r in records:

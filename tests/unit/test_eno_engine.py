@@ -228,6 +228,24 @@ def test_syn_retransmission_without_eno_after_the_limit():
     assert pair.result_a().reason == "syn_retransmission"
 
 
+def test_new_connections_are_reported_while_their_syn_is_queued():
+    """on_new_conn (the hook zeroes reopened conntrack counters there) fires once per
+    followed connection, with its role; unregistered ports and retransmissions do not."""
+    pair = Pair()
+    seen_a: list = []
+    seen_b: list = []
+    pair.a.on_new_conn = lambda key, active: seen_a.append((key, active))
+    pair.b.on_new_conn = lambda key, active: seen_b.append((key, active))
+    pair.b.listen(B[1], TEST_TEP, owner=1)
+    pair.a.announce(A[1], TEST_TEP, pair.now, 10)
+    pair.a_to_b(segment(A, B, "S", ISN_A))
+    pair.a_to_b(segment(A, B, "S", ISN_A))  # retransmission: same connection
+    assert seen_a == [((*A, *B), True)] and seen_b == [((*B, *A), False)]
+    other = ("10.0.1.1", 40001)
+    pair.a.handle(segment(other, B, "S", 1), True, pair.now)  # not announced
+    assert len(seen_a) == 1
+
+
 def test_entries_expire_and_memory_is_bounded():
     engine = HookEngine(expiry=5.0, max_conns=10)
     engine.listen(5000, TEST_TEP, owner=1)
