@@ -12,6 +12,9 @@ never late because of an application. Outgoing segments get their verdict after 
 (it may add ENO); incoming ones are only read (except SYN data that §4.7 says to discard), so
 they are ACCEPTed first and read after, off the kernel's path.
 
+A new connection's SYN also zeroes the packet counters of a conntrack entry it reopened
+(ctzero.py), which the rules' windows count with.
+
 Contract with ``Network.start_helper``: prints ``ready`` once the queue is bound and the control
 socket listens; SIGTERM/SIGINT raise ``Stop`` (PEP 475 would restart a blocked wait for a
 handler that only set a flag; a signal during a packet callback is held until the verdict is

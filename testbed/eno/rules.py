@@ -13,6 +13,10 @@ conntrack's packet counter (connbytes), never bulk data:
   FIFO), the fix for the 200 ms stall of platform-notes.md section 4; at the active end they
   tell the hook that a non-SYN segment arrived, so A stops sending ENO (§4.6).
 
+Conntrack may reopen a reset connection's entry for a new connection on the same 4-tuple, with
+the old counters; the hook zeroes them when it sees the new SYN (ctzero.py), so the windows
+count from that SYN.
+
 Every rule has ``--queue-bypass``: with no hook bound, segments pass untouched and ENO simply
 never appears (the peer falls back, §4.6) instead of a black hole (platform-notes.md section 6).
 The rules live in two private chains jumped to from mangle OUTPUT and PREROUTING, so removal is
