@@ -6,7 +6,10 @@ Each protocol runs ``repeat`` sequential connections on the ``direct`` topology 
 completion time is when the connection could carry protected data: the TEP
 handshake end for ENO protocols, ``connect()`` for plain TCP (and, for TFO, the
 first response byte, since connect() returns before any handshake). The analysis
-draws one CDF panel per loss rate.
+draws one CDF panel per loss rate. ``fell_back`` counts connections of encrypting arms
+that completed in plaintext: an opportunistic ENO client drops ENO from its third SYN
+retransmission (RFC 8547 §4.6 exception), so enough lost SYNs or SYN-ACKs in a row
+downgrade a connection, the price of surviving paths that drop SYNs with ENO.
 """
 
 from __future__ import annotations
@@ -67,7 +70,10 @@ def handshake_ms(record: dict[str, Any]) -> float | None:
 def analyse(run_dir: Path) -> dict[str, Any]:
     records = [json.loads(line) for line in (run_dir / "records.jsonl").read_text().splitlines()]
     rows = [{"proto": r["proto"], "loss_percent": r["loss_percent"], "conn": r["conn"],
-             "ok": bool(r["bytes_ok"]), "handshake_ms": handshake_ms(r), "ttfb_ms": r["ttfb_ms"]}
+             "ok": bool(r["bytes_ok"]), "handshake_ms": handshake_ms(r), "ttfb_ms": r["ttfb_ms"],
+             "fell_back": bool(r["bytes_ok"]) and r.get("outcome") == "plaintext"
+             and not str(r["proto"]).startswith("plain"),
+             "fallback_reason": r.get("fallback_reason")}
             for r in records if counts_for_arm(r)]
     frame = pd.DataFrame(rows)
     frame.to_csv(run_dir / "loss_connections.csv", index=False)
@@ -76,10 +82,12 @@ def analyse(run_dir: Path) -> dict[str, Any]:
         handshake_median_ms=("handshake_ms", "median"),
         handshake_p95_ms=("handshake_ms", lambda s: s.quantile(0.95)),
         over_1s=("handshake_ms", lambda s: int((s > 1000).sum())),
+        fell_back=("fell_back", "sum"),
     ).reset_index()
     summary.to_csv(run_dir / "loss_summary.csv", index=False, float_format="%.3f")
     plot_cdfs(frame, run_dir / "loss_cdf.png")
-    return {"points": len(summary), "incomplete": int((summary["n"] - summary["completed"]).sum())}
+    return {"points": len(summary), "incomplete": int((summary["n"] - summary["completed"]).sum()),
+            "fell_back": int(summary["fell_back"].sum())}
 
 
 def plot_cdfs(frame: pd.DataFrame, path: Path) -> None:

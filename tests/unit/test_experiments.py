@@ -193,3 +193,25 @@ def test_cost_grid_includes_the_wakeup_benchmark():
 
     assert {"bench": "wakeup"} in cost.points("quick")
     assert cost.PROFILES["quick"]["wakeup_rounds"] < cost.PROFILES["full"]["wakeup_rounds"]
+
+
+def test_loss_counts_downgrades_of_encrypting_arms(tmp_path):
+    import json
+
+    import pandas as pd
+
+    from experiments import loss
+
+    base = {"loss_percent": 10.0, "bytes_ok": True, "ttfb_ms": 70.0, "connect_ms": 20.0,
+            "warmup": False, "phases_ms": {}}
+    records = [
+        {**base, "proto": "tcpcrypt", "conn": 0, "outcome": "encrypted"},
+        {**base, "proto": "tcpcrypt", "conn": 1, "outcome": "plaintext",
+         "fallback_reason": "syn_retransmission", "connect_ms": 3020.0},
+        {**base, "proto": "plain", "conn": 0, "outcome": "plaintext"},
+    ]
+    (tmp_path / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert loss.analyse(tmp_path)["fell_back"] == 1
+    summary = pd.read_csv(tmp_path / "loss_summary.csv").set_index("proto")
+    assert summary.loc["tcpcrypt", "fell_back"] == 1 and summary.loc["plain", "fell_back"] == 0
+    assert summary.loc["tcpcrypt", "over_1s"] == 1
