@@ -322,8 +322,12 @@ def _rss_kib() -> int:
     return 0
 
 
-def make_callback(engine: HookEngine, timer: PacketTimer) -> Callable[[Any], None]:
-    """The NFQUEUE callback: every packet gets ACCEPT, rewritten when the engine says so."""
+def make_callback(
+    engine: HookEngine, timer: PacketTimer, zeroer: CounterZeroer | None = None
+) -> Callable[[Any], None]:
+    """The NFQUEUE callback: every packet gets ACCEPT, rewritten when the engine says so.
+    With ``zeroer``, a SYN reaching a listener for a new connection first has the counters
+    of a reopened conntrack entry zeroed, while the kernel still holds it (ctzero.py)."""
 
     def callback(packet: Any) -> None:
         start = time.perf_counter_ns()
@@ -333,6 +337,8 @@ def make_callback(engine: HookEngine, timer: PacketTimer) -> Callable[[Any], Non
         try:
             raw = packet.get_payload()
             outgoing = packet.hook == NF_INET_LOCAL_OUT
+            if zeroer is not None and not outgoing:
+                _zero_for_listener(engine, zeroer, raw)
             if not outgoing and not _syn_with_data(raw):
                 # Incoming segments are only read (the one rewrite is discarding SYN data,
                 # RFC 8547 §4.7), so the kernel may go on while the core reads them.
@@ -357,13 +363,29 @@ def make_callback(engine: HookEngine, timer: PacketTimer) -> Callable[[Any], Non
 
 
 def _zero_counters(zeroer: CounterZeroer, key: Key, active: bool) -> None:
-    """A new connection: zero the counters of a reopened conntrack entry (ctzero.py). The
-    entry's original direction runs from the active opener: our key for A, reversed for B."""
-    local_ip, local_port, remote_ip, remote_port = key
+    """A new active connection, its SYN still queued: zero the counters of a reopened
+    conntrack entry (ctzero.py); the entry's original direction is our key. Passive ends are
+    handled before their SYN is accepted (``_zero_for_listener``): once accepted, a new
+    connection's entry is confirmed and zeroing it would widen the rules' windows."""
     if active:
-        zeroer.zero((local_ip, local_port, remote_ip, remote_port))
-    else:
-        zeroer.zero((remote_ip, remote_port, local_ip, local_port))
+        zeroer.zero(key)
+
+
+_SYN_ONLY = 0x02  # SYN set, ACK clear: flags & (SYN | ACK)
+
+
+def _zero_for_listener(engine: HookEngine, zeroer: CounterZeroer, raw: bytes) -> None:
+    """An incoming IPv4 SYN-only to a registered listener, for a 4-tuple the engine does not
+    follow yet (not a retransmission): zero a reopened entry's counters before ACCEPT."""
+    if len(raw) < 40 or raw[0] >> 4 != 4 or raw[9] != socket.IPPROTO_TCP:
+        return
+    ihl = (raw[0] & 0x0F) * 4
+    if len(raw) < ihl + 20 or raw[ihl + 13] & 0x12 != _SYN_ONLY:
+        return
+    sport, dport = struct.unpack_from("!HH", raw, ihl)
+    src, dst = socket.inet_ntoa(raw[12:16]), socket.inet_ntoa(raw[16:20])
+    if dport in engine.listeners and (dst, dport, src, sport) not in engine.conns:
+        zeroer.zero((src, sport, dst, dport))
 
 
 def _syn_with_data(raw: bytes) -> bool:
@@ -428,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     nfq = NetfilterQueue()
     server: ControlServer | None = None
     try:
-        nfq.bind(args.queue, make_callback(engine, timer), max_len=4096)
+        nfq.bind(args.queue, make_callback(engine, timer, zeroer), max_len=4096)
         server = ControlServer(engine, args.name)
         server.extra_stats = lambda: {**timer.stats(), "conntrack": dict(zeroer.counts)}
         # Everything imported so far lives as long as the process: keep it out of the

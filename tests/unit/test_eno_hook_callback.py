@@ -68,3 +68,35 @@ def test_a_failing_engine_still_accepts_and_counts():
     assert packet.calls == ["get", "accept"]
     assert engine.counts["internal_errors"] == 1
     assert timer.count == 1 and timer.stats()["callbacks"] == 1
+
+
+class RecordingZeroer:
+    def __init__(self, log: list) -> None:
+        self.log = log
+
+    def zero(self, tup) -> bool:
+        self.log.append(("zero", tup))
+        return False
+
+
+def test_reopened_conntrack_counters_are_zeroed_before_the_syn_is_accepted():
+    """Passive end: only a SYN-only to a listener, for a 4-tuple not followed yet, and before
+    ACCEPT (after it, a new connection's entry would be confirmed and zeroed too)."""
+    engine = HookEngine()
+    engine.listen(B[1], Settings(teps=((0x20, None),)), owner=1)
+    log: list = []
+    zeroer = RecordingZeroer(log)
+    callback = make_callback(engine, PacketTimer(), zeroer)  # type: ignore[arg-type]
+
+    class Logged(FakePacket):
+        def accept(self) -> None:
+            log.append("accept")
+
+    syn = segment(A, B, "S", 1000, options=bytes.fromhex("020405b4" "45032000"))
+    callback(Logged(syn, 1))  # NF_INET_PRE_ROUTING
+    assert log == [("zero", (*A, *B)), "accept"]
+    log.clear()
+    callback(Logged(syn, 1))  # a retransmission of a followed connection
+    callback(Logged(segment(A, ("10.0.2.1", 5001), "S", 7), 1))  # no listener there
+    callback(Logged(segment(A, B, "A", 1001, 5001), 1))  # not a SYN
+    assert log == ["accept"] * 3
