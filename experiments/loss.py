@@ -37,7 +37,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     "quick": {"losses": [0.0, 2.0, 10.0], "repeat": 12},
     "full": {"losses": [0.0, 1.0, 2.0, 5.0, 10.0], "repeat": 50},
 }
-HANDSHAKE_PHASES = ("tep_done", "eno_result")  # first one present wins
+HANDSHAKE_PHASES = ("tep_handshake_done", "eno_result")  # first one present wins (stream.py)
 
 
 QUICK_ARMS = ("plain", "tcpcrypt", "tls", "tls-noeno")  # one per design; full runs every arm

@@ -230,8 +230,9 @@ def section_questions(runs: dict[str, Path], root: Path) -> list[str]:
                   f"{src['fallback']}; number of middlebox models per outcome):", ""]
         for proto in ("tcpcrypt", "tls"):
             for policy in ("opportunistic", "required"):
-                got = _outcomes(fb, proto, policy) or "not measured"
-                lines.append(f"- {proto} / {policy}: {got}")
+                got = _outcomes(fb, proto, policy)
+                text = ", ".join(f"{n} {outcome}" for outcome, n in got.items())
+                lines.append(f"- {proto} / {policy}: {text or 'not measured'}")
 
         def box(proto: str, name: str) -> str:
             return f"`{_box(fb, proto, 'opportunistic', name)}`"

@@ -77,7 +77,8 @@ def metadata(experiment: str, args: dict[str, Any], backend: str) -> dict[str, A
         "arguments": args,
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "git_commit": _git("rev-parse", "HEAD"),
-        "git_dirty": bool(_git("status", "--porcelain")),
+        # Uncommitted changes to the code; results/ (earlier runs, REPORT.md) does not count.
+        "git_dirty": bool(_git("status", "--porcelain", "--", ".", ":(exclude)results")),
         "kernel": platform.release(),
         "python": sys.version.split()[0],
         "host_cpus": _cpu_count(),

@@ -215,3 +215,21 @@ def test_loss_counts_downgrades_of_encrypting_arms(tmp_path):
     summary = pd.read_csv(tmp_path / "loss_summary.csv").set_index("proto")
     assert summary.loc["tcpcrypt", "fell_back"] == 1 and summary.loc["plain", "fell_back"] == 0
     assert summary.loc["tcpcrypt", "over_1s"] == 1
+
+
+@pytest.mark.parametrize("record, expected", [
+    # The stream's phase names (testbed/stream.py): the TEP handshake end wins.
+    ({"proto": "tcpcrypt", "connect_ms": 20.5, "ttfb_ms": 61.0,
+      "phases_ms": {"tcp_connected": 20.5, "eno_result": 21.0, "tep_handshake_done": 41.2}},
+     41.2),
+    ({"proto": "tls-noeno", "connect_ms": 20.3, "ttfb_ms": 61.0,
+      "phases_ms": {"tcp_connected": 20.3, "tep_handshake_done": 40.9}}, 40.9),
+    ({"proto": "plain", "connect_ms": 20.1, "ttfb_ms": 40.4, "phases_ms": {"connected": 20.1}},
+     20.1),
+    ({"proto": "plain-tfo", "connect_ms": 0.1, "ttfb_ms": 20.6, "phases_ms": {"connected": 0.1}},
+     20.6),
+])
+def test_loss_handshake_time_is_the_tep_handshake_end(record, expected):
+    from experiments.loss import handshake_ms
+
+    assert handshake_ms(record) == expected
