@@ -79,6 +79,11 @@ class ResegmentBox(NfqBox):
     mechanism = "NFQUEUE (all TCP) + raw bytes; pieces injected by raw socket, no bypass"
 
 
+def port_matches(port: object) -> list[tuple[str, ...]]:
+    """Both directions of one TCP port."""
+    return [("-p", "tcp", "--dport", str(port)), ("-p", "tcp", "--sport", str(port))]
+
+
 @register
 class TamperBox(NfqBox):
     name = "tamper"
@@ -92,18 +97,16 @@ class TamperBox(NfqBox):
     mechanism = "NFQUEUE (TCP, optional port) + raw bytes, checksum recomputed, no bypass"
 
     def matches(self) -> list[tuple[str, ...]]:
-        port = int(self.params["port"])
-        if not port:
+        if not int(self.params["port"]):
             return [("-p", "tcp")]
-        return [("-p", "tcp", "--dport", str(port)), ("-p", "tcp", "--sport", str(port))]
+        return port_matches(self.params["port"])
 
 
 class PortBox(NfqBox):
     """Queues both directions of one port only; everything else stays in the kernel."""
 
     def matches(self) -> list[tuple[str, ...]]:
-        port = str(self.params["port"])
-        return [("-p", "tcp", "--dport", port), ("-p", "tcp", "--sport", port)]
+        return port_matches(self.params["port"])
 
 
 @register

@@ -217,22 +217,20 @@ def seq_add(a: int, n: int) -> int:
 
 def reverse_reset(pkt: TcpPacket, seq: int, ack: int) -> bytes:
     """A RST+ACK from ``pkt``'s destination to its source, as an on-path box forges it."""
-    head = bytearray(20)
-    head[0] = 0x45
-    head[8] = 64
-    head[9] = IPPROTO_TCP
-    head[12:16] = pkt.ip_header[16:20]
-    head[16:20] = pkt.ip_header[12:16]
-    return TcpPacket(bytes(head), pkt.dport, pkt.sport, seq, ack, RST | ACK, 0, 0, b"",
-                     b"").to_bytes()
+    addrs = pkt.ip_header[16:20] + pkt.ip_header[12:16]
+    return _reset(addrs, pkt.dport, pkt.sport, seq, ack)
 
 
 def forward_reset(pkt: TcpPacket, seq: int, ack: int) -> bytes:
     """A RST+ACK from ``pkt``'s source to its destination (the sender's address forged)."""
+    return _reset(pkt.ip_header[12:20], pkt.sport, pkt.dport, seq, ack)
+
+
+def _reset(addrs: bytes, sport: int, dport: int, seq: int, ack: int) -> bytes:
+    """A RST+ACK with a minimal IPv4 header; ``addrs`` is source then destination."""
     head = bytearray(20)
     head[0] = 0x45
     head[8] = 64
     head[9] = IPPROTO_TCP
-    head[12:20] = pkt.ip_header[12:20]
-    return TcpPacket(bytes(head), pkt.sport, pkt.dport, seq, ack, RST | ACK, 0, 0, b"",
-                     b"").to_bytes()
+    head[12:20] = addrs
+    return TcpPacket(bytes(head), sport, dport, seq, ack, RST | ACK, 0, 0, b"", b"").to_bytes()

@@ -8,11 +8,12 @@ instead of replacing it when the last RST came from the other direction and no F
 windows, neither hook would see the new connection's first ACK segment: A could not add
 ``45 02`` to its third segment and B could not judge it (RFC 8547 §4.6 rule 1).
 
-So when the engine starts following a connection (an announced SYN leaving, or a SYN
-reaching a listener), the hook sends ctnetlink ``IPCTNL_MSG_CT_GET_CTRZERO`` for its
+So for every new connection the hook follows (an announced SYN leaving, or a SYN reaching a
+listener, before it is accepted), it sends ctnetlink ``IPCTNL_MSG_CT_GET_CTRZERO`` for the
 original-direction tuple: "read and zero the counters". A brand-new connection's entry is
 not confirmed yet while its SYN sits in the queue, so the kernel answers ENOENT and nothing
-changes; a reopened entry gets counters that start again from zero.
+changes; a reopened entry gets counters that start again from zero. This costs one netlink
+round trip per followed SYN on the packet path; ``stats()`` reports its mean.
 
 The message builder and the reply parser are pure (byte-level tests); ``CounterZeroer``
 owns the netlink socket (root, the host's network namespace).
@@ -24,6 +25,7 @@ import errno
 import logging
 import socket
 import struct
+import time
 from dataclasses import dataclass, field
 
 logger = logging.getLogger(__name__)
@@ -32,7 +34,7 @@ NETLINK_NETFILTER = 12
 NFNL_SUBSYS_CTNETLINK = 1
 IPCTNL_MSG_CT_GET_CTRZERO = 3
 NLM_F_REQUEST, NLM_F_ACK = 0x1, 0x4
-NLMSG_ERROR, NLMSG_DONE = 2, 3
+NLMSG_ERROR = 2
 NLA_F_NESTED = 0x8000
 CTA_TUPLE_ORIG = 1
 CTA_TUPLE_IP, CTA_TUPLE_PROTO = 1, 2
@@ -94,9 +96,23 @@ class CounterZeroer:
                                                              "failed": 0})
     _sock: socket.socket | None = None
     _seq: int = 0
+    _elapsed_ns: int = 0
+
+    def stats(self) -> dict[str, float]:
+        """The counts, and the mean time of one request in microseconds."""
+        calls = sum(self.counts.values())
+        mean = self._elapsed_ns / calls / 1e3 if calls else 0.0
+        return {**self.counts, "mean_us": round(mean, 1)}
 
     def zero(self, tup: Tuple4) -> bool:
         """True when an existing entry's counters were zeroed; never raises."""
+        start = time.perf_counter_ns()
+        try:
+            return self._zero(tup)
+        finally:
+            self._elapsed_ns += time.perf_counter_ns() - start
+
+    def _zero(self, tup: Tuple4) -> bool:
         try:
             if self._sock is None:
                 self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)

@@ -137,9 +137,9 @@ class HookEngine:
     # Called before an outgoing SYN is judged unannounced: announcements are one-way messages
     # that may still sit in the control socket when the SYN they announce reaches the queue.
     drain_control: Callable[[], None] | None = None
-    # Called with (key, active) when the engine starts following a connection, while its SYN
-    # is still in the queue: the hook zeroes a reopened conntrack entry's counters (ctzero.py).
-    on_new_conn: Callable[[Key, bool], None] | None = None
+    # Called with the key when an announced SYN starts an active connection, while that SYN
+    # is still queued: the hook zeroes a reopened conntrack entry's counters (ctzero.py).
+    on_active_open: Callable[[Key], object] | None = None
     conns: OrderedDict[Key, Conn] = field(default_factory=OrderedDict)
     listeners: dict[int, _Listener] = field(default_factory=dict)
     announcements: dict[int, _Announcement] = field(default_factory=dict)
@@ -303,8 +303,8 @@ class HookEngine:
         self.conns[key] = conn
         self._touch(conn, now)
         self.counts["conns"] += 1
-        if self.on_new_conn is not None:
-            self.on_new_conn(key, active)
+        if active and self.on_active_open is not None:
+            self.on_active_open(key)
         return conn
 
     def _outgoing(

@@ -41,7 +41,6 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -362,40 +361,39 @@ def make_callback(
     return callback
 
 
-def _zero_counters(zeroer: CounterZeroer, key: Key, active: bool) -> None:
-    """A new active connection, its SYN still queued: zero the counters of a reopened
-    conntrack entry (ctzero.py); the entry's original direction is our key. Passive ends are
-    handled before their SYN is accepted (``_zero_for_listener``): once accepted, a new
-    connection's entry is confirmed and zeroing it would widen the rules' windows."""
-    if active:
-        zeroer.zero(key)
+_SYN, _SYN_ACK = 0x02, 0x12  # TCP flag bits
 
 
-_SYN_ONLY = 0x02  # SYN set, ACK clear: flags & (SYN | ACK)
+def _tcp_offset(raw: bytes) -> int | None:
+    """Where the TCP header of an IPv4 packet starts, or None if there is no whole one."""
+    if len(raw) < 40 or raw[0] >> 4 != 4:
+        return None
+    ihl = (raw[0] & 0x0F) * 4
+    return ihl if len(raw) >= ihl + 20 else None
 
 
 def _zero_for_listener(engine: HookEngine, zeroer: CounterZeroer, raw: bytes) -> None:
-    """An incoming IPv4 SYN-only to a registered listener, for a 4-tuple the engine does not
-    follow yet (not a retransmission): zero a reopened entry's counters before ACCEPT."""
-    if len(raw) < 40 or raw[0] >> 4 != 4 or raw[9] != socket.IPPROTO_TCP:
+    """An incoming SYN-only to a registered listener, for a 4-tuple the engine does not follow
+    yet (not a retransmission): zero a reopened conntrack entry's counters before ACCEPT.
+    Once accepted, a new connection's entry is confirmed and zeroing it would widen the
+    rules' windows; active opens are zeroed from ``HookEngine.on_active_open``."""
+    tcp = _tcp_offset(raw)
+    if tcp is None or raw[tcp + 13] & _SYN_ACK != _SYN:
         return
-    ihl = (raw[0] & 0x0F) * 4
-    if len(raw) < ihl + 20 or raw[ihl + 13] & 0x12 != _SYN_ONLY:
+    sport, dport = struct.unpack_from("!HH", raw, tcp)
+    if dport not in engine.listeners:
         return
-    sport, dport = struct.unpack_from("!HH", raw, ihl)
     src, dst = socket.inet_ntoa(raw[12:16]), socket.inet_ntoa(raw[16:20])
-    if dport in engine.listeners and (dst, dport, src, sport) not in engine.conns:
+    if (dst, dport, src, sport) not in engine.conns:
         zeroer.zero((src, sport, dst, dport))
 
 
 def _syn_with_data(raw: bytes) -> bool:
     """An IPv4 TCP SYN carrying payload (the only incoming segment the hook may rewrite)."""
-    if len(raw) < 40 or raw[0] >> 4 != 4:
+    tcp = _tcp_offset(raw)
+    if tcp is None:
         return False
-    ihl = (raw[0] & 0x0F) * 4
-    if len(raw) < ihl + 14:
-        return False
-    return bool(raw[ihl + 13] & 0x02) and len(raw) > ihl + (raw[ihl + 12] >> 4) * 4
+    return bool(raw[tcp + 13] & _SYN) and len(raw) > tcp + (raw[tcp + 12] >> 4) * 4
 
 
 def serve(nfq: Any, server: ControlServer, engine: HookEngine) -> None:
@@ -443,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
 
     engine = HookEngine(expiry=args.expiry, max_conns=args.max_conns, mtu=args.mtu)
     zeroer = CounterZeroer()
-    engine.on_new_conn = partial(_zero_counters, zeroer)
+    engine.on_active_open = zeroer.zero
     timer = PacketTimer()
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
@@ -452,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         nfq.bind(args.queue, make_callback(engine, timer, zeroer), max_len=4096)
         server = ControlServer(engine, args.name)
-        server.extra_stats = lambda: {**timer.stats(), "conntrack": dict(zeroer.counts)}
+        server.extra_stats = lambda: {**timer.stats(), "conntrack": zeroer.stats()}
         # Everything imported so far lives as long as the process: keep it out of the
         # collector's scans, and collect young objects less often (fewer pauses on the
         # packet path; per-connection state has no reference cycles).
@@ -467,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
         if server is not None:
             server.close()
         if args.stats_out:
-            final = {**engine.stats(), **timer.stats(), "conntrack": dict(zeroer.counts)}
+            final = {**engine.stats(), **timer.stats(), "conntrack": zeroer.stats()}
             Path(args.stats_out).write_text(json.dumps(final, indent=1))
     return 0
 

@@ -66,3 +66,5 @@ def test_zeroer_never_raises_and_counts(monkeypatch):
     zeroer = CounterZeroer()
     assert zeroer.zero(TUPLE) is False
     assert zeroer.counts == {"zeroed": 0, "absent": 0, "failed": 1}
+    stats = zeroer.stats()
+    assert stats["failed"] == 1 and stats["mean_us"] > 0

@@ -228,19 +228,21 @@ def test_syn_retransmission_without_eno_after_the_limit():
     assert pair.result_a().reason == "syn_retransmission"
 
 
-def test_new_connections_are_reported_while_their_syn_is_queued():
-    """on_new_conn (the hook zeroes reopened conntrack counters there) fires once per
-    followed connection, with its role; unregistered ports and retransmissions do not."""
+def test_active_opens_are_reported_while_their_syn_is_queued():
+    """on_active_open (the hook zeroes reopened conntrack counters there) fires once per
+    followed active connection; passive ends (zeroed before ACCEPT by the hook), unregistered
+    ports and retransmissions do not fire it."""
     pair = Pair()
     seen_a: list = []
     seen_b: list = []
-    pair.a.on_new_conn = lambda key, active: seen_a.append((key, active))
-    pair.b.on_new_conn = lambda key, active: seen_b.append((key, active))
+    pair.a.on_active_open = seen_a.append
+    pair.b.on_active_open = seen_b.append
     pair.b.listen(B[1], TEST_TEP, owner=1)
     pair.a.announce(A[1], TEST_TEP, pair.now, 10)
     pair.a_to_b(segment(A, B, "S", ISN_A))
     pair.a_to_b(segment(A, B, "S", ISN_A))  # retransmission: same connection
-    assert seen_a == [((*A, *B), True)] and seen_b == [((*B, *A), False)]
+    assert seen_a == [(*A, *B)] and seen_b == []
+    assert pair.result_b() is not None, "B follows the connection all the same"
     other = ("10.0.1.1", 40001)
     pair.a.handle(segment(other, B, "S", 1), True, pair.now)  # not announced
     assert len(seen_a) == 1
