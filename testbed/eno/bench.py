@@ -95,6 +95,8 @@ def _cpu(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
         "callback_us_median": after.get("callback_us_median"),
         "callback_us_p99": after.get("callback_us_p99"),
         "rss_kib": after["rss_kib"],
+        # ctnetlink counter zeroing on each followed SYN (ctzero.py): calls and mean time
+        "conntrack": after.get("conntrack"),
     }
 
 
