@@ -11,7 +11,8 @@ import middleboxes
 from experiments.runner import RunContext
 from testbed.net.flows import Connection, connections
 from testbed.net.network import NetConfig, Network
-from testbed.net.pcap import read_segments
+from testbed.net.pcap import PcapError, read_segments
+from testbed.net.timesplit import SplitError, empty_record, split
 from testbed.workload import Workload, run_workload
 from topologies import PathShape, create
 
@@ -67,7 +68,61 @@ def measure(m: Measurement, ctx: RunContext, tag: str) -> list[dict[str, Any]]:
     for record in out:
         record.update(link_backend=backend, applied_rtt_ms=applied_rtt,
                       middlebox_counters=counters)
+    add_time_split(out, backend)
     return out
+
+
+def _load(path: str | None) -> dict[Any, Connection] | str:
+    """The connections of a capture, or why there are none."""
+    if not path:
+        return "no capture"
+    try:
+        return connections(read_segments(path))
+    except (OSError, PcapError) as err:
+        return f"capture {Path(path).name} unreadable: {err}"
+
+
+def add_time_split(records: list[dict[str, Any]], backend: str) -> None:
+    """Add the time split of testbed/net/timesplit.py to every record that has captures;
+    a record whose split cannot be made gets empty fields and ``split_error``."""
+    loaded: dict[str, dict[Any, Connection] | str] = {}
+    for record in records:
+        if not record.get("pcap"):
+            continue
+        record.update(split_record(record, backend, loaded))
+
+
+def split_record(record: dict[str, Any], backend: str,
+                 loaded: dict[str, dict[Any, Connection] | str]) -> dict[str, Any]:
+    """The split keys of one record (``loaded`` caches the captures by path)."""
+    if backend != "userspace":
+        # netem delays in the sender's egress qdisc, before the capture sees the packet.
+        return empty_record(f"{backend} backend: the delay is applied before the capture")
+    for end in ("client", "server"):
+        dropped = record.get(f"capture_dropped_{end}")
+        if dropped is None:
+            return empty_record(f"no {end} capture counters")
+        if dropped:
+            return empty_record(f"{end} capture dropped {dropped} packets")
+    if not record.get("bytes_ok") or record.get("ttfb_ms") is None:
+        return empty_record("connection failed")
+    sides = []
+    for key in ("pcap", "pcap_server"):
+        path = record.get(key)
+        if str(path) not in loaded:
+            loaded[str(path)] = _load(path)
+        got = loaded[str(path)]
+        if isinstance(got, str):
+            return empty_record(got)
+        conn = find_connection(got, record)
+        if conn is None:
+            return empty_record(f"connection not found in the {key} capture")
+        sides.append(conn)
+    try:
+        return split(sides[0], sides[1], t_start_ns=round(record["t_start_wall"] * 1e9),
+                     ttfb_ms=float(record["ttfb_ms"])).as_record()
+    except SplitError as err:
+        return empty_record(str(err))
 
 
 def is_resumption_arm(proto: str) -> bool:

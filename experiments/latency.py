@@ -4,13 +4,16 @@ Each point is one protocol at one RTT on the ``direct`` topology: a fresh
 network, one warm-up connection (it fetches the TFO cookie where TFO is used;
 it is recorded with ``warmup: true`` and left out of the statistics), then
 ``repeat`` sequential connections, each a 12-byte request and a 1 KiB response,
-captured on the client interface. The analysis draws the median, the p5-p95
-band and the theory line of tcpinc-protocols.md §4 per protocol, and splits each
-point's excess over theory (``excess.csv``) at the moment the client sent its
-request: how late the request left against the theory's ``send`` RTTs (TCP
-handshake through the hooks, the ENO verdict query, the TEP handshake) and how
-late the response came back after it against ``resp - send`` RTTs (server and
-response path). The two add up to the excess of each connection.
+captured on the client's and on the server's interface. Each connection's
+time to first byte is split from the two captures (testbed/net/timesplit.py) into
+the time its flights spent on the path (``network_ms`` = ``protocol_latency_ms``,
+what the design costs on that path on any machine) and the time each host held
+them (``client_host_ms``, ``server_host_ms``: the implementation's cost). The
+analysis draws the median TTFB, its p5-p95 band, the median protocol latency and
+the theory line of tcpinc-protocols.md §4 per protocol; ``excess.csv`` gives per
+point the TTFB's and the protocol latency's distance from theory and the host
+times behind the difference (experiments/timing.py), and every run carries the
+fidelity check of experiments/timing.py in its metadata.json.
 """
 
 from __future__ import annotations
@@ -20,10 +23,10 @@ from typing import Any
 
 import pandas as pd
 
-from experiments import plotting
+from experiments import plotting, timing
 from experiments.common import Measurement, counts_for_arm, measure
 from experiments.runner import RunContext
-from experiments.theory import THEORY_RTTS, send_ms, ttfb_ms
+from experiments.theory import THEORY_RTTS, ttfb_ms
 from testbed.apps.transport import TRANSPORTS
 from topologies import PathShape
 
@@ -37,6 +40,9 @@ PROFILES: dict[str, dict[str, Any]] = {
 # The quick profile keeps the arms the IETF 93 questions turn on; full runs every arm.
 QUICK_ARMS = ("plain", "plain-tfo", "tcpcrypt", "tcpcrypt-resume", "tls", "tls-0rtt",
               "tls-noeno", "tls-noeno-tfo", "tls-noeno-0rtt-tfo")
+
+
+CALIBRATION_ARM = timing.CALIBRATION_ARM  # runs in every latency run (fidelity check)
 
 
 def protocols(profile: str = "full") -> list[str]:
@@ -81,48 +87,68 @@ def summarise(records: pd.DataFrame) -> pd.DataFrame:
 
 
 def excess(records: pd.DataFrame) -> pd.DataFrame:
-    """Per (protocol, RTT): medians of where the time beyond theory went (module docstring).
+    """Per (protocol, RTT): where the time beyond theory went, from the time split.
 
-    ``request_late_ms`` + ``response_late_ms`` is each connection's excess (medians need not
-    add up exactly); ``connect_late_ms`` is the TCP handshake beyond one RTT (arms without
-    TFO, whose connect() waits for the SYN-ACK) and ``eno_query_ms`` the wait for the hook's
-    verdict after it (ENO arms)."""
+    ``error_ms`` is the median TTFB minus theory, ``protocol_error_ms`` the median protocol
+    latency minus theory (what the path cost beyond the design's round trips), and
+    ``client_host_ms`` / ``server_host_ms`` the median host times that make up the rest;
+    ``eno_query_ms`` is the wait for the hook's verdict after the TCP handshake (ENO arms),
+    part of the client's host time. ``split_empty`` counts connections without a split."""
     records = records[records.apply(lambda r: counts_for_arm(r.to_dict()), axis=1)]
-    ok = records[records["bytes_ok"].astype(bool) & records["request_ms"].notna()].copy()
+    ok = records[records["bytes_ok"].astype(bool)].copy()
     if ok.empty:
         return pd.DataFrame()
-    rtt = ok["rtt_ms"].astype(float)
-    send = ok.apply(lambda r: send_ms(str(r["proto"]), float(r["rtt_ms"])), axis=1)
     theory = ok.apply(lambda r: ttfb_ms(str(r["proto"]), float(r["rtt_ms"])), axis=1)
-    ok["request_late_ms"] = ok["request_ms"] - send
-    ok["response_late_ms"] = ok["ttfb_ms"] - ok["request_ms"] - (theory - send)
+    ok["error_ms"] = ok["ttfb_ms"] - theory
     phases = ok["phases_ms"].apply(lambda p: p if isinstance(p, dict) else {})
     connected = phases.apply(lambda p: p.get("tcp_connected"))
     verdict = phases.apply(lambda p: p.get("eno_result"))
-    tfo = ok["proto"].str.contains("tfo")
-    ok["connect_late_ms"] = (ok["connect_ms"] - rtt).where(~tfo)
-    ok["eno_query_ms"] = (verdict.astype(float) - connected.astype(float))
-    cols = ["request_late_ms", "response_late_ms", "connect_late_ms", "eno_query_ms"]
-    table = (ok.groupby(["proto", "rtt_ms"])[cols].median().reset_index()
-             .sort_values(["proto", "rtt_ms"]))
-    table.insert(2, "error_ms", (ok["ttfb_ms"] - theory).groupby(
-        [ok["proto"], ok["rtt_ms"]]).median().to_numpy())
-    return table
+    ok["eno_query_ms"] = verdict.astype(float) - connected.astype(float)
+    table = ok.groupby(["proto", "rtt_ms"])[["error_ms", "eno_query_ms"]].median().reset_index()
+    split = timing.split_table(ok)
+    if split.empty:
+        return table.sort_values(["proto", "rtt_ms"])
+    cols = ["proto", "rtt_ms", "protocol_error_ms", "client_host_ms", "server_host_ms",
+            "host_p95_ms", "split_empty"]
+    table = table.merge(split[cols], on=["proto", "rtt_ms"], how="left")
+    return table[["proto", "rtt_ms", "error_ms", *cols[2:], "eno_query_ms"]].sort_values(
+        ["proto", "rtt_ms"])
+
+
+CONNECTION_COLUMNS = ["proto", "rtt_ms", "ttfb_ms", "connect_ms", "bytes_ok", "warmup",
+                      "outcome", "error", "conn", "local_port", "t_start_wall", "network_ms",
+                      "client_host_ms", "server_host_ms", "protocol_latency_ms", "split_error"]
 
 
 def analyse(run_dir: Path) -> dict[str, Any]:
     records = pd.read_json(run_dir / "records.jsonl", lines=True)
-    records[["proto", "rtt_ms", "ttfb_ms", "connect_ms", "bytes_ok", "warmup", "outcome",
-             "error", "conn", "local_port", "t_start_wall"]].to_csv(
-        run_dir / "connections.csv", index=False
-    )
+    for col in CONNECTION_COLUMNS:  # runs made before the split have no split columns
+        if col not in records:
+            records[col] = None
+    records[CONNECTION_COLUMNS].to_csv(run_dir / "connections.csv", index=False)
+    measured = records[records.apply(lambda r: counts_for_arm(r.to_dict()), axis=1)]
     summary = summarise(records)
+    split = timing.split_table(measured[measured["bytes_ok"].astype(bool)])
+    if not split.empty:
+        summary = summary.merge(split[["proto", "rtt_ms", "protocol_latency_ms",
+                                       "protocol_error_ms", "host_median_ms", "host_p95_ms",
+                                       "split_empty"]], on=["proto", "rtt_ms"], how="left")
     summary.to_csv(run_dir / "summary.csv", index=False, float_format="%.3f")
     excess(records).to_csv(run_dir / "excess.csv", index=False, float_format="%.3f")
+    timing.host_table(measured).to_csv(run_dir / "host_time.csv", index=False,
+                                       float_format="%.3f")
     plotting.latency_plot(summary, run_dir / "latency.png")
+    check = timing.fidelity(summary, run_dir)
+    timing.record_fidelity(run_dir, check)
+    errors = timing.split_errors(measured)
     return {
         "points": len(summary),
         "connections": int(summary["n"].sum()),
         "failed": int(summary["failed"].sum()),
         "max_abs_error_ms": float(summary["error_ms"].abs().max()),
+        "max_abs_protocol_error_ms": None if split.empty
+        else float(split["protocol_error_ms"].abs().max()),
+        "split_empty": sum(errors.values()),
+        "noisy": check["noisy"],
+        "fidelity": check["reasons"] or "passed",
     }

@@ -14,7 +14,9 @@ from experiments.style import style  # noqa: E402
 
 
 def latency_plot(summary: pd.DataFrame, path: Path) -> None:
-    """TTFB vs RTT: median line, p5-p95 band, the theory line; below, median minus theory."""
+    """TTFB vs RTT: median line, p5-p95 band, the theory line and, where the run has the time
+    split, the median protocol latency (TTFB minus host time); below, each minus theory."""
+    split = "protocol_latency_ms" in summary
     fig, (ax, err) = plt.subplots(2, 1, figsize=(10.5, 7), sharex=True,
                                   gridspec_kw={"height_ratios": [3, 1.4]})
     for proto, group in summary.groupby("proto"):
@@ -28,6 +30,11 @@ def latency_plot(summary: pd.DataFrame, path: Path) -> None:
             ax.plot(group["rtt_ms"], group["theory_ms"], linestyle="--", color=st.color,
                     linewidth=1)
             err.plot(group["rtt_ms"], group["error_ms"], marker=st.marker, color=st.color)
+        if split and group["protocol_latency_ms"].notna().any():
+            ax.plot(group["rtt_ms"], group["protocol_latency_ms"], linestyle=":",
+                    marker=st.marker, markerfacecolor="none", color=st.color, linewidth=1)
+            err.plot(group["rtt_ms"], group["protocol_error_ms"], linestyle=":",
+                     marker=st.marker, markerfacecolor="none", color=st.color)
     rtts = sorted(summary["rtt_ms"].unique())
     bound = [1.0 + 0.02 * 2 * r for r in rtts]  # 1 ms + 2 % of a 2-RTT theory value
     err.fill_between(rtts, [-b for b in bound], bound, color="#cccccc", alpha=0.4, linewidth=0,
@@ -38,7 +45,8 @@ def latency_plot(summary: pd.DataFrame, path: Path) -> None:
     err.grid(True, alpha=0.3)
     err.legend(fontsize=7, loc="upper left")
     ax.set_ylabel("time to first response byte (ms)")
-    ax.set_title("Time to first byte vs RTT: median (solid), p5-p95 (band), theory (dashed)")
+    ax.set_title("Time to first byte vs RTT: median TTFB (solid), p5-p95 (band), protocol "
+                 "latency = TTFB - host time (dotted), theory (dashed)", fontsize=9)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()

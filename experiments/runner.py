@@ -142,12 +142,14 @@ def shard_points(points: list[dict[str, Any]], shard: tuple[int, int] | None) ->
     return [p for i, p in enumerate(points) if i % total == index - 1]
 
 
-def select_protocols(points: list[dict[str, Any]], protocols: str | None) -> list[dict]:
+def select_protocols(points: list[dict[str, Any]], protocols: str | None,
+                     keep: str | None = None) -> list[dict]:
     """`--protocols a,b`: keep only points of those protocol arms (experiments without a
-    protocol dimension are unaffected)."""
+    protocol dimension are unaffected); ``keep`` is an arm that always stays (the latency
+    run's plain-TCP calibration, experiments/timing.py)."""
     if not protocols:
         return points
-    wanted = set(protocols.split(","))
+    wanted = set(protocols.split(",")) | ({keep} if keep else set())
     return [p for p in points if "proto" not in p or p["proto"] in wanted]
 
 
@@ -179,8 +181,8 @@ def run_experiment(name: str, ctx: RunContext, args: dict[str, Any],
     else:
         meta_path.write_text(json.dumps(metadata(name, args, ctx.link_backend), indent=2))
     done = _read_done(ctx.run_dir)
-    points = shard_points(select_protocols(module.points(ctx.profile), args.get("protocols")),
-                          shard)
+    points = shard_points(select_protocols(module.points(ctx.profile), args.get("protocols"),
+                                           getattr(module, "CALIBRATION_ARM", None)), shard)
     todo = [p for p in points if point_key(p) not in done]
     progress = Progress(len(todo), name)
     with (ctx.run_dir / "records.jsonl").open("a") as records, \
@@ -245,7 +247,8 @@ def merge(run_dirs: list[Path], out: Path) -> dict[str, Any]:
             records.write((run_dir / "records.jsonl").read_text())
     module = importlib.import_module(EXPERIMENTS[names.pop()])
     wanted = metas[0].get("arguments", {}).get("protocols")
-    expected = {point_key(p) for p in select_protocols(module.points(profiles.pop()), wanted)}
+    expected = {point_key(p) for p in select_protocols(module.points(profiles.pop()), wanted,
+                                                       getattr(module, "CALIBRATION_ARM", None))}
     meta = {**metas[0], "merged_from": [str(d) for d in run_dirs],
             "complete": expected <= seen, "missing_points": len(expected - seen)}
     (out / "metadata.json").write_text(json.dumps(meta, indent=2))

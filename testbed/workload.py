@@ -1,8 +1,10 @@
 """Run the request/response workload across a running network and collect records.
 
 One call = one server process on the topology's server, a capture on the
-client's interface, and one client process opening N connections; the result
-is the client's per-connection JSON records, each tagged with the capture file.
+client's and one on the server's interface (one tcpdump per interface, both on the
+one host clock, so testbed/net/timesplit.py can pair them), and one client process
+opening N connections; the result is the client's per-connection JSON records, each
+tagged with both capture files and their kernel drop counts.
 
 ENO protocols also get the ENO hook (testbed/eno/hook.py) on the client and the
 server host for the duration of the run, and the server's per-connection view
@@ -22,7 +24,7 @@ from typing import Any
 from testbed.apps.transport import get_transport
 from testbed.eno.rules import HookSpec, start_hook, stop_hook
 from testbed.errors import ProcessDiedError
-from testbed.net.capture import Capture
+from testbed.net.capture import Capture, CaptureStats
 from testbed.net.network import Network
 
 SERVER_PORT = 5000
@@ -60,21 +62,31 @@ def run_workload(
     peer_view = eno or bool(getattr(transport, "session_ids", False))
     nodes = (client, server) if eno and eno_hooks else ()
     hooks = [(node, start_hook(net, node, HookSpec())) for node in nodes]
+    stats: dict[str, CaptureStats] = {}
     try:
-        records, server_view = _run(net, work, client, server, port, pcap, peer_view)
+        records, server_view = _run(net, work, client, server, port, pcap, peer_view, stats)
     finally:
         for node, proc in hooks:
             stop_hook(net, node, proc)
     for record in records:
         record["pcap"] = str(pcap) if pcap else None
+        record["pcap_server"] = str(server_pcap(pcap)) if pcap else None
+        for end in ("client", "server"):
+            got = stats.get(end)
+            record[f"capture_dropped_{end}"] = got.dropped if got else None
     if peer_view:
         merge_server_views(sorted(records, key=lambda r: r["t_start_wall"]), server_view)
     return records
 
 
+def server_pcap(pcap: Path) -> Path:
+    """The server-side capture that goes with the client-side ``pcap``."""
+    return pcap.with_name(f"{pcap.stem}-server{pcap.suffix}")
+
+
 def _run(
     net: Network, work: Workload, client: str, server: str, port: int, pcap: Path | None,
-    peer_view: bool,
+    peer_view: bool, stats: dict[str, CaptureStats],
 ) -> tuple[list[dict[str, Any]], dict[int, list[dict[str, Any]]]]:
     argv = [sys.executable, "-m", "testbed.apps.server", "--port", str(port),
             "--proto", work.proto, "--request-size", str(work.request_size)]
@@ -87,8 +99,13 @@ def _run(
     server_proc = net.start_helper(server, f"server:{work.proto}", argv, ready="ready")
     try:
         if pcap is not None:
-            with Capture(net.nodes[client], net.intf(client), pcap):
+            # Server side first: its capture is listening before the client's first SYN.
+            with Capture(net.nodes[server], net.intf(server), server_pcap(pcap)) as cap_s, \
+                    Capture(net.nodes[client], net.intf(client), pcap) as cap_c:
                 records = _run_client(net, work, client, server, port)
+            for end, cap in (("client", cap_c), ("server", cap_s)):
+                if cap.stats is not None:
+                    stats[end] = cap.stats
         else:
             records = _run_client(net, work, client, server, port)
     finally:

@@ -160,31 +160,42 @@ def test_latency_summary_keeps_points_whose_connections_all_failed():
     assert summary.loc[50, "within_1ms_2pct"] is None
 
 
-def test_latency_excess_splits_at_the_request():
-    """request_late + response_late is each connection's excess over theory; connect_late
-    only for arms whose connect() waits a round trip; eno_query from the stream's phases."""
+def test_latency_excess_is_built_on_the_time_split():
+    """error_ms from the TTFB, protocol_error_ms from the split's protocol latency, host
+    times as medians, eno_query from the stream's phases; a connection without a split is
+    counted in split_empty and left out of the split medians."""
     import pandas as pd
 
     from experiments.latency import excess
 
-    base = {"warmup": False, "bytes_ok": True, "rtt_ms": 10, "applied_rtt_ms": 10.0}
-    rows = [  # tcpcrypt: send after 2 RTTs, first byte after 3
+    base = {"warmup": False, "bytes_ok": True, "rtt_ms": 10, "applied_rtt_ms": 10.0,
+            "split_error": None}
+    rows = [  # tcpcrypt: first byte after 3 RTTs
         {**base, "proto": "tcpcrypt", "connect_ms": 11.0, "request_ms": 23.0, "ttfb_ms": 34.5,
+         "network_ms": 30.1, "protocol_latency_ms": 30.1, "client_host_ms": 3.4,
+         "server_host_ms": 1.0, "phases_ms": {"tcp_connected": 11.0, "eno_result": 11.5}},
+        {**base, "proto": "tcpcrypt", "connect_ms": 11.0, "request_ms": 23.0, "ttfb_ms": 36.5,
+         "network_ms": None, "protocol_latency_ms": None, "client_host_ms": None,
+         "server_host_ms": None, "split_error": "server capture dropped 2 packets",
          "phases_ms": {"tcp_connected": 11.0, "eno_result": 11.5}},
         {**base, "proto": "plain-tfo", "connect_ms": 0.2, "request_ms": 0.3, "ttfb_ms": 10.6,
-         "phases_ms": {"connected": 0.2}},
+         "network_ms": 10.0, "protocol_latency_ms": 10.0, "client_host_ms": 0.4,
+         "server_host_ms": 0.2, "phases_ms": {"connected": 0.2}},
         {**base, "proto": "plain", "connect_ms": 10.1, "request_ms": 10.2, "ttfb_ms": None,
-         "bytes_ok": False, "phases_ms": {}},  # failed: left out
+         "bytes_ok": False, "phases_ms": {}, "network_ms": None, "protocol_latency_ms": None,
+         "client_host_ms": None, "server_host_ms": None,
+         "split_error": "connection failed"},  # failed: left out
     ]
     table = excess(pd.DataFrame(rows)).set_index("proto")
     crypt, tfo = table.loc["tcpcrypt"], table.loc["plain-tfo"]
-    assert crypt["error_ms"] == pytest.approx(4.5)
-    assert crypt["request_late_ms"] == pytest.approx(3.0)
-    assert crypt["response_late_ms"] == pytest.approx(1.5)
-    assert crypt["connect_late_ms"] == pytest.approx(1.0)
+    assert crypt["error_ms"] == pytest.approx(5.5)  # median of 4.5 and 6.5
+    assert crypt["protocol_error_ms"] == pytest.approx(0.1)
+    assert crypt["client_host_ms"] == pytest.approx(3.4)
+    assert crypt["server_host_ms"] == pytest.approx(1.0)
+    assert crypt["split_empty"] == 1
     assert crypt["eno_query_ms"] == pytest.approx(0.5)
-    assert tfo["error_ms"] == pytest.approx(0.6) and tfo["request_late_ms"] == pytest.approx(0.3)
-    assert pd.isna(tfo["connect_late_ms"]) and pd.isna(tfo["eno_query_ms"])
+    assert tfo["error_ms"] == pytest.approx(0.6) and tfo["protocol_error_ms"] == pytest.approx(0)
+    assert tfo["split_empty"] == 0 and pd.isna(tfo["eno_query_ms"])
     assert "plain" not in table.index
 
 

@@ -1,0 +1,94 @@
+"""Tests for experiments/timing.py: split tables, host time per arm, the fidelity check."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from experiments import timing
+from experiments.runner import select_protocols
+
+
+def _summary(plain_error: float, applied_rtt: float = 10.0) -> pd.DataFrame:
+    return pd.DataFrame([
+        {"proto": "plain", "rtt_ms": 10, "error_ms": plain_error, "applied_rtt_ms": applied_rtt},
+        {"proto": "tls", "rtt_ms": 10, "error_ms": 9.0, "applied_rtt_ms": 10.0},
+    ])
+
+
+def _networks(run_dir: Path, lateness_us: float | None) -> None:
+    direction = {"configured_ms": 5.0, "median_ms": 5.0, "lateness_p99_us": lateness_us}
+    line = {"tag": "plain-10ms", "applied_delay": {"l0": {"a2b": direction, "b2a": direction}}}
+    (run_dir / "networks.jsonl").write_text(json.dumps(line) + "\n")
+
+
+def test_fidelity_passes_on_a_quiet_run(tmp_path: Path) -> None:
+    _networks(tmp_path, 12.5)
+    check = timing.fidelity(_summary(0.4), tmp_path)
+    assert check["noisy"] is False and check["reasons"] == []
+    assert check["plain_excess_ms"] == {"10": 0.4}
+    assert check["delayline_lateness_p99_us"] == 12.5
+    assert check["applied_rtt_error_max_ms"] == 0.0
+    assert timing.verdict_line(check).startswith("Fidelity check passed (plain TCP excess "
+                                                 "+0.40 ms at 10 ms;")
+
+
+@pytest.mark.parametrize(("plain", "applied", "lateness", "reason"), [
+    (1.5, 10.0, 10.0, "plain TCP +1.50 ms over theory at 10 ms RTT (threshold 1.0 ms)"),
+    (0.2, 10.5, 10.0, "delay line applied the RTT 0.500 ms off (threshold 0.2 ms)"),
+    (0.2, 10.0, 450.0, "delay line p99 lateness 450 us (threshold 200 us)"),
+])
+def test_fidelity_marks_noisy_runs(tmp_path: Path, plain: float, applied: float,
+                                   lateness: float, reason: str) -> None:
+    _networks(tmp_path, lateness)
+    check = timing.fidelity(_summary(plain, applied), tmp_path)
+    assert check["noisy"] is True and check["reasons"] == [reason]
+    assert timing.verdict_line(check).startswith(f"**noisy run**: {reason} (")
+
+
+def test_fidelity_without_calibration_or_lateness(tmp_path: Path) -> None:
+    check = timing.fidelity(_summary(0.2).iloc[1:], tmp_path)
+    assert check["noisy"] is True
+    assert check["reasons"] == ["no plain calibration point in this run"]
+    assert check["delayline_lateness_p99_us"] is None
+
+
+def test_fidelity_is_recorded_in_metadata(tmp_path: Path) -> None:
+    (tmp_path / "metadata.json").write_text(json.dumps({"experiment": "latency"}))
+    timing.record_fidelity(tmp_path, {"noisy": False})
+    assert json.loads((tmp_path / "metadata.json").read_text()) == {
+        "experiment": "latency", "fidelity": {"noisy": False}}
+
+
+def test_calibration_arm_survives_a_protocol_filter() -> None:
+    points = [{"proto": p, "rtt_ms": 10} for p in ("plain", "tls", "tcpcrypt")]
+    assert select_protocols(points, "tls", keep="plain") == points[:2]
+    assert select_protocols(points, "tls") == points[1:2]
+
+
+def _records() -> pd.DataFrame:
+    split = {"split_error": None}
+    return pd.DataFrame([
+        {"proto": "tls", "rtt_ms": 10, "ttfb_ms": 32.0, "network_ms": 30.0,
+         "protocol_latency_ms": 30.0, "client_host_ms": 1.5, "server_host_ms": 0.5, **split},
+        {"proto": "tls", "rtt_ms": 10, "ttfb_ms": 34.0, "network_ms": 30.2,
+         "protocol_latency_ms": 30.2, "client_host_ms": 2.5, "server_host_ms": 1.3, **split},
+        {"proto": "tls", "rtt_ms": 10, "ttfb_ms": 40.0, "network_ms": None,
+         "protocol_latency_ms": None, "client_host_ms": None, "server_host_ms": None,
+         "split_error": "client capture dropped 1 packets"},
+    ])
+
+
+def test_split_and_host_tables() -> None:
+    row = timing.split_table(_records()).iloc[0]
+    assert row["n_split"] == 2 and row["split_empty"] == 1
+    assert row["protocol_latency_ms"] == pytest.approx(30.1)
+    assert row["protocol_error_ms"] == pytest.approx(0.1)
+    assert row["host_median_ms"] == pytest.approx(2.9)  # median of 2.0 and 3.8
+    host = timing.host_table(_records()).iloc[0]
+    assert host["n"] == 2 and host["host_median_ms"] == pytest.approx(2.9)
+    assert host["host_p95_ms"] == pytest.approx(2.0 + 0.95 * 1.8)
+    assert timing.split_errors(_records()) == {"client capture dropped 1 packets": 1}
