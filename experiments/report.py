@@ -98,10 +98,11 @@ def section_latency(run: Path, root: Path, cost_run: Path | None = None) -> list
     text = ["## Latency: time to first byte vs RTT", *_fidelity_line(run), _config(run), "",
             f"![latency]({_rel(run / 'latency.png', root)})", "",
             f"Data: `{_rel(run / 'summary.csv', root)}` (per connection: "
-            f"`{_rel(run / 'connections.csv', root)}`). `protocol_latency_ms` is the TTFB "
-            "minus the time the two hosts held the flights, from the client-side and "
-            "server-side captures (testbed/net/timesplit.py): what the design costs on the "
-            "path, on any machine; `host_median_ms` is the rest.", "",
+            f"`{_rel(run / 'connections.csv', root)}`)." + (
+                " `protocol_latency_ms` is the TTFB minus the time the two hosts held the "
+                "flights, from the client-side and server-side captures "
+                "(testbed/net/timesplit.py): what the design costs on the path, on any "
+                "machine; `host_median_ms` is the rest." if split else ""), "",
             _table(summary[cols]), ""]
     if misses.empty:
         text.append("Every median TTFB is within 1 ms + 2 % of the theory line.")
@@ -149,10 +150,11 @@ def _excess_text(run: Path, root: Path, cost_run: Path | None) -> list[str]:
         return []
     low, high = table["rtt_ms"].min(), table["rtt_ms"].max()
     ends = table[table["rtt_ms"].isin([low, high])]
+    what = ("TTFB beyond theory (`error_ms`), protocol latency beyond theory "
+            "(`protocol_error_ms`, the path), and the client's and server's host time"
+            if "protocol_error_ms" in table else "TTFB beyond theory, split at the request")
     lines = [f"**Where the excess goes** (`{_rel(path, root)}`, medians at {low:g} and {high:g} "
-             "ms RTT): TTFB beyond theory (`error_ms`), protocol latency beyond theory "
-             "(`protocol_error_ms`, the path), and the client's and server's host time.", "",
-             _table(ends), ""]
+             f"ms RTT): {what}.", "", _table(ends), ""]
     wakeup = cost_run / "wakeup.csv" if cost_run is not None else None
     if wakeup is None or not wakeup.exists():
         return lines
