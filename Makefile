@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 APT_PACKAGES := mininet iptables iproute2 iputils-ping net-tools tcpdump ethtool iperf3 \
-                libnetfilter-queue-dev gcc python3-dev openssl util-linux
+                libnetfilter-queue-dev gcc python3-dev openssl util-linux tshark
 
 .PHONY: setup apt venv demo test test-unit lint clean-net
 
@@ -17,6 +17,7 @@ apt:
 	done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
+	  echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 

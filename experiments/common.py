@@ -40,8 +40,9 @@ def measure(m: Measurement, ctx: RunContext, tag: str) -> list[dict[str, Any]]:
     pcaps.mkdir(exist_ok=True)
     box = middleboxes.create(m.middlebox) if m.middlebox else None
     topo = create(m.topology, path=m.path)
+    # Key logs on by default next to each pcap: secrets, for reading the captures.
     work = Workload(proto=m.proto, connections=m.connections, gap_ms=m.gap_ms,
-                    timeout_s=m.timeout_s, policy=m.policy)
+                    timeout_s=m.timeout_s, policy=m.policy, keylog=True)
     warm: list[dict[str, Any]] = []
     with Network(topo, NetConfig(link_backend=ctx.link_backend, seed=ctx.seed)) as net:
         if box is not None:

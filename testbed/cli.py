@@ -54,6 +54,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
         middlebox=args.middlebox, repeat=args.repeat, response_size=args.response_size,
         link_backend=args.link_backend, seed=args.seed,
         pcap_dir=Path(args.pcap_dir) if args.pcap_dir else None, policy=args.policy,
+        keylog=args.keylog,
     )
     for record in probe(cfg):
         print(json.dumps(record), flush=True)
@@ -176,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tfo", action="store_true", help="TCP Fast Open (non-ENO arms)")
     p.add_argument("--response-size", type=int, default=1024)
     p.add_argument("--pcap-dir", default=None, help="keep the client capture here")
+    p.add_argument("--keylog", action="store_true",
+                   help="write TLS/tcpcrypt key logs (SECRETS) next to the capture")
     _path_args(p)
     p.set_defaults(func=cmd_probe)
 

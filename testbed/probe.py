@@ -33,6 +33,7 @@ class ProbeConfig:
     seed: int = 1
     pcap_dir: Path | None = None
     policy: str | None = None  # ENO protocols: off | opportunistic | required
+    keylog: bool = False  # key logs next to the pcap (needs pcap_dir; they hold secrets)
 
 
 def build_topology(cfg: ProbeConfig) -> topologies.Topology:
@@ -49,10 +50,13 @@ def probe(cfg: ProbeConfig) -> list[dict[str, Any]]:
     """Run the probe; records carry PROBE_KEYS first, then the workload's details."""
     if cfg.repeat < 1:
         raise ConfigError(f"--repeat must be >= 1, got {cfg.repeat}")
+    if cfg.keylog and cfg.pcap_dir is None:
+        raise ConfigError("--keylog writes the key logs next to the capture",
+                          "add --pcap-dir DIR")
     box = middleboxes.create(cfg.middlebox) if cfg.middlebox else None
     topo = build_topology(cfg)
     work = Workload(proto=cfg.proto, connections=cfg.repeat, response_size=cfg.response_size,
-                    policy=cfg.policy)
+                    policy=cfg.policy, keylog=cfg.keylog)
     with Network(topo, NetConfig(link_backend=cfg.link_backend, seed=cfg.seed)) as net:
         if box is not None:
             box.install(net, topo.middleboxes[0])

@@ -18,10 +18,12 @@ Errors are not handled here: the stream layer resets the connection and re-raise
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from collections.abc import Callable
 
+from testbed import keylog
 from testbed.teps.base import (
     DataReceived,
     EndOfStream,
@@ -48,11 +50,14 @@ class TepDriver:
         self.handshake: HandshakeComplete | None = None
         self.early_received = False  # the core delivered 0-RTT data (DataReceived.early)
         self._plain = bytearray()
+        self._keys_logged: set[tuple[str, int]] = set()  # (direction, generation)
 
     def _flush(self) -> None:
         out = self.core.data_to_send()
         if out:
             self.sock.sendall(out)
+        if keylog.TCPCRYPT_ENV in os.environ:  # analysis runs only (testbed/keylog.py)
+            keylog.note_tep_keys(self.core, self.sock, self._keys_logged)
 
     def _absorb(self, events: list[TepEvent]) -> None:
         for event in events:

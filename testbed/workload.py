@@ -16,11 +16,13 @@ server host for the duration of the run, and the server's per-connection view
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from testbed import keylog
 from testbed.apps.transport import get_transport
 from testbed.eno.rules import HookSpec, start_hook, stop_hook
 from testbed.errors import ProcessDiedError
@@ -40,6 +42,9 @@ class Workload:
     timeout_s: float = 10.0
     gap_ms: float = 0.0
     policy: str | None = None  # ENO protocols: off | opportunistic | required
+    # With a pcap: the client writes TLS and tcpcrypt key logs next to it (testbed/keylog.py;
+    # they hold secrets and exist for analysis).
+    keylog: bool = False
 
 
 def run_workload(
@@ -96,18 +101,19 @@ def _run(
     server_records.unlink(missing_ok=True)
     if peer_view:
         argv += ["--records", str(server_records)]
+    env = _keylog_env(pcap) if work.keylog and pcap is not None else None
     server_proc = net.start_helper(server, f"server:{work.proto}", argv, ready="ready")
     try:
         if pcap is not None:
             # Server side first: its capture is listening before the client's first SYN.
             with Capture(net.nodes[server], net.intf(server), server_pcap(pcap)) as cap_s, \
                     Capture(net.nodes[client], net.intf(client), pcap) as cap_c:
-                records = _run_client(net, work, client, server, port)
+                records = _run_client(net, work, client, server, port, env)
             for end, cap in (("client", cap_c), ("server", cap_s)):
                 if cap.stats is not None:
                     stats[end] = cap.stats
         else:
-            records = _run_client(net, work, client, server, port)
+            records = _run_client(net, work, client, server, port, env)
     finally:
         net.stop_helper(server_proc)
     return records, read_server_records(server_records)
@@ -155,8 +161,18 @@ def merge_server_views(records: list[dict[str, Any]],
             record[f"peer_{key}"] = entry.get(key)
 
 
+def _keylog_env(pcap: Path) -> dict[str, str]:
+    """The client's environment with key logs next to ``pcap`` (stale ones removed first,
+    as the capture itself is rewritten)."""
+    names = keylog.environment(str(pcap.with_suffix("")))
+    for path in names.values():
+        Path(path).unlink(missing_ok=True)
+    return {**os.environ, **names}
+
+
 def _run_client(
-    net: Network, work: Workload, client: str, server: str, port: int
+    net: Network, work: Workload, client: str, server: str, port: int,
+    env: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     argv = [
         sys.executable, "-m", "testbed.apps.client", "--server", net.ip(server),
@@ -167,7 +183,7 @@ def _run_client(
     ]
     if work.policy is not None:
         argv += ["--policy", work.policy]
-    proc = net.popen(client, argv)
+    proc = net.popen(client, argv) if env is None else net.popen(client, argv, env=env)
     budget = work.connections * (work.timeout_s + 1) + 10
     out, err = proc.communicate(timeout=budget)
     net.check()

@@ -165,6 +165,16 @@ class TcpcryptCore:
             return (0, 0)
         return (self._send.generation, self._recv.generation)
 
+    def key_log(self) -> tuple[int, tuple[int, bytes, bytes], tuple[int, bytes, bytes]] | None:
+        """For analysis key logs only (testbed/keylog.py): the AEAD id and, for sending and
+        receiving, (generation, key, nonce randomizer) of the current traffic key (§3.6,
+        §3.8); None before the keys exist."""
+        if self._send is None or self._recv is None or self._aead_id is None:
+            return None
+        send, recv = self._send, self._recv
+        return (self._aead_id, (send.generation, send.key.key, send.key.nr),
+                (recv.generation, recv.key.key, recv.key.nr))
+
     # -- the state machine and error discipline -------------------------------------------
 
     def _transition(self, trigger: Trigger) -> None:

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 
+from testbed import keylog
 from testbed.teps.tls import _ossl
 from testbed.teps.tls.constants import (
     CIPHERSUITES,
@@ -175,4 +176,6 @@ def client_context(ciphersuites: tuple[str, ...], groups: tuple[str, ...]) -> SS
     _ossl.set_sigalgs(ctx, SIGALGS)
     # The engine keeps tickets in its own cache object, not in OpenSSL's client cache.
     ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+    if keylog.tls_enabled():  # analysis runs only: SSLKEYLOGFILE (testbed/keylog.py)
+        ctx.set_keylog_callback(keylog.tls_callback)
     return ctx
