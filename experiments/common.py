@@ -191,16 +191,22 @@ def round_trips(conn: Connection, record: dict[str, Any]) -> dict[str, Any]:
     be told apart otherwise); the count comes from the segments themselves (see
     ``server_rounds``).
     """
-    t_request = record["t_start_wall"] + (record["request_ms"] or 0.0) / 1e3
     t_first = record["t_start_wall"] + (record["ttfb_ms"] or 0.0) / 1e3
+    request_from = (record.get("phases_ms") or {}).get("request_from")
+    if request_from is not None:
+        # Taken before the send (or the connect that carried the request): an exact lower
+        # bound, 0.2 ms for the offset between the record's wall and monotonic clocks.
+        t_from = record["t_start_wall"] + request_from / 1e3 - 0.0002
+    else:  # older records: the request leaves within a few ms before send returns
+        t_from = record["t_start_wall"] + (record["request_ms"] or 0.0) / 1e3 - 0.002
     request_index = response_index = None
     for cs in conn.segments:
         s = cs.segment
         if not s.payload_len:
             continue
-        # The request segment leaves within a few hundred microseconds after send returns
-        # (TFO: with the SYN, before connect() returns); the response arrives before recv.
-        if cs.direction == "c2s" and request_index is None and s.ts >= t_request - 0.002:
+        # The request is the first client payload after t_from; the response arrives before
+        # recv returns.
+        if cs.direction == "c2s" and request_index is None and s.ts >= t_from:
             request_index = cs.index
         if cs.direction == "s2c" and s.ts <= t_first + 0.0005:
             response_index = cs.index

@@ -40,13 +40,18 @@ def one_connection(args: argparse.Namespace, index: int) -> dict[str, Any]:
     record: dict[str, Any] = {"conn": index, "proto": args.proto, "error": None}
     t_wall = time.time()
     start = time.perf_counter()
-    t_sent = t_first = t_done = None
+    t_sent = t_first = t_done = t_from = None
     received = 0
     ok = True
     conn = None
     try:
         conn, already = transport.connect((args.server, args.port), args.timeout, request)
         record["local_port"] = conn.local_port
+        # A lower bound on when the request segment left (the pcap analysis finds it as the
+        # first client payload after this moment): taken before the send, so load can only
+        # make it earlier, never later than the segment. A request that rode connect (TFO,
+        # 0-RTT) left after ``start``.
+        t_from = start if already else time.perf_counter()
         if already < len(request):
             conn.sendall(request[already:])
         t_sent = time.perf_counter()
@@ -69,7 +74,9 @@ def one_connection(args: argparse.Namespace, index: int) -> dict[str, Any]:
         if conn is not None:
             conn.close()
     info = conn.info if conn is not None else None
-    phases = info.phases if info else {}
+    phases = dict(info.phases) if info else {}
+    if t_from is not None:
+        phases["request_from"] = t_from
     # A transport that sent the request inside connect (TLS 0-RTT) says when it left.
     t_sent = phases.get("request_sent", t_sent)
     complete = received == args.response_size and record["error"] is None

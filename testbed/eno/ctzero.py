@@ -82,7 +82,7 @@ def reply_status(data: bytes, seq: int) -> int | None:
             if length < _NLMSGHDR.size + 4:
                 raise CtNetlinkError("NLMSG_ERROR without its error code")
             (code,) = struct.unpack_from("=i", data, offset + _NLMSGHDR.size)
-            return -code
+            return -int(code)
         offset += (length + 3) & ~3
     return None
 

@@ -418,7 +418,7 @@ def serve(nfq: Any, server: ControlServer, engine: HookEngine) -> None:
         now = time.monotonic()
         for key, _ in events:
             if key.data is server:
-                server.ready(key.fileobj, now)  # type: ignore[arg-type]
+                server.ready(key.fileobj, now)
         server.tick(now)
         if now >= next_expiry:
             engine.expire(now)

@@ -35,6 +35,12 @@ def state_files(owner: int | None = None) -> set[Path]:
 
 
 CREATED: set[int] = set()  # namespaces made by Networks in this process
+NAMED: set[str] = set()  # named namespaces (`ip netns add`) tests in this process made
+
+
+def named_namespaces() -> set[str]:
+    run = Path("/run/netns")
+    return {p.name for p in run.iterdir()} if run.is_dir() else set()
 
 
 @pytest.fixture(autouse=True)
@@ -54,10 +60,13 @@ def needs_root_and_leaves_nothing(monkeypatch: pytest.MonkeyPatch) -> Iterator[N
 
     monkeypatch.setattr(NetworkState, "add_node", recording)
     CREATED.clear()
+    NAMED.clear()
     # Only this process's state files: other runs on the machine come and go meanwhile.
     before_state = state_files(os.getpid())
     yield
     left_ns = CREATED & namespaces()
     left_state = state_files(os.getpid()) - before_state
+    left_named = NAMED & named_namespaces()
+    assert not left_named, f"test left named namespaces {sorted(left_named)}"
     assert not left_ns, f"test left {len(left_ns)} namespace(s) behind"
     assert not left_state, f"test left state files {left_state}"

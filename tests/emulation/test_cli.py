@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from experiments.common import count_from_pcaps
 from testbed.probe import PROBE_KEYS
+from tests.helpers import counted_rounds, theory_rounds
 
 
 def tcpinc(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -27,9 +29,10 @@ def test_probe_prints_stable_json_lines(tmp_path):
         assert list(record)[: len(PROBE_KEYS)] == list(PROBE_KEYS)
         assert record["outcome"] == "plaintext" and record["bytes_ok"] is True
         assert record["link_backend"] in ("netem", "userspace")
-        assert 20.0 <= record["connect_ms"] < 25.0
-        assert 40.0 <= record["ttfb_ms"] < 50.0
-    assert (tmp_path / "probe-plain.pcap").stat().st_size > 0
+        # Physics, one-sided: nothing arrives sooner than the path allows.
+        assert record["connect_ms"] >= 20.0 and record["ttfb_ms"] >= 40.0, record
+    # Exact: connect after one round trip, the response in the second, from the capture.
+    assert counted_rounds(tmp_path / "probe-plain.pcap", records) == 3 * [theory_rounds("plain")]
 
 
 def test_probe_through_a_middlebox_reports_counters():
@@ -52,9 +55,14 @@ def test_run_latency_writes_a_complete_run_directory(tmp_path: Path):
     summary = pd.read_csv(run_dir / "summary.csv")
     assert set(summary["proto"]) == {"plain", "plain-tfo"}
     assert (summary["n"] == 2).all() and (summary["failed"] == 0).all()
-    # Never faster than physics allows, and close to theory; the 1 ms + 2 % target itself is
-    # judged on the reference run (README), not asserted on a shared, noisy test machine.
+    # Never faster than physics allows (one-sided); how close to theory is the reference run's
+    # figure (README), not something to assert on a shared, noisy test machine. What is exact:
+    # every measured connection took the theory's round trips, counted from its capture.
     assert (summary["error_ms"] > -0.5).all(), summary.to_string()
-    assert (summary["error_ms"] < 5.0 + 0.05 * summary["theory_ms"]).all(), summary.to_string()
+    records = [json.loads(line) for line in (run_dir / "records.jsonl").read_text().splitlines()]
+    counted = count_from_pcaps(records, run_dir)
+    assert len(counted) == sum(not r["warmup"] for r in records) == 16  # 8 points x 2
+    for row in counted:
+        assert (row["rt_send"], row["rt_resp"]) == theory_rounds(row["proto"]), row
     assert (run_dir / "latency.png").stat().st_size > 10_000
     assert (run_dir / "records.jsonl").read_text().count("\n") == 8 * 3  # + 1 warm-up each

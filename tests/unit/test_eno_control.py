@@ -134,13 +134,15 @@ def test_listen_announce_and_waiting_for_a_result(server):
                 srv.engine.handle(segment(B, A, "SA", 9, 2), False, time.monotonic())
 
         threading.Thread(target=answer_later).start()
+        # A wait far longer than any scheduling delay: an outcome here proves the answer came
+        # when the decision did (a timed-out wait answers with the undecided result).
         started = time.monotonic()
-        result = client.result(A, B, wait=2.0)
+        result = client.result(A, B, wait=60.0)
         assert result.outcome == "fallback" and result.reason == "no_eno_in_synack"
-        assert 0.05 < time.monotonic() - started < 1.5, "answered when the outcome came"
+        assert time.monotonic() - started < 30.0, "answered when the outcome came"
         started = time.monotonic()
-        unknown = client.result(("10.9.9.9", 1), B, wait=2.0)
-        assert unknown is None and time.monotonic() - started < 1.0, "not followed: no wait"
+        unknown = client.result(("10.9.9.9", 1), B, wait=60.0)
+        assert unknown is None and time.monotonic() - started < 30.0, "not followed: no wait"
         assert client.stats()["counts"]["syn_out"] == 1
         with pytest.raises(ControlError, match="unknown op"):
             client.request("reboot")

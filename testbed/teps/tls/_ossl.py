@@ -89,7 +89,8 @@ def _address(ssl_ptr: Any) -> int:
     return int(ffi.cast("uintptr_t", ssl_ptr))
 
 
-@ffi.callback("void(int, int, int, void *, size_t, SSL *, void *)")
+# cffi ships no type information, so its callback decorator is untyped.
+@ffi.callback("void(int, int, int, void *, size_t, SSL *, void *)")  # type: ignore[untyped-decorator]
 def _on_message(
     write_p: int, version: int, content_type: int, buf: Any, length: int, ssl: Any, arg: Any
 ) -> None:

@@ -4,20 +4,18 @@ Runs the fallback experiment (quick profile: one arm per design, every middlebox
 model, opportunistic and required policies) and compares each protocol x policy x
 middlebox outcome with tests/data/expected_fallback_matrix.csv. A changed outcome
 fails with the list of cells that moved. After an intended change, regenerate
-the table with `python -m tests.test_middlebox_matrix --update`.
+the table with `python -m tests.emulation.test_middlebox_matrix --update`.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 import pandas as pd
-import pytest
 
-EXPECTED = Path(__file__).parent / "data" / "expected_fallback_matrix.csv"
+EXPECTED = Path(__file__).parents[1] / "data" / "expected_fallback_matrix.csv"
 KEY = ["proto", "policy", "middlebox"]
 # Models whose damage lands on a random bit: which check trips first (a tag, a length that
 # now promises more bytes, a reset) varies, so only the outcome family is compared.
@@ -52,22 +50,7 @@ def moved_cells(expected: pd.DataFrame, measured: pd.DataFrame) -> list[str]:
     return lines
 
 
-def test_moved_cells_reports_changes() -> None:
-    expected = pd.DataFrame([{"proto": "tls", "policy": "required", "middlebox": "dpi-443",
-                              "outcome": "encrypted"}])
-    measured = expected.assign(outcome="failed:reset")
-    assert moved_cells(expected, expected) == []
-    (line,) = moved_cells(expected, measured)
-    assert "dpi-443" in line and "expected encrypted" in line and "got failed:reset" in line
-    tampered = expected.assign(middlebox="tamper:rate=0.5", outcome="failed:timeout")
-    assert moved_cells(tampered, tampered.assign(outcome="failed:integrity")) == []
-    assert moved_cells(tampered, tampered.assign(outcome="encrypted")) != []
-
-
-@pytest.mark.emulation
 def test_middlebox_matrix_matches_committed_table(tmp_path: Path) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
     measured = run_matrix(tmp_path)
     expected = pd.read_csv(EXPECTED)
     moved = moved_cells(expected, measured)
