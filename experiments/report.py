@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from experiments.ladders import section_ladders
 from experiments.runner import ALL
 from experiments.timing import verdict_line
 
@@ -328,6 +329,7 @@ def write_report(root: Path) -> Path:
         else:
             lines += [f"## {name}", "", "Not run yet.", ""]
     lines += section_questions(runs, root)
+    lines += section_ladders(root)
     path = root / "REPORT.md"
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -125,6 +125,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ladder(args: argparse.Namespace) -> int:
+    from testbed.ladder_draw import render
+
+    print(json.dumps(render(Path(args.pcap), Path(args.out), args.conn)))
+    return 0
+
+
 def cmd_clean(args: argparse.Namespace) -> int:
     from testbed.net.state import clean_all
 
@@ -218,6 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="fewer probes (for tests)")
     p.add_argument("--link-backend", default="auto", choices=BACKENDS)
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("ladder", help="draw a message sequence chart of one connection")
+    p.add_argument("pcap")
+    p.add_argument("--conn", type=int, default=0, help="which TCP connection (0 = first)")
+    p.add_argument("--out", required=True, help="FILE.png or FILE.svg")
+    p.set_defaults(func=cmd_ladder)
 
     p = sub.add_parser("clean", help="remove what a crashed run left behind")
     p.add_argument("--force", action="store_true", help="also networks whose owner still runs")
