@@ -39,6 +39,8 @@ MYPY_FILES := experiments/__init__.py experiments/common.py experiments/cost.py 
     testbed/net/shaping.py testbed/net/state.py testbed/probe.py testbed/stream.py \
     testbed/streamconfig.py testbed/tepio.py testbed/workload.py topologies/__init__.py \
     topologies/base.py topologies/catalogue.py
+# Capture analysis: key logs, ladder diagrams (tools/wireshark/ holds the Lua dissector).
+MYPY_FILES += testbed/keylog.py testbed/ladder.py testbed/ladder_draw.py experiments/ladders.py
 
 .PHONY: setup apt venv demo test test-unit lint clean-net
 
