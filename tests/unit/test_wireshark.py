@@ -86,6 +86,36 @@ def all_arms(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return out
 
 
+DECODED = ["frame.number", "tcp.srcport", "tcp.dstport", "tcp.flags.syn", "tcp.flags.ack",
+           "tcpeno.tep", "tcpeno.v", "tcpeno.b", "tcpeno.subdata", "tcpeno.resume_nonce",
+           "tcpeno.negotiated_tep", "tcpcrypt.message", "tcpcrypt.cipher", "tcpcrypt.n_a",
+           "tcpcrypt.pub", "tcpcrypt.data_len", "tcpcrypt.data", "tls.record.opaque_type",
+           "tls.record.content_type", "data.data", "_ws.expert.message"]
+
+
+def _rows(table: list[list[str]]) -> list[dict[str, str]]:
+    return [dict(zip(DECODED, row, strict=True)) for row in table]
+
+
+@pytest.fixture(scope="module")
+def decoded(all_arms: dict[str, Path]) -> list[dict[str, str]]:
+    """Every frame of every arm, decoded with the key logs (one tshark run)."""
+    return _rows(fields(all_arms["pcap"], DECODED, tcpcrypt_keys=all_arms["tcpcrypt-keylog"],
+                        tls_keys=all_arms["sslkeylog"]))
+
+
+@pytest.fixture(scope="module")
+def bare(all_arms: dict[str, Path]) -> list[dict[str, str]]:
+    """The same without key logs."""
+    return _rows(fields(all_arms["pcap"], DECODED))
+
+
+def of_arm(rows: list[dict[str, str]], arm: str) -> list[dict[str, str]]:
+    """The rows of ``arm``'s connections (by the client ports its records name)."""
+    ports = {str(r["local_port"]) for r in records(arm)}
+    return [r for r in rows if r["tcp.srcport"] in ports or r["tcp.dstport"] in ports]
+
+
 def test_every_arm_is_committed() -> None:
     assert {"plain", "plain-tfo", "tcpcrypt", "tcpcrypt-resume", "tls", "tls-resume",
             "tls-0rtt", "tls-noeno", "tls-noeno-0rtt-tfo", "eno-test"} <= set(ARM_NAMES)
@@ -100,23 +130,19 @@ def test_every_segment_decodes(all_arms: dict[str, Path]) -> None:
     assert text.count("TCP-ENO option (RFC 8547)") > 0
 
 
-def test_every_frame_and_record_decrypts(all_arms: dict[str, Path]) -> None:
-    names = ["tcpcrypt.message", "tcpcrypt.data_len", "tls.record.opaque_type",
-             "tls.record.content_type"]
-    keys = {"tcpcrypt_keys": all_arms["tcpcrypt-keylog"], "tls_keys": all_arms["sslkeylog"]}
-    rows = fields(all_arms["pcap"], names, **keys)
-    bare = fields(all_arms["pcap"], names)
+def test_every_frame_and_record_decrypts(decoded: list[dict[str, str]],
+                                        bare: list[dict[str, str]]) -> None:
+    def count(rows: list[dict[str, str]], name: str, value: str | None = None) -> int:
+        return sum(1 for row in rows for v in row[name].split(",") if v and v == (value or v))
 
-    def count(table: list[list[str]], col: int, value: str | None = None) -> int:
-        return sum(1 for row in table for v in row[col].split(",") if v and v == (value or v))
-
-    frames = count(rows, 0, "frame")
-    assert frames >= 12 and count(rows, 1) == frames  # every tcpcrypt frame has plaintext
-    assert count(bare, 1) == 0  # ... and none without the key log
+    frames = count(decoded, "tcpcrypt.message", "frame")
+    assert frames >= 12 and count(decoded, "tcpcrypt.data_len") == frames
+    assert count(bare, "tcpcrypt.data_len") == 0  # no plaintext without the key log
     # A decrypted TLS 1.3 record adds its inner content type; an encrypted one has only the
     # opaque type. So: inner types gained with the key log == encrypted records.
-    encrypted = count(rows, 2)
-    assert encrypted >= 20 and count(rows, 3) - count(bare, 3) == encrypted
+    encrypted = count(decoded, "tls.record.opaque_type")
+    gained = count(decoded, "tls.record.content_type") - count(bare, "tls.record.content_type")
+    assert encrypted >= 20 and gained == encrypted
 
 
 def _eno_bodies(pcap: Path) -> list[tuple[int, bool, bytes]]:
@@ -127,34 +153,33 @@ def _eno_bodies(pcap: Path) -> list[tuple[int, bool, bytes]]:
                 for kind, data in s.options if kind == 69]
 
 
-def test_resumed_tcpcrypt_syn_fields() -> None:
-    pcap = ARMS / "tcpcrypt-resume.pcap"
-    rows = fields(pcap, ["tcp.srcport", "tcpeno.tep", "tcpeno.v", "tcpeno.b", "tcpeno.subdata",
-                         "tcpeno.resume_nonce", "tcpeno.negotiated_tep"],
-                  "-Y", "tcp.flags.syn == 1")
-    expected = _eno_bodies(pcap)
+def test_resumed_tcpcrypt_syn_fields(decoded: list[dict[str, str]]) -> None:
+    rows = [r for r in of_arm(decoded, "tcpcrypt-resume") if r["tcp.flags.syn"] == "1"]
+    expected = _eno_bodies(ARMS / "tcpcrypt-resume.pcap")
     assert len(rows) == len(expected) == 4
     for row, (port, ack, body) in zip(rows, expected, strict=True):
         option = parse_eno(body)
-        assert int(row[0]) == port
-        assert row[1] == ",".join(f"{t:#04x}" for t in option.tep_ids)
-        assert row[2] == ",".join(str(int(t.v)) for t in option.teps)
-        assert row[3] == ("1" if option.explicit_global and option.explicit_global.b else
-                          "0" if option.explicit_global else "")
-        assert row[4] == ",".join(t.data.hex() for t in option.teps if t.data)
-        assert row[6] == ("0x23" if ack else "")  # B's SYN-ACK settles the TEP (§4.5)
+        assert int(row["tcp.srcport"]) == port
+        assert row["tcpeno.tep"] == ",".join(f"{t:#04x}" for t in option.tep_ids)
+        assert row["tcpeno.v"] == ",".join(str(int(t.v)) for t in option.teps)
+        glob = option.explicit_global
+        assert row["tcpeno.b"] == ("" if glob is None else str(int(glob.b)))
+        assert row["tcpeno.subdata"] == ",".join(t.data.hex() for t in option.teps if t.data)
+        assert row["tcpeno.negotiated_tep"] == ("0x23" if ack else "")  # B settles it (§4.5)
     resumed_syn, resumed_synack = rows[2], rows[3]
-    assert resumed_syn[1:3] == ["0x23", "1"] and len(resumed_syn[4]) == 2 * 17
-    assert resumed_syn[5] == resumed_syn[4][18:]  # 9-byte identifier half, 8-byte nonce
-    assert resumed_synack[1:4] == ["0x23", "1", "1"]
+    assert (resumed_syn["tcpeno.tep"], resumed_syn["tcpeno.v"]) == ("0x23", "1")
+    assert len(resumed_syn["tcpeno.subdata"]) == 2 * 17
+    # 9-byte resumption identifier half, then the 8-byte nonce (RFC 8548 §3.5)
+    assert resumed_syn["tcpeno.resume_nonce"] == resumed_syn["tcpeno.subdata"][18:]
+    assert (resumed_synack["tcpeno.tep"], resumed_synack["tcpeno.v"],
+            resumed_synack["tcpeno.b"]) == ("0x23", "1", "1")
 
 
-def test_init1_cipher_list() -> None:
-    rows = fields(ARMS / "tcpcrypt.pcap", ["tcpcrypt.cipher", "tcpcrypt.n_a", "tcpcrypt.pub"],
-                  "-Y", 'tcpcrypt.message == "Init1"')
+def test_init1_cipher_list(decoded: list[dict[str, str]]) -> None:
+    rows = [r for r in of_arm(decoded, "tcpcrypt") if r["tcpcrypt.message"] == "Init1"]
     assert len(rows) == 1
-    assert rows[0][0] == ",".join(f"{c:#06x}" for c in DEFAULT_AEADS)
-    assert len(rows[0][1]) == 64 and len(rows[0][2]) == 64  # N_A, X25519 Pub_A
+    assert rows[0]["tcpcrypt.cipher"] == ",".join(f"{c:#06x}" for c in DEFAULT_AEADS)
+    assert len(rows[0]["tcpcrypt.n_a"]) == 64 and len(rows[0]["tcpcrypt.pub"]) == 64
 
 
 def _python_plaintexts(arm: str) -> list[bytes]:
@@ -184,28 +209,28 @@ def _python_plaintexts(arm: str) -> list[bytes]:
 
 
 @pytest.mark.parametrize("arm", ["tcpcrypt", "tcpcrypt-resume"])
-def test_tcpcrypt_frames_decrypt_to_what_was_sent(arm: str) -> None:
-    rows = fields(ARMS / f"{arm}.pcap", ["tcpcrypt.data_len", "tcpcrypt.data"],
-                  "-Y", 'tcpcrypt.message == "frame"', **keylogs(arm))
-    lua = sorted(bytes.fromhex(row[1]) for row in rows)
+def test_tcpcrypt_frames_decrypt_to_what_was_sent(arm: str, decoded: list[dict[str, str]]
+                                                  ) -> None:
+    rows = [r for r in of_arm(decoded, arm) if r["tcpcrypt.message"] == "frame"]
+    lua = sorted(bytes.fromhex(r["tcpcrypt.data"]) for r in rows)
     assert lua == sorted(_python_plaintexts(arm))
     for record in records(arm):
         assert encode_request(int(str(record["conn"])), RESPONSE_SIZE, REQUEST_SIZE) in lua
     assert sum(1 for p in lua if len(p) == RESPONSE_SIZE) == len(records(arm))
 
 
-@pytest.mark.parametrize("arm", ["tls", "tls-0rtt"])
-def test_tls_application_data_decrypts(arm: str) -> None:
-    rows = fields(ARMS / f"{arm}.pcap", ["data.data"], "-Y", "data.data", **keylogs(arm))
-    plain = {bytes.fromhex(part) for row in rows for part in row[0].split(",")}
+@pytest.mark.parametrize("arm", ["tls", "tls-0rtt", "tls-noeno-0rtt-tfo"])
+def test_tls_application_data_decrypts(arm: str, decoded: list[dict[str, str]]) -> None:
+    plain = {bytes.fromhex(part) for r in of_arm(decoded, arm)
+             for part in r["data.data"].split(",") if part}
     for record in records(arm):
         assert encode_request(int(str(record["conn"])), RESPONSE_SIZE, REQUEST_SIZE) in plain
 
 
-def test_without_key_log_frames_stay_encrypted() -> None:
-    rows = fields(ARMS / "tcpcrypt.pcap", ["tcpcrypt.data", "_ws.expert.message"],
-                  "-Y", 'tcpcrypt.message == "frame"')
-    assert rows and all(row[0] == "" and "No key log line" in row[1] for row in rows)
+def test_without_key_log_frames_stay_encrypted(bare: list[dict[str, str]]) -> None:
+    rows = [r for r in bare if r["tcpcrypt.message"] == "frame"]
+    assert rows and all(r["tcpcrypt.data"] == "" and "No key log line" in
+                        r["_ws.expert.message"] for r in rows)
 
 
 def test_a_key_log_that_does_not_match_yields_no_plaintext(tmp_path: Path) -> None:
