@@ -298,3 +298,20 @@ def test_fuzzed_eno_options(tmp_path: Path) -> None:
     for frame, ill in verdicts:
         assert forms[frame] == "SYN-form"
         assert flagged[frame] == ill, (frame, bodies[frame - 1].hex())
+
+
+def test_two_pass_and_multiple_eno_options(tmp_path: Path,
+                                           decoded: list[dict[str, str]]) -> None:
+    """tshark -2 dissects every frame twice and gives the same plaintext; a SYN with two ENO
+    options is flagged and counts as a SYN without ENO (RFC 8547 §4.1)."""
+    twice = fields(ARMS / "tcpcrypt.pcap", ["tcpcrypt.data"], "-2", **keylogs("tcpcrypt"))
+    once = [r["tcpcrypt.data"] for r in of_arm(decoded, "tcpcrypt")]
+    assert [r[0] for r in twice if r[0]] == [d for d in once if d]
+    a, b = ("10.0.0.1", 4000), ("10.0.0.2", 5000)
+    two = bytes.fromhex("450323" "450324" "0000")  # two ENO options in one SYN
+    pcap = tmp_path / "two.pcap"
+    _write_raw_pcap(pcap, [segment(a, b, "S", 1, 0, options=two),
+                           segment(b, a, "SA", 9, 2, options=bytes.fromhex("45040123"))])
+    rows = fields(pcap, ["tcpeno.negotiated_tep", "_ws.expert.message"])
+    assert "More than one ENO option" in rows[0][1]
+    assert rows[1][0] == ""  # A's SYN counts as without ENO: nothing negotiated

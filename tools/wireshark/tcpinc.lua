@@ -82,7 +82,6 @@ local f_seq = Field.new("tcp.seq")
 
 -- Per TCP stream (tcp.stream): what the two SYN-form options offered, and the result.
 local conns = {}
-local option_count = {}  -- frame number -> ENO options seen in it
 
 local function endpoint(addr, port) return tostring(addr) .. ":" .. tostring(port) end
 
@@ -198,7 +197,9 @@ end
 local function note_syn_form(c, pinfo, parsed, tree)
   local b = parsed.global and band(parsed.global, 1) or 0
   local ack = f_ack() and f_ack()() or false
-  if not pinfo.visited then
+  -- State changes once per frame (the first time it is dissected after init), so later
+  -- random-access dissections (the GUI) and tshark's second pass (-2) see the same result.
+  if c.frames[pinfo.number] == nil then
     if not ack then
       c.a_opt, c.b_opt, c.negotiated, c.a_end = nil, nil, nil, nil
     end
@@ -215,14 +216,39 @@ local function note_syn_form(c, pinfo, parsed, tree)
   if chosen then tree:add(EF.negotiated, chosen):set_generated() end
 end
 
+-- ENO options in this segment's whole options block (RFC 8547 §4.1: a SYN with more than
+-- one is treated as if it had none). Read from the block, so re-dissection counts the same.
+local f_options = Field.new("tcp.options")
+local function count_eno_options()
+  local field = f_options()
+  if field == nil then return 1 end
+  local block = field.range
+  local i, n, count = 0, block:len(), 0
+  while i < n do
+    local kind = block(i, 1):uint()
+    if kind == 0 then break end
+    if kind == 1 then
+      i = i + 1
+    else
+      if i + 1 >= n then break end
+      local len = block(i + 1, 1):uint()
+      if len < 2 or i + len > n then break end
+      if kind == 69 or (kind == 253 and len >= 4 and block(i + 2, 2):uint() == ENO_EXID) then
+        count = count + 1
+      end
+      i = i + len
+    end
+  end
+  return math.max(count, 1)
+end
+
 local function dissect_eno(tvb, pinfo, tree, first)
   local item = tree:add(eno, tvb())
   item:add(EF.kind, tvb(0, 1))
   item:add(EF.len, tvb(1, 1))
   if first == 4 then item:add(EF.exid, tvb(2, 2)) end
   local syn = f_syn() and f_syn()() or false
-  local count = (option_count[pinfo.number] or 0) + 1
-  option_count[pinfo.number] = count
+  local count = count_eno_options()
   if syn then
     item:add(EF.form, "SYN-form"):set_generated()
     if count > 1 then
@@ -231,7 +257,7 @@ local function dissect_eno(tvb, pinfo, tree, first)
     end
     local parsed = parse_syn_form(item, tvb, pinfo, first)
     local c = conn_of(pinfo)
-    if c and count == 1 then note_syn_form(c, pinfo, parsed, item) end
+    if c and count == 1 then note_syn_form(c, pinfo, parsed, item) end  -- else: ignored
     item:append_text(string.format(": SYN-form, %d TEP suboption(s)%s", #parsed.teps,
                                    parsed.valid and "" or " [ill-formed]"))
   else
@@ -270,4 +296,4 @@ dofile((debug.getinfo(1, "S").source:match("^@(.*[/\\])") or "./") .. "tcpinc_st
     aesgcm = aesgcm, TEP_NAMES = TEP_NAMES, AEAD_NAMES = AEAD_NAMES,
     PUB_LEN = TCPCRYPT_PUB_LEN, INIT1_MAGIC = INIT1_MAGIC, INIT2_MAGIC = INIT2_MAGIC,
     TAG_LEN = TAG_LEN, FRAME_HEADER_LEN = FRAME_HEADER_LEN,
-    INIT_HEADER_LEN = INIT_HEADER_LEN, option_count = option_count })
+    INIT_HEADER_LEN = INIT_HEADER_LEN })

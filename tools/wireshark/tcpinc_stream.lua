@@ -90,7 +90,6 @@ return function(S)
 
   function proto.init()
     for k in pairs(S.conns) do S.conns[k] = nil end
-    for k in pairs(S.option_count) do S.option_count[k] = nil end
     load_keylog(proto.prefs.keylog_file)
   end
 
@@ -286,7 +285,7 @@ return function(S)
   local function dissect_tcpcrypt(tvb, pinfo, tree, c, tep)
     c.segs = c.segs or {}
     local seg = c.segs[pinfo.number]
-    if seg == nil and not pinfo.visited then seg = collect(c, pinfo, tvb) end
+    if seg == nil then seg = collect(c, pinfo, tvb) end  -- once per frame after init
     pinfo.cols.protocol = "tcpcrypt"
     local names = {}
     if seg then
@@ -311,7 +310,7 @@ return function(S)
       tree:add(proto, tvb(), "ENO test-only TEP 0x20"):add_proto_expert_info(E.eno_test)
       return data:call(tvb, pinfo, tree)
     end
-    if c and c.tls == nil and not pinfo.visited then
+    if c and c.tls == nil then
       -- TCP-use-TLS, or TLS without ENO: a TLS record header at the stream's first byte.
       local b0 = tvb:len() >= 2 and tvb(0, 1):uint() or 0
       c.tls = tep == 0x30 or (b0 >= 0x14 and b0 <= 0x17 and tvb(1, 1):uint() == 0x03)
