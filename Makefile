@@ -42,9 +42,14 @@ MYPY_FILES := experiments/__init__.py experiments/common.py experiments/cost.py 
 # Capture analysis: key logs, ladder diagrams (tools/wireshark/ holds the Lua dissector).
 MYPY_FILES += testbed/keylog.py testbed/ladder.py testbed/ladder_draw.py experiments/ladders.py
 
-.PHONY: setup apt venv demo test test-unit lint clean-net
+.PHONY: setup apt venv helper demo test test-unit lint clean-net
 
-setup: apt venv
+setup: apt venv helper
+
+# The compiled delay line (testbed/net/delayline_c); without it links fall back to the Python one.
+helper: apt
+	@$(MAKE) -s -C testbed/net/delayline_c || \
+	  echo "compiled delay line not built (see the gcc error above): links use the Python delay line"
 
 apt:
 	@missing=""; for p in $(APT_PACKAGES); do \

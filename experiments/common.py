@@ -58,6 +58,7 @@ def measure(m: Measurement, ctx: RunContext, tag: str) -> list[dict[str, Any]]:
             if box is not None:
                 box.remove()
         backend = net.backend
+        helper = net.delay_helper
     applied = net.applied_delay()
     # What ran, once per point: addresses, link shapes, every host's sysctls as read back.
     with (ctx.run_dir / "networks.jsonl").open("a") as networks:
@@ -67,7 +68,8 @@ def measure(m: Measurement, ctx: RunContext, tag: str) -> list[dict[str, Any]]:
     applied_rtt = sum(one_way) if all(v is not None for v in one_way) else None
     out = [{**r, "warmup": True} for r in warm] + [{**r, "warmup": False} for r in records]
     for record in out:
-        record.update(link_backend=backend, applied_rtt_ms=applied_rtt,
+        record.update(link_backend=backend, delay_helper=helper.name,
+                      delay_helper_note=helper.note, applied_rtt_ms=applied_rtt,
                       middlebox_counters=counters)
     add_time_split(out, backend)
     return out

@@ -13,6 +13,7 @@ shows a progress bar with ETA, and finally runs the analysis.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import importlib.metadata
 import json
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from testbed.errors import ConfigError
+from testbed.net import delayhelper
 from testbed.net.shaping import choose_backend
 
 EXPERIMENTS = {
@@ -83,6 +85,7 @@ def metadata(experiment: str, args: dict[str, Any], backend: str) -> dict[str, A
         "python": sys.version.split()[0],
         "host_cpus": _cpu_count(),
         "link_backend": backend,
+        "delay_helper": dataclasses.asdict(delayhelper.resolve("auto")),
         "seed": args.get("seed"),
         "packages": versions,
         "tools": {"tcpdump": _tool_version(["tcpdump", "--version"]),

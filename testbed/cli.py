@@ -17,6 +17,7 @@ from typing import Any
 
 from testbed import log
 from testbed.errors import TestbedError
+from testbed.net.delayhelper import HELPERS
 from testbed.net.shaping import BACKENDS, parse_loss, parse_rate_bps, parse_time_ms
 
 
@@ -27,6 +28,8 @@ def _path_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rate", default=None, help="bottleneck rate, e.g. 100mbit")
     p.add_argument("--queue", type=int, default=None, help="bottleneck queue limit (packets)")
     p.add_argument("--link-backend", default="auto", choices=BACKENDS)
+    p.add_argument("--delay-helper", default="auto", choices=HELPERS,
+                   help="userspace links: compiled delay line (c) or the Python fallback")
     p.add_argument("--seed", type=int, default=1)
 
 
@@ -52,7 +55,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     cfg = ProbeConfig(
         topology=topology, path=_path_shape(args), proto=proto,
         middlebox=args.middlebox, repeat=args.repeat, response_size=args.response_size,
-        link_backend=args.link_backend, seed=args.seed,
+        link_backend=args.link_backend, delay_helper=args.delay_helper, seed=args.seed,
         pcap_dir=Path(args.pcap_dir) if args.pcap_dir else None, policy=args.policy,
         keylog=args.keylog,
     )
@@ -169,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("probe", help="measure N connections over one emulated path")
-    p.add_argument("--topology", default=None, help="direct, middlebox, chain, fanin")
+    p.add_argument("--topology", default=None,
+                   help="direct, middlebox, chain, fanin (fanin:clients=N)")
     p.add_argument("--proto", default="plain",
                    help="plain, plain-tfo, tcpcrypt[-CURVE], tls, tls-noeno, eno-test (TEST "
                         "ONLY); --resume/--early-data/--tfo pick variants (README: arms)")
@@ -224,6 +228,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="results/bench")
     p.add_argument("--quick", action="store_true", help="fewer probes (for tests)")
     p.add_argument("--link-backend", default="auto", choices=BACKENDS)
+    p.add_argument("--delay-helper", default="both", choices=(*HELPERS, "both"),
+                   help="emulator: which delay line(s) to measure (default both, side by side)")
+    p.add_argument("--fanin-clients", default="10,100",
+                   help="emulator: fanin:clients=N networks to time (start, stop, memory); "
+                        "comma-separated N, or none")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("ladder", help="draw a message sequence chart of one connection")

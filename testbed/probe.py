@@ -15,7 +15,7 @@ from topologies import PathShape
 
 # The keys every probe record starts with, stable for every protocol.
 PROBE_KEYS = (
-    "proto", "topology", "middlebox", "rtt_ms", "link_backend", "outcome", "tep",
+    "proto", "topology", "middlebox", "rtt_ms", "link_backend", "delay_helper", "outcome", "tep",
     "fallback_reason", "error", "session_id", "session_id_peer", "connect_ms", "ttfb_ms",
     "bytes_ok",
 )
@@ -30,6 +30,7 @@ class ProbeConfig:
     repeat: int = 1
     response_size: int = 1024
     link_backend: str = "auto"
+    delay_helper: str = "auto"
     seed: int = 1
     pcap_dir: Path | None = None
     policy: str | None = None  # ENO protocols: off | opportunistic | required
@@ -57,7 +58,9 @@ def probe(cfg: ProbeConfig) -> list[dict[str, Any]]:
     topo = build_topology(cfg)
     work = Workload(proto=cfg.proto, connections=cfg.repeat, response_size=cfg.response_size,
                     policy=cfg.policy, keylog=cfg.keylog)
-    with Network(topo, NetConfig(link_backend=cfg.link_backend, seed=cfg.seed)) as net:
+    net_cfg = NetConfig(link_backend=cfg.link_backend, delay_helper=cfg.delay_helper,
+                        seed=cfg.seed)
+    with Network(topo, net_cfg) as net:
         if box is not None:
             box.install(net, topo.middleboxes[0])
         try:
@@ -70,12 +73,16 @@ def probe(cfg: ProbeConfig) -> list[dict[str, Any]]:
             if box is not None:
                 box.remove()
         backend = net.backend
+        helper = net.delay_helper
     out = []
     for record in records:
         head: dict[str, Any] = {
             "proto": cfg.proto, "topology": cfg.topology, "middlebox": cfg.middlebox,
             "rtt_ms": cfg.path.rtt_ms, "link_backend": backend,
+            "delay_helper": helper.name,
         }
+        if helper.note:
+            head["delay_helper_note"] = helper.note
         head.update({k: record.get(k) for k in PROBE_KEYS if k not in head})
         head.update({k: v for k, v in record.items() if k not in head})
         if counters is not None:

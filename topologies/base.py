@@ -14,6 +14,7 @@ passed as ``links={name: LinkSpec}``.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -167,10 +168,34 @@ def register(cls: type[Topology]) -> type[Topology]:
     return cls
 
 
+def parse_spec(spec: str) -> tuple[str, dict[str, int]]:
+    """``fanin:clients=100`` -> ("fanin", {"clients": 100}); a plain name has no parameters."""
+    name, _, params = spec.partition(":")
+    kwargs: dict[str, int] = {}
+    for item in filter(None, params.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or not value.strip().isdigit():
+            raise ConfigError(f"bad topology parameter {item!r} in {spec!r}",
+                              "write it like fanin:clients=100")
+        kwargs[key.strip()] = int(value)
+    return name, kwargs
+
+
 def create(name: str, **kwargs: object) -> Topology:
+    """A topology by name; ``name`` may carry parameters (``fanin:clients=N``)."""
+    name, params = parse_spec(name)
     if name not in _REGISTRY:
         raise ConfigError(f"unknown topology {name!r}", f"choose from {', '.join(names())}")
-    return _REGISTRY[name](**kwargs)
+    cls = _REGISTRY[name]
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "path", "links"}
+    unknown = sorted(set(params) - accepted)
+    if unknown:
+        raise ConfigError(f"topology {name} has no parameter(s) {unknown}",
+                          f"its parameters: {sorted(accepted) or 'none'}")
+    try:
+        return cls(**kwargs, **params)
+    except ValueError as exc:
+        raise ConfigError(f"topology {name}: {exc}", "see `tcpinc topologies`") from exc
 
 
 def names() -> list[str]:

@@ -48,7 +48,8 @@ class Chain(Topology):
 @register
 class FanIn(Topology):
     name = "fanin"
-    description = "N clients -- router -- server (default N=3); router-server is the bottleneck"
+    description = ("N clients -- router -- server (fanin:clients=N, default 3); router-server is "
+                   "the bottleneck")
     bottleneck = "router-server"
 
     def __init__(

@@ -1,10 +1,13 @@
-"""`tcpinc bench emulator`: the link backend measured against its configuration.
+"""`tcpinc bench emulator`: the delay line measured against its configuration and its targets.
 
-Side by side for the backend this kernel runs (netem where it exists, the
-userspace delay line otherwise): ping and TCP-connect RTT error (median, p99)
-at 0/10/50/200 ms RTT; TCP throughput through one emulated link at 20 ms RTT
-(iperf3, both offload modes); the highest 64-byte UDP packet rate forwarded at
-< 1 % loss; and the delay line's CPU per packet. Prints a table and writes a CSV.
+One run measures each delay helper side by side (the compiled one and the Python fallback, or
+the one named by ``--delay-helper``; netem instead where the kernel has it): ping and
+TCP-connect RTT error (median, p99) at 0/10/50/200 ms RTT; TCP throughput through one emulated
+link at 20 ms RTT (iperf3, wire-like and GSO frames); 64-byte UDP packets per second forwarded at
+< 1 % loss; the delay line's CPU per packet and its release lateness (release minus due time).
+It also prints this machine's wake-up latency (testbed/bench_wakeup.py) and the start and stop
+time and delay-line memory of ``fanin:clients=N`` networks (testbed/net/bench_scale.py), then
+each result against the targets. Writes the rows as a CSV.
 """
 
 from __future__ import annotations
@@ -19,13 +22,17 @@ from pathlib import Path
 from typing import Any
 
 import topologies
-from testbed.errors import CommandError
+from testbed import bench_wakeup
+from testbed.errors import CommandError, ConfigError
+from testbed.net import bench_scale, delayhelper
 from testbed.net.network import NetConfig, Network
 from testbed.net.shaping import choose_backend
 from topologies import PathShape
 
 RTTS_MS = (0, 10, 50, 200)
-PPS_RATES = (25_000, 50_000, 100_000, 150_000)
+PPS_RATES = (50_000, 100_000, 200_000, 350_000, 500_000)
+TARGETS = {"rtt_median_ms": 0.05, "rtt_p99_ms": 0.2, "wire_gbit_s": 2.0, "gso_gbit_s": 10.0,
+           "pps": 500_000, "start_s": 5.0, "stop_s": 2.0, "memory_mb": 300.0}
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -40,9 +47,10 @@ def _errors(samples: list[float], configured: float) -> dict[str, float]:
             "min_err_ms": min(errs), "n": len(errs)}
 
 
-def _network(rtt_ms: float, backend: str, offloads: str = "wire") -> Network:
+def _network(rtt_ms: float, backend: str, helper: str, offloads: str = "wire") -> Network:
     topo = topologies.create("direct", path=PathShape(rtt_ms=rtt_ms))
-    return Network(topo, NetConfig(link_backend=backend, offloads=offloads))
+    return Network(topo, NetConfig(link_backend=backend, delay_helper=helper,
+                                   offloads=offloads))
 
 
 def _listen(net: Network, port: int) -> None:
@@ -62,16 +70,32 @@ def _probe(net: Network, mode: str, count: int, rtt_ms: float) -> list[float]:
     return samples
 
 
-def measure_rtt(backend: str, rtt_ms: float, pings: int, connects: int) -> list[dict[str, Any]]:
+def link_figures(reports: dict[str, Any]) -> dict[str, Any]:
+    """CPU per packet and release lateness (worst direction) from the delay lines' stats."""
+    if not reports:
+        return {}
+    cpu = sum(r["cpu_s"] for r in reports.values())
+    dirs = [d for r in reports.values() for d in r["directions"].values()]
+    frames = sum(d["frames"] for d in dirs)
+    late = [d["lateness_us"] for d in dirs if d["lateness_us"]["count"]]
+    return {"delayline_cpu_s": cpu, "frames": frames,
+            "cpu_us_per_packet": cpu / frames * 1e6 if frames else float("nan"),
+            "lateness_median_us": max((d["median"] for d in late), default=float("nan")),
+            "lateness_p99_us": max((d["p99"] for d in late), default=float("nan"))}
+
+
+def measure_rtt(backend: str, helper: str, rtt_ms: float, pings: int,
+                connects: int) -> list[dict[str, Any]]:
     """ICMP echo (microsecond timer, one probe in flight) and TCP connect() RTTs."""
-    with _network(rtt_ms, backend) as net:
+    with _network(rtt_ms, backend, helper) as net:
         ping = _probe(net, "icmp", pings, rtt_ms)
         _listen(net, 5001)
         connect = _probe(net, "connect", connects, rtt_ms)
     rows = []
     for method, samples in (("icmp-echo", ping), ("tcp-connect", connect)):
         rows.append({"metric": "rtt", "method": method, "configured_rtt_ms": rtt_ms,
-                     "median_ms": statistics.median(samples), **_errors(samples, rtt_ms)})
+                     "median_ms": statistics.median(samples), **_errors(samples, rtt_ms),
+                     **link_figures(net.link_reports)})
     return rows
 
 
@@ -85,31 +109,23 @@ def _iperf3_server(net: Network) -> None:
     raise CommandError(["iperf3", "-s"], -1, "server did not listen within 5 s", "server")
 
 
-def _delayline_cpu(reports: dict[str, Any]) -> dict[str, float]:
-    cpu = sum(r["cpu_s"] for r in reports.values())
-    frames = sum(d["frames"] for r in reports.values() for d in r["directions"].values())
-    return {"delayline_cpu_s": cpu, "frames": frames,
-            "cpu_us_per_packet": cpu / frames * 1e6 if frames else float("nan")}
-
-
-def measure_throughput(backend: str, offloads: str, seconds: int) -> dict[str, Any]:
-    with _network(20.0, backend, offloads) as net:
+def measure_throughput(backend: str, helper: str, offloads: str, seconds: int) -> dict[str, Any]:
+    with _network(20.0, backend, helper, offloads) as net:
         _iperf3_server(net)
         out = net.run("client", ["iperf3", "-c", net.ip("server"), "-p", "5201", "-t",
                                  str(seconds), "-J"], timeout=seconds + 30)
     result = json.loads(out)["end"]
-    row = {"metric": "tcp-throughput", "method": f"iperf3 ({offloads} offloads)",
-           "configured_rtt_ms": 20.0,
-           "gbit_s": result["sum_received"]["bits_per_second"] / 1e9,
-           "retransmits": result["sum_sent"].get("retransmits")}
-    if net.link_reports:
-        row.update(_delayline_cpu(net.link_reports))
-    return row
+    return {"metric": "tcp-throughput", "method": f"iperf3 ({offloads} frames)",
+            "configured_rtt_ms": 20.0,
+            "gbit_s": result["sum_received"]["bits_per_second"] / 1e9,
+            "retransmits": result["sum_sent"].get("retransmits"),
+            **link_figures(net.link_reports)}
 
 
-def measure_pps(backend: str, rates: tuple[int, ...], seconds: int) -> list[dict[str, Any]]:
+def measure_pps(backend: str, helper: str, rates: tuple[int, ...],
+                seconds: int) -> list[dict[str, Any]]:
     rows = []
-    with _network(20.0, backend) as net:
+    with _network(20.0, backend, helper) as net:
         _iperf3_server(net)
         for rate in rates:
             out = net.run("client", ["iperf3", "-c", net.ip("server"), "-p", "5201", "-u",
@@ -121,59 +137,137 @@ def measure_pps(backend: str, rates: tuple[int, ...], seconds: int) -> list[dict
                          "received_pps": (udp["packets"] - udp["lost_packets"]) / seconds,
                          "loss_percent": udp["lost_percent"]})
             time.sleep(0.5)
-    if net.link_reports:
-        cpu = _delayline_cpu(net.link_reports)
-        for row in rows:
-            row["cpu_us_per_packet"] = cpu["cpu_us_per_packet"]
+    figures = link_figures(net.link_reports)
+    for row in rows:
+        row.update(figures)
     return rows
 
 
-def run_bench(backend: str, quick: bool) -> list[dict[str, Any]]:
+def run_helper(backend: str, helper: str, quick: bool) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for rtt in RTTS_MS:
         pings = 50 if quick else (300 if rtt < 100 else 100)
         connects = 20 if quick else (200 if rtt < 100 else 100)
-        rows += measure_rtt(backend, rtt, pings, connects)
+        rows += measure_rtt(backend, helper, rtt, pings, connects)
     seconds = 2 if quick else 5
     for offloads in ("wire", "gso"):
-        rows.append(measure_throughput(backend, offloads, seconds))
-    rows += measure_pps(backend, PPS_RATES[:2] if quick else PPS_RATES, 2 if quick else 3)
+        rows.append(measure_throughput(backend, helper, offloads, seconds))
+    rows += measure_pps(backend, helper, PPS_RATES[:3] if quick else PPS_RATES,
+                        2 if quick else 3)
     for row in rows:
-        row["backend"] = backend
+        row["backend"], row["delay_helper"] = backend, helper
     return rows
 
 
+def helpers_to_run(requested: str, backend: str) -> list[str]:
+    """Both helpers side by side by default; only the built ones."""
+    if backend == "netem":
+        return ["none"]
+    if requested != "both":
+        return [delayhelper.resolve(requested).name]
+    return ["c", "python"] if delayhelper.resolve("auto").name == "c" else ["python"]
+
+
+def _result(r: dict[str, Any]) -> str:
+    if r["metric"] == "rtt":
+        text = (f"median {r['median_ms']:.3f} ms, err median {r['median_err_ms']:+.3f} "
+                f"p99 {r['p99_err_ms']:+.3f}")
+    elif r["metric"] == "tcp-throughput":
+        text = f"{r['gbit_s']:.2f} Gbit/s, retrans {r['retransmits']}"
+    else:
+        text = (f"offered {r['offered_pps']/1e3:.0f}k pps -> {r['received_pps']/1e3:.1f}k, "
+                f"loss {r['loss_percent']:.2f}%")
+    if "cpu_us_per_packet" in r and r["metric"] != "rtt":
+        text += f", {r['cpu_us_per_packet']:.1f} us/pkt"
+    if "lateness_median_us" in r:
+        text += f", late {r['lateness_median_us']:.0f}/{r['lateness_p99_us']:.0f} us"
+    return text
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
-    lines = [f"{'metric':15} {'method':24} {'cfg RTT':>8} {'result':>44}"]
+    lines = [f"{'helper':7} {'metric':15} {'method':20} {'cfg RTT':>7}  result "
+             "(late = release lateness median/p99)"]
     for r in rows:
-        if r["metric"] == "rtt":
-            result = (f"median {r['median_ms']:.3f} ms, err median {r['median_err_ms']:+.3f} "
-                      f"p99 {r['p99_err_ms']:+.3f}")
-        elif r["metric"] == "tcp-throughput":
-            result = f"{r['gbit_s']:.2f} Gbit/s, retrans {r['retransmits']}"
-            if "cpu_us_per_packet" in r:
-                result += f", {r['cpu_us_per_packet']:.1f} us/pkt"
-        else:
-            result = (f"offered {r['offered_pps']/1e3:.0f}k pps -> {r['received_pps']/1e3:.1f}k,"
-                      f" loss {r['loss_percent']:.2f}%")
-        lines.append(f"{r['metric']:15} {r['method']:24} {r['configured_rtt_ms']:8.0f} "
-                     f"{result:>44}")
-    pps_ok = [r["offered_pps"] for r in rows if r["metric"] == "udp-pps"
-              and r["loss_percent"] < 1.0]
-    if pps_ok:
-        lines.append(f"highest offered packet rate with < 1% loss: {max(pps_ok)/1e3:.0f}k pps")
+        lines.append(f"{r['delay_helper']:7} {r['metric']:15} {r['method']:20} "
+                     f"{r['configured_rtt_ms']:7.0f}  {_result(r)}")
     return "\n".join(lines)
+
+
+def _check(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+def targets_summary(rows: list[dict[str, Any]], scale: list[dict[str, Any]]) -> list[str]:
+    """Each target against the measured figure, per helper."""
+    t, out = TARGETS, []
+    for helper in dict.fromkeys(r["delay_helper"] for r in rows):
+        mine = [r for r in rows if r["delay_helper"] == helper]
+        rtt = [r for r in mine if r["metric"] == "rtt" and r["configured_rtt_ms"] > 0]
+        med = max(r["median_err_ms"] for r in rtt)
+        p99 = max(r["p99_err_ms"] for r in rtt)
+        out.append(f"[{helper}] RTT error 10/50/200 ms: worst median {med:+.3f} ms (target "
+                   f"<= {t['rtt_median_ms']}), worst p99 {p99:+.3f} ms (<= {t['rtt_p99_ms']}): "
+                   f"{_check(med <= t['rtt_median_ms'] and p99 <= t['rtt_p99_ms'])}")
+        for offl, key in (("wire", "wire_gbit_s"), ("gso", "gso_gbit_s")):
+            g = next(r["gbit_s"] for r in mine if r["method"] == f"iperf3 ({offl} frames)")
+            out.append(f"[{helper}] TCP 20 ms, {offl} frames: {g:.2f} Gbit/s (target >= "
+                       f"{t[key]:g}): {_check(g >= t[key])}")
+        ok = [r["offered_pps"] for r in mine if r["metric"] == "udp-pps"
+              and r["loss_percent"] < 1.0]
+        best = max(ok, default=0)
+        out.append(f"[{helper}] 64-byte UDP at < 1 % loss: {best/1e3:.0f}k pps offered (target "
+                   f">= {t['pps']/1e3:.0f}k): {_check(best >= t['pps'])}")
+    for s in scale:
+        if s.get("skipped"):
+            out.append(f"[{s['delay_helper']}] fanin:clients={s['clients']}: skipped "
+                       f"({s['skipped']})")
+            continue
+        ok = s["start_s"] <= t["start_s"] and s["stop_s"] <= t["stop_s"] \
+            and s["delayline_rss_mb"] <= t["memory_mb"]
+        out.append(f"[{s['delay_helper']}] fanin:clients={s['clients']}: start {s['start_s']:.1f}"
+                   f" s, stop {s['stop_s']:.1f} s, delay lines {s['delayline_rss_mb']:.0f} MB "
+                   f"({s['delay_lines']} lines; targets at 100 clients <= {t['start_s']:g} s / "
+                   f"{t['stop_s']:g} s / {t['memory_mb']:g} MB): "
+                   + (_check(ok) if s["clients"] >= 100 else "reference"))
+    return out
+
+
+def _fanin_sizes(text: str) -> list[int]:
+    if text.strip().lower() in ("", "none"):
+        return []
+    try:
+        sizes = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"bad --fanin-clients {text!r}", "write it like 10,100") from None
+    if any(n < 1 for n in sizes):
+        raise ConfigError(f"bad --fanin-clients {text!r}", "client counts must be >= 1")
+    return sizes
+
+
+def wakeup_line(quick: bool) -> str:
+    result = bench_wakeup.measure(gaps_ms=(0.0, 20.0, 200.0), rounds=10 if quick else 40)
+    parts = [f"{r['gap_ms']:g} ms idle -> {r['median_us']:.0f} us" for r in result["rows"]]
+    return "machine wake-up latency (loopback round trip after idling, median): " + \
+        ", ".join(parts)
 
 
 def main(args: argparse.Namespace) -> None:
     import pandas as pd
 
+    sizes = _fanin_sizes(getattr(args, "fanin_clients", "10,100"))
     backend = choose_backend(args.link_backend)
-    rows = run_bench(backend, args.quick)
+    helpers = helpers_to_run(getattr(args, "delay_helper", "both"), backend)
+    started = datetime.now(UTC)
+    print(wakeup_line(args.quick), flush=True)
+    rows: list[dict[str, Any]] = []
+    for helper in helpers:
+        rows += run_helper(backend, helper, args.quick)
+    scale = [bench_scale.measure(backend, helper, n) for helper in helpers for n in sizes]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    stamp = started.strftime("%Y%m%dT%H%M%SZ")
     csv = out / f"emulator-{backend}-{stamp}.csv"
-    pd.DataFrame(rows).to_csv(csv, index=False, float_format="%.4f")
+    pd.DataFrame(rows + scale).to_csv(csv, index=False, float_format="%.4f")
     print(format_table(rows))
+    print("\n".join(targets_summary(rows, scale)))
     print(f"written: {csv}")

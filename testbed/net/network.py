@@ -44,6 +44,7 @@ from typing import Any
 
 from testbed.errors import CommandError, ConfigError, KernelFeatureError, ProcessDiedError
 from testbed.log import LOG
+from testbed.net import delayhelper
 from testbed.net.shaping import choose_backend, netem_command
 from testbed.net.state import NetworkState
 from topologies.base import LinkDesc, Topology
@@ -68,6 +69,7 @@ class NetConfig:
     """Network-wide settings; keyword-only, unknown keys refused by ``from_dict``."""
 
     link_backend: str = "auto"
+    delay_helper: str = "auto"  # userspace backend: compiled (c) or Python delay line
     offloads: str = "wire"
     # None keeps the kernel's default (recorded); a namespace may only pick an
     # algorithm listed in the root namespace's tcp_allowed_congestion_control.
@@ -131,6 +133,7 @@ class Network:
         self.topology = topology
         self.config = config or NetConfig()
         self.backend = ""
+        self.delay_helper = delayhelper.HelperChoice("none")
         self.mn: Any = None
         self.nodes: dict[str, Any] = {}
         self.interfaces: dict[str, list[Interface]] = {}
@@ -155,14 +158,29 @@ class Network:
         self.stop()
 
     def start(self) -> None:
-        check_prerequisites()
+        # Settings first: a link the delay line cannot honour is refused before anything exists.
         self.backend = choose_backend(self.config.link_backend)
+        self._choose_delay_helper()
+        check_prerequisites()
         self.state = NetworkState.create()
         try:
             self._build()
         except BaseException:
             self.stop()
             raise
+
+    def _choose_delay_helper(self) -> None:
+        """Resolve and check the delay helper before anything is built (refusals cost nothing)."""
+        shaped = [link for link in self.topology.links if not link.spec.is_identity]
+        if self.backend != "userspace" or not shaped:
+            self.delay_helper = delayhelper.HelperChoice("none")
+            return
+        for link in shaped:
+            delayhelper.check_shape(link.name, "a2b", link.spec.a2b)
+            delayhelper.check_shape(link.name, "b2a", link.spec.b2a)
+        self.delay_helper = delayhelper.resolve(self.config.delay_helper)
+        if self.delay_helper.name == "python" and self.config.delay_helper == "auto":
+            LOG.warning("delay helper: %s", self.delay_helper.note)
 
     def _build(self) -> None:
         from mininet.log import setLogLevel
@@ -339,12 +357,16 @@ class Network:
         shaper = self._shaper_of[link.name]
         if_a, if_b = (i.name for i in self.interfaces[shaper])
         stats = self.workdir / f"delayline-{link.name}.json"
-        argv = [
-            sys.executable, "-m", "testbed.net.delayline", "--if-a", if_a, "--if-b", if_b,
-            "--a2b", json.dumps(link.spec.a2b.delayline_json()),
-            "--b2a", json.dumps(link.spec.b2a.delayline_json()),
-            "--seed", str(self.config.seed), "--stats", str(stats),
-        ]
+        if self.delay_helper.name == "c":
+            argv = delayhelper.c_argv(if_a, if_b, link.spec.a2b, link.spec.b2a,
+                                      self.config.seed, stats, len(self._shaper_of))
+        else:
+            argv = [
+                sys.executable, "-m", "testbed.net.delayline", "--if-a", if_a, "--if-b", if_b,
+                "--a2b", json.dumps(link.spec.a2b.delayline_json()),
+                "--b2a", json.dumps(link.spec.b2a.delayline_json()),
+                "--seed", str(self.config.seed), "--stats", str(stats),
+            ]
         self.start_helper(shaper, f"delayline:{link.name}", argv, ready="ready")
 
     def _kill_leftovers(self) -> None:
@@ -507,6 +529,8 @@ class Network:
         return {
             "topology": self.topology.name,
             "link_backend": self.backend,
+            "delay_helper": self.delay_helper.name,
+            "delay_helper_note": self.delay_helper.note,
             "offloads": self.config.offloads,
             "config": dataclasses.asdict(self.config),
             "interfaces": {

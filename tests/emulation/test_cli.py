@@ -29,6 +29,8 @@ def test_probe_prints_stable_json_lines(tmp_path):
         assert list(record)[: len(PROBE_KEYS)] == list(PROBE_KEYS)
         assert record["outcome"] == "plaintext" and record["bytes_ok"] is True
         assert record["link_backend"] in ("netem", "userspace")
+        assert record["delay_helper"] == ("c" if record["link_backend"] == "userspace"
+                                          else "none")
         # Physics, one-sided: nothing arrives sooner than the path allows.
         assert record["connect_ms"] >= 20.0 and record["ttfb_ms"] >= 40.0, record
     # Exact: connect after one round trip, the response in the second, from the capture.

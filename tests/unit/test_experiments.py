@@ -118,6 +118,7 @@ def test_runner_resumes_without_redoing_finished_points(tmp_path, fake_experimen
     assert summary == {"records": 5, "sum": 100}
     meta = json.loads((tmp_path / "run" / "metadata.json").read_text())
     assert meta["finished"] and meta["link_backend"] == "userspace"
+    assert meta["delay_helper"]["name"] == "c"
     with pytest.raises(ConfigError, match="seed"):
         runner.run_experiment("fake", ctx, {"profile": "quick", "seed": 2})
 

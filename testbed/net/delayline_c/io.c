@@ -1,0 +1,228 @@
+/* AF_PACKET I/O of the compiled delay line: batched receive (recvmmsg) and send (sendmmsg) of
+ * frames with their virtio-net header (PACKET_VNET_HDR), so GSO super-frames and partial
+ * checksums pass unchanged. A frame's arrival time is its kernel receive timestamp
+ * (SO_TIMESTAMPNS), so the time it waited for us to wake up is part of its delay, not added. */
+
+#include "io.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <linux/if_packet.h>
+#include <net/ethernet.h>
+#include <net/if.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef PACKET_IGNORE_OUTGOING
+#define PACKET_IGNORE_OUTGOING 23
+#endif
+#define SOCKET_BUFFER (32 * 1024 * 1024)
+#define MAX_RX_AGE_NS 10000000000LL
+
+uint64_t dl_now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+int dl_open_port(const char *ifname, char *err, size_t errlen)
+{
+	unsigned idx = if_nametoindex(ifname);
+	if (!idx) {
+		snprintf(err, errlen, "unknown interface '%s' in this namespace", ifname);
+		return -2;
+	}
+	/* Protocol 0 until bind: ETH_P_ALL would queue frames of every interface meanwhile. */
+	int fd = socket(AF_PACKET, SOCK_RAW | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		snprintf(err, errlen, "socket(AF_PACKET): %s", strerror(errno));
+		return -1;
+	}
+	int one = 1, buf = SOCKET_BUFFER;
+	struct { int level, name; const void *val; const char *what; } opts[] = {
+		{SOL_PACKET, PACKET_VNET_HDR, &one, "PACKET_VNET_HDR"},
+		{SOL_PACKET, PACKET_IGNORE_OUTGOING, &one, "PACKET_IGNORE_OUTGOING"},
+		{SOL_PACKET, PACKET_QDISC_BYPASS, &one, "PACKET_QDISC_BYPASS"},
+		{SOL_SOCKET, SO_RCVBUFFORCE, &buf, "SO_RCVBUFFORCE"},
+		{SOL_SOCKET, SO_SNDBUFFORCE, &buf, "SO_SNDBUFFORCE"},
+		{SOL_SOCKET, SO_TIMESTAMPNS, &one, "SO_TIMESTAMPNS"},
+	};
+	for (size_t i = 0; i < sizeof(opts) / sizeof(opts[0]); i++) {
+		if (setsockopt(fd, opts[i].level, opts[i].name, opts[i].val, sizeof(int))) {
+			snprintf(err, errlen, "setsockopt %s on %s: %s", opts[i].what, ifname,
+				 strerror(errno));
+			close(fd);
+			return -1;
+		}
+	}
+	struct sockaddr_ll sll = {.sll_family = AF_PACKET, .sll_protocol = htons(ETH_P_ALL),
+				  .sll_ifindex = (int)idx};
+	if (bind(fd, (struct sockaddr *)&sll, sizeof(sll))) {
+		snprintf(err, errlen, "bind to %s: %s", ifname, strerror(errno));
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+int dl_dir_init(struct dl_dir *d, const char *name, int rx, int tx, const struct dl_shape *shape,
+		uint64_t seed, int direction, unsigned batch)
+{
+	memset(d, 0, sizeof(*d));
+	d->name = name;
+	d->rx = rx;
+	d->tx = tx;
+	d->batch = batch;
+	/* Anonymous mapping: pages are touched (resident) only as frames fill them. */
+	size_t slot = DL_MAX_FRAME + 1;
+	void *mem = mmap(NULL, slot * batch, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+			 -1, 0);
+	if (mem == MAP_FAILED)
+		return -1;
+	d->bufs = mem;
+	for (unsigned i = 0; i < batch; i++) {
+		d->riov[i] = (struct iovec){d->bufs + i * slot, slot};
+		d->rmsg[i].msg_hdr.msg_iov = &d->riov[i];
+		d->rmsg[i].msg_hdr.msg_iovlen = 1;
+		d->smsg[i].msg_hdr.msg_iov = &d->siov[i];
+		d->smsg[i].msg_hdr.msg_iovlen = 1;
+	}
+	dl_reservoir_init(&d->delay, seed * 4 + (uint64_t)direction);
+	dl_reservoir_init(&d->lateness, seed * 4 + 2 + (uint64_t)direction);
+	return dl_sched_init(&d->sched, shape, seed, direction);
+}
+
+void dl_dir_free(struct dl_dir *d)
+{
+	if (d->bufs)
+		munmap(d->bufs, (size_t)(DL_MAX_FRAME + 1) * d->batch);
+	d->bufs = NULL;
+	dl_fifo_free(&d->fifo);
+	dl_sched_free(&d->sched);
+	dl_reservoir_free(&d->delay);
+	dl_reservoir_free(&d->lateness);
+}
+
+static uint64_t arrival(struct msghdr *m, uint64_t now, int64_t offset, uint64_t *fallback)
+{
+	for (struct cmsghdr *c = CMSG_FIRSTHDR(m); c; c = CMSG_NXTHDR(m, c)) {
+		if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SO_TIMESTAMPNS)
+			continue;
+		struct timespec ts;
+		memcpy(&ts, CMSG_DATA(c), sizeof(ts));
+		int64_t t = (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec - offset;
+		if (t <= (int64_t)now && t > (int64_t)now - MAX_RX_AGE_NS)
+			return (uint64_t)t;
+		break;  /* a clock step or a foreign timestamp: not a receive time */
+	}
+	(*fallback)++;
+	return now;
+}
+
+static void admit_one(struct dl_dir *d, uint8_t *frame, unsigned n, uint64_t arrived)
+{
+	uint32_t wire, segs;
+	dl_wire_bytes(frame, n, &wire, &segs);
+	d->frames_in++;
+	d->bytes_in += n - VNET_HDR_LEN;
+	d->wire_bytes_in += wire;
+	if (segs > 1) {
+		d->gso_frames++;
+		d->gso_frames_lossy += d->sched.shape.loss > 0.0;
+	}
+	uint64_t due;
+	if (dl_admit(&d->sched, arrived, wire, segs, &due) != DL_PASS)
+		return;
+	struct dl_held h = {.due = due, .arrived = arrived, .len = n};
+	h.data = malloc(n);
+	if (h.data) {
+		memcpy(h.data, frame, n);
+		if (dl_fifo_push(&d->fifo, &h) == 0)
+			return;
+		free(h.data);
+	}
+	d->dropped_overflow++;
+}
+
+int dl_drain(struct dl_dir *d, uint64_t now, int64_t offset)
+{
+	for (unsigned i = 0; i < d->batch; i++) {
+		d->rmsg[i].msg_hdr.msg_control = d->ctrl[i];
+		d->rmsg[i].msg_hdr.msg_controllen = sizeof(d->ctrl[i]);
+		d->rmsg[i].msg_hdr.msg_flags = 0;
+	}
+	int got = recvmmsg(d->rx, d->rmsg, d->batch, MSG_DONTWAIT | MSG_TRUNC, NULL);
+	if (got < 0) {
+		if (errno != EAGAIN && errno != EINTR)
+			d->rx_errors++;  /* e.g. ENETDOWN on a link flap: counted, the socket lives on */
+		return 0;
+	}
+	for (int i = 0; i < got; i++) {
+		unsigned n = d->rmsg[i].msg_len;
+		uint64_t arrived = arrival(&d->rmsg[i].msg_hdr, now, offset, &d->rx_ts_fallback);
+		if (n > DL_MAX_FRAME || (d->rmsg[i].msg_hdr.msg_flags & MSG_TRUNC))
+			d->dropped_trunc++;  /* never forward a cut frame */
+		else if (n <= VNET_HDR_LEN)
+			d->dropped_runt++;
+		else
+			admit_one(d, d->riov[i].iov_base, n, arrived);
+	}
+	return got;
+}
+
+static void account_sent(struct dl_dir *d, uint64_t now)
+{
+	struct dl_held *h = dl_fifo_peek(&d->fifo);
+	dl_reservoir_add(&d->delay, (double)(now - h->arrived));
+	dl_reservoir_add(&d->lateness, (double)(now >= h->due ? now - h->due : 0));
+	d->frames++;
+	d->bytes += h->len - VNET_HDR_LEN;
+	free(h->data);
+	dl_fifo_pop(&d->fifo);
+}
+
+uint64_t dl_release(struct dl_dir *d, uint64_t now)
+{
+	for (;;) {
+		unsigned n = 0;
+		for (size_t i = 0; i < d->fifo.len && n < d->batch; i++) {
+			struct dl_held *h = &d->fifo.items[(d->fifo.head + i) % d->fifo.cap];
+			if (h->due > now)
+				break;
+			d->siov[n] = (struct iovec){h->data, h->len};
+			n++;
+		}
+		if (!n)
+			return now;
+		int sent = sendmmsg(d->tx, d->smsg, n, MSG_DONTWAIT);
+		if (sent < 0) {
+			if (errno == EAGAIN || errno == ENOBUFS || errno == EINTR) {
+				d->tx_busy++;  /* kept, retried on the next turn of the loop */
+				return dl_now();
+			}
+			/* the kernel refused this frame (e.g. EINVAL for a bad vnet header): a drop */
+			int e = errno;
+			d->tx_errno[e == EINVAL ? 0 : e == ENETDOWN ? 1 : e == EMSGSIZE ? 2 : 3]++;
+			d->dropped_tx++;
+			free(dl_fifo_peek(&d->fifo)->data);
+			dl_fifo_pop(&d->fifo);
+			continue;
+		}
+		for (int i = 0; i < sent; i++)
+			account_sent(d, now);
+		now = dl_now();
+	}
+}
+
+void dl_poll_kernel_drops(struct dl_dir *d)
+{
+	struct tpacket_stats st;
+	socklen_t len = sizeof(st);
+	if (getsockopt(d->rx, SOL_PACKET, PACKET_STATISTICS, &st, &len) == 0)
+		d->dropped_rcvbuf += st.tp_drops;  /* resets on read: accumulated here */
+}

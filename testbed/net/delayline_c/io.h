@@ -1,0 +1,39 @@
+#ifndef DL_IO_H
+#define DL_IO_H
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "model.h"
+
+#define DL_BATCH_MAX 64
+
+/* One direction: reads rx, holds the FIFO, writes tx, keeps counters. */
+struct dl_dir {
+	const char *name;
+	int rx, tx;
+	struct dl_sched sched;
+	struct dl_fifo fifo;
+	struct dl_reservoir delay, lateness;  /* ns */
+	unsigned batch;
+	uint8_t *bufs;                        /* batch slots of DL_MAX_FRAME + 1 bytes */
+	struct mmsghdr rmsg[DL_BATCH_MAX], smsg[DL_BATCH_MAX];
+	struct iovec riov[DL_BATCH_MAX], siov[DL_BATCH_MAX];
+	char ctrl[DL_BATCH_MAX][64];
+	uint64_t frames_in, bytes_in, wire_bytes_in, frames, bytes, gso_frames, gso_frames_lossy;
+	uint64_t dropped_tx, dropped_trunc, dropped_runt, dropped_rcvbuf, dropped_overflow;
+	uint64_t rx_ts_fallback, tx_busy, rx_errors;
+	uint64_t tx_errno[4];  /* EINVAL, ENETDOWN, EMSGSIZE, other */
+};
+
+int dl_open_port(const char *ifname, char *err, size_t errlen);
+int dl_dir_init(struct dl_dir *d, const char *name, int rx, int tx, const struct dl_shape *shape,
+		uint64_t seed, int direction, unsigned batch);
+void dl_dir_free(struct dl_dir *d);
+/* Read one batch; returns frames read (0 when none was waiting). */
+int dl_drain(struct dl_dir *d, uint64_t now_mono, int64_t real_minus_mono);
+/* Send what is due by now; returns the time after the last send. */
+uint64_t dl_release(struct dl_dir *d, uint64_t now);
+void dl_poll_kernel_drops(struct dl_dir *d);
+uint64_t dl_now(void);
+#endif

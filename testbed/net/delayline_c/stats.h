@@ -1,0 +1,27 @@
+#ifndef DL_STATS_H
+#define DL_STATS_H
+#include "io.h"
+
+struct dl_config {
+	const char *if_a, *if_b, *stats;
+	struct dl_shape a2b, b2a;
+	uint64_t seed, lead_ns;
+	double spin_budget;
+	unsigned batch;
+	int rt_priority;
+};
+
+struct dl_line {
+	struct dl_config cfg;
+	struct dl_dir dir[2];
+	struct dl_reservoir wake_late;  /* ns a timed sleep overshot its target */
+	uint64_t recent_late[32];
+	unsigned recent_i;
+	uint64_t lead_ns, spin_left, spin_ns, window_end, started;
+	char sched_policy[96];
+};
+
+/* Same layout as DelayLine.snapshot() in testbed/net/delayline.py, plus the compiled helper's
+ * own fields (helper, sched_policy, lead_us, wakeup_late_us, dropped_runt/overflow, tx_busy). */
+void dl_write_stats(struct dl_line *l, int final, const char *error);
+#endif

@@ -1,0 +1,76 @@
+"""The compiled delay line in real namespaces: what each link reports it applied, the helper it
+ran recorded, and a link it cannot honour refused before anything is built."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+import topologies
+from testbed.errors import ConfigError
+from testbed.net.network import NetConfig, Network
+from testbed.net.state import STATE_DIR
+from topologies import PathShape
+
+
+def _ping(net: Network, count: int) -> str:
+    return net.run("client", ["ping", "-n", "-c", str(count), "-i", "0.01", "-W", "1",
+                              net.ip("server")], timeout=60)
+
+
+@pytest.mark.parametrize("helper", ["c", "python"])
+def test_link_reports_the_delay_it_applied(helper: str) -> None:
+    topo = topologies.create("direct", path=PathShape(rtt_ms=10))
+    with Network(topo, NetConfig(link_backend="userspace", delay_helper=helper)) as net:
+        out = _ping(net, 20)
+        assert net.describe()["delay_helper"] == helper
+    assert " 0% packet loss" in out
+    report = net.link_reports["client-server"]
+    assert report["final"] is True and report["error"] is None
+    assert report.get("helper", "python") == helper
+    for name in ("a2b", "b2a"):
+        d = report["directions"][name]
+        assert d["shape"]["delay_ms"] == 5.0
+        assert d["frames"] >= 20 and d["frames"] == d["frames_in"]
+        assert d["dropped_loss"] == d["dropped_queue"] == d["dropped_tx"] == 0
+        assert d["delay_ms"]["count"] == d["frames"]
+        assert d["delay_ms"]["min"] >= 5.0, "a frame left before its due time"
+        assert d["lateness_us"]["count"] == d["frames"] and d["lateness_us"]["min"] >= 0
+
+
+def test_compiled_line_reports_its_timing_and_priority() -> None:
+    topo = topologies.create("direct", path=PathShape(rtt_ms=4))
+    with Network(topo, NetConfig(link_backend="userspace", delay_helper="c")) as net:
+        _ping(net, 10)
+    report = net.link_reports["client-server"]
+    assert report["sched_policy"].startswith(("SCHED_FIFO:10", "SCHED_OTHER (SCHED_FIFO:"))
+    assert 0 < report["lead_us"] <= 2000
+    assert report["spin_budget"] == 0.25  # one line: the per-line cap
+    assert 0 < report["max_rss_kb"] < 64 * 1024
+
+
+def test_fanin_clients_parameter_builds_that_many_shaped_links() -> None:
+    topo = topologies.create("fanin:clients=4", path=PathShape(rtt_ms=2))
+    with Network(topo, NetConfig(link_backend="userspace")) as net:
+        lines = [h for h in net.helpers if h.name.startswith("delayline:")]
+        assert len(lines) == 5
+        out = net.run("client4", ["ping", "-n", "-c", "2", "-i", "0.01", net.ip("server")])
+    assert " 0% packet loss" in out
+    assert all(r["spin_budget"] == 0.1 for r in net.link_reports.values())  # 0.5 / 5 lines
+
+
+def test_a_link_beyond_the_helper_limits_is_refused_before_building() -> None:
+    before = set(STATE_DIR.glob(f"net-{os.getpid()}-*.json")) if STATE_DIR.is_dir() else set()
+    topo = topologies.create("direct", path=PathShape(rtt_ms=10, rate_bps=500))
+    with pytest.raises(ConfigError, match="rate 500 bit/s outside"):
+        Network(topo, NetConfig(link_backend="userspace")).start()
+    after = set(STATE_DIR.glob(f"net-{os.getpid()}-*.json")) if STATE_DIR.is_dir() else set()
+    assert after == before
+    proc = subprocess.run([sys.executable, "-m", "testbed", "probe", "--rtt", "10ms",
+                           "--rate", "500bit", "--link-backend", "userspace"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and "rate 500 bit/s outside" in proc.stderr
