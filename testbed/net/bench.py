@@ -130,10 +130,13 @@ def measure_pps(backend: str, helper: str, rates: tuple[int, ...],
         for rate in rates:
             out = net.run("client", ["iperf3", "-c", net.ip("server"), "-p", "5201", "-u",
                                      "-l", "64", "-b", str(rate * 64 * 8), "-t", str(seconds),
-                                     "-J"], timeout=seconds + 30)
+                                     # 4 MB socket buffers: a receiver that falls behind for a
+                                     # moment must not count as loss on the link
+                                     "-w", "4M", "-J"], timeout=seconds + 30)
             udp = json.loads(out)["end"]["sum"]
             rows.append({"metric": "udp-pps", "method": "iperf3 -u -l 64",
                          "configured_rtt_ms": 20.0, "offered_pps": rate,
+                         "sent_pps": udp["packets"] / seconds,
                          "received_pps": (udp["packets"] - udp["lost_packets"]) / seconds,
                          "loss_percent": udp["lost_percent"]})
             time.sleep(0.5)
@@ -175,8 +178,8 @@ def _result(r: dict[str, Any]) -> str:
     elif r["metric"] == "tcp-throughput":
         text = f"{r['gbit_s']:.2f} Gbit/s, retrans {r['retransmits']}"
     else:
-        text = (f"offered {r['offered_pps']/1e3:.0f}k pps -> {r['received_pps']/1e3:.1f}k, "
-                f"loss {r['loss_percent']:.2f}%")
+        text = (f"offered {r['offered_pps']/1e3:.0f}k pps, sent {r['sent_pps']/1e3:.1f}k -> "
+                f"{r['received_pps']/1e3:.1f}k, loss {r['loss_percent']:.2f}%")
     if "cpu_us_per_packet" in r and r["metric"] != "rtt":
         text += f", {r['cpu_us_per_packet']:.1f} us/pkt"
     if "lateness_median_us" in r:
@@ -212,10 +215,12 @@ def targets_summary(rows: list[dict[str, Any]], scale: list[dict[str, Any]]) -> 
             g = next(r["gbit_s"] for r in mine if r["method"] == f"iperf3 ({offl} frames)")
             out.append(f"[{helper}] TCP 20 ms, {offl} frames: {g:.2f} Gbit/s (target >= "
                        f"{t[key]:g}): {_check(g >= t[key])}")
-        ok = [r["offered_pps"] for r in mine if r["metric"] == "udp-pps"
+        # What the sender managed to send counts, not what it was asked for: on a loaded
+        # machine iperf3 itself falls short of the offered rate.
+        ok = [r["sent_pps"] for r in mine if r["metric"] == "udp-pps"
               and r["loss_percent"] < 1.0]
         best = max(ok, default=0)
-        out.append(f"[{helper}] 64-byte UDP at < 1 % loss: {best/1e3:.0f}k pps offered (target "
+        out.append(f"[{helper}] 64-byte UDP at < 1 % loss: {best/1e3:.0f}k pps sent (target "
                    f">= {t['pps']/1e3:.0f}k): {_check(best >= t['pps'])}")
     for s in scale:
         if s.get("skipped"):

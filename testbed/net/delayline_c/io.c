@@ -188,6 +188,7 @@ static void account_sent(struct dl_dir *d, uint64_t now)
 
 uint64_t dl_release(struct dl_dir *d, uint64_t now)
 {
+	d->tx_blocked = 0;
 	for (;;) {
 		unsigned n = 0;
 		for (size_t i = 0; i < d->fifo.len && n < d->batch; i++) {
@@ -203,6 +204,7 @@ uint64_t dl_release(struct dl_dir *d, uint64_t now)
 		if (sent < 0) {
 			if (errno == EAGAIN || errno == ENOBUFS || errno == EINTR) {
 				d->tx_busy++;  /* kept, retried on the next turn of the loop */
+				d->tx_blocked = 1;
 				return dl_now();
 			}
 			/* the kernel refused this frame (e.g. EINVAL for a bad vnet header): a drop */

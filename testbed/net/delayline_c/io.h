@@ -23,6 +23,7 @@ struct dl_dir {
 	uint64_t frames_in, bytes_in, wire_bytes_in, frames, bytes, gso_frames, gso_frames_lossy;
 	uint64_t dropped_tx, dropped_trunc, dropped_runt, dropped_rcvbuf, dropped_overflow;
 	uint64_t rx_ts_fallback, tx_busy, rx_errors;
+	int tx_blocked;  /* the last send found the socket full: wait before retrying */
 	uint64_t tx_errno[4];  /* EINVAL, ENETDOWN, EMSGSIZE, other */
 };
 

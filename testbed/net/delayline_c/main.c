@@ -39,6 +39,7 @@
 #define LEAD_MARGIN_NS 20000ULL
 #define LEAD_MAX_NS 2000000ULL
 #define WINDOW_NS 100000000ULL
+#define TX_BLOCKED_NS 50000ULL
 
 static volatile sig_atomic_t stop_sig, dump_req;
 static void on_stop(int s) { stop_sig = s; }
@@ -182,6 +183,10 @@ static int turn(struct dl_line *l, const sigset_t *waitmask)
 	if (due != UINT64_MAX) {
 		uint64_t wait = due > now ? due - now : 0;
 		uint64_t sleep = wait > lead ? wait - lead : 0;
+		/* A full send buffer: give the kernel a moment instead of retrying in a hot loop
+		 * (at real-time priority that would starve everything else on the CPU). */
+		if ((l->dir[0].tx_blocked || l->dir[1].tx_blocked) && sleep < TX_BLOCKED_NS)
+			sleep = TX_BLOCKED_NS;
 		if (sleep > MAX_SLEEP_NS)
 			sleep = MAX_SLEEP_NS;
 		spinning = sleep == 0 && wait > 0;
