@@ -34,7 +34,8 @@ MYPY_FILES := experiments/__init__.py experiments/common.py experiments/cost.py 
     testbed/apps/proto_tcpcrypt.py testbed/apps/proto_tls.py testbed/apps/server.py \
     testbed/apps/transport.py testbed/apps/wire.py testbed/bench_teps.py testbed/bench_wakeup.py \
     testbed/cli.py testbed/errors.py testbed/log.py testbed/net/__init__.py testbed/net/bench.py \
-    testbed/net/capture.py testbed/net/delayline.py testbed/net/delayline_sched.py \
+    testbed/net/bench_scale.py testbed/net/capture.py testbed/net/delayhelper.py \
+    testbed/net/delayline.py testbed/net/delayline_sched.py \
     testbed/net/flows.py testbed/net/network.py testbed/net/pcap.py testbed/net/rttprobe.py \
     testbed/net/shaping.py testbed/net/state.py testbed/probe.py testbed/stream.py \
     testbed/streamconfig.py testbed/tepio.py testbed/workload.py topologies/__init__.py \
