@@ -6,8 +6,8 @@
 --   ExID 0x454E (RFC 8547 §11, RFC 6994): SYN-form suboptions (global suboption with the b and
 --   a bits, length bytes, TEP identifiers by name with their v bit and data), non-SYN-form
 --   contents, the negotiated TEP (§4.5); ill-formed options raise expert info (§4.4).
--- * "tcpcrypt": the byte stream on the testbed's server port (preference tcpcrypt.ports,
---   default 5000) after an ENO handshake that negotiated a tcpcrypt TEP: Init1 and Init2
+-- * "tcpcrypt": the byte stream on the testbed's server ports (preference tcpcrypt.ports,
+--   default 443,5000) after an ENO handshake that negotiated a tcpcrypt TEP: Init1 and Init2
 --   (§4.1), then encryption frames (§4.2), decrypted when the key log (preference
 --   tcpcrypt.keylog_file, format in testbed/keylog.py) holds a key that authenticates them.
 --   Streams that negotiated TCP-use-TLS (TEP 0x30) or carry TLS without ENO go to Wireshark's
@@ -260,6 +260,12 @@ local function dissect_eno(tvb, pinfo, tree, first)
     if c and count == 1 then note_syn_form(c, pinfo, parsed, item) end  -- else: ignored
     item:append_text(string.format(": SYN-form, %d TEP suboption(s)%s", #parsed.teps,
                                    parsed.valid and "" or " [ill-formed]"))
+    local ids = {}
+    for _, t in ipairs(parsed.teps) do
+      table.insert(ids, string.format("%s0x%02x", t.v and "v" or "", t.glt))
+    end
+    pinfo.cols.info:append(" ENO=" .. (parsed.valid and "" or "ILL-FORMED:")
+                           .. (#ids > 0 and table.concat(ids, ",") or "-"))
   else
     item:add(EF.form, "non-SYN-form"):set_generated()
     if tvb:len() > first then
@@ -267,6 +273,7 @@ local function dissect_eno(tvb, pinfo, tree, first)
         :add_proto_expert_info(EE.nonempty, "Contents are ignored by TCP-ENO (RFC 8547 §4.1)")
     end
     item:append_text(": non-SYN-form")
+    pinfo.cols.info:append(" ENO")
   end
   return tvb:len()
 end

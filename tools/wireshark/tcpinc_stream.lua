@@ -52,7 +52,8 @@ return function(S)
   proto.experts = { E.malformed, E.nokey, E.badkey, E.noaead, E.eno_test }
   proto.prefs.keylog_file = Pref.string("tcpcrypt key log", "",
                                         "File of TCPCRYPT_TRAFFIC_KEY lines (testbed/keylog.py)")
-  proto.prefs.ports = Pref.range("Ports", "5000", "TCP ports of tcpinc-testbed servers", 65535)
+  proto.prefs.ports = Pref.range("Ports", "443,5000",
+                                  "TCP ports of tcpinc-testbed servers", 65535)
 
   local tls = Dissector.get("tls")
   local data = Dissector.get("data")
