@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 APT_PACKAGES := mininet iptables iproute2 iputils-ping net-tools tcpdump ethtool iperf3 \
-                libnetfilter-queue-dev gcc python3-dev openssl util-linux tshark
+                libnetfilter-queue-dev gcc python3-dev openssl util-linux tshark nftables curl
 
 # mypy checks exactly these files (a new module joins by being added here, on purpose):
 # the protocol cores strictly, the rest with the default checks.
@@ -41,6 +41,10 @@ MYPY_FILES := experiments/__init__.py experiments/common.py experiments/cost.py 
     testbed/streamconfig.py testbed/tepio.py testbed/workload.py topologies/__init__.py \
     topologies/base.py topologies/catalogue.py
 # Capture analysis: key logs, ladder diagrams (tools/wireshark/ holds the Lua dissector).
+# Transparent mode.
+MYPY_FILES += testbed/transparent/__init__.py testbed/transparent/control.py \
+    testbed/transparent/host.py testbed/transparent/proxy.py testbed/transparent/relay.py \
+    testbed/transparent/rules.py
 MYPY_FILES += testbed/keylog.py testbed/ladder.py testbed/ladder_draw.py experiments/ladders.py
 
 .PHONY: setup apt venv helper demo test test-unit lint clean-net

@@ -166,6 +166,15 @@ def cmd_middleboxes(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sid(args: argparse.Namespace) -> int:
+    from testbed.transparent import control
+
+    reply = control.query(control.parse_addr(args.local), control.parse_addr(args.remote),
+                          name=args.name)
+    print(json.dumps(reply))
+    return 0 if reply.get("found") else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tcpinc", description=__doc__)
     parser.add_argument("-v", "--verbose", action="count", default=0)
@@ -244,6 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("clean", help="remove what a crashed run left behind")
     p.add_argument("--force", action="store_true", help="also networks whose owner still runs")
     p.set_defaults(func=cmd_clean)
+
+    p = sub.add_parser("sid", help="inside a transparent host: session ID of a connection")
+    p.add_argument("local", help="the application socket's local IP:PORT")
+    p.add_argument("remote", help="its peer's IP:PORT")
+    p.add_argument("--name", default="tcpinc-transparent", help="the proxy's query socket")
+    p.set_defaults(func=cmd_sid)
 
     sub.add_parser("topologies", help="list topologies").set_defaults(func=cmd_topologies)
     sub.add_parser("middleboxes", help="list middlebox models").set_defaults(

@@ -163,6 +163,22 @@ class Stream:
     def fileno(self) -> int:
         return self.sock.fileno()
 
+    @property
+    def tep_driver(self) -> TepDriver | None:
+        """The TEP driver (None after a fallback), for callers that run their own event loop
+        (testbed/transparent/relay.py) and drive its sans-IO core themselves."""
+        return self._driver
+
+    @property
+    def has_split_check(self) -> bool:
+        return self._split_check is not None
+
+    def run_split_check(self) -> None:
+        """The split-negotiation check ``recv`` runs first, for event loops (the socket must
+        be readable and blocking: it peeks one byte)."""
+        if self._split_check is not None:
+            self._run_split_check()
+
     def settimeout(self, timeout: float | None) -> None:
         self.sock.settimeout(timeout)
 

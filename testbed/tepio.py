@@ -134,6 +134,13 @@ class TepDriver:
         del self._plain[:size]
         return out
 
+    def take_buffered(self) -> bytes:
+        """Authenticated bytes already delivered but not yet read (for an event loop that
+        takes the core over after the handshake)."""
+        out = bytes(self._plain)
+        self._plain.clear()
+        return out
+
     def close_write(self) -> None:
         """Send the TEP's end of stream, then TCP's FIN."""
         self.core.close()

@@ -1,0 +1,169 @@
+"""Transparent mode for hosts of a running network (the Python API).
+
+``transparent(net, {"client": ProxySpec(...), "server": ProxySpec(listen_ports=(80,))})``
+starts, per host, the ENO hook (testbed/eno/rules.py, unless the arm is ``plain``) and the
+proxy (proxy.py, a helper of the network, so `tcpinc clean` finds it by pid), then installs
+the diversion (rules.py); on exit, on every path, it removes the diversion first (the
+host's traffic then flows as it would without the proxy) and stops the proxy, then the hook.
+
+A proxy that dies during a run is noticed by a watcher thread and handled as its policy
+says, and recorded in ``TransparentHost.events``: ``opportunistic`` removes the diversion,
+so the host's connections pass in plain TCP; ``required`` keeps it, so new connections are
+refused (outgoing ones are redirected to a closed port, incoming ones are reset by the
+``reject`` rule) rather than sent in clear.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from subprocess import Popen
+from typing import Any
+
+from testbed.errors import ConfigError
+from testbed.net.network import Network
+from testbed.transparent import control, rules
+
+POLICIES = ("off", "opportunistic", "required")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProxySpec:
+    proto: str = "tcpcrypt"  # an ENO arm (testbed/apps/transport.py) or "plain" (no ENO)
+    policy: str = "opportunistic"
+    listen_ports: tuple[int, ...] = ()  # incoming connections to these ports are diverted
+    redirect_port: int = 7690
+    tproxy_port: int = 7691
+    gid: int = 7690  # the proxy's group: its own connections are never diverted
+    name: str = control.DEFAULT_NAME
+    timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise ConfigError(f"unknown policy {self.policy!r}", f"choose from {POLICIES}")
+        ports = (*self.listen_ports, self.redirect_port, self.tproxy_port)
+        if not all(0 < p < 65536 for p in ports):
+            raise ConfigError(f"port outside 1..65535 in {ports}", "give valid TCP ports")
+        if {self.redirect_port, self.tproxy_port} & set(self.listen_ports):
+            raise ConfigError("a listen port is one of the proxy's own ports",
+                              "choose other --redirect-port / --tproxy-port")
+
+    @property
+    def uses_eno(self) -> bool:
+        return self.proto != "plain" and self.policy != "off"
+
+    def argv(self, records: Path) -> list[str]:
+        return [sys.executable, "-m", "testbed.transparent.proxy", "--proto", self.proto,
+                "--policy", self.policy, "--redirect-port", str(self.redirect_port),
+                "--tproxy-port", str(self.tproxy_port),
+                "--listen-ports", ",".join(str(p) for p in self.listen_ports),
+                "--gid", str(self.gid), "--name", self.name, "--records", str(records),
+                "--timeout", str(self.timeout)]
+
+    def diversion(self) -> rules.Diversion:
+        return rules.Diversion(gid=self.gid, redirect_port=self.redirect_port,
+                               tproxy_port=self.tproxy_port, listen_ports=self.listen_ports,
+                               required=self.policy == "required")
+
+
+@dataclass
+class TransparentHost:
+    """One host's proxy: its process, records file and what happened to it."""
+
+    net: Network
+    node: str
+    spec: ProxySpec
+    proc: Popen[str]
+    records_path: Path
+    events: list[dict[str, Any]] = field(default_factory=list)
+    _stopping: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _diverted: bool = True
+
+    def records(self) -> list[dict[str, Any]]:
+        """The proxy's per-connection records so far (written when a connection ends)."""
+        if not self.records_path.exists():
+            return []
+        return [json.loads(line) for line in self.records_path.read_text().splitlines()
+                if line.strip()]
+
+    def watch(self) -> None:
+        """Until stopped: act on the proxy's death as the policy says (module docstring)."""
+        while not self._stopping.wait(0.2):
+            if self.proc.poll() is None:
+                continue
+            action = "diversion kept: connections refused"
+            if self.spec.policy != "required":
+                self.undivert()
+                action = "diversion removed: connections pass in plain TCP"
+            self.events.append({"event": "proxy_died", "t": time.time(),
+                                "returncode": self.proc.returncode, "action": action})
+            return
+
+    def undivert(self) -> None:
+        with self._lock:
+            if self._diverted:
+                rules.remove(self.net, self.node)
+                self._diverted = False
+
+
+def start(net: Network, node: str, spec: ProxySpec) -> TransparentHost:
+    records = net.workdir / f"transparent-{node}.jsonl"
+    records.unlink(missing_ok=True)
+    log = net.workdir / f"transparent-{node}.log"
+    with open(log, "a") as stderr:  # never an unread pipe on the data path
+        proc = net.start_helper(node, f"transparent:{node}", spec.argv(records), ready="ready",
+                                essential=False, stderr=stderr)
+    host = TransparentHost(net, node, spec, proc, records)
+    try:
+        rules.install(net, node, spec.diversion(), net.workdir)
+    except BaseException:
+        net.stop_helper(proc)
+        raise
+    threading.Thread(target=host.watch, daemon=True, name=f"watch-{node}").start()
+    return host
+
+
+def stop(host: TransparentHost) -> None:
+    """Diversion off first (traffic then flows without the proxy), then the process."""
+    host._stopping.set()
+    try:
+        host.undivert()
+    finally:
+        host.net.stop_helper(host.proc)
+
+
+@contextlib.contextmanager
+def transparent(net: Network, specs: dict[str, ProxySpec],
+                hooks: bool = True) -> Iterator[dict[str, TransparentHost]]:
+    """Transparent mode on ``specs``' hosts for the duration of the block."""
+    from testbed.eno.rules import HookSpec, start_hook, stop_hook
+
+    started_hooks: list[tuple[str, Popen[str]]] = []
+    hosts: dict[str, TransparentHost] = {}
+    try:
+        for node, spec in specs.items():
+            if hooks and spec.uses_eno:
+                started_hooks.append((node, start_hook(net, node, HookSpec())))
+            hosts[node] = start(net, node, spec)
+        yield hosts
+    finally:
+        errors: list[BaseException] = []
+        for host in hosts.values():
+            try:
+                stop(host)
+            except Exception as exc:  # noqa: BLE001 - stop the others, then raise
+                errors.append(exc)
+        for node, proc in started_hooks:
+            try:
+                stop_hook(net, node, proc)
+            except Exception as exc:  # noqa: BLE001
+                errors.append(exc)
+        if errors:
+            raise errors[0]

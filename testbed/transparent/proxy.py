@@ -1,0 +1,404 @@
+"""The per-host transparent TEP proxy: `python -m testbed.transparent.proxy ...`.
+
+Unmodified applications (iperf3, curl, an ordinary HTTP server) get TCP-ENO and a TEP
+without knowing: netfilter in the host's namespace (rules.py) diverts
+
+* the host's outgoing TCP connections to the ``redirect`` listener (nat OUTPUT REDIRECT); the
+  application's destination is read back with SO_ORIGINAL_DST and the proxy opens a stream
+  to it (testbed/stream.py ``connect``: ENO, the TEP, the policy's fallback);
+* incoming connections to the ``--listen-ports`` to the ``tproxy`` listener (nft tproxy in
+  prerouting, after the ENO hook's mangle chain, so the hook sees the SYN with its real port
+  and the proxy's registration for that port answers it); the accepted socket keeps the
+  original addresses, the proxy takes the hook's result (``establish``) and connects to the
+  application on the same address over loopback.
+
+The proxy's own sockets carry its group id (``--gid``, set at start), which the rules
+exclude from diversion. Establishment (blocking: hook queries, the TEP handshake) runs in a
+pool of worker threads; the relaying of every established pair is one selectors loop
+(relay.py). Policy as for any stream: ``opportunistic`` relays in plain TCP end to end after
+a fallback, ``required`` resets the application's connection (refused before one byte
+left), ``off`` relays plain TCP (the proxy's own cost, for comparison).
+
+Each connection is one JSON line in ``--records`` when it ends (or fails): both 4-tuples,
+outcome, TEP, session ID, fallback reason, times and byte counts. The session-ID query
+(control.py) answers from the same table.
+
+Contract with ``Network.start_helper``: prints ``ready`` once both listeners and the query
+socket listen and the hook knows the listen ports; SIGTERM resets the remaining pairs,
+writes their records and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import contextlib
+import json
+import logging
+import os
+import queue
+import selectors
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from testbed.eno.control import HookClient, HookUnavailableError, Result
+from testbed.stream import (
+    EncryptionRequiredError,
+    Policy,
+    Stream,
+    StreamConfig,
+    StreamError,
+    StreamInfo,
+    connect,
+    establish,
+    reset,
+)
+from testbed.transparent import control
+from testbed.transparent.relay import Pair, Relay
+
+logger = logging.getLogger("tcpinc.transparent")
+
+SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h, level SOL_IP
+IP_TRANSPARENT = 19  # linux/in.h
+Addr = tuple[str, int]
+
+
+class Stop(Exception):
+    """SIGTERM / SIGINT."""
+
+
+def original_dst(sock: socket.socket) -> Addr:
+    raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
+    port, packed = struct.unpack_from("!2xH4s", raw)
+    return socket.inet_ntoa(packed), port
+
+
+def _addr(pair: Any) -> str:
+    return f"{pair[0]}:{pair[1]}"
+
+
+class Proxy:
+    """Listeners, worker pool, relay and the session table of one host."""
+
+    def __init__(self, args: argparse.Namespace, out_config: StreamConfig,
+                 in_config: StreamConfig) -> None:
+        self.args = args
+        self.out_config, self.in_config = out_config, in_config
+        self.relay = Relay(self._ended)
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=args.workers)
+        self.ready: queue.SimpleQueue[tuple[socket.socket, Stream, dict[str, Any]]] = (
+            queue.SimpleQueue())
+        self.wake_r, self.wake_w = socket.socketpair()
+        self.wake_r.setblocking(False)
+        self.lock = threading.Lock()
+        self.sessions: dict[str, dict[str, Any]] = {}
+        self.records = open(args.records, "a") if args.records else None  # noqa: SIM115
+        self.registrations: list[HookClient] = []
+        self.listeners: list[socket.socket] = []
+        self._local = threading.local()
+
+    # -- set-up ---------------------------------------------------------------------------
+
+    def listen(self) -> None:
+        out = self._listener(self.args.redirect_port, transparent=False)
+        self.relay.selector.register(out, selectors.EVENT_READ, "out")
+        if self.args.listen_ports:
+            incoming = self._listener(self.args.tproxy_port, transparent=True)
+            self.relay.selector.register(incoming, selectors.EVENT_READ, "in")
+            self._register_ports()
+        self.relay.selector.register(self.wake_r, selectors.EVENT_READ, "wake")
+
+    def _listener(self, port: int, *, transparent: bool) -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if transparent:  # nft tproxy hands over only to transparent listeners
+            sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+        sock.bind(("0.0.0.0", port))
+        sock.listen(1024)
+        sock.setblocking(False)
+        self.listeners.append(sock)
+        return sock
+
+    def _register_ports(self) -> None:
+        """Tell the hook which ports the proxy answers for (before any SYN can arrive)."""
+        if self.in_config.policy is Policy.OFF:
+            return
+        settings = self.in_config.settings(active=False, peer=None)
+        try:
+            for port in self.args.listen_ports:
+                client = HookClient(self.in_config.hook_name)
+                client.listen(port, settings)
+                self.registrations.append(client)
+        except HookUnavailableError as exc:
+            if self.in_config.policy is Policy.REQUIRED:
+                raise
+            logger.warning("no ENO hook (%s): incoming connections stay plain", exc)
+            self.registrations.clear()
+
+    # -- loop -----------------------------------------------------------------------------
+
+    def serve(self) -> None:
+        while True:
+            for key, mask in self.relay.selector.select(timeout=1.0):
+                if key.data == "wake":
+                    self._drain_ready()
+                elif key.data in ("out", "in"):
+                    self._accept(key.fileobj, key.data)  # type: ignore[arg-type]
+                else:
+                    self.relay.handle(key, mask)
+
+    def _accept(self, listener: socket.socket, direction: str) -> None:
+        for _ in range(64):
+            try:
+                sock, peer = listener.accept()
+            except BlockingIOError:
+                return
+            except OSError as exc:  # e.g. the client reset before accept
+                logger.info("accept failed: %s", exc)
+                continue
+            record = {"direction": direction, "t_accept": time.time(),
+                      "t0": time.perf_counter()}
+            job = self._open_out if direction == "out" else self._open_in
+            self.pool.submit(self._establish, job, sock, peer, record)
+
+    def _establish(self, job: Any, sock: socket.socket, peer: Addr,
+                   record: dict[str, Any]) -> None:
+        try:
+            result = job(sock, peer, record)
+        except Exception as exc:  # noqa: BLE001 - any failure refuses this connection only
+            logger.exception("establishing failed")
+            record.update(outcome="failed", error=f"{type(exc).__name__}: {exc}")
+            reset(sock)
+            result = None
+        if result is None:
+            self._ended_record(record)
+            return
+        self.ready.put(result)
+        self.wake_w.send(b"x")
+
+    def _drain_ready(self) -> None:
+        with contextlib.suppress(BlockingIOError):  # another wake-up already drained it
+            self.wake_r.recv(4096)
+        while not self.ready.empty():
+            app, stream, record = self.ready.get()
+            pair = Pair.create(app, stream, record)
+            self.relay.add(pair)
+
+    # -- establishing ---------------------------------------------------------------------
+
+    def _open_out(self, app: socket.socket, peer: Addr,
+                  record: dict[str, Any]) -> tuple[socket.socket, Stream, dict[str, Any]] | None:
+        """An application's outgoing connection: a stream to where it wanted to go."""
+        target = original_dst(app)
+        record.update(app_local=_addr(peer), app_remote=_addr(target))
+        if target == app.getsockname():  # connected to the proxy's own port
+            record.update(outcome="failed", error="connection to the proxy itself")
+            reset(app)
+            return None
+        try:
+            stream = connect(target, self.out_config, timeout=self.args.timeout)
+        except (OSError, StreamError) as exc:
+            # Refused, reset, timed out, or required and not encrypted: the application's
+            # connection is refused with a reset, never left hanging.
+            record.update(outcome="failed", error=f"{type(exc).__name__}: {exc}",
+                          fallback_reason=getattr(exc, "reason", None))
+            reset(app)
+            return None
+        self._note(record, stream, stream.sock.getsockname(), stream.sock.getpeername())
+        return app, stream, record
+
+    def _open_in(self, sock: socket.socket, peer: Addr,
+                 record: dict[str, Any]) -> tuple[socket.socket, Stream, dict[str, Any]] | None:
+        """An incoming connection to a listen port: ENO result, TEP, then the application."""
+        local = sock.getsockname()
+        sock.settimeout(self.args.timeout)
+        try:
+            stream = self._wrap(sock, local, peer)
+        except (OSError, StreamError) as exc:
+            record.update(outcome="failed", error=f"{type(exc).__name__}: {exc}",
+                          net_local=_addr(local), net_remote=_addr(peer),
+                          fallback_reason=getattr(exc, "reason", None))
+            reset(sock)
+            return None
+        try:
+            app = socket.create_connection(local, timeout=self.args.timeout)
+        except OSError as exc:  # nothing listens: the peer application sees a reset
+            record.update(outcome="failed", error=f"application: {exc}")
+            stream.abort()
+            return None
+        record.update(app_local=_addr(app.getpeername()), app_remote=_addr(app.getsockname()))
+        self._note(record, stream, local, peer)
+        return app, stream, record
+
+    def _wrap(self, sock: socket.socket, local: Addr, peer: Addr) -> Stream:
+        config = self.in_config
+        info = StreamInfo(policy=config.policy.value)
+        info.phases["tcp_connected"] = time.perf_counter()
+        if not self.registrations:
+            if config.policy is Policy.REQUIRED:
+                raise EncryptionRequiredError("hook_unavailable")
+            info.fallback_reason = ("disabled_by_config" if config.policy is Policy.OFF
+                                    else "hook_unavailable")
+            return Stream(sock, info)
+        result = self._result(local, peer, config.eno_wait)
+
+        def peer_enabled() -> bool:
+            again = self._result(local, peer, 0.0)
+            return bool(again and again.peer_eno_after_fallback)
+
+        return establish(sock, result, config, info, active=False, split_check=peer_enabled)
+
+    def _result(self, local: Addr, remote: Addr, wait: float) -> Result | None:
+        client: HookClient | None = getattr(self._local, "hook", None)
+        try:
+            if client is None:
+                client = self._local.hook = HookClient(self.in_config.hook_name)
+            return client.result(local, remote, wait=wait)
+        except HookUnavailableError:
+            self._local.hook = None
+            return None
+
+    def _note(self, record: dict[str, Any], stream: Stream, local: Addr, remote: Addr) -> None:
+        info = stream.info
+        record.update(
+            net_local=_addr(local), net_remote=_addr(remote),
+            outcome="encrypted" if info.encrypted else "plaintext", tep=info.tep,
+            session_id=info.session_id.hex() if info.session_id else None,
+            fallback_reason=info.fallback_reason, role=info.role, policy=info.policy,
+            established_ms=(time.perf_counter() - record["t0"]) * 1e3,
+        )
+        with self.lock:
+            self.sessions[control.key(local, remote)] = record
+            app_local, app_remote = record["app_local"], record["app_remote"]
+            self.sessions[f"{app_local}>{app_remote}"] = record
+            if len(self.sessions) > 20000:  # keep the newest half of what ended
+                for old in list(self.sessions)[:10000]:
+                    del self.sessions[old]
+
+    # -- ending ---------------------------------------------------------------------------
+
+    def _ended(self, pair: Pair) -> None:
+        self._ended_record(pair.record)
+
+    def _ended_record(self, record: dict[str, Any]) -> None:
+        if self.records is None:
+            return
+        out = {k: v for k, v in record.items() if k != "t0"}
+        self.records.write(json.dumps(out) + "\n")
+        self.records.flush()
+
+    def close(self) -> None:
+        self.relay.shutdown()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        for client in self.registrations:
+            client.close()
+        for sock in self.listeners:
+            sock.close()
+        if self.records is not None:
+            self.records.close()
+
+    # -- session-ID query ------------------------------------------------------------------
+
+    def serve_queries(self, name: str) -> threading.Thread:
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        server.bind("\0" + name)
+        server.listen(16)
+        thread = threading.Thread(target=self._queries, args=(server,), daemon=True)
+        thread.start()
+        return thread
+
+    def _queries(self, server: socket.socket) -> None:
+        while True:
+            conn, _ = server.accept()
+            with conn:
+                conn.settimeout(2.0)
+                try:
+                    line = conn.recv(control.MAX_LINE).split(b"\n", 1)[0]
+                    wanted = control.parse_request(line)
+                    with self.lock:
+                        found = self.sessions.get(wanted)
+                    reply: dict[str, Any] = {"found": found is not None}
+                    if found is not None:
+                        reply.update({k: found.get(k) for k in (
+                            "session_id", "tep", "outcome", "fallback_reason", "role",
+                            "app_local", "app_remote", "net_local", "net_remote")})
+                except (OSError, ValueError, TypeError) as exc:
+                    reply = {"found": False, "error": str(exc)}
+                try:
+                    conn.sendall(json.dumps(reply).encode() + b"\n")
+                except OSError as exc:
+                    logger.info("query client went away: %s", exc)
+
+
+def stream_configs(proto: str, policy: str) -> tuple[StreamConfig, StreamConfig]:
+    """(outgoing, incoming) stream configurations of a protocol arm."""
+    from testbed.apps.transport import get_transport
+
+    if proto == "plain":
+        off = StreamConfig(policy=Policy.OFF)
+        return off, off
+    transport = get_transport(proto, policy)
+    if not getattr(transport, "uses_eno", False):
+        raise ValueError(f"{proto} is not an ENO protocol")
+    try:
+        return transport.config(server=False), transport.config(server=True)
+    except TypeError:  # arms whose configuration does not depend on the side
+        return transport.config(), transport.config()
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m testbed.transparent.proxy")
+    parser.add_argument("--proto", default="tcpcrypt")
+    parser.add_argument("--policy", default="opportunistic",
+                        choices=[p.value for p in Policy])
+    parser.add_argument("--redirect-port", type=int, default=7690)
+    parser.add_argument("--tproxy-port", type=int, default=7691)
+    parser.add_argument("--listen-ports", default="",
+                        help="comma-separated ports whose incoming connections are diverted")
+    parser.add_argument("--gid", type=int, required=True)
+    parser.add_argument("--name", default=control.DEFAULT_NAME)
+    parser.add_argument("--records", type=Path)
+    parser.add_argument("--timeout", type=float, default=10.0)
+    parser.add_argument("--workers", type=int, default=32)
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+    args = parser.parse_args(argv)
+    args.listen_ports = [int(p) for p in args.listen_ports.split(",") if p]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s transparent %(levelname)s %(message)s")
+    # Our sockets carry this group, which the diversion rules leave alone.
+    os.setgroups([])
+    os.setgid(args.gid)
+    out_config, in_config = stream_configs(args.proto, args.policy)
+    proxy = Proxy(args, out_config, in_config)
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise Stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        proxy.listen()
+        proxy.serve_queries(args.name)
+        print("ready", flush=True)
+        proxy.serve()
+    except Stop:
+        pass
+    finally:
+        proxy.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,273 @@
+"""The transparent proxy's data path: one selectors loop relaying connection pairs.
+
+A ``Pair`` joins the application's ordinary TCP socket (the ``app`` side) to the stream the
+proxy opened or accepted over the network (the ``net`` side, testbed/stream.py). After a
+fallback the net side is plain TCP and bytes are copied; with a TEP its sans-IO core
+(testbed/teps/base.py) protects what goes out and authenticates what comes in, and only
+bytes the core delivered reach the application (RFC 8547 §4.6).
+
+What the application sees is what plain TCP would have shown it:
+
+* EOF / half-close: the application's FIN becomes the TEP's authenticated end of stream and
+  then a FIN (``close`` before ``shutdown(SHUT_WR)``); the peer's end of stream becomes a
+  FIN towards the application. Each direction closes on its own, so a half-closed
+  connection keeps carrying the other direction.
+* Resets: a RST (or a send into a reset socket) on either side resets the other one
+  (SO_LINGER 0). A TCP FIN without the TEP's end of stream is a truncation (RFC 8547 §5:
+  an abort must be told apart from EOF), and so is reported to the application as a reset;
+  a TEP integrity failure resets both sides, nothing unauthenticated is delivered.
+* Back-pressure: a side is not read while the other side has more than ``HIGH_WATER``
+  bytes waiting, so a slow reader slows the sender as TCP would.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import selectors
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from testbed.stream import Stream, reset
+from testbed.teps.base import DataReceived, EndOfStream, TepCore, TepError, TruncationError
+
+logger = logging.getLogger("tcpinc.transparent")
+READ_SIZE = 65536
+HIGH_WATER = 256 << 10
+
+
+class PairClosed(Exception):
+    """Internal: the pair ended (``how`` says whether it was reset)."""
+
+
+@dataclass
+class Side:
+    """One socket of a pair with what still has to be written to it."""
+
+    name: str
+    sock: socket.socket
+    out: bytearray = field(default_factory=bytearray)
+    eof_pending: bool = False  # shut the write direction once ``out`` is flushed
+    write_closed: bool = False
+    read_closed: bool = False
+    received: int = 0
+    sent: int = 0
+
+
+@dataclass(eq=False)  # hashed by identity: pairs live in a set
+class Pair:
+    """An application connection and its network stream, relayed both ways."""
+
+    app: Side
+    net: Side
+    stream: Stream
+    core: TepCore | None
+    record: dict[str, Any]
+    split_check: Callable[[], None] | None = None
+    ended: str | None = None  # "closed" | "reset: why"
+    _eos_seen: bool = False
+
+    @classmethod
+    def create(cls, app: socket.socket, stream: Stream, record: dict[str, Any]) -> Pair:
+        driver = stream.tep_driver
+        pair = cls(Side("app", app), Side("net", stream.sock), stream,
+                   driver.core if driver is not None else None, record)
+        if driver is not None:
+            # Plaintext the handshake already delivered (e.g. data in the same segment as
+            # the peer's last handshake message) and an end of stream already seen.
+            pair.app.out += driver.take_buffered()
+            pair._eos_seen = driver.eof
+            pair.app.eof_pending = driver.eof
+        elif stream.has_split_check:
+            pair.split_check = stream.run_split_check
+        for side in (pair.app, pair.net):
+            side.sock.setblocking(False)
+        return pair
+
+    # -- events ---------------------------------------------------------------------------
+
+    def on_readable(self, side: Side) -> None:
+        try:
+            if side is self.net and self.split_check is not None:
+                check, self.split_check = self.split_check, None
+                self.net.sock.setblocking(True)
+                check()  # readable: the peek cannot block
+                self.net.sock.setblocking(False)
+            data = side.sock.recv(READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self.abort(f"{side.name} {_why(exc)}")
+            return
+        except Exception as exc:  # noqa: BLE001 - a stream error (split negotiation) resets
+            self.abort(f"{side.name}: {exc}")
+            return
+        try:
+            if side is self.app:
+                self._from_app(data)
+            else:
+                self._from_net(data)
+        except TepError as exc:
+            self.abort(f"{type(exc).__name__}: {exc}")
+
+    def _from_app(self, data: bytes) -> None:
+        if data:
+            self.app.received += len(data)
+            if self.core is None:
+                self.net.out += data
+            else:
+                self.core.send_data(data)
+                self.net.out += self.core.data_to_send()
+            return
+        self.app.read_closed = True
+        if self.core is not None:
+            self.core.close()  # the TEP's end of stream before TCP's FIN
+            self.net.out += self.core.data_to_send()
+        self.net.eof_pending = True
+
+    def _from_net(self, data: bytes) -> None:
+        if data:
+            self.net.received += len(data)
+            if self.core is None:
+                self.app.out += data
+                return
+            events = self.core.receive_data(data, time.monotonic())
+            self.net.out += self.core.data_to_send()
+            self._absorb(events)
+            return
+        self.net.read_closed = True
+        if self.core is not None:
+            self._absorb(self.core.peer_closed())
+            if not self._eos_seen:
+                raise TruncationError("TCP ended before the TEP's end of stream")
+        self.app.eof_pending = True
+
+    def _absorb(self, events: list[Any]) -> None:
+        for event in events:
+            if isinstance(event, DataReceived):
+                self.app.out += event.data
+            elif isinstance(event, EndOfStream):
+                self._eos_seen = True
+                self.app.eof_pending = True
+
+    def on_writable(self, side: Side) -> None:
+        try:
+            while side.out:
+                sent = side.sock.send(side.out)
+                side.sent += sent
+                del side.out[:sent]
+            if side.eof_pending and not side.write_closed:
+                side.sock.shutdown(socket.SHUT_WR)
+                side.write_closed = True
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self.abort(f"{side.name} {_why(exc)}")
+
+    # -- state ----------------------------------------------------------------------------
+
+    def interest(self, side: Side) -> int:
+        """The selector events ``side`` waits for now (0: none)."""
+        other = self.net if side is self.app else self.app
+        events = 0
+        if not side.read_closed and len(other.out) < HIGH_WATER:
+            events |= selectors.EVENT_READ
+        if side.out or (side.eof_pending and not side.write_closed):
+            events |= selectors.EVENT_WRITE
+        return events
+
+    @property
+    def finished(self) -> bool:
+        if self.ended is not None:
+            return True
+        done = all(s.read_closed and s.write_closed and not s.out for s in (self.app, self.net))
+        if done:
+            self.ended = "closed"
+        return done
+
+    def abort(self, why: str) -> None:
+        """Reset both sides: what a RST or a failed check on one side means for the other."""
+        if self.ended is None:
+            self.ended = f"reset: {why}"
+        for side in (self.app, self.net):
+            if side.sock.fileno() >= 0:
+                reset(side.sock)
+
+    def close(self) -> None:
+        for side in (self.app, self.net):
+            if side.sock.fileno() >= 0:
+                side.sock.close()
+        self.record.update(
+            ended=self.ended, app_bytes_in=self.app.received, app_bytes_out=self.app.sent,
+            net_bytes_in=self.net.received, net_bytes_out=self.net.sent,
+            t_end=time.time(),
+        )
+
+
+def _why(exc: OSError) -> str:
+    names = {errno.ECONNRESET: "reset", errno.EPIPE: "broken pipe", errno.ETIMEDOUT: "timeout"}
+    return names.get(exc.errno or 0, str(exc))
+
+
+class Relay:
+    """The selectors loop over every pair (one thread; the proxy's only data path)."""
+
+    def __init__(self, on_end: Callable[[Pair], None]) -> None:
+        self.selector = selectors.DefaultSelector()
+        self.on_end = on_end
+        self.pairs: set[Pair] = set()
+
+    def add(self, pair: Pair) -> None:
+        self.pairs.add(pair)
+        for side in (pair.app, pair.net):
+            self.selector.register(side.sock, pair.interest(side) or selectors.EVENT_READ,
+                                   (pair, side))
+        self._refresh(pair)
+
+    def handle(self, key: selectors.SelectorKey, mask: int) -> None:
+        pair, side = key.data
+        try:
+            self._handle(pair, side, mask)
+        except Exception as exc:  # noqa: BLE001 - a bug costs this pair (reset), not the proxy
+            logger.exception("relay: pair failed")
+            pair.abort(f"proxy error: {type(exc).__name__}: {exc}")
+        self._refresh(pair)
+
+    def _handle(self, pair: Pair, side: Side, mask: int) -> None:
+        if mask & selectors.EVENT_WRITE:
+            pair.on_writable(side)
+        if mask & selectors.EVENT_READ and pair.ended is None:
+            pair.on_readable(side)
+        if pair.ended is None:
+            other = pair.net if side is pair.app else pair.app
+            pair.on_writable(other)  # flush what this event produced without another wait
+
+    def _refresh(self, pair: Pair) -> None:
+        if pair.finished:
+            self._drop(pair)
+            return
+        for side in (pair.app, pair.net):
+            events = pair.interest(side)
+            registered = side.sock in self.selector.get_map()
+            if events and registered:
+                self.selector.modify(side.sock, events, (pair, side))
+            elif events:
+                self.selector.register(side.sock, events, (pair, side))
+            elif registered:
+                self.selector.unregister(side.sock)
+
+    def _drop(self, pair: Pair) -> None:
+        for side in (pair.app, pair.net):
+            if side.sock.fileno() >= 0 and side.sock in self.selector.get_map():
+                self.selector.unregister(side.sock)
+        self.pairs.discard(pair)
+        pair.close()
+        self.on_end(pair)
+
+    def shutdown(self) -> None:
+        for pair in list(self.pairs):
+            pair.abort("proxy stopped")
+            self._drop(pair)
