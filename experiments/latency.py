@@ -1,9 +1,11 @@
 """latency: time to first response byte vs RTT, for every protocol available.
 
 Each point is one protocol at one RTT on the ``direct`` topology: a fresh
-network, one warm-up connection (it fetches the TFO cookie where TFO is used;
-it is recorded with ``warmup: true`` and left out of the statistics), then
-``repeat`` sequential connections, each a 12-byte request and a 1 KiB response,
+network, one client and one server process, a warm-up connection (it fetches
+the TFO cookie where TFO is used, seeds resumption tickets and takes the
+processes' first-use costs; it is recorded with ``warmup: true`` and left out of
+the statistics), then ``repeat`` sequential connections, each a 12-byte request
+and a 1 KiB response,
 captured on the client's and on the server's interface. Each connection's
 time to first byte is split from the two captures (testbed/net/timesplit.py) into
 the time its flights spent on the path (``network_ms`` = ``protocol_latency_ms``,

@@ -49,8 +49,16 @@ class TepDriver:
         self.eof = False  # the peer's authenticated end of stream arrived
         self.handshake: HandshakeComplete | None = None
         self.early_received = False  # the core delivered 0-RTT data (DataReceived.early)
+        self.started = False
         self._plain = bytearray()
         self._keys_logged: set[tuple[str, int]] = set()  # (direction, generation)
+
+    def start(self) -> None:
+        """Start the core (its first flight is then ready to send) without touching the
+        socket: a client may do this while its TCP handshake is still under way."""
+        if not self.started:
+            self.started = True
+            self.core.start(self.clock())
 
     def _flush(self) -> None:
         out = self.core.data_to_send()
@@ -101,7 +109,7 @@ class TepDriver:
         deadline = time.monotonic() + timeout
         saved = self.sock.gettimeout()
         try:
-            self.core.start(self.clock())
+            self.start()
             self._flush()
             while not self.core.handshake_complete:
                 if stop_at_early_data and self.early_received:

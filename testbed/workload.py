@@ -18,16 +18,18 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from subprocess import Popen
 from typing import Any
 
 from testbed import keylog
 from testbed.apps.transport import get_transport
-from testbed.eno.rules import HookSpec, start_hook, stop_hook
+from testbed.eno.rules import HookSpec, finish_hook, launch_hook, stop_hook
 from testbed.errors import ProcessDiedError
-from testbed.net.capture import Capture, CaptureStats
-from testbed.net.network import Network
+from testbed.net.capture import Capture, Captures, CaptureStats
+from testbed.net.network import Network, wait_for_line
 
 SERVER_PORT = 5000
 
@@ -66,13 +68,28 @@ def run_workload(
     # Protocols with session IDs but no ENO (ordinary TLS) also report the server's view.
     peer_view = eno or bool(getattr(transport, "session_ids", False))
     nodes = (client, server) if eno and eno_hooks else ()
-    hooks = [(node, start_hook(net, node, HookSpec())) for node in nodes]
+    spec = HookSpec()
+    hooks: list[tuple[str, Popen[str]]] = []
+    installed: set[str] = set()  # hooks whose rules are in place
+
+    def ready_hooks() -> None:
+        for node, proc in hooks:
+            finish_hook(net, node, proc, spec)
+            installed.add(node)
+
     stats: dict[str, CaptureStats] = {}
     try:
-        records, server_view = _run(net, work, client, server, port, pcap, peer_view, stats)
+        # Launched first, waited for beside the server (_run): their start-up overlaps.
+        for node in nodes:
+            hooks.append((node, launch_hook(net, node, spec)))
+        records, server_view = _run(net, work, client, server, port, pcap, peer_view, stats,
+                                    ready_hooks)
     finally:
         for node, proc in hooks:
-            stop_hook(net, node, proc)
+            if node in installed:
+                stop_hook(net, node, proc)
+            else:  # no rules to remove: the run failed before they were installed
+                net.stop_helper(proc)
     for record in records:
         record["pcap"] = str(pcap) if pcap else None
         record["pcap_server"] = str(server_pcap(pcap)) if pcap else None
@@ -91,7 +108,7 @@ def server_pcap(pcap: Path) -> Path:
 
 def _run(
     net: Network, work: Workload, client: str, server: str, port: int, pcap: Path | None,
-    peer_view: bool, stats: dict[str, CaptureStats],
+    peer_view: bool, stats: dict[str, CaptureStats], ready_hooks: Callable[[], None],
 ) -> tuple[list[dict[str, Any]], dict[int, list[dict[str, Any]]]]:
     argv = [sys.executable, "-m", "testbed.apps.server", "--port", str(port),
             "--proto", work.proto, "--request-size", str(work.request_size)]
@@ -102,12 +119,15 @@ def _run(
     if peer_view:
         argv += ["--records", str(server_records)]
     env = _keylog_env(pcap) if work.keylog and pcap is not None else None
-    server_proc = net.start_helper(server, f"server:{work.proto}", argv, ready="ready")
+    server_proc = net.start_helper(server, f"server:{work.proto}", argv)
     try:
+        ready_hooks()
+        wait_for_line(server_proc, "ready", 10.0, f"server:{work.proto} in {server}")
         if pcap is not None:
             # Server side first: its capture is listening before the client's first SYN.
-            with Capture(net.nodes[server], net.intf(server), server_pcap(pcap)) as cap_s, \
-                    Capture(net.nodes[client], net.intf(client), pcap) as cap_c:
+            cap_s = Capture(net.nodes[server], net.intf(server), server_pcap(pcap))
+            cap_c = Capture(net.nodes[client], net.intf(client), pcap)
+            with Captures(cap_s, cap_c):
                 records = _run_client(net, work, client, server, port, env)
             for end, cap in (("client", cap_c), ("server", cap_s)):
                 if cap.stats is not None:

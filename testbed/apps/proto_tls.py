@@ -39,12 +39,15 @@ application, and after ENO chose TLS nothing is ever sent in clear.
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
+import select
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -308,20 +311,36 @@ class TlsPlainTransport:
     def connect(self, addr: Addr, timeout: float, first: bytes) -> tuple[TlsConn, int]:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.settimeout(timeout)
         info = _plain_info()
+        options = self.arm.client_options(addr, first)
+        made: list[TepDriver] = []
+
+        def prepare() -> None:
+            # The TLS client and its ClientHello do not depend on the TCP connection: they
+            # are made while the SYN is on its way, not after the SYN-ACK.
+            made.append(prepare_tls(sock, Role.A, options))
+            made[0].start()
+
         try:
             if self.arm.tfo:
                 # connect() returns at once; the ClientHello written by the handshake below
                 # leaves with the SYN when a cookie is cached (RFC 7413 §3).
+                prepare()
                 sock.setsockopt(socket.IPPROTO_TCP, TCP_FASTOPEN_CONNECT, 1)
-            sock.connect(addr)
+                sock.settimeout(timeout)
+                sock.connect(addr)
+            else:
+                connect_overlapped(sock, addr, timeout, prepare)
+        except TepError as exc:
+            sock.close()
+            raise eno_stream.TepFailure(f"{TEP_NAME} (no ENO) client setup failed: {exc}") \
+                from exc
         except BaseException:
             sock.close()
             raise
         info.phases["tcp_connected"] = time.perf_counter()
-        options = self.arm.client_options(addr, first)
-        stream = run_tls(sock, Role.A, options, info, timeout, early_handoff=False)
+        stream = run_tls(sock, Role.A, options, info, timeout, early_handoff=False,
+                         driver=made[0])
         sent = len(first) if self.arm.early_data else 0
         return TlsConn(stream, self.arm, client=True), sent
 
@@ -344,14 +363,40 @@ def _plain_info() -> eno_stream.StreamInfo:
                                  tep_label=NOENO_LABEL)
 
 
+def prepare_tls(sock: socket.socket, role: Role, options: dict[str, Any]) -> TepDriver:
+    """The TLS core (no ENO: empty transcript) and its driver for ``sock``."""
+    return TepDriver(sock, tls.make_core(TepContext(role=role, options=options,
+                                                    transcript=b"")))
+
+
+def connect_overlapped(sock: socket.socket, addr: Addr, timeout: float,
+                       meanwhile: Callable[[], None]) -> None:
+    """connect() that runs ``meanwhile`` while the SYN is on its way; one blocking wait for
+    the handshake's end, no polling. Leaves ``sock`` blocking with ``timeout``."""
+    sock.setblocking(False)
+    err = sock.connect_ex(addr)
+    if err not in (0, errno.EINPROGRESS):
+        raise OSError(err, f"connect to {addr[0]}:{addr[1]}: {os.strerror(err)}")
+    meanwhile()
+    if err == errno.EINPROGRESS:
+        poller = select.poll()  # not select(): descriptors above 1023 are fine
+        poller.register(sock, select.POLLOUT)
+        if not poller.poll(timeout * 1e3):
+            raise TimeoutError(f"connect to {addr[0]}:{addr[1]} timed out after {timeout} s")
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            raise OSError(err, f"connect to {addr[0]}:{addr[1]}: {os.strerror(err)}")
+    sock.settimeout(timeout)
+
+
 def run_tls(
     sock: socket.socket, role: Role, options: dict[str, Any], info: eno_stream.StreamInfo,
-    timeout: float, *, early_handoff: bool,
+    timeout: float, *, early_handoff: bool, driver: TepDriver | None = None,
 ) -> eno_stream.Stream:
-    """TLS handshake on a connected socket without ENO; on failure reset and raise."""
+    """TLS handshake on a connected socket without ENO (with ``driver``, the one
+    ``prepare_tls`` made); on failure reset and raise."""
     try:
-        driver = TepDriver(sock, tls.make_core(TepContext(role=role, options=options,
-                                                          transcript=b"")))
+        driver = driver or prepare_tls(sock, role, options)
         run = driver.run_until_data if early_handoff else driver.run_handshake
         done = run(timeout)
     except (TepError, OSError) as exc:

@@ -31,7 +31,7 @@ from pathlib import Path
 from subprocess import Popen
 
 from testbed.eno.control import DEFAULT_NAME
-from testbed.net.network import Network
+from testbed.net.network import Network, wait_for_line
 
 TABLE = "mangle"
 CHAINS = {"OUTPUT": "TCPINC_ENO_OUT", "PREROUTING": "TCPINC_ENO_IN"}
@@ -158,12 +158,28 @@ def start_hook(
     a hook that dies fails the run (``Network.check``); False only for tests that kill it.
     """
     spec = spec or HookSpec()
+    proc = launch_hook(net, node, spec, stats_out, log_path, essential)
+    finish_hook(net, node, proc, spec)
+    return proc
+
+
+def launch_hook(
+    net: Network, node: str, spec: HookSpec, stats_out: Path | None = None,
+    log_path: Path | None = None, essential: bool = True,
+) -> Popen[str]:
+    """Start the hook process without waiting for it (``finish_hook`` does): several hooks
+    and the server then import Python at the same time instead of one after the other."""
     log_path = log_path or net.workdir / f"eno-hook-{node}.log"
     with open(log_path, "a") as log:  # the child keeps its own descriptor
-        proc = net.start_helper(node, f"eno-hook:{node}", hook_argv(spec, stats_out),
-                                ready="ready", essential=essential, stderr=log)
+        return net.start_helper(node, f"eno-hook:{node}", hook_argv(spec, stats_out),
+                                essential=essential, stderr=log)
+
+
+def finish_hook(net: Network, node: str, proc: Popen[str], spec: HookSpec,
+                timeout: float = 10.0) -> None:
+    """Wait for a launched hook's ``ready`` line, then install its rules."""
+    wait_for_line(proc, "ready", timeout, f"eno-hook:{node} in {node}")
     install_rules(net, node, spec)
-    return proc
 
 
 def stop_hook(net: Network, node: str, proc: Popen[str]) -> None:

@@ -173,6 +173,12 @@ class Capture:
 
     def start(self) -> None:
         """Start tcpdump and return once it is listening; CaptureError otherwise."""
+        self.launch()
+        self.await_listening()
+
+    def launch(self) -> None:
+        """Start tcpdump without waiting (``await_listening`` does): several captures then
+        start at once (``Captures``)."""
         if self._proc is not None:
             raise CaptureError(f"capture already started: {self.command_line}")
         name = getattr(self.host, "name", type(self.host).__name__)
@@ -189,6 +195,13 @@ class Capture:
         self._reader = threading.Thread(target=self._drain, args=(proc.stderr,),
                                         name=f"tcpdump-stderr-{proc.pid}", daemon=True)
         self._reader.start()
+
+    def await_listening(self) -> None:
+        """Return once the launched tcpdump is listening; CaptureError (and the process
+        ended) otherwise."""
+        proc = self._proc
+        if proc is None:
+            raise CaptureError(f"capture was never launched: {self.command_line}")
         deadline = time.monotonic() + self.start_timeout
         try:
             while not self._listening.wait(0.02):
@@ -204,14 +217,15 @@ class Capture:
                 f"did not report listening within {self.start_timeout} s")
             raise CaptureError(f"tcpdump {why}: {self.command_line}\nstderr: {self.stderr}")
 
-    def stop(self) -> CaptureStats:
-        """Stop tcpdump and return its counters; CaptureError if it died or gave none."""
+    def stop(self, *, settled: bool = False) -> CaptureStats:
+        """Stop tcpdump and return its counters; CaptureError if it died or gave none.
+        ``settled``: the caller already waited ``settle`` seconds (``Captures``)."""
         if self._proc is None:
             raise CaptureError(f"capture was never started: {self.command_line}")
         if self.stats is not None:
             return self.stats
         early_rc = self._proc.poll()
-        if early_rc is None:
+        if early_rc is None and not settled:
             time.sleep(self.settle)  # packets still on their way through the stack
         rc = self._end_process()
         if early_rc is not None:
@@ -279,3 +293,51 @@ class Capture:
         if self._reader is not None:
             self._reader.join(self.stop_timeout)
         return rc
+
+
+class Captures:
+    """Several captures as one context manager: started together (each tcpdump is launched,
+    then each is awaited) and stopped together after one ``settle`` wait, so the set costs
+    about what one capture does. Stopping stops every capture, also when one fails; the first
+    failure is raised (or attached as a note to the body's exception)."""
+
+    def __init__(self, *captures: Capture) -> None:
+        self.captures = captures
+
+    def __enter__(self) -> Captures:
+        launched: list[Capture] = []
+        try:
+            for cap in self.captures:
+                cap.launch()
+                launched.append(cap)
+            for cap in self.captures:
+                cap.await_listening()
+        except BaseException as err:
+            self._stop(launched, err)
+            raise
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stop(list(self.captures), exc)
+
+    def _stop(self, captures: list[Capture], primary: BaseException | None) -> None:
+        running = [c for c in captures if c.running]
+        if running:
+            time.sleep(max(c.settle for c in running))
+        failure: CaptureError | None = None
+        for cap in captures:
+            if cap._proc is None or cap.stats is not None:
+                continue
+            try:
+                cap.stop(settled=True)
+            except CaptureError as err:
+                failure = failure or err
+        if failure is None:
+            return
+        if primary is None:
+            raise failure
+        log.error("stopping captures after %s failed too: %s", type(primary), failure)
+        primary.add_note(f"capture stop also failed: {failure}")

@@ -337,13 +337,17 @@ class Network:
                                 self.link_ip(first.name, peer)])
 
     def _apply_shaping(self) -> None:
+        started: list[tuple[str, subprocess.Popen[str]]] = []
         for link in self.topology.links:
             if link.spec.is_identity:
                 continue
             if self.backend == "netem":
                 self._apply_netem(link)
             else:
-                self._start_delay_line(link)
+                started.append((link.name, self._start_delay_line(link)))
+        # All delay lines start (import Python) at once; each must be ready before traffic.
+        for name, proc in started:
+            wait_for_line(proc, "ready", 10.0, f"delayline:{name} in {self._shaper_of[name]}")
 
     def _apply_netem(self, link: LinkDesc) -> None:
         for node, shape in ((link.a, link.spec.a2b), (link.b, link.spec.b2a)):
@@ -353,7 +357,7 @@ class Network:
             if "netem" not in shown:
                 raise KernelFeatureError(f"netem not active on {intf}: {shown.strip()}")
 
-    def _start_delay_line(self, link: LinkDesc) -> None:
+    def _start_delay_line(self, link: LinkDesc) -> subprocess.Popen[str]:
         shaper = self._shaper_of[link.name]
         if_a, if_b = (i.name for i in self.interfaces[shaper])
         stats = self.workdir / f"delayline-{link.name}.json"
@@ -367,7 +371,7 @@ class Network:
                 "--b2a", json.dumps(link.spec.b2a.delayline_json()),
                 "--seed", str(self.config.seed), "--stats", str(stats),
             ]
-        self.start_helper(shaper, f"delayline:{link.name}", argv, ready="ready")
+        return self.start_helper(shaper, f"delayline:{link.name}", argv)
 
     def _kill_leftovers(self) -> None:
         """Kill processes started with ``popen`` that still run (nobody waits for them now)."""

@@ -17,6 +17,7 @@ import pytest
 from testbed.net.capture import (
     Capture,
     CaptureError,
+    Captures,
     CaptureStats,
     parse_stats,
     tcpdump_command,
@@ -173,3 +174,29 @@ def test_stop_before_start_and_double_start(tmp_path: Path) -> None:
         cap.stop()
     with cap, pytest.raises(CaptureError, match="already started"):
         cap.start()
+
+
+def test_captures_start_and_stop_together(tmp_path: Path) -> None:
+    hosts = [FakeTcpdumpHost("normal"), FakeTcpdumpHost("normal")]
+    caps = [Capture(h, f"fake{i}", tmp_path / f"{i}.pcap", settle=0)
+            for i, h in enumerate(hosts)]
+    with Captures(*caps):
+        assert all(c.running for c in caps)
+    assert [c.stats for c in caps] == [CaptureStats(3, 5, 2)] * 2
+    assert not any(c.running for c in caps)
+
+
+def test_captures_stop_all_when_one_fails(tmp_path: Path) -> None:
+    good = Capture(FakeTcpdumpHost("normal"), "fake0", tmp_path / "a.pcap", settle=0)
+    bad = Capture(FakeTcpdumpHost("fail"), "fake1", tmp_path / "b.pcap", settle=0)
+    with pytest.raises(CaptureError, match="exited with code 1"), Captures(good, bad):
+        pass
+    assert not good.running and not bad.running
+    assert good.stats == CaptureStats(3, 5, 2)
+    stuck = Capture(FakeTcpdumpHost("ignore"), "fake2", tmp_path / "c.pcap", settle=0,
+                    stop_timeout=0.2)
+    other = Capture(FakeTcpdumpHost("normal"), "fake3", tmp_path / "d.pcap", settle=0)
+    with pytest.raises(RuntimeError, match="boom") as err, Captures(stuck, other):
+        raise RuntimeError("boom")
+    assert other.stats is not None and not stuck.running
+    assert any("capture stop also failed" in note for note in err.value.__notes__)
