@@ -46,6 +46,7 @@ MYPY_FILES += testbed/transparent/__init__.py testbed/transparent/control.py \
     testbed/transparent/host.py testbed/transparent/proxy.py testbed/transparent/relay.py \
     testbed/transparent/rules.py
 MYPY_FILES += testbed/keylog.py testbed/ladder.py testbed/ladder_draw.py experiments/ladders.py
+MYPY_FILES += testbed/net/timesplit.py experiments/timing.py
 
 .PHONY: setup apt venv helper demo test test-unit lint clean-net
 
