@@ -121,6 +121,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from testbed import bench_wakeup
 
         bench_wakeup.main(args)
+    elif args.target == "endpoints":
+        from testbed import bench_endpoints
+
+        bench_endpoints.main(args)
     else:
         from testbed.net import bench
 
@@ -233,7 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_analyse)
 
     p = sub.add_parser("bench", help="benchmarks that print measured figures")
-    p.add_argument("target", choices=["emulator", "eno-hook", "handshake", "throughput", "wakeup"])
+    p.add_argument("target", choices=["emulator", "endpoints", "eno-hook", "handshake",
+                                      "throughput", "wakeup"])
     p.add_argument("--out", default="results/bench")
     p.add_argument("--quick", action="store_true", help="fewer probes (for tests)")
     p.add_argument("--link-backend", default="auto", choices=BACKENDS)

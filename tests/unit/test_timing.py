@@ -92,3 +92,21 @@ def test_split_and_host_tables() -> None:
     assert host["n"] == 2 and host["host_median_ms"] == pytest.approx(2.9)
     assert host["host_p95_ms"] == pytest.approx(2.0 + 0.95 * 1.8)
     assert timing.split_errors(_records()) == {"client capture dropped 1 packets": 1}
+
+
+def test_bench_endpoints_flights_and_table() -> None:
+    from testbed.bench_endpoints import flight_labels, format_rows, hop_medians
+
+    chain = [["c2s", 0.0, 5.0], ["s2c", 0.1, 5.0], ["c2s", 1.0, 5.0], ["s2c", 0.5, 5.0]]
+    assert flight_labels(chain) == ["C1", "S1", "C2", "S2"]
+    slower = [["c2s", 0.0, 5.0], ["s2c", 0.3, 5.0], ["c2s", 2.0, 5.0], ["s2c", 0.7, 5.0]]
+    # A chain of another shape (a fallback, a retransmitted flight) is left out.
+    odd = [["c2s", 0.0, 5.0], ["s2c", 9.0, 5.0]]
+    records = [{"split_hops": chain}, {"split_hops": slower}, {"split_hops": chain},
+               {"split_hops": odd}, {"split_hops": None}]
+    assert hop_medians(records) == {"C1": 0.0, "S1": 0.1, "C2": 1.0, "S2": 0.5}
+    assert hop_medians([{"split_hops": None}]) == {}
+    row = {"arm": "plain", "n": 3, "client_host_ms": 0.6, "server_host_ms": 0.8,
+           "cpu_client_ms": None, "cpu_server_ms": None, "flights": hop_medians(records)}
+    assert format_rows([row]).splitlines()[-1] == (
+        "plain              3   0.600   0.800      -      -  S1 0.100 C2 1.000 S2 0.500")
