@@ -28,7 +28,9 @@ from typing import Any
 
 from testbed.errors import ConfigError
 from testbed.net import delayhelper
+from testbed.net.network import check_prerequisites
 from testbed.net.shaping import choose_backend
+from testbed.userinput import check_name, check_writable_dir, read_run_metadata
 
 EXPERIMENTS = {
     "latency": "experiments.latency",
@@ -214,6 +216,12 @@ def run_cli(args: argparse.Namespace) -> None:
     if args.repeat is not None and args.repeat < 1:
         raise ConfigError(f"--repeat must be >= 1, got {args.repeat}")
     shard = parse_shard(args.shard)
+    # Everything the user gave is checked before the first directory is made.
+    if args.run_id is not None:
+        check_name(args.run_id, "--run-id")
+    check_protocols(names, args.profile, args.protocols)
+    check_writable_dir(Path(args.out), "--out")
+    check_prerequisites()
     backend = choose_backend(args.link_backend)
     run_id = args.run_id or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + f"-{args.profile}"
     if shard and not args.run_id:
@@ -230,16 +238,35 @@ def run_cli(args: argparse.Namespace) -> None:
         print(json.dumps({"report": str(write_report(Path(args.out)))}))
 
 
+def check_protocols(names: list[str], profile: str, protocols: str | None) -> None:
+    """Every arm named in --protocols is one the chosen experiments' profile runs."""
+    if not protocols:
+        return
+    known: set[str] = set()
+    for name in names:
+        module = importlib.import_module(EXPERIMENTS[name])
+        known |= {p["proto"] for p in module.points(profile) if "proto" in p}
+    unknown = sorted(set(protocols.split(",")) - known)
+    if unknown:
+        raise ConfigError(f"--protocols: {', '.join(unknown)} not run by "
+                          f"{'/'.join(names)} --{profile}",
+                          f"choose from {', '.join(sorted(known))}")
+
+
 def merge(run_dirs: list[Path], out: Path) -> dict[str, Any]:
     """Combine shard run directories of one experiment into ``out`` and analyse it."""
-    metas = [json.loads((d / "metadata.json").read_text()) for d in run_dirs]
+    metas = [read_run_metadata(d, "merge") for d in run_dirs]
     names = {m["experiment"] for m in metas}
     profiles = {m["arguments"].get("profile") for m in metas}
     if len(names) != 1 or len(profiles) != 1:
         raise ConfigError(f"cannot merge runs of {sorted(names)} / profiles {sorted(profiles)}",
                           "merge shards of one experiment and profile")
+    if names - set(EXPERIMENTS):
+        raise ConfigError(f"merge: unknown experiment(s) {sorted(names - set(EXPERIMENTS))}",
+                          f"merge runs of {', '.join(EXPERIMENTS)}")
     if out.exists():
         raise ConfigError(f"{out} exists", "merge into a new directory")
+    check_writable_dir(out, "--out")
     out.mkdir(parents=True)
     seen: set[str] = set()
     with (out / "records.jsonl").open("w") as records, (out / "points.jsonl").open("w") as marks:
@@ -261,7 +288,10 @@ def merge(run_dirs: list[Path], out: Path) -> dict[str, Any]:
 
 def analyse_cli(run_dir: Path) -> dict[str, Any]:
     """Re-run the analysis of a finished run directory (reads nothing else)."""
-    meta = json.loads((run_dir / "metadata.json").read_text())
+    meta = read_run_metadata(run_dir, "analyse")
+    if meta["experiment"] not in EXPERIMENTS:
+        raise ConfigError(f"analyse {run_dir}: unknown experiment {meta['experiment']!r}",
+                          f"analyse runs of {', '.join(EXPERIMENTS)}")
     module = importlib.import_module(EXPERIMENTS[meta["experiment"]])
     result: dict[str, Any] = module.analyse(run_dir)
     return result

@@ -21,12 +21,33 @@ if TYPE_CHECKING:
     from testbed.net.network import Network
 
 
+# What a parameter may be: numbers (low, high) inclusive, a tuple of allowed words, or a
+# function that raises ConfigError. Every parameter a box declares has one (a test walks the
+# registry), so a value outside what the model can mean is refused before anything is built.
+Check = tuple[float, float] | tuple[str, ...] | Callable[[Any], object]
+
+PARAM_RANGES: dict[str, Check] = {
+    "port": (0, 65535),  # 0 = every port, where the box allows it (see Middlebox.ranges)
+    "listen": (1, 65535),
+    "seed": (0, 2**63 - 1),
+    "kind": (2, 255),  # a TCP option kind other than EOL and NOP (RFC 9293 §3.1)
+    "offset": (0, 2**32 - 1),  # a sequence-number offset (32-bit space)
+    "rate": (0.0, 1.0),  # a probability
+    "direction": ("both", "c2s", "s2c"),
+    "split": (0, 65535),  # 0 = no splitting, coalescing only (middleboxes/resegment.py)
+    "hold_ms": (0.0, 10_000.0),
+    "mtu": (68, 65535),  # RFC 791: every host handles 68-byte datagrams
+    "coalesce": (0, 1),
+}
+
+
 class Middlebox(abc.ABC):
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     evidence: ClassVar[str] = ""  # which real boxes do this, and the source
     mechanism: ClassVar[str] = ""  # how the model is built (kernel rules, NFQUEUE, proxy)
     defaults: ClassVar[dict[str, Any]] = {}
+    ranges: ClassVar[dict[str, Check]] = {}  # per-box overrides of PARAM_RANGES
 
     def __init__(self, **params: Any) -> None:
         unknown = set(params) - set(self.defaults)
@@ -38,8 +59,13 @@ class Middlebox(abc.ABC):
         self.params = {**self.defaults}
         for key, value in params.items():
             self.params[key] = _coerce(self.name, key, value, self.defaults[key])
+            check_param(self.name, key, self.params[key], self.param_range(key))
         self.net: Network | None = None
         self.node = ""
+
+    @classmethod
+    def param_range(cls, key: str) -> Check | None:
+        return cls.ranges.get(key, PARAM_RANGES.get(key))
 
     def install(self, net: Network, node: str) -> None:
         self.net, self.node = net, node
@@ -63,6 +89,24 @@ class Middlebox(abc.ABC):
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "params": self.params, "description": self.description,
                 "evidence": self.evidence, "mechanism": self.mechanism}
+
+
+def check_param(box: str, key: str, value: Any, check: Check | None) -> None:
+    """Raise ConfigError when ``value`` is outside what ``check`` allows."""
+    if check is None:
+        raise ConfigError(f"middlebox {box}: parameter {key} has no declared range")
+    if callable(check):
+        check(value)
+        return
+    low, high = check[0], check[-1]
+    if isinstance(low, str):
+        if value not in check:
+            raise ConfigError(f"middlebox {box}: {key}={value!r} is not one of {check}",
+                              f"use {key}={'|'.join(str(c) for c in check)}")
+        return
+    if not low <= value <= high:
+        raise ConfigError(f"middlebox {box}: {key}={value!r} is out of range",
+                          f"use {low} <= {key} <= {high}")
 
 
 def _coerce(box: str, key: str, value: Any, default: Any) -> Any:

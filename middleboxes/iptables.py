@@ -25,7 +25,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from middleboxes.base import Middlebox, register, register_alias
+from middleboxes.base import Check, Middlebox, register, register_alias
 from testbed.errors import ConfigError
 
 HOOKS = {"filter": "FORWARD", "mangle": "FORWARD", "nat": "PREROUTING"}
@@ -58,7 +58,11 @@ def chain_name(box: str, sub: str = "") -> str:
 
 
 def parse_kinds(text: str) -> list[int]:
-    kinds = sorted({int(k) for k in str(text).replace(" ", "").split(",") if k})
+    try:
+        kinds = sorted({int(k) for k in str(text).replace(" ", "").split(",") if k})
+    except ValueError:
+        raise ConfigError(f"option kinds must be a comma list of integers, got {text!r}",
+                          "e.g. known=2,3,4,5,8") from None
     if any(not 0 <= k <= 255 for k in kinds):
         raise ConfigError(f"option kinds must be 0..255, got {text!r}")
     return kinds
@@ -245,6 +249,7 @@ class StripUnknownOptions(IptablesBox):
                 "options from SYNs and data ('option removed'); tracebox (1.2) localises "
                 "such option deletions per hop. TCPOPTSTRIP on this kernel (5, 4.4).")
     defaults: ClassVar[dict[str, Any]] = {"known": KNOWN_DEFAULT}
+    ranges: ClassVar[dict[str, Check]] = {"known": parse_kinds}
     mechanism = "kernel: TCPOPTSTRIP of every unknown kind, one counting dispatch per kind"
 
     def rules(self) -> list[Rule]:
@@ -269,6 +274,7 @@ class SynUnknownOption(IptablesBox):
     """SYNs go to a sub-chain holding one rule per unknown kind with ``verdict``."""
 
     defaults: ClassVar[dict[str, Any]] = {"known": KNOWN_DEFAULT}
+    ranges: ClassVar[dict[str, Check]] = {"known": parse_kinds}
     verdict: ClassVar[tuple[str, ...]] = ()
 
     def rules(self) -> list[Rule]:

@@ -17,12 +17,13 @@ import json
 from pathlib import Path
 from typing import Any, ClassVar
 
-from middleboxes.base import register
+from middleboxes.base import Check, register
 from middleboxes.helper import HelperBox, python_module
 from middleboxes.iptables import Rule
 from middleboxes.pktmodel import PACKET_MODELS, IsnRewrite, Tamper, create_model
 from middleboxes.resegment import Resegment
 from middleboxes.tlsboxes import Dpi443, Tls12Strict
+from testbed.errors import ConfigError
 
 # Queue numbers are per network namespace; distinct numbers per process keep two boxes
 # on one node apart.
@@ -78,6 +79,12 @@ class ResegmentBox(NfqBox):
                 "split/coalesce, one HotMiddlebox'13 corner case)")
     mechanism = "NFQUEUE (all TCP) + raw bytes; pieces injected by raw socket, no bypass"
 
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        if not self.params["split"] and not self.params["coalesce"]:
+            raise ConfigError("middlebox resegment: split=0 with coalesce off changes nothing",
+                              "give split=N (bytes) or coalesce=true")
+
 
 def port_matches(port: object) -> list[tuple[str, ...]]:
     """Both directions of one TCP port."""
@@ -104,6 +111,8 @@ class TamperBox(NfqBox):
 
 class PortBox(NfqBox):
     """Queues both directions of one port only; everything else stays in the kernel."""
+
+    ranges: ClassVar[dict[str, Check]] = {"port": (1, 65535)}  # one real port, not "any"
 
     def matches(self) -> list[tuple[str, ...]]:
         return port_matches(self.params["port"])

@@ -16,7 +16,7 @@ from types import FrameType
 from typing import Any
 
 from testbed import log
-from testbed.errors import TestbedError
+from testbed.errors import ConfigError, TestbedError
 from testbed.net.delayhelper import HELPERS
 from testbed.net.shaping import BACKENDS, parse_loss, parse_rate_bps, parse_time_ms
 
@@ -33,12 +33,23 @@ def _path_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=1)
 
 
+MAX_RTT_MS = 10_000.0  # 10 s: far beyond any real path (a geostationary hop is ~0.6 s)
+
+
+def _bounded_ms(flag: str, text: str) -> float:
+    value = parse_time_ms(text)
+    if value > MAX_RTT_MS:
+        raise ConfigError(f"{flag} {text} is longer than {MAX_RTT_MS / 1000:g} s",
+                          f"give {flag} up to {MAX_RTT_MS:g}ms")
+    return value
+
+
 def _path_shape(args: argparse.Namespace) -> Any:
     from topologies import PathShape
 
     return PathShape(
-        rtt_ms=parse_time_ms(args.rtt),
-        jitter_ms=parse_time_ms(args.jitter),
+        rtt_ms=_bounded_ms("--rtt", args.rtt),
+        jitter_ms=_bounded_ms("--jitter", args.jitter),
         loss=parse_loss(args.loss),
         rate_bps=parse_rate_bps(args.rate) if args.rate else None,
         queue_packets=args.queue,
@@ -59,8 +70,16 @@ def cmd_probe(args: argparse.Namespace) -> int:
         pcap_dir=Path(args.pcap_dir) if args.pcap_dir else None, policy=args.policy,
         keylog=args.keylog,
     )
-    for record in probe(cfg):
+    records = probe(cfg)
+    for record in records:
         print(json.dumps(record), flush=True)
+    died = next((r["helper_failure"] for r in records if r.get("helper_failure")), None)
+    if died:
+        # The records above are kept; the run still failed.
+        complete = sum(bool(r.get("bytes_ok")) for r in records)
+        print(f"tcpinc: error: {died} ({complete} of {len(records)} connection records "
+              f"above completed)", file=sys.stderr)
+        return 1
     return 0
 
 

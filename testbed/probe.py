@@ -10,8 +10,11 @@ import middleboxes
 import topologies
 from testbed.errors import ConfigError
 from testbed.net.network import NetConfig, Network
+from testbed.userinput import check_writable_dir
 from testbed.workload import Workload, run_workload
 from topologies import PathShape
+
+MAX_RESPONSE_SIZE = 1 << 30  # bytes; the client checks every byte it receives
 
 # The keys every probe record starts with, stable for every protocol.
 PROBE_KEYS = (
@@ -54,6 +57,11 @@ def probe(cfg: ProbeConfig) -> list[dict[str, Any]]:
     if cfg.keylog and cfg.pcap_dir is None:
         raise ConfigError("--keylog writes the key logs next to the capture",
                           "add --pcap-dir DIR")
+    if not 1 <= cfg.response_size <= MAX_RESPONSE_SIZE:
+        raise ConfigError(f"--response-size {cfg.response_size} is out of range",
+                          f"give 1 to {MAX_RESPONSE_SIZE} bytes")
+    if cfg.pcap_dir is not None:
+        check_writable_dir(cfg.pcap_dir, "--pcap-dir")
     box = middleboxes.create(cfg.middlebox) if cfg.middlebox else None
     topo = build_topology(cfg)
     work = Workload(proto=cfg.proto, connections=cfg.repeat, response_size=cfg.response_size,

@@ -85,11 +85,9 @@ def run_workload(
         records, server_view = _run(net, work, client, server, port, pcap, peer_view, stats,
                                     ready_hooks)
     finally:
-        for node, proc in hooks:
-            if node in installed:
-                stop_hook(net, node, proc)
-            else:  # no rules to remove: the run failed before they were installed
-                net.stop_helper(proc)
+        died = _stop_hooks(net, hooks, installed)
+    if died:
+        _mark_helper_failure(records, died)
     for record in records:
         record["pcap"] = str(pcap) if pcap else None
         record["pcap_server"] = str(server_pcap(pcap)) if pcap else None
@@ -99,6 +97,34 @@ def run_workload(
     if peer_view:
         merge_server_views(sorted(records, key=lambda r: r["t_start_wall"]), server_view)
     return records
+
+
+def _stop_hooks(net: Network, hooks: list[tuple[str, Popen[str]]],
+                installed: set[str]) -> str | None:
+    """Stop every hook; a hook that died is reported, not raised, so the records of the
+    connections that ran come out with the failure (an exception in flight still wins)."""
+    died: list[str] = []
+    for node, proc in hooks:
+        try:
+            if node in installed:
+                stop_hook(net, node, proc)
+            else:  # no rules to remove: the run failed before they were installed
+                net.stop_helper(proc)
+        except ProcessDiedError as exc:
+            died.append(str(exc))
+    return "; ".join(died) or None
+
+
+def _mark_helper_failure(records: list[dict[str, Any]], died: str) -> None:
+    """Every record says a helper died during the run; an unfinished one says it in its
+    error too, as the likely reason it did not finish."""
+    for record in records:
+        if record.get("helper_failure"):
+            continue  # already said (the check after the client, then the hook's stop)
+        record["helper_failure"] = died
+        if not record.get("bytes_ok"):
+            why = f"helper died during the run: {died}"
+            record["error"] = f"{record['error']} ({why})" if record.get("error") else why
 
 
 def server_pcap(pcap: Path) -> Path:
@@ -206,7 +232,15 @@ def _run_client(
     proc = net.popen(client, argv) if env is None else net.popen(client, argv, env=env)
     budget = work.connections * (work.timeout_s + 1) + 10
     out, err = proc.communicate(timeout=budget)
-    net.check()
+    try:
+        net.check()
+    except ProcessDiedError as exc:
+        if proc.returncode != 0:
+            raise
+        # The client finished: its records come out, each saying what died meanwhile.
+        records = [json.loads(line) for line in out.splitlines() if line.strip()]
+        _mark_helper_failure(records, str(exc))
+        return records
     if proc.returncode != 0:
         raise ProcessDiedError(f"client exited {proc.returncode}: {err.strip()[-500:]}")
     return [json.loads(line) for line in out.splitlines() if line.strip()]

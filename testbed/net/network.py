@@ -27,7 +27,9 @@ job after a crash.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import functools
 import json
 import os
 import select
@@ -37,6 +39,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +98,25 @@ class NetConfig:
         return cls(**data)
 
 
+WORKDIR_PREFIX = "tcpinc-net-"
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(parent: int) -> None:
+    """In a child between fork and exec: SIGTERM when this process dies, even by SIGKILL.
+
+    Helpers (delay lines, hooks, servers, boxes) then stop on their own after a killed run
+    instead of holding its namespaces until `tcpinc clean` (prctl(2) PR_SET_PDEATHSIG; it
+    survives the setns and exec of mnexec). A parent already gone before the prctl is caught
+    by comparing the parent pid.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent:
+        os._exit(1)
+
+
 def check_prerequisites() -> None:
     """Refuse to start without root or without the binaries a network needs."""
     if os.geteuid() != 0:
@@ -145,7 +167,9 @@ class Network:
         self.link_reports: dict[str, dict[str, Any]] = {}
         self.state: NetworkState | None = None
         self._own_workdir = workdir is None
-        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="tcpinc-net-"))
+        # Made in start(), after the root check: a refused start leaves no directory.
+        self.workdir = Path(workdir) if workdir else Path(tempfile.gettempdir(), "tcpinc-net-?")
+        self._made_workdir = False
         self._shaper_of: dict[str, str] = {}
 
     # -- lifecycle ---------------------------------------------------------
@@ -162,7 +186,12 @@ class Network:
         self.backend = choose_backend(self.config.link_backend)
         self._choose_delay_helper()
         check_prerequisites()
-        self.state = NetworkState.create()
+        if self._own_workdir:
+            self.workdir = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
+            self._made_workdir = True
+        # The state file names the work directory too, so `tcpinc clean` removes it after
+        # a crash (it holds delay-line stats, hook logs and server records).
+        self.state = NetworkState.create(workdir=self.workdir if self._own_workdir else None)
         try:
             self._build()
         except BaseException:
@@ -221,8 +250,9 @@ class Network:
         if self.state is not None:
             self.state.remove()
             self.state = None
-        if self._own_workdir:
+        if self._made_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
+            self._made_workdir = False
         if errors:
             raise ProcessDiedError("; ".join(errors), "see the run's log for its output")
 
@@ -396,6 +426,10 @@ class Network:
         kwargs.setdefault("stdout", subprocess.PIPE)
         kwargs.setdefault("stderr", subprocess.PIPE)
         kwargs.setdefault("text", True)
+        if threading.current_thread() is threading.main_thread():
+            # The kernel sends the death signal when the creating THREAD exits, so only the
+            # main thread (which lives as long as this process) asks for it.
+            kwargs.setdefault("preexec_fn", functools.partial(die_with_parent, os.getpid()))
         proc: subprocess.Popen[str] = self.nodes[node].popen(argv, **kwargs)
         self._procs = [p for p in self._procs if p.poll() is None]
         self._procs.append(proc)

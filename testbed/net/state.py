@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,12 +64,14 @@ class NetworkState:
     nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
     procs: list[dict[str, Any]] = field(default_factory=list)
     interfaces: list[str] = field(default_factory=list)
+    workdir: str | None = None  # the network's own temporary directory, removed by clean
 
     @classmethod
-    def create(cls) -> NetworkState:
+    def create(cls, workdir: Path | None = None) -> NetworkState:
         STATE_DIR.mkdir(parents=True, exist_ok=True)
         path = STATE_DIR / f"net-{os.getpid()}-{time.monotonic_ns()}.json"
-        state = cls(path=path, owner_start=proc_start_time(os.getpid()))
+        state = cls(path=path, owner_start=proc_start_time(os.getpid()),
+                    workdir=str(workdir) if workdir else None)
         state.save()
         return state
 
@@ -83,6 +87,7 @@ class NetworkState:
             "nodes": self.nodes,
             "procs": self.procs,
             "interfaces": self.interfaces,
+            "workdir": self.workdir,
         }
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=1))
@@ -145,8 +150,21 @@ def clean_state(state: NetworkState) -> dict[str, Any]:
             _kill_and_wait(members)
             report["processes"] += len(members)
             report["namespaces"] += 1
+    report["workdir"] = _remove_workdir(state.workdir)
     state.remove()
     return report
+
+
+def _remove_workdir(workdir: str | None) -> str | None:
+    """Remove a network's temporary directory; only ever one named like those we make."""
+    if not workdir:
+        return None
+    path = Path(workdir)
+    if not path.name.startswith("tcpinc-net-") or path.parent != Path(tempfile.gettempdir()):
+        LOG.warning("not removing %s: not a network work directory", path)
+        return None
+    shutil.rmtree(path, ignore_errors=True)
+    return str(path)
 
 
 def clean_all(force: bool = False) -> list[dict[str, Any]]:

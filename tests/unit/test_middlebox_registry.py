@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 import middleboxes
@@ -64,8 +66,44 @@ def test_parameters_are_coerced_and_unknown_ones_refused() -> None:
 
 
 def test_nfqueue_boxes_refuse_bad_values_before_installing() -> None:
-    with pytest.raises(ValueError, match="direction"):
+    with pytest.raises(ConfigError, match="direction"):
         middleboxes.create("tamper:direction=up")
+
+
+def test_every_parameter_of_every_box_has_a_range() -> None:
+    for name in base.names():
+        cls = base._REGISTRY[base.resolve(name)]
+        for key in cls.defaults:  # type: ignore[attr-defined]
+            assert cls.param_range(key) is not None, (name, key)  # type: ignore[attr-defined]
+        middleboxes.create(name)  # the defaults are inside their own ranges
+
+
+@pytest.mark.parametrize("spec,problem", [
+    ("tamper:rate=5", "rate=5.0 is out of range"),
+    ("tamper:rate=-1", "rate=-1.0 is out of range"),
+    ("tamper:direction=sideways", "direction='sideways' is not one of"),
+    ("tamper:port=70000", "port=70000 is out of range"),
+    ("dpi-443:port=0", "port=0 is out of range"),
+    ("resegment:split=-1", "split=-1 is out of range"),
+    ("resegment:split=0,coalesce=no", "changes nothing"),
+    ("resegment:mtu=20", "mtu=20 is out of range"),
+    ("resegment:hold_ms=-2", "hold_ms=-2.0 is out of range"),
+    ("isn-rewrite:offset=4294967296", "offset=4294967296 is out of range"),
+    ("strip-eno-syn:kind=1", "kind=1 is out of range"),
+    ("strip-unknown-options:known=2,x", "comma list of integers"),
+    ("strip-unknown-options:known=2,300", "0..255"),
+    ("tcp-proxy:listen=0", "listen=0 is out of range"),
+])
+def test_out_of_range_parameters_are_refused_with_the_range(spec: str, problem: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(problem)) as err:
+        middleboxes.create(spec)
+    assert "\n" not in err.value.one_line()
+
+
+def test_in_range_edges_are_accepted() -> None:
+    assert middleboxes.create("tamper:rate=0").params["rate"] == 0.0
+    assert middleboxes.create("tamper:rate=1,direction=s2c").params["rate"] == 1.0
+    assert middleboxes.create("resegment:split=0").params["split"] == 0  # coalescing only
 
 
 def test_strip_eno_syn_install_and_removal_scripts() -> None:
