@@ -47,6 +47,8 @@ MYPY_FILES += testbed/transparent/__init__.py testbed/transparent/control.py \
     testbed/transparent/rules.py
 MYPY_FILES += testbed/keylog.py testbed/ladder.py testbed/ladder_draw.py experiments/ladders.py
 MYPY_FILES += testbed/net/timesplit.py experiments/timing.py
+# Checks of user-given output paths and names.
+MYPY_FILES += testbed/userinput.py
 
 .PHONY: setup apt venv helper demo test test-unit lint clean-net
 
