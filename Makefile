@@ -28,7 +28,7 @@ MYPY_FILES := experiments/__init__.py experiments/common.py experiments/cost.py 
     experiments/report.py experiments/roundtrips.py experiments/runner.py experiments/style.py \
     experiments/theory.py middleboxes/__init__.py middleboxes/base.py middleboxes/helper.py \
     middleboxes/iptables.py middleboxes/nfq.py middleboxes/nfqboxes.py middleboxes/packet.py \
-    middleboxes/pktmodel.py middleboxes/proxy.py middleboxes/proxyboxes.py \
+    middleboxes/pktmodel.py middleboxes/synboxes.py middleboxes/proxy.py middleboxes/proxyboxes.py \
     middleboxes/resegment.py middleboxes/tlsboxes.py middleboxes/tlsparse.py testbed/__init__.py \
     testbed/__main__.py testbed/apps/__init__.py testbed/apps/client.py \
     testbed/apps/proto_tcpcrypt.py testbed/apps/proto_tls.py testbed/apps/server.py \

@@ -22,6 +22,7 @@ from middleboxes.helper import HelperBox, python_module
 from middleboxes.iptables import Rule
 from middleboxes.pktmodel import PACKET_MODELS, IsnRewrite, Tamper, create_model
 from middleboxes.resegment import Resegment
+from middleboxes.synboxes import DropSynData, ReplaySyn, StripSynData
 from middleboxes.tlsboxes import Dpi443, Tls12Strict
 from testbed.errors import ConfigError
 
@@ -142,6 +143,63 @@ class Tls12StrictBox(PortBox):
                 "2); Firefox Dec 2017: draft-18 2.91% failures vs TLS 1.2 1.58%, with compat "
                 "changes 1.63%; boxes required CCS and session_id; RFC 8446 appendix D.4")
     mechanism = "NFQUEUE (port only) + TLS 1.2 state table; RST+ACK both ways, no bypass"
+
+
+# SYN segments only: data-carrying SYNs are rare and every other segment stays in the
+# kernel. --syn matches SYN-only segments (client SYNs), the flag mask also SYN-ACKs.
+ANY_SYN = ("-p", "tcp", "--tcp-flags", "SYN", "SYN")
+TFO_EVIDENCE = ("RFC 7413 §7.1: 6% of probed paths dropped SYNs with data; Paasch (Apple), "
+                "NANOG 67, 2016: ~20% of networks/sites with middlebox-induced TFO failures; "
+                "Google IETF 84 tcpm: clients retry without data and blacklist the path "
+                "(evidence.md, TFO)")
+
+
+@register
+class DropSynDataBox(NfqBox):
+    name = "drop-syn-data"
+    model = DropSynData.name
+    defaults: ClassVar[dict[str, Any]] = dict(DropSynData.defaults)
+    description = ("drops SYN and SYN-ACK segments that carry payload (TFO or SYN-data "
+                   "TEPs); SYNs without data pass")
+    evidence = TFO_EVIDENCE
+    mechanism = "NFQUEUE (SYN-flagged TCP only, mangle FORWARD) + raw bytes, no bypass"
+
+    def matches(self) -> list[tuple[str, ...]]:
+        return [ANY_SYN]
+
+
+@register
+class StripSynDataBox(NfqBox):
+    name = "strip-syn-data"
+    model = StripSynData.name
+    defaults: ClassVar[dict[str, Any]] = dict(StripSynData.defaults)
+    description = ("forwards SYN and SYN-ACK segments without their payload (options kept, "
+                   "lengths and checksums fixed): only the ISN gets acknowledged")
+    evidence = ("no measured instance in evidence.md: the case RFC 7413 §4.2.2 provides for "
+                "(a SYN-ACK that does not acknowledge the SYN data; the client sends it "
+                "again after the handshake, no latency penalty) and the one RFC 8547 §4.7 "
+                "must survive, made reproducible")
+    mechanism = "NFQUEUE (SYN-flagged TCP only, mangle FORWARD) + raw bytes, no bypass"
+
+    def matches(self) -> list[tuple[str, ...]]:
+        return [ANY_SYN]
+
+
+@register
+class ReplaySynBox(NfqBox):
+    name = "replay-syn"
+    model = ReplaySyn.name
+    defaults: ClassVar[dict[str, Any]] = dict(ReplaySyn.defaults)
+    description = ("forwards a client's SYN with data, then sends an exact copy `copies` "
+                   "times, `delay_ms` apart, from the box to the same server")
+    evidence = ("RFC 7413 §6.1: a duplicated SYN with data arriving after the server "
+                "cleared the original state is delivered again (replay); RFC 8446 §8 "
+                "(0-RTT anti-replay) and RFC 8548 §3.5 (resumption identifiers used once) "
+                "are the defences an attacker on the path tests this way")
+    mechanism = "NFQUEUE (SYN-only TCP, mangle FORWARD) + raw-socket copy, no bypass"
+
+    def matches(self) -> list[tuple[str, ...]]:
+        return [("-p", "tcp", "--syn")]
 
 
 def packet_model_names() -> list[str]:

@@ -106,7 +106,7 @@ def packet_model(cls: type[PacketModel]) -> type[PacketModel]:
 
 def create_model(name: str, params: dict[str, Any]) -> PacketModel:
     # Importing the modules that define models registers them.
-    from middleboxes import resegment, tlsboxes  # noqa: F401
+    from middleboxes import resegment, synboxes, tlsboxes  # noqa: F401
 
     if name not in PACKET_MODELS:
         raise ValueError(f"unknown packet model {name!r}; known: {sorted(PACKET_MODELS)}")

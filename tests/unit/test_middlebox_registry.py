@@ -22,6 +22,7 @@ MODELS = {
     "passthrough", "strip-eno-syn", "strip-eno-synack", "strip-eno-ack", "strip-eno-all",
     "strip-unknown-options", "drop-syn-unknown-option", "rst-syn-unknown-option",
     "isn-rewrite", "resegment", "tcp-proxy", "dpi-443", "tls12-strict", "tls-mitm", "tamper",
+    "drop-syn-data", "strip-syn-data", "replay-syn",
 }
 
 
@@ -166,7 +167,8 @@ def test_chain_names_fit_iptables_and_stay_unique() -> None:
 
 
 @pytest.mark.parametrize("name", ["isn-rewrite", "resegment", "tamper", "dpi-443",
-                                  "tls12-strict"])
+                                  "tls12-strict", "drop-syn-data", "strip-syn-data",
+                                  "replay-syn"])
 def test_nfqueue_rules_have_no_bypass(name: str) -> None:
     box = middleboxes.create(name)
     assert isinstance(box, NfqBox)
@@ -180,6 +182,16 @@ def test_port_boxes_queue_only_their_port() -> None:
     rules = [r.args for r in ipt("tls12-strict:port=8443").rules()]
     assert [a[:4] for a in rules] == [("-p", "tcp", "--dport", "8443"),
                                       ("-p", "tcp", "--sport", "8443")]
+
+
+def test_syn_data_boxes_queue_only_syn_segments() -> None:
+    for name in ("drop-syn-data", "strip-syn-data"):
+        (rule,) = ipt(name).rules()
+        assert rule.args[:6] == ("-p", "tcp", "--tcp-flags", "SYN", "SYN", "-j")
+    (rule,) = ipt("replay-syn").rules()
+    assert rule.args[:3] == ("-p", "tcp", "--syn")  # client SYNs: SYN set, ACK/RST/FIN clear
+    with pytest.raises(ValueError, match="copies >= 1"):
+        middleboxes.create("replay-syn:copies=0")
 
 
 def test_proxies_redirect_in_nat_prerouting() -> None:
