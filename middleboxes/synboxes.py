@@ -21,7 +21,7 @@ Segments without the SYN flag pass untouched (the boxes' rules queue only SYNs).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from middleboxes import packet as p
 from middleboxes.pktmodel import ACCEPT, DROP, Decision, FlowTable, PacketModel, packet_model
@@ -39,7 +39,7 @@ class DropSynData(PacketModel):
     """Drop SYN and SYN-ACK segments that carry payload; everything else passes."""
 
     name = "drop-syn-data"
-    defaults: dict[str, Any] = {}
+    defaults: ClassVar[dict[str, Any]] = {}
 
     def handle(self, data: bytes, now: float) -> Decision:
         return DROP if _syn_with_data(data) is not None else ACCEPT
@@ -50,7 +50,7 @@ class StripSynData(PacketModel):
     """Forward SYN and SYN-ACK segments without their payload (options kept byte for byte)."""
 
     name = "strip-syn-data"
-    defaults: dict[str, Any] = {}
+    defaults: ClassVar[dict[str, Any]] = {}
 
     def handle(self, data: bytes, now: float) -> Decision:
         pkt = _syn_with_data(data)
@@ -70,7 +70,7 @@ class ReplaySyn(PacketModel):
     """
 
     name = "replay-syn"
-    defaults: dict[str, Any] = {"delay_ms": 2000, "copies": 1}
+    defaults: ClassVar[dict[str, Any]] = {"delay_ms": 2000, "copies": 1}
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
