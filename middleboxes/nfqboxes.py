@@ -190,6 +190,8 @@ class ReplaySynBox(NfqBox):
     name = "replay-syn"
     model = ReplaySyn.name
     defaults: ClassVar[dict[str, Any]] = dict(ReplaySyn.defaults)
+    # A copy 0..60 s after the original (0: at once, a duplicate on the path); 1..100 copies.
+    ranges: ClassVar[dict[str, Check]] = {"delay_ms": (0, 60_000), "copies": (1, 100)}
     description = ("forwards a client's SYN with data, then sends an exact copy `copies` "
                    "times, `delay_ms` apart, from the box to the same server")
     evidence = ("RFC 7413 §6.1: a duplicated SYN with data arriving after the server "

@@ -190,7 +190,7 @@ def test_syn_data_boxes_queue_only_syn_segments() -> None:
         assert rule.args[:6] == ("-p", "tcp", "--tcp-flags", "SYN", "SYN", "-j")
     (rule,) = ipt("replay-syn").rules()
     assert rule.args[:3] == ("-p", "tcp", "--syn")  # client SYNs: SYN set, ACK/RST/FIN clear
-    with pytest.raises(ValueError, match="copies >= 1"):
+    with pytest.raises(ConfigError, match="copies=0 is out of range"):
         middleboxes.create("replay-syn:copies=0")
 
 
