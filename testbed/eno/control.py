@@ -91,6 +91,9 @@ class Settings:
     # §4.6 exception: SYN retransmissions that still carry ENO before an active opener drops
     # it and falls back (None: all of them). Opportunistic only (mandatory never drops it).
     syn_retries: int | None = None
+    # §4.7: offered TEP ids whose (variant) specification defines SYN data; non-empty turns
+    # on SYN data for them, the API switch the RFC requires to be off by default.
+    syn_data: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.syn_retries is not None and (
@@ -112,6 +115,8 @@ class Settings:
             raise ControlError("expect names each offered TEP at most once")
         if any(not 0 < len(prefix) <= MAX_SYN_ENO_BODY - 1 for _, prefix in self.expect):
             raise ControlError("an expected prefix is 1..37 bytes")
+        if len(set(self.syn_data)) != len(self.syn_data) or not set(self.syn_data) <= seen:
+            raise ControlError("syn_data names offered TEP ids, each at most once")
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -123,13 +128,16 @@ class Settings:
             out["expect"] = [[t, prefix.hex()] for t, prefix in self.expect]
         if self.syn_retries is not None:
             out["syn_retries"] = self.syn_retries
+        if self.syn_data:
+            out["syn_data"] = list(self.syn_data)
         return out
 
     @classmethod
     def from_json(cls, data: Any) -> Settings:
         if not isinstance(data, dict):
             raise ControlError("settings must be an object")
-        known = {"teps", "b", "a", "mandatory_app_aware", "mandatory", "expect", "syn_retries"}
+        known = {"teps", "b", "a", "mandatory_app_aware", "mandatory", "expect", "syn_retries",
+                 "syn_data"}
         unknown = set(data) - known
         if unknown:
             raise ControlError(f"unknown settings {sorted(unknown)}")
@@ -144,12 +152,17 @@ class Settings:
             if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], int)):
                 raise ControlError("settings.expect items are [tep_id, prefix_hex]")
             expect.append((item[0], hex_bytes(item[1], "expected prefix")))
+        syn_data = data.get("syn_data", [])
+        if not isinstance(syn_data, list) or not all(
+            isinstance(t, int) and not isinstance(t, bool) for t in syn_data
+        ):
+            raise ControlError("settings.syn_data is a list of TEP ids")
         return cls(
             teps=tuple(teps), passive_role=_bool(data, "b"),
             application_aware=_bool(data, "a"),
             mandatory_app_aware=_bool(data, "mandatory_app_aware"),
             mandatory=_bool(data, "mandatory"), expect=tuple(expect),
-            syn_retries=data.get("syn_retries"),
+            syn_retries=data.get("syn_retries"), syn_data=tuple(syn_data),
         )
 
     def eno_config(self) -> EnoConfig:
@@ -161,6 +174,7 @@ class Settings:
             mandatory_application_aware=self.mandatory_app_aware,
             mandatory_encryption=self.mandatory, validator=validator,
             syn_retries_with_eno=self.syn_retries,
+            syn_data_teps=frozenset(self.syn_data), allow_syn_only_data=bool(self.syn_data),
         )
 
 

@@ -52,6 +52,25 @@ def test_settings_syn_retries():
             Settings.from_json(bad)
 
 
+def test_settings_syn_data_is_off_unless_asked_for():
+    """RFC 8547 §4.7: SYN data only for TEPs that define it, and off by default."""
+    plain = Settings(teps=((0x21, None), (0x20, None)))
+    assert "syn_data" not in plain.to_json()
+    config = plain.eno_config()
+    assert config.syn_data_teps == frozenset() and not config.allow_syn_only_data
+    settings = Settings(teps=((0x21, None), (0x20, None)), syn_data=(0x20,))
+    assert settings.to_json()["syn_data"] == [0x20]
+    assert Settings.from_json(settings.to_json()) == settings
+    config = settings.eno_config()
+    assert config.syn_data_teps == frozenset({0x20}) and config.allow_syn_only_data
+    for bad in ({"teps": [[0x20, None]], "syn_data": [0x21]},
+                {"teps": [[0x20, None]], "syn_data": [0x20, 0x20]},
+                {"teps": [[0x20, None]], "syn_data": 0x20},
+                {"teps": [[0x20, None]], "syn_data": [True]}):
+        with pytest.raises(ControlError):
+            Settings.from_json(bad)
+
+
 def test_result_round_trip():
     result = Result(local=("10.0.1.1", 1), remote=("10.0.2.1", 2), active=True,
                     state="enabled", outcome="negotiated", role="A", tep_id=0x20,
