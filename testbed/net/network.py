@@ -41,6 +41,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,6 +67,7 @@ RECORDED_SYSCTLS = [
 REQUIRED_BINARIES = ("mnexec", "ip", "tc", "sysctl", "ethtool", "ifconfig")
 OFFLOAD_MODES = ("wire", "gso")
 FORWARDING_ROLES = ("router", "middlebox")
+SETUP_THREADS = 8
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -144,6 +147,7 @@ class Helper:
     name: str
     proc: subprocess.Popen[str]
     essential: bool = True
+    stopping: bool = False  # SIGTERM already sent by stop(): an exit now is not a death
 
 
 class Network:
@@ -227,16 +231,37 @@ class Network:
             self._add_host(name)
         for index, link in enumerate(self.topology.links):
             self._add_link(index, link)
-        for name in self.topology.nodes:
-            self._configure_host(name)
-        for shaper in self._shaper_of.values():
-            self._configure_shaper(shaper)
+        # Hosts are independent once their links exist: configure them concurrently (each step
+        # is a short process inside one namespace; the build time of a 100-client fan-in is
+        # mostly waiting for them).
+        self._parallel(self._configure_host, list(self.topology.nodes))
+        self._parallel(self._configure_shaper, list(self._shaper_of.values()))
         self._configure_routes()
         self._apply_shaping()
 
+    @staticmethod
+    def _parallel(fn: Callable[[Any], object], items: list[Any]) -> None:
+        """``fn`` over ``items`` on SETUP_THREADS threads; the first exception is raised."""
+        with ThreadPoolExecutor(max_workers=SETUP_THREADS) as pool:
+            for _ in pool.map(fn, items):
+                pass
+
     def stop(self) -> None:
         errors: list[str] = []
+        # Applications and middleboxes first, newest first; then every delay line at once
+        # (signalled together, then waited for: they are independent).
+        lines = [h for h in self.helpers if h.name.startswith("delayline:")]
         for helper in reversed(self.helpers):
+            if helper in lines:
+                continue
+            died = self._stop_helper(helper)
+            if died:
+                errors.append(died)
+        for helper in lines:
+            if helper.proc.poll() is None:
+                helper.proc.send_signal(signal.SIGTERM)
+                helper.stopping = True
+        for helper in lines:
             died = self._stop_helper(helper)
             if died:
                 errors.append(died)
@@ -305,17 +330,25 @@ class Network:
         }
         if cfg.congestion_control:
             values["net.ipv4.tcp_congestion_control"] = cfg.congestion_control
-        self.set_sysctls(name, values)
-        self.record_sysctls(name, RECORDED_SYSCTLS)
-        self.run(name, ["ip", "link", "set", "lo", "up"])
+        commands = [["sysctl", "-q", "-w", *(f"{k}={v}" for k, v in values.items())],
+                    ["ip", "link", "set", "lo", "up"]]
         for intf in self.interfaces[name]:
-            self.run(name, ["ip", "link", "set", intf.name, "up"])
+            commands.append(["ip", "link", "set", intf.name, "up"])
             if intf.ip:
-                self.run(name, ["ip", "addr", "add", intf.ip, "dev", intf.name])
+                commands.append(["ip", "addr", "add", intf.ip, "dev", intf.name])
             lossy = self.topology.link(intf.link).spec.lossy
             if cfg.offloads == "wire" or lossy:
-                self.run(name, ["ethtool", "-K", intf.name, "tso", "off", "gso", "off",
-                                "gro", "off"])
+                commands.append(["ethtool", "-K", intf.name, "tso", "off", "gso", "off",
+                                 "gro", "off"])
+        # One process per host instead of one per step (a 100-client fan-in has ~200 hosts);
+        # `&&` stops at the first failing step, whose stderr the CommandError carries. The
+        # last step reads the sysctls back: what is recorded is what the kernel holds.
+        keys = list(dict.fromkeys([*values, *RECORDED_SYSCTLS]))
+        script = " && ".join(shlex.join(c) for c in [*commands, ["sysctl", "-n", *keys]])
+        readback = self.run(name, ["sh", "-c", script]).splitlines()
+        recorded = self.sysctls.setdefault(name, {})
+        for key, value in zip(keys, readback, strict=True):
+            recorded[key] = " ".join(value.split())
 
     def _configure_shaper(self, shaper: str) -> None:
         """A shaper is a wire: no address, no IPv6 chatter, promiscuous interfaces."""
@@ -336,35 +369,36 @@ class Network:
         for key, value in zip(keys, readback, strict=True):
             recorded[key] = " ".join(value.split())
 
-    def _static_neighbours(self) -> None:
-        """Permanent ARP entries on every link: no ARP exchange delays a measured SYN."""
-        for link in self.topology.links:
-            ends = [(link.a, self.intf(link.a, link.name)), (link.b, self.intf(link.b, link.name))]
-            macs = [self.run(n, ["cat", f"/sys/class/net/{i}/address"]).strip() for n, i in ends]
-            for (node, intf), (peer, _), mac in zip(ends, ends[::-1], macs[::-1], strict=True):
-                self.run(node, ["ip", "neigh", "replace", self.link_ip(link.name, peer),
-                                "lladdr", mac, "dev", intf, "nud", "permanent"])
+    def _static_neighbours(self, link: LinkDesc) -> None:
+        """Permanent ARP entries on a link: no ARP exchange delays a measured SYN."""
+        ends = [(link.a, self.intf(link.a, link.name)), (link.b, self.intf(link.b, link.name))]
+        macs = [self.run(n, ["cat", f"/sys/class/net/{i}/address"]).strip() for n, i in ends]
+        for (node, intf), (peer, _), mac in zip(ends, ends[::-1], macs[::-1], strict=True):
+            self.run(node, ["ip", "neigh", "replace", self.link_ip(link.name, peer),
+                            "lladdr", mac, "dev", intf, "nud", "permanent"])
 
     def _configure_routes(self) -> None:
-        self._static_neighbours()
+        self._parallel(self._static_neighbours, list(self.topology.links))
+        self._parallel(self._routes_of, list(self.topology.nodes))
+
+    def _routes_of(self, name: str) -> None:
         topo = self.topology
-        for name in topo.nodes:
-            links = topo.neighbours(name)
-            if len(links) == 1:
-                peer, link = links[0]
-                if topo.nodes[peer].role in FORWARDING_ROLES:
-                    self.run(name, ["ip", "route", "add", "default", "via",
-                                    self.link_ip(link.name, peer)])
+        links = topo.neighbours(name)
+        if len(links) == 1:
+            peer, link = links[0]
+            if topo.nodes[peer].role in FORWARDING_ROLES:
+                self.run(name, ["ip", "route", "add", "default", "via",
+                                self.link_ip(link.name, peer)])
+            return
+        mine = {link.name for _, link in links}
+        for index, remote in enumerate(topo.links):
+            if remote.name in mine:
                 continue
-            mine = {link.name for _, link in links}
-            for index, remote in enumerate(topo.links):
-                if remote.name in mine:
-                    continue
-                first = topo.path(name, remote.a)[0]
-                peer = first.b if first.a == name else first.a
-                subnet = f"10.0.{index + 1}.0/24"
-                self.run(name, ["ip", "route", "add", subnet, "via",
-                                self.link_ip(first.name, peer)])
+            first = topo.path(name, remote.a)[0]
+            peer = first.b if first.a == name else first.a
+            subnet = f"10.0.{index + 1}.0/24"
+            self.run(name, ["ip", "route", "add", subnet, "via",
+                            self.link_ip(first.name, peer)])
 
     def _apply_shaping(self) -> None:
         started: list[tuple[str, subprocess.Popen[str]]] = []
@@ -462,7 +496,7 @@ class Network:
 
     def _stop_helper(self, helper: Helper) -> str | None:
         proc = helper.proc
-        died = proc.poll() is not None and helper.essential
+        died = proc.poll() is not None and helper.essential and not helper.stopping
         message = None
         if died:
             err = proc.stderr.read() if proc.stderr else ""
@@ -470,7 +504,8 @@ class Network:
                 err.strip().splitlines()[-1] if err.strip() else "no output"
             )
         else:
-            proc.send_signal(signal.SIGTERM)
+            if not helper.stopping:
+                proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
