@@ -38,8 +38,10 @@ EXPERIMENTS = {
     "loss": "experiments.loss",
     "fallback": "experiments.fallback",
     "cost": "experiments.cost",
+    "bulk": "experiments.bulk",
+    "web": "experiments.web",
 }
-ALL = ["latency", "roundtrips", "fallback", "loss", "cost"]
+ALL = ["latency", "roundtrips", "fallback", "loss", "cost", "bulk", "web"]
 PACKAGES = ("tcpinc-testbed", "mininet", "scapy", "pandas", "matplotlib", "cryptography",
             "pyOpenSSL", "NetfilterQueue")
 REPO = Path(__file__).resolve().parent.parent
