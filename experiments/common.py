@@ -11,7 +11,7 @@ import middleboxes
 from experiments.runner import RunContext
 from testbed.net.flows import Connection, connections
 from testbed.net.network import NetConfig, Network
-from testbed.net.pcap import PcapError, read_segments
+from testbed.net.pcap import PcapError, options_of, read_segments
 from testbed.net.timesplit import SplitError, empty_record, split
 from testbed.workload import Workload, run_workload
 from topologies import PathShape, create
@@ -181,6 +181,36 @@ def server_rounds(conn: Connection) -> list[tuple[int, int]]:
     return out
 
 
+SACK_KIND = 5  # RFC 2018 §3
+
+
+def duplicate_acks(conn: Connection) -> list[int]:
+    """Indices of segments that signal loss or reordering to the peer: any SACK block
+    (RFC 2018 §3), or a duplicate ACK as RFC 5681 §2 defines it (no data, no SYN or FIN,
+    same ACK number and window as the same side's previous ACK while data is outstanding).
+
+    On a loss-free path either one means a segment overtook an earlier one on the way.
+    """
+    out: list[int] = []
+    last: dict[str, tuple[int, int]] = {}  # direction -> (ack, window) of its previous ACK
+    sent_end: dict[str, int] = {}  # direction -> highest sequence end sent so far
+    for cs in conn.segments:
+        s, side = cs.segment, cs.direction
+        other = "s2c" if side == "c2s" else "c2s"
+        end = (s.seq + s.seg_len) % 2**32
+        if side not in sent_end or not _seq_leq(end, sent_end[side]):
+            sent_end[side] = end
+        if options_of(s, SACK_KIND):
+            out.append(cs.index)
+        elif s.is_ack and not s.seg_len and not s.is_rst:
+            outstanding = other in sent_end and not _seq_leq(sent_end[other], s.ack)
+            if last.get(side) == (s.ack, s.window) and outstanding:
+                out.append(cs.index)
+        if s.is_ack:
+            last[side] = (s.ack, s.window)
+    return out
+
+
 def round_trips(conn: Connection, record: dict[str, Any]) -> dict[str, Any]:
     """Round trips counted from the capture (sequence and ACK numbers, not timing).
 
@@ -211,12 +241,14 @@ def round_trips(conn: Connection, record: dict[str, Any]) -> dict[str, Any]:
         if cs.direction == "s2c" and s.ts <= t_first + 0.0005:
             response_index = cs.index
     if request_index is None or response_index is None:
-        return {"rt_send": None, "rt_resp": None, "flights": None}
+        return {"rt_send": None, "rt_resp": None, "flights": None,
+                "dup_acks": len(duplicate_acks(conn))}
     rounds = server_rounds(conn)
     flights = conn.flights()
     return {"rt_send": max([r for i, r in rounds if i < request_index], default=0),
             "rt_resp": max([r for i, r in rounds if i <= response_index], default=0),
-            "flights": "".join("C" if f.direction == "c2s" else "S" for f in flights)}
+            "flights": "".join("C" if f.direction == "c2s" else "S" for f in flights),
+            "dup_acks": len(duplicate_acks(conn))}
 
 
 def count_from_pcaps(records: list[dict[str, Any]], run_dir: Path) -> list[dict[str, Any]]:
@@ -231,6 +263,6 @@ def count_from_pcaps(records: list[dict[str, Any]], run_dir: Path) -> list[dict[
         for record in recs:
             conn = find_connection(conns, record)
             counted = round_trips(conn, record) if conn else {"rt_send": None, "rt_resp": None,
-                                                               "flights": None}
+                                                               "flights": None, "dup_acks": None}
             out.append({"proto": record["proto"], "conn": record["conn"], **counted})
     return out

@@ -124,6 +124,10 @@ def reset(sock: socket.socket) -> None:
     sock.close()
 
 
+CLOSE_DRAIN_S = 2.0  # how long close() waits for the peer's end of stream
+_DRAIN_READ = 1 << 16
+
+
 class Stream:
     """A connected stream: plain TCP after fallback, or TEP-protected."""
 
@@ -235,16 +239,36 @@ class Stream:
             self.sock.shutdown(socket.SHUT_RD)
 
     def close(self) -> None:
-        """Close gracefully: the TEP's end of stream, then FIN."""
+        """Close gracefully: the TEP's end of stream, then FIN, then read to the peer's end.
+
+        A TEP peer answers our end of stream with its own (TLS close_notify, RFC 8446 §6.1;
+        tcpcrypt's FIN after its last frame). Arriving at a socket already closed, those bytes
+        make the kernel reset the connection (RFC 9293 §3.10.7.1: data for a closed
+        connection is answered with RST), so the stream reads them, and whatever else the
+        peer still had in flight (a TLS NewSessionTicket), before it lets go of the socket.
+        """
         if self.sock.fileno() < 0:
             return
         # OSError / StreamError: the peer is gone or the TEP failed (the connection was reset);
         # closing the socket is then all that is left to do.
         with contextlib.suppress(OSError, StreamError):
-            if self._driver is not None and not self._closed_write:
-                self.shutdown(socket.SHUT_WR)
+            if self._driver is not None:
+                if not self._closed_write:
+                    self.shutdown(socket.SHUT_WR)
+                self._drain(CLOSE_DRAIN_S)
         if self.sock.fileno() >= 0:
             self.sock.close()
+
+    def _drain(self, limit: float) -> None:
+        """Read and drop the peer's remaining bytes until its end of stream, for ``limit``
+        seconds at most (a peer that never closes is then left to our close)."""
+        driver = self._driver
+        assert driver is not None
+        deadline = time.monotonic() + limit
+        while (left := deadline - time.monotonic()) > 0:
+            self.sock.settimeout(left)
+            if not self._guard(lambda: driver.recv(_DRAIN_READ)):
+                return
 
     def abort(self) -> None:
         """Reset the connection (RST)."""

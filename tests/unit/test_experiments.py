@@ -245,3 +245,48 @@ def test_loss_handshake_time_is_the_tep_handshake_end(record, expected):
     from experiments.loss import handshake_ms
 
     assert handshake_ms(record) == expected
+
+
+def _capture(tmp_path, segments) -> list:
+    """Write (direction, flags, seq, ack, payload, options) as a pcap; read it back."""
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.l2 import Ether
+    from scapy.utils import wrpcap
+
+    packets = []
+    for i, (direction, flags, seq, ack, payload, options) in enumerate(segments):
+        c2s = direction == "c2s"
+        ip = IP(src="10.0.0.1" if c2s else "10.0.0.2", dst="10.0.0.2" if c2s else "10.0.0.1")
+        tcp = TCP(sport=40000 if c2s else 5000, dport=5000 if c2s else 40000, flags=flags,
+                  seq=seq, ack=ack, window=500, options=options)
+        packet = Ether() / ip / tcp / payload
+        packet.time = 1.0 + i / 1000
+        packets.append(packet)
+    path = tmp_path / "x.pcap"
+    wrpcap(str(path), packets)
+    (conn,) = connections(read_segments(path)).values()
+    return conn
+
+
+HANDSHAKE = [("c2s", "S", 100, 0, b"", []), ("s2c", "SA", 500, 101, b"", []),
+             ("c2s", "A", 101, 501, b"", [])]
+
+
+def test_duplicate_acks_flags_sack_blocks_and_repeated_acks(tmp_path):
+    from experiments.common import duplicate_acks
+
+    in_order = _capture(tmp_path, HANDSHAKE + [
+        ("c2s", "PA", 101, 501, b"a" * 10, []), ("c2s", "PA", 111, 501, b"b" * 10, []),
+        ("s2c", "A", 501, 111, b"", []), ("s2c", "A", 501, 121, b"", []),
+        ("s2c", "PA", 501, 121, b"r" * 5, []), ("c2s", "A", 121, 506, b"", [])])
+    assert duplicate_acks(in_order) == []
+    # The second segment overtook the first: the server acknowledges 101 again, with SACK.
+    overtaken = _capture(tmp_path, HANDSHAKE + [
+        ("c2s", "PA", 111, 501, b"b" * 10, []), ("c2s", "PA", 101, 501, b"a" * 10, []),
+        ("s2c", "A", 501, 101, b"", [("SAck", (111, 121))]), ("s2c", "A", 501, 121, b"", [])])
+    assert duplicate_acks(overtaken) == [5]
+    # A repeated pure ACK while data is outstanding, no SACK (RFC 5681 §2).
+    repeated = _capture(tmp_path, HANDSHAKE + [
+        ("c2s", "PA", 101, 501, b"a" * 10, []), ("c2s", "PA", 111, 501, b"b" * 10, []),
+        ("s2c", "A", 501, 111, b"", []), ("s2c", "A", 501, 111, b"", [])])
+    assert duplicate_acks(repeated) == [6]
