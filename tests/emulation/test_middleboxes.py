@@ -462,6 +462,16 @@ def keying(text: str) -> list[str]:
             if "Keying material:" in line]
 
 
+def server_keying(log: Path, count: int, timeout: float = 10.0) -> list[str]:
+    """s_server's keying lines once it has printed ``count`` of them (it prints its side
+    after its handshake, so the client may finish first)."""
+    deadline = time.monotonic() + timeout
+    while len(found := keying(log.read_text())) < count and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(found) >= count, f"s_server printed {len(found)} keying lines, not {count}"
+    return found
+
+
 def test_dpi_443_resets_non_tls_and_passes_tls(cert: tuple[Path, Path],
                                                tmp_path: Path) -> None:
     with mb_network() as net, s_server(net, cert, tmp_path / "srv.log"), \
@@ -502,13 +512,12 @@ def test_tls_mitm_completes_both_handshakes_with_different_keys(cert: tuple[Path
                                                                  tmp_path: Path) -> None:
     with mb_network() as net, s_server(net, cert, tmp_path / "srv.log") as log:
         materials = {}
-        for spec in ("passthrough", "tls-mitm"):
+        for count, spec in enumerate(("passthrough", "tls-mitm"), start=1):
             with installed(net, spec):
                 rc, text = s_client(net)
                 assert rc == 0, text
-                time.sleep(0.2)  # s_server prints its side after its handshake
                 [client_key] = keying(text)
-                materials[spec] = (client_key, keying(log.read_text())[-1], text)
+                materials[spec] = (client_key, server_keying(log, count)[-1], text)
     plain_client, plain_server_key, _ = materials["passthrough"]
     mitm_client, mitm_server_key, mitm_text = materials["tls-mitm"]
     assert plain_client == plain_server_key, "control: one session end to end"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -109,6 +110,7 @@ class Server:
         self.transport.listen(self.sock)
         self.addr: tuple[str, int] = self.sock.getsockname()
         self.seen: list[dict[str, Any]] = []
+        self.finished = threading.Semaphore(0)  # released once per connection served
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
 
@@ -125,6 +127,8 @@ class Server:
                 self._one(self.transport.accept(sock, addr), entry)
             except (OSError, StreamError) as exc:
                 entry["error"] = exc
+            finally:
+                self.finished.release()
 
     def _one(self, conn: Any, entry: dict[str, Any]) -> None:
         entry["setup_session_id"] = conn.info.session_id
@@ -157,7 +161,8 @@ def test_noeno_arm_full_then_resumed_with_equal_session_ids(name: str) -> None:
     server = Server(name)
     try:
         rounds = [client_round(name, server.addr) for _ in range(3)]
-        time.sleep(0.2)  # the server thread records its end of the last connection
+        for _ in rounds:  # the server thread has recorded its end of each connection
+            assert server.finished.acquire(timeout=10)
     finally:
         server.close()
     arm = get_transport(name).arm
@@ -197,14 +202,18 @@ def test_noeno_client_facing_a_non_tls_server_fails_and_resets() -> None:
 
 
 class FlippingRelay:
-    """client -> relay -> server; once armed, flips the last byte of the next client chunk."""
+    """client -> relay -> server; flips the last byte (the AEAD tag, RFC 8446 §5.2) of the
+    client's first application_data record of ``length`` bytes, and passes a reset on: a
+    reset from the server is answered with a reset to the client (SO_LINGER 0)."""
 
-    def __init__(self, upstream: tuple[str, int]) -> None:
+    def __init__(self, upstream: tuple[str, int], length: int) -> None:
         self.upstream = upstream
+        self.length = length
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.addr: tuple[str, int] = self.sock.getsockname()
-        self.armed = threading.Event()
         self.flipped = threading.Event()
+        self.reset_seen = threading.Event()
+        self._pending = b""  # client bytes not yet split into whole TLS records
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -213,40 +222,57 @@ class FlippingRelay:
         threading.Thread(target=self._pump, args=(down, up, True), daemon=True).start()
         self._pump(up, down, False)
 
+    def _records(self, data: bytes) -> bytes:
+        """Forward whole records only, so the one to damage is found by its header
+        (type 23 = application_data, RFC 8446 §5.1)."""
+        self._pending += data
+        out = bytearray()
+        while len(self._pending) >= 5:
+            size = 5 + int.from_bytes(self._pending[3:5], "big")
+            if len(self._pending) < size:
+                break
+            record = bytearray(self._pending[:size])
+            self._pending = self._pending[size:]
+            if record[0] == 23 and size - 5 == self.length and not self.flipped.is_set():
+                record[-1] ^= 0x01
+                self.flipped.set()
+            out += record
+        return bytes(out)
+
     def _pump(self, src: socket.socket, dst: socket.socket, from_client: bool) -> None:
-        while True:
-            try:
-                data = bytearray(src.recv(65536))
-                if not data:
-                    dst.shutdown(socket.SHUT_WR)
-                    return
-                if from_client and self.armed.is_set() and not self.flipped.is_set():
-                    data[-1] ^= 0x01  # the AEAD tag of the record (RFC 8446 §5.2)
-                    self.flipped.set()
-                dst.sendall(data)
-            except OSError:
-                for s in (src, dst):
-                    s.close()
-                return
+        try:
+            while data := src.recv(65536):
+                dst.sendall(self._records(data) if from_client else data)
+            dst.shutdown(socket.SHUT_WR)
+        except ConnectionResetError:
+            self.reset_seen.set()
+            dst.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            # Wake the other pump's recv on dst (a socket another thread is reading is only
+            # released, and the RST sent, when that read returns), then let go of both.
+            dst.shutdown(socket.SHUT_RD)
+            dst.close()  # with linger 0: RST, as the server sent
+            src.close()
+        except OSError:
+            for s in (src, dst):
+                s.close()
 
 
 def test_noeno_tampered_record_tears_down_and_delivers_nothing() -> None:
     server = Server("tls-noeno")
-    relay = FlippingRelay(server.addr)
+    # The request record: the request, its content type byte and a 16-byte tag (§5.2).
+    relay = FlippingRelay(server.addr, length=len(REQUEST) + 1 + 16)
     try:
         conn, _ = get_transport("tls-noeno").connect(relay.addr, 5.0, REQUEST)
-        time.sleep(0.2)  # our Finished has crossed the relay
-        relay.armed.set()
         conn.sendall(REQUEST)
-        with pytest.raises(OSError):  # the server reset the connection
+        with pytest.raises(ConnectionResetError):  # the server reset the connection
             while conn.recv(65536):
                 pass
         conn.close()
-        time.sleep(0.2)
+        assert server.finished.acquire(timeout=10)
     finally:
         server.close()
         relay.sock.close()
-    assert relay.flipped.is_set()
+    assert relay.flipped.is_set() and relay.reset_seen.is_set()
     (seen,) = server.seen
     assert isinstance(seen.get("error"), IntegrityFailure) and "bad_record_mac" in str(
         seen["error"])
