@@ -140,6 +140,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from testbed import bench_wakeup
 
         bench_wakeup.main(args)
+    elif args.target == "replay":
+        from testbed import bench_replay
+
+        bench_replay.main(args)
     elif args.target == "endpoints":
         from testbed import bench_endpoints
 
@@ -257,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmarks that print measured figures")
     p.add_argument("target", choices=["emulator", "endpoints", "eno-hook", "handshake",
-                                      "throughput", "wakeup"])
+                                      "replay", "throughput", "wakeup"])
     p.add_argument("--out", default="results/bench")
     p.add_argument("--quick", action="store_true", help="fewer probes (for tests)")
     p.add_argument("--link-backend", default="auto", choices=BACKENDS)
