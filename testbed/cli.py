@@ -61,13 +61,17 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from testbed.probe import ProbeConfig, probe
 
     proto = arm_name(args.proto, resume=args.resume, early_data=args.early_data, tfo=args.tfo)
-    get_transport(proto, args.policy)
+    transport = get_transport(proto, args.policy)
+    if args.transparent and proto != "plain" and not getattr(transport, "uses_eno", False):
+        raise ConfigError(f"--transparent runs the proxies with an ENO arm, not {proto!r}",
+                          "use --proto tcpcrypt, tls, eno-test or plain (proxies only)")
     topology = args.topology or ("middlebox" if args.middlebox else "direct")
     cfg = ProbeConfig(
         topology=topology, path=_path_shape(args), proto=proto,
         middlebox=args.middlebox, repeat=args.repeat, response_size=args.response_size,
         link_backend=args.link_backend, delay_helper=args.delay_helper, seed=args.seed,
         pcap_dir=Path(args.pcap_dir) if args.pcap_dir else None, policy=args.policy,
+        transparent=args.transparent,
         keylog=args.keylog,
     )
     records = probe(cfg)
@@ -223,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="resumed connections send the request as 0-RTT early data")
     p.add_argument("--tfo", action="store_true", help="TCP Fast Open (non-ENO arms)")
     p.add_argument("--response-size", type=int, default=1024)
+    p.add_argument("--transparent", action="store_true",
+                   help="plain-TCP applications through per-host proxies speaking --proto "
+                        "(an ENO arm, or plain for the proxies alone)")
     p.add_argument("--pcap-dir", default=None, help="keep the client capture here")
     p.add_argument("--keylog", action="store_true",
                    help="write TLS/tcpcrypt key logs (SECRETS) next to the capture")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,9 @@ class ProbeConfig:
     pcap_dir: Path | None = None
     policy: str | None = None  # ENO protocols: off | opportunistic | required
     keylog: bool = False  # key logs next to the pcap (needs pcap_dir; they hold secrets)
+    # Plain-TCP applications through each host's transparent proxy, which speaks ``proto``
+    # (an ENO arm, or ``plain`` for the proxies alone); testbed/transparent/.
+    transparent: bool = False
 
 
 def build_topology(cfg: ProbeConfig) -> topologies.Topology:
@@ -64,8 +68,9 @@ def probe(cfg: ProbeConfig) -> list[dict[str, Any]]:
         check_writable_dir(cfg.pcap_dir, "--pcap-dir")
     box = middleboxes.create(cfg.middlebox) if cfg.middlebox else None
     topo = build_topology(cfg)
-    work = Workload(proto=cfg.proto, connections=cfg.repeat, response_size=cfg.response_size,
-                    policy=cfg.policy, keylog=cfg.keylog)
+    work = Workload(proto="plain" if cfg.transparent else cfg.proto, connections=cfg.repeat,
+                    response_size=cfg.response_size,
+                    policy=None if cfg.transparent else cfg.policy, keylog=cfg.keylog)
     net_cfg = NetConfig(link_backend=cfg.link_backend, delay_helper=cfg.delay_helper,
                         seed=cfg.seed)
     with Network(topo, net_cfg) as net:
@@ -75,7 +80,10 @@ def probe(cfg: ProbeConfig) -> list[dict[str, Any]]:
             if cfg.pcap_dir:
                 cfg.pcap_dir.mkdir(parents=True, exist_ok=True)
             pcap = cfg.pcap_dir / f"probe-{cfg.proto}.pcap" if cfg.pcap_dir else None
-            records = run_workload(net, work, pcap=pcap)
+            if cfg.transparent:
+                records = transparent_workload(net, cfg, work, pcap)
+            else:
+                records = run_workload(net, work, pcap=pcap)
             counters = box.counters() if box else None
         finally:
             if box is not None:
@@ -97,3 +105,36 @@ def probe(cfg: ProbeConfig) -> list[dict[str, Any]]:
             head["middlebox_counters"] = counters
         out.append(head)
     return out
+
+
+def transparent_workload(net: Network, cfg: ProbeConfig, work: Workload,
+                         pcap: Path | None) -> list[dict[str, Any]]:
+    """The plain workload through both hosts' proxies; each record takes its outcome, TEP and
+    session IDs from the proxies' records of that connection."""
+    from testbed.transparent.host import ProxySpec, transparent
+    from testbed.workload import SERVER_PORT
+
+    policy = cfg.policy or ("off" if cfg.proto == "plain" else "opportunistic")
+    client, server = net.topology.clients[0], net.topology.server
+    specs = {client: ProxySpec(proto=cfg.proto, policy=policy),
+             server: ProxySpec(proto=cfg.proto, policy=policy, listen_ports=(SERVER_PORT,))}
+    with transparent(net, specs) as hosts:
+        records = run_workload(net, work, pcap=pcap, client=client)
+        time.sleep(0.3)  # proxies write a connection's record once both ends closed it
+        mine, theirs = hosts[client].records(), hosts[server].records()
+    by_port = {int(r["app_local"].rsplit(":", 1)[1]): r for r in mine if r.get("app_local")}
+    peers = {r.get("net_remote"): r for r in theirs}
+    for record in records:
+        proxy = by_port.get(record.get("local_port", -1))
+        if proxy is None:
+            record["transparent"] = "no proxy record"
+            continue
+        peer = peers.get(proxy.get("net_local"), {})
+        outcome = proxy.get("outcome")
+        record.update(
+            transparent=True, outcome="failed" if outcome == "failed" else outcome,
+            tep=proxy.get("tep"), fallback_reason=proxy.get("fallback_reason"),
+            session_id=proxy.get("session_id"), session_id_peer=peer.get("session_id"),
+            proxy_established_ms=proxy.get("established_ms"), proxy_error=proxy.get("error"),
+            proxy_ended=proxy.get("ended"))
+    return records

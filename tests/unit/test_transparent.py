@@ -148,3 +148,8 @@ def test_relay_turns_a_reset_into_a_reset() -> None:
     h.app_peer.settimeout(2)
     with pytest.raises(ConnectionResetError):
         h.app_peer.recv(1)
+
+
+def test_probe_transparent_refuses_non_eno_arms(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["probe", "--transparent", "--proto", "tls-noeno"]) == 2
+    assert "--transparent runs the proxies with an ENO arm" in capsys.readouterr().err
