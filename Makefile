@@ -47,7 +47,7 @@ MYPY_FILES += testbed/transparent/__init__.py testbed/transparent/control.py \
     testbed/transparent/host.py testbed/transparent/proxy.py testbed/transparent/relay.py \
     testbed/transparent/rules.py experiments/appnet.py experiments/bulk.py experiments/web.py
 MYPY_FILES += testbed/keylog.py testbed/ladder.py testbed/ladder_draw.py experiments/ladders.py
-MYPY_FILES += testbed/net/timesplit.py experiments/timing.py
+MYPY_FILES += testbed/net/timesplit.py experiments/timing.py testbed/bench_endpoints.py
 # Checks of user-given output paths and names.
 MYPY_FILES += testbed/userinput.py
 

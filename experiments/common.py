@@ -14,7 +14,7 @@ from testbed.net.network import NetConfig, Network
 from testbed.net.pcap import PcapError, options_of, read_segments
 from testbed.net.timesplit import SplitError, empty_record, split
 from testbed.workload import Workload, run_workload
-from topologies import PathShape, create
+from topologies import PathShape, Topology, create
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -33,44 +33,97 @@ class Measurement:
     gap_ms: float = 5.0
 
 
-def measure(m: Measurement, ctx: RunContext, tag: str) -> list[dict[str, Any]]:
+class NetworkPool:
+    """One open network reused by consecutive points of the same topology, path and
+    middlebox model (the arms of one latency RTT, of one fallback middlebox model), each arm
+    with its own box installation, server, hooks and client on it. A new key closes the
+    previous network; ``close`` ends the last one. Its description, with the delay its links
+    applied, goes to networks.jsonl when it closes, tagged with all its points' tags."""
+
+    def __init__(self) -> None:
+        self.key: str | None = None
+        self.net: Network | None = None
+        self.topo: Topology | None = None
+        self.tags: list[str] = []
+
+    def get(self, key: str, m: Measurement, ctx: RunContext, tag: str
+            ) -> tuple[Network, Topology]:
+        if self.net is None or key != self.key:
+            self.close(ctx)
+            topo = create(m.topology, path=m.path)
+            net = Network(topo, NetConfig(link_backend=ctx.link_backend, seed=ctx.seed))
+            net.start()
+            self.key, self.net, self.topo, self.tags = key, net, topo, []
+        assert self.net is not None and self.topo is not None
+        self.tags.append(tag)
+        return self.net, self.topo
+
+    def close(self, ctx: RunContext) -> None:
+        net, self.net = self.net, None
+        if net is None:
+            return
+        net.stop()
+        _describe(ctx, ",".join(self.tags), net)
+
+
+def _describe(ctx: RunContext, tag: str, net: Network) -> dict[str, Any]:
+    """What ran (addresses, link shapes, every host's sysctls as read back) into
+    networks.jsonl; returns the delay the link backend applied."""
+    applied = net.applied_delay()
+    with (ctx.run_dir / "networks.jsonl").open("a") as networks:
+        networks.write(json.dumps({"tag": tag, **net.describe(), "applied_delay": applied})
+                       + "\n")
+    return applied
+
+
+def measure(m: Measurement, ctx: RunContext, tag: str, pool: NetworkPool | None = None
+            ) -> list[dict[str, Any]]:
     """Run the point; every record says whether it was the warm-up, the backend and the
-    RTT the link backend really applied (sum of the measured one-way medians)."""
+    RTT the link backend really applied (sum of the measured one-way medians; None on a
+    pooled network, whose delay lines report when it closes)."""
     pcaps = ctx.run_dir / "pcaps"
     pcaps.mkdir(exist_ok=True)
+    if pool is not None:
+        net, topo = pool.get(f"{m.topology}|{m.path}|{m.middlebox}", m, ctx, tag)
+        records, counters = _run_on(net, topo, m, pcaps / f"{tag}.pcap")
+        applied_rtt = None
+    else:
+        topo = create(m.topology, path=m.path)
+        with Network(topo, NetConfig(link_backend=ctx.link_backend, seed=ctx.seed)) as net:
+            records, counters = _run_on(net, topo, m, pcaps / f"{tag}.pcap")
+        applied = _describe(ctx, tag, net)
+        one_way = [d.get("median_ms") for link in applied.values() for d in link.values()]
+        applied_rtt = sum(one_way) if all(v is not None for v in one_way) else None
+    backend, helper = net.backend, net.delay_helper
+    out = [{**r, "warmup": m.warmup and r["conn"] == 0} for r in records]
+    for record in out:
+        record.update(link_backend=backend, delay_helper=helper.name,
+                      delay_helper_note=helper.note, applied_rtt_ms=applied_rtt,
+                      middlebox_counters=counters, timeout_s=m.timeout_s,
+                      shared_network=pool is not None)
+    add_time_split(out, backend)
+    return out
+
+
+def _run_on(net: Network, topo: Topology, m: Measurement, pcap: Path
+            ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """The point's connections on a running network: the records and the box's counters."""
     box = middleboxes.create(m.middlebox) if m.middlebox else None
-    topo = create(m.topology, path=m.path)
     # The warm-up is the first connection of the same client and server processes: it
     # fetches the TFO cookie, seeds resumption tickets and takes the processes' first-use
     # costs (imports, first OpenSSL and hook calls), which no later connection pays.
     # Key logs on by default next to each pcap: secrets, for reading the captures.
     work = Workload(proto=m.proto, connections=m.connections + int(m.warmup),
                     gap_ms=m.gap_ms, timeout_s=m.timeout_s, policy=m.policy, keylog=True)
-    with Network(topo, NetConfig(link_backend=ctx.link_backend, seed=ctx.seed)) as net:
+    if box is not None:
+        box.install(net, topo.middleboxes[0])
+    try:
+        records = run_workload(net, work, pcap=pcap, port=m.port)
+        counters = box.counters() if box else None
+    finally:
         if box is not None:
-            box.install(net, topo.middleboxes[0])
-        try:
-            records = run_workload(net, work, pcap=pcaps / f"{tag}.pcap", port=m.port)
-            counters = box.counters() if box else None
-        finally:
-            if box is not None:
-                box.remove()
-        backend = net.backend
-        helper = net.delay_helper
-    applied = net.applied_delay()
-    # What ran, once per point: addresses, link shapes, every host's sysctls as read back.
-    with (ctx.run_dir / "networks.jsonl").open("a") as networks:
-        networks.write(json.dumps({"tag": tag, **net.describe(), "applied_delay": applied})
-                       + "\n")
-    one_way = [d.get("median_ms") for link in applied.values() for d in link.values()]
-    applied_rtt = sum(one_way) if all(v is not None for v in one_way) else None
-    out = [{**r, "warmup": m.warmup and r["conn"] == 0} for r in records]
-    for record in out:
-        record.update(link_backend=backend, delay_helper=helper.name,
-                      delay_helper_note=helper.note, applied_rtt_ms=applied_rtt,
-                      middlebox_counters=counters, timeout_s=m.timeout_s)
-    add_time_split(out, backend)
-    return out
+            box.remove()
+    return records, counters
 
 
 def _load(path: str | None) -> dict[Any, Connection] | str:
@@ -265,4 +318,23 @@ def count_from_pcaps(records: list[dict[str, Any]], run_dir: Path) -> list[dict[
             counted = round_trips(conn, record) if conn else {"rt_send": None, "rt_resp": None,
                                                                "flights": None, "dup_acks": None}
             out.append({"proto": record["proto"], "conn": record["conn"], **counted})
+    return out
+
+
+def pooled_applied_rtt(run_dir: Path) -> dict[str, float]:
+    """Point tag -> the RTT the link backend applied, from networks.jsonl (a pooled network
+    reports once for all its points, when it closes)."""
+    path = run_dir / "networks.jsonl"
+    out: dict[str, float] = {}
+    if not path.exists():
+        return out
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        entry = json.loads(line)
+        one_way = [d.get("median_ms") for link in entry.get("applied_delay", {}).values()
+                   for d in link.values()]
+        if one_way and all(v is not None for v in one_way):
+            for tag in str(entry.get("tag", "")).split(","):
+                out[tag] = float(sum(one_way))
     return out

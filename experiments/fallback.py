@@ -29,7 +29,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 import middleboxes  # noqa: E402
-from experiments.common import Measurement, measure  # noqa: E402
+from experiments.common import Measurement, NetworkPool, measure  # noqa: E402
 from experiments.runner import RunContext  # noqa: E402
 from experiments.theory import THEORY_RTTS  # noqa: E402
 from testbed.apps.transport import TRANSPORTS  # noqa: E402
@@ -80,13 +80,43 @@ def model_names() -> list[str]:
     return [entry["name"] for entry in middleboxes.catalogue()]
 
 
+# One network per middlebox model: points() lists a model's arms one after the other, and
+# each arm still gets its own box installation, server, hooks and client on it. Building
+# the network (hosts, veths, delay lines) cost more than running an arm's connections.
+POOL = NetworkPool()
+
+
 def run_point(point: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
     repeat = ctx.repeat or PROFILES[ctx.profile]["repeat"]
     m = Measurement(proto=point["proto"], policy=point["policy"], path=PathShape(rtt_ms=RTT_MS),
                     connections=repeat, topology="middlebox", middlebox=point["middlebox"],
-                    port=PORT, warmup=False, timeout_s=10.0, gap_ms=2.0)
+                    port=PORT, warmup=False, timeout_s=client_timeout_s(), gap_ms=2.0)
     tag = f"{point['proto']}-{point['policy'] or 'none'}-{point['middlebox']}"
-    return measure(m, ctx, tag)
+    return measure(m, ctx, tag, POOL)
+
+
+LINEAR_TIMEOUTS = Path("/proc/sys/net/ipv4/tcp_syn_linear_timeouts")
+
+
+def client_timeout_s() -> float:
+    """How long a client waits for its connection (recorded as ``timeout_s``).
+
+    It only decides when a connection that never completes is called failed (a SYN black
+    hole under the ``required`` policy). It must outlast the slowest connection that does
+    complete: an opportunistic ENO opener's third SYN retransmission, which leaves ENO out
+    (RFC 8547 §4.6 exception). Kernels with tcp_syn_linear_timeouts >= 3 send the first
+    retransmissions 1 s apart, so that SYN leaves at 3 s and 5 s keeps 2 s of margin; older
+    kernels double the wait (1, 3, 7 s) and keep 10 s."""
+    try:
+        linear = int(LINEAR_TIMEOUTS.read_text())
+    except (OSError, ValueError):
+        linear = 0
+    return 5.0 if linear >= 3 else 10.0
+
+
+def close_run(ctx: RunContext) -> None:
+    """End of the run (also an interrupted one): close the pooled network."""
+    POOL.close(ctx)
 
 
 def classify(record: dict[str, Any]) -> str:

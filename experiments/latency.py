@@ -1,11 +1,11 @@
 """latency: time to first response byte vs RTT, for every protocol available.
 
-Each point is one protocol at one RTT on the ``direct`` topology: a fresh
-network, one client and one server process, a warm-up connection (it fetches
-the TFO cookie where TFO is used, seeds resumption tickets and takes the
-processes' first-use costs; it is recorded with ``warmup: true`` and left out of
-the statistics), then ``repeat`` sequential connections, each a 12-byte request
-and a 1 KiB response,
+Each point is one protocol at one RTT on the ``direct`` topology (the arms of
+one RTT share one network), one client and one server process, a warm-up
+connection (it fetches the TFO cookie where TFO is used, seeds resumption
+tickets and takes the processes' first-use costs; it is recorded with
+``warmup: true`` and left out of the statistics), then ``repeat`` sequential
+connections, each a 12-byte request and a 1 KiB response,
 captured on the client's and on the server's interface. Each connection's
 time to first byte is split from the two captures (testbed/net/timesplit.py) into
 the time its flights spent on the path (``network_ms`` = ``protocol_latency_ms``,
@@ -26,7 +26,13 @@ from typing import Any
 import pandas as pd
 
 from experiments import plotting, timing
-from experiments.common import Measurement, counts_for_arm, measure
+from experiments.common import (
+    Measurement,
+    NetworkPool,
+    counts_for_arm,
+    measure,
+    pooled_applied_rtt,
+)
 from experiments.runner import RunContext
 from experiments.theory import THEORY_RTTS, ttfb_ms
 from testbed.apps.transport import TRANSPORTS
@@ -58,11 +64,26 @@ def points(profile: str) -> list[dict[str, Any]]:
     return [{"proto": p, "rtt_ms": r} for r in grid["rtts"] for p in protocols(profile)]
 
 
+# The arms of one RTT share one network (points() lists them one after the other); each arm
+# still gets its own server, hooks, client and warm-up. Its delay lines report the applied
+# RTT when it closes (networks.jsonl); the analysis puts it back on each point.
+POOL = NetworkPool()
+
+
+def tag(point: dict[str, Any]) -> str:
+    return f"{point['proto']}-{point['rtt_ms']}ms"
+
+
 def run_point(point: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
     repeat = ctx.repeat or PROFILES[ctx.profile]["repeat"]
     m = Measurement(proto=point["proto"], path=PathShape(rtt_ms=float(point["rtt_ms"])),
                     connections=repeat)
-    return measure(m, ctx, f"{point['proto']}-{point['rtt_ms']}ms")
+    return measure(m, ctx, tag(point), POOL)
+
+
+def close_run(ctx: RunContext) -> None:
+    """End of the run (also an interrupted one): close the pooled network."""
+    POOL.close(ctx)
 
 
 def summarise(records: pd.DataFrame) -> pd.DataFrame:
@@ -124,6 +145,13 @@ CONNECTION_COLUMNS = ["proto", "rtt_ms", "ttfb_ms", "connect_ms", "bytes_ok", "w
 
 def analyse(run_dir: Path) -> dict[str, Any]:
     records = pd.read_json(run_dir / "records.jsonl", lines=True)
+    pooled = pooled_applied_rtt(run_dir)
+    missing = records["applied_rtt_ms"].isna()
+    if missing.any():
+        records.loc[missing, "applied_rtt_ms"] = [
+            pooled.get(tag({"proto": p, "rtt_ms": r}))
+            for p, r in zip(records.loc[missing, "proto"], records.loc[missing, "rtt_ms"],
+                            strict=True)]
     for col in CONNECTION_COLUMNS:  # runs made before the split have no split columns
         if col not in records:
             records[col] = None

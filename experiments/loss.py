@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from experiments.common import Measurement, counts_for_arm, measure  # noqa: E402
+from experiments.common import Measurement, NetworkPool, counts_for_arm, measure  # noqa: E402
 from experiments.latency import protocols  # noqa: E402
 from experiments.runner import RunContext  # noqa: E402
 from experiments.style import style  # noqa: E402
@@ -49,12 +49,22 @@ def points(profile: str) -> list[dict[str, Any]]:
             for loss in PROFILES[profile]["losses"] for p in arms]
 
 
+# Points on the same path share one network (experiments/common.py, NetworkPool); each
+# arm still gets its own server, hooks, client and warm-up.
+POOL = NetworkPool()
+
+
+def close_run(ctx: RunContext) -> None:
+    """End of the run (also an interrupted one): close the pooled network."""
+    POOL.close(ctx)
+
+
 def run_point(point: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
     repeat = ctx.repeat or PROFILES[ctx.profile]["repeat"]
     path = PathShape(rtt_ms=RTT_MS, loss=point["loss_percent"] / 100.0)
     m = Measurement(proto=point["proto"], path=path, connections=repeat, timeout_s=30.0,
                     gap_ms=2.0)
-    return measure(m, ctx, f"{point['proto']}-loss{point['loss_percent']:g}")
+    return measure(m, ctx, f"{point['proto']}-loss{point['loss_percent']:g}", POOL)
 
 
 def handshake_ms(record: dict[str, Any]) -> float | None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from experiments.common import Measurement, count_from_pcaps, measure
+from experiments.common import Measurement, NetworkPool, count_from_pcaps, measure
 from experiments.latency import protocols
 from experiments.runner import RunContext
 from experiments.theory import THEORY_RTTS
@@ -31,10 +31,20 @@ def points(profile: str) -> list[dict[str, Any]]:
     return [{"proto": p} for p in protocols("full")]
 
 
+# Points on the same path share one network (experiments/common.py, NetworkPool); each
+# arm still gets its own server, hooks, client and warm-up.
+POOL = NetworkPool()
+
+
+def close_run(ctx: RunContext) -> None:
+    """End of the run (also an interrupted one): close the pooled network."""
+    POOL.close(ctx)
+
+
 def run_point(point: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
     repeat = ctx.repeat or PROFILES[ctx.profile]["repeat"]
     m = Measurement(proto=point["proto"], path=PathShape(rtt_ms=RTT_MS), connections=repeat)
-    return measure(m, ctx, f"{point['proto']}")
+    return measure(m, ctx, f"{point['proto']}", POOL)
 
 
 def analyse(run_dir: Path) -> dict[str, Any]:

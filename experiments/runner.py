@@ -194,13 +194,19 @@ def run_experiment(name: str, ctx: RunContext, args: dict[str, Any],
     progress = Progress(len(todo), name)
     with (ctx.run_dir / "records.jsonl").open("a") as records, \
             (ctx.run_dir / "points.jsonl").open("a") as marks:
-        for point in todo:
-            for record in module.run_point(point, ctx):
-                records.write(json.dumps({**point, **record}) + "\n")
-            records.flush()
-            marks.write(point_key(point) + "\n")
-            marks.flush()
-            progress.step(" ".join(f"{k}={v}" for k, v in point.items()))
+        try:
+            for point in todo:
+                for record in module.run_point(point, ctx):
+                    records.write(json.dumps({**point, **record}) + "\n")
+                records.flush()
+                marks.write(point_key(point) + "\n")
+                marks.flush()
+                progress.step(" ".join(f"{k}={v}" for k, v in point.items()))
+        finally:
+            # An experiment that keeps state across points (a pooled network) ends it here.
+            close_run = getattr(module, "close_run", None)
+            if close_run is not None:
+                close_run(ctx)
     summary: dict[str, Any] = module.analyse(ctx.run_dir)
     meta = json.loads(meta_path.read_text())
     meta["finished"] = datetime.now(UTC).isoformat(timespec="seconds")

@@ -290,3 +290,15 @@ def test_duplicate_acks_flags_sack_blocks_and_repeated_acks(tmp_path):
         ("c2s", "PA", 101, 501, b"a" * 10, []), ("c2s", "PA", 111, 501, b"b" * 10, []),
         ("s2c", "A", 501, 111, b"", []), ("s2c", "A", 501, 111, b"", [])])
     assert duplicate_acks(repeated) == [6]
+
+
+def test_fallback_client_timeout_follows_the_kernels_syn_timing(tmp_path, monkeypatch):
+    from experiments import fallback
+
+    path = tmp_path / "tcp_syn_linear_timeouts"
+    monkeypatch.setattr(fallback, "LINEAR_TIMEOUTS", path)
+    assert fallback.client_timeout_s() == 10.0  # no such sysctl: exponential backoff
+    path.write_text("4\n")
+    assert fallback.client_timeout_s() == 5.0
+    path.write_text("2\n")
+    assert fallback.client_timeout_s() == 10.0

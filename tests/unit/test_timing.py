@@ -110,3 +110,16 @@ def test_bench_endpoints_flights_and_table() -> None:
            "cpu_client_ms": None, "cpu_server_ms": None, "flights": hop_medians(records)}
     assert format_rows([row]).splitlines()[-1] == (
         "plain              3   0.600   0.800      -      -  S1 0.100 C2 1.000 S2 0.500")
+
+
+def test_pooled_applied_rtt_puts_a_networks_delay_on_each_of_its_points(tmp_path: Path) -> None:
+    from experiments.common import pooled_applied_rtt
+
+    one_way = {"a2b": {"median_ms": 5.01}, "b2a": {"median_ms": 5.03}}
+    lines = [{"tag": "plain-10ms,tls-10ms", "applied_delay": {"l0": one_way}},
+             {"tag": "plain-50ms", "applied_delay": {"l0": {"a2b": {"median_ms": None},
+                                                             "b2a": {"median_ms": 25.0}}}}]
+    (tmp_path / "networks.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert pooled_applied_rtt(tmp_path) == {"plain-10ms": pytest.approx(10.04),
+                                            "tls-10ms": pytest.approx(10.04)}
+    assert pooled_applied_rtt(tmp_path / "missing") == {}
