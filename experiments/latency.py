@@ -152,19 +152,22 @@ def analyse(run_dir: Path) -> dict[str, Any]:
             pooled.get(tag({"proto": p, "rtt_ms": r}))
             for p, r in zip(records.loc[missing, "proto"], records.loc[missing, "rtt_ms"],
                             strict=True)]
-    for col in CONNECTION_COLUMNS:  # runs made before the split have no split columns
+    has_split = "split_error" in records  # runs made before the split have none
+    for col in CONNECTION_COLUMNS:
         if col not in records:
             records[col] = None
     records[CONNECTION_COLUMNS].to_csv(run_dir / "connections.csv", index=False)
     measured = records[records.apply(lambda r: counts_for_arm(r.to_dict()), axis=1)]
     summary = summarise(records)
-    split = timing.split_table(measured[measured["bytes_ok"].astype(bool)])
+    split = timing.split_table(measured[measured["bytes_ok"].astype(bool)]) if has_split \
+        else pd.DataFrame()
     if not split.empty:
         summary = summary.merge(split[["proto", "rtt_ms", "protocol_latency_ms",
                                        "protocol_error_ms", "host_median_ms", "host_p95_ms",
                                        "split_empty"]], on=["proto", "rtt_ms"], how="left")
     summary.to_csv(run_dir / "summary.csv", index=False, float_format="%.3f")
-    excess(records).to_csv(run_dir / "excess.csv", index=False, float_format="%.3f")
+    excess(records if has_split else records.drop(columns=["split_error"])).to_csv(
+        run_dir / "excess.csv", index=False, float_format="%.3f")
     timing.host_table(measured).to_csv(run_dir / "host_time.csv", index=False,
                                        float_format="%.3f")
     plotting.latency_plot(summary, run_dir / "latency.png")
