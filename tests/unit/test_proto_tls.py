@@ -352,3 +352,27 @@ def test_eno_resume_arm_resumes_without_early_data() -> None:
         a.close()
         assert b.recv(10) == b""
         b.close()
+
+
+def test_connect_overlapped_runs_the_work_during_the_handshake_and_reports_refusal() -> None:
+    import socket as _socket
+
+    from testbed.apps.proto_tls import connect_overlapped
+
+    calls: list[int] = []
+    with _socket.create_server(("127.0.0.1", 0)) as listener:
+        sock = _socket.socket()
+        try:
+            connect_overlapped(sock, listener.getsockname(), 5.0, lambda: calls.append(1))
+            assert calls == [1] and sock.gettimeout() == 5.0
+            assert sock.getpeername() == listener.getsockname()
+        finally:
+            sock.close()
+        port = listener.getsockname()[1]
+    sock = _socket.socket()
+    try:
+        with pytest.raises(ConnectionRefusedError, match=f"connect to 127.0.0.1:{port}"):
+            connect_overlapped(sock, ("127.0.0.1", port), 5.0, lambda: calls.append(2))
+        assert calls == [1, 2]  # the work ran while the SYN was out, refused or not
+    finally:
+        sock.close()
