@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import queue
 import signal
 import socket
 import sys
@@ -117,6 +118,53 @@ def handle(transport: Any, sock: socket.socket, addr: tuple[str, int], request_s
                        "error": error})
 
 
+class Workers:
+    """Connection threads started ahead of the connections they serve.
+
+    Starting a thread per accepted socket put the thread's creation (and ``Thread.start``'s
+    wait for it to run) between the TCP handshake and the first TEP message. Here an accepted
+    socket goes to a thread already waiting on a queue, and a new spare thread is started
+    after the hand-off whenever fewer than ``spare`` are idle: concurrency is unbounded, as
+    before, and threads are reused once their connection ends.
+    """
+
+    def __init__(self, work: Callable[[socket.socket, tuple[str, int]], None],
+                 spare: int = 2) -> None:
+        self.work = work
+        self.spare = spare
+        self.queue: queue.SimpleQueue[tuple[socket.socket, tuple[str, int]]] = \
+            queue.SimpleQueue()
+        self.lock = threading.Lock()
+        self.idle = 0
+        for _ in range(spare):
+            self._start()
+
+    def submit(self, sock: socket.socket, addr: tuple[str, int]) -> None:
+        self.queue.put((sock, addr))
+        with self.lock:
+            self.idle -= 1  # the thread that takes it is busy from now on
+            short = self.idle < self.spare
+        if short:
+            self._start()
+
+    def _start(self) -> None:
+        with self.lock:
+            self.idle += 1
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            sock, addr = self.queue.get()
+            try:
+                self.work(sock, addr)
+            except Exception as exc:  # a bug in one connection must not take the thread
+                print(f"server: connection thread failed: {type(exc).__name__}: {exc}",
+                      file=sys.stderr, flush=True)
+                sock.close()
+            with self.lock:
+                self.idle += 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--bind", default="0.0.0.0")
@@ -136,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     lsock.bind((args.bind, args.port))
     transport.listen(lsock)
     lsock.listen(1024)
+    workers = Workers(lambda sock, addr: handle(transport, sock, addr, args.request_size,
+                                                records))
     print("ready", flush=True)
     try:
         while True:
@@ -144,10 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             # in the connection's thread, with a record.
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            threading.Thread(
-                target=handle, args=(transport, sock, addr, args.request_size, records),
-                daemon=True,
-            ).start()
+            workers.submit(sock, addr)
     except Stop:
         return 0
     finally:

@@ -1,0 +1,42 @@
+"""Tests for the server's connection threads (testbed/apps/server.py, Workers)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+from testbed.apps.server import Workers
+
+
+def test_workers_serve_concurrently_reuse_threads_and_survive_a_failure(capsys) -> None:
+    release = threading.Event()
+    started: list[int] = []
+    all_in = threading.Semaphore(0)
+
+    def work(sock: socket.socket, addr: tuple[str, int]) -> None:
+        started.append(addr[1])
+        all_in.release()
+        sock.close()
+        if addr[1] == 3:
+            raise RuntimeError("boom")
+        if addr[1] < 3:
+            release.wait(5)  # three connections stay busy: the others must not wait
+
+    workers = Workers(work, spare=2)
+    pairs = [socket.socketpair() for _ in range(6)]
+    for i, (a, _) in enumerate(pairs):
+        workers.submit(a, ("peer", i))
+    for _ in range(6):
+        assert all_in.acquire(timeout=5)
+    assert sorted(started) == list(range(6))
+    release.set()
+    for _, b in pairs:
+        b.close()
+    # The pool still serves after a failure and after its threads went back to waiting.
+    again = threading.Event()
+    workers.work = lambda sock, addr: (sock.close(), again.set())  # type: ignore[assignment]
+    a, b = socket.socketpair()
+    workers.submit(a, ("peer", 9))
+    assert again.wait(5)
+    b.close()
+    assert "connection thread failed: RuntimeError: boom" in capsys.readouterr().err
