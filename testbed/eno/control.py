@@ -226,6 +226,8 @@ class Result:
     peer_eno_after_fallback: bool = False
     error: str | None = None  # the hook could not follow this connection (its core failed)
     packets: int = 0  # segments of this connection the hook has seen (handshake phase only)
+    # §4.7 verdict on the peer's SYN data: "accepted", "discarded:<reason>", "" (none came)
+    syn_data: str = ""
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)

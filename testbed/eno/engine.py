@@ -64,6 +64,7 @@ from testbed.eno.events import (
     Fallback,
     FallbackReason,
     Negotiated,
+    SynDataAccepted,
     SynDataDiscarded,
 )
 from testbed.eno.negotiation import EnoNegotiator, State, Trigger, allowed_targets
@@ -101,6 +102,8 @@ class Conn:
     peer_eno_after_fallback: bool = False
     error: str | None = None
     packets: int = 0
+    # §4.7 verdict on the peer's SYN data: "accepted" or "discarded:<reason>" ("" if none)
+    syn_data: str = ""
 
 
 @dataclass
@@ -487,7 +490,10 @@ class HookEngine:
                 self.reasons[f"aborted:{event.reason.value}"] += 1
             elif isinstance(event, SynDataDiscarded):
                 self.counts["syn_data_discarded"] += 1
+                conn.syn_data = f"discarded:{event.reason.value}"
                 strip = True
+            elif isinstance(event, SynDataAccepted):
+                conn.syn_data = "accepted"
             if isinstance(event, Negotiated | Fallback | Aborted):
                 self._notify(conn)
         return strip
@@ -527,6 +533,7 @@ def result_of(conn: Conn) -> Result:
         local=(conn.key[0], conn.key[1]), remote=(conn.key[2], conn.key[3]),
         active=conn.active, state=neg.state.value, error=conn.error,
         peer_eno_after_fallback=conn.peer_eno_after_fallback, packets=conn.packets,
+        syn_data=conn.syn_data,
     )
     outcome = neg.outcome
     if isinstance(outcome, Negotiated):

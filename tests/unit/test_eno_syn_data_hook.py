@@ -56,6 +56,7 @@ def test_syn_data_kept_when_the_syn_tep_is_negotiated() -> None:
     assert payload(syn) == FIRST and scapy_checksums_ok(syn)
     assert pair.result_a().outcome == pair.result_b().outcome == "negotiated"
     assert pair.b.stats()["counts"].get("syn_data_discarded", 0) == 0
+    assert pair.result_b().syn_data == "accepted" and pair.result_a().syn_data == ""
 
 
 def test_syn_data_discarded_when_the_peer_does_not_define_it() -> None:
@@ -64,6 +65,7 @@ def test_syn_data_discarded_when_the_peer_does_not_define_it() -> None:
     assert payload(syn) == b"" and has_eno(syn)  # B's kernel ACKs only the ISN
     assert scapy_checksums_ok(syn)
     assert pair.b.stats()["counts"]["syn_data_discarded"] == 1
+    assert pair.result_b().syn_data == "discarded:no_syn_data_defined"  # the record says why
     # The data was not acknowledged, so A is fine: TCP sends it again after the handshake.
     assert pair.result_a().outcome == pair.result_b().outcome == "negotiated"
 
