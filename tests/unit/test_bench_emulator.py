@@ -1,0 +1,74 @@
+"""`tcpinc bench emulator`'s verdicts against the targets, on fixed rows (no network)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from testbed.errors import ConfigError
+from testbed.net import bench
+
+
+def _rows(helper: str, err: float, p99: float, wire: float, gso: float,
+          sent: float, loss: float) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = [
+        {"metric": "rtt", "method": m, "configured_rtt_ms": rtt, "median_ms": rtt + err,
+         "median_err_ms": err if rtt else 0.9, "p99_err_ms": p99 if rtt else 9.0}
+        for rtt in (0, 10, 50, 200) for m in ("icmp-echo", "tcp-connect")]
+    rows += [{"metric": "tcp-throughput", "method": "iperf3 (wire frames)", "gbit_s": wire,
+              "configured_rtt_ms": 20.0, "retransmits": 0},
+             {"metric": "tcp-throughput", "method": "iperf3 (gso frames)", "gbit_s": gso,
+              "configured_rtt_ms": 20.0, "retransmits": 0},
+             {"metric": "udp-pps", "method": "iperf3 -u -l 64", "configured_rtt_ms": 20.0,
+              "offered_pps": 500_000, "sent_pps": sent, "received_pps": sent,
+              "loss_percent": loss}]
+    for row in rows:
+        row["delay_helper"] = helper
+    return rows
+
+
+def test_targets_met_and_missed_per_helper() -> None:
+    rows = _rows("c", 0.05, 0.2, 2.0, 10.0, 500_000, 0.5) + \
+        _rows("python", 0.06, 0.1, 1.9, 12.0, 499_999, 0.5)
+    scale = [{"delay_helper": "c", "clients": 100, "start_s": 5.0, "stop_s": 2.1,
+              "delayline_rss_mb": 170.0, "delay_lines": 101},
+             {"delay_helper": "python", "clients": 100, "skipped": "too slow"}]
+    lines = bench.targets_summary(rows, scale)
+    assert [line.rsplit(": ", 1)[-1] for line in lines] == [
+        "met", "met", "met", "met",              # c: the 0 ms row does not count
+        "NOT met", "NOT met", "met", "NOT met",  # python: median, wire, gso, pps
+        "NOT met",                               # c at 100 clients: stop 2.1 s > 2 s
+        "skipped (too slow)",
+    ]
+    assert "worst median +0.060 ms" in lines[4]
+
+
+def test_lossy_packet_rates_do_not_count() -> None:
+    lines = bench.targets_summary(_rows("c", 0, 0, 3, 11, 600_000, 1.0), [])
+    assert lines[3].startswith("[c] 64-byte UDP at < 1 % loss: 0k pps sent")
+
+
+@pytest.mark.parametrize("text, sizes", [("10,100", [10, 100]), ("none", []), ("", []),
+                                         ("7", [7])])
+def test_fanin_sizes(text: str, sizes: list[int]) -> None:
+    assert bench._fanin_sizes(text) == sizes
+
+
+@pytest.mark.parametrize("text", ["ten", "0", "10,-1"])
+def test_bad_fanin_sizes_are_refused(text: str) -> None:
+    with pytest.raises(ConfigError, match="--fanin-clients"):
+        bench._fanin_sizes(text)
+
+
+def test_link_figures_take_the_worst_direction() -> None:
+    def d(frames: int, med: float, p99: float) -> dict[str, Any]:
+        return {"frames": frames, "lateness_us": {"count": frames, "median": med, "p99": p99}}
+    reports = {"l0": {"cpu_s": 0.5, "directions": {"a2b": d(1000, 1.0, 50.0),
+                                                    "b2a": d(0, 0.0, 0.0)}},
+               "l1": {"cpu_s": 0.5, "directions": {"a2b": d(1000, 3.0, 20.0),
+                                                    "b2a": d(2000, 2.0, 10.0)}}}
+    fig = bench.link_figures(reports)
+    assert fig["frames"] == 4000 and fig["cpu_us_per_packet"] == 250.0
+    assert fig["lateness_median_us"] == 3.0 and fig["lateness_p99_us"] == 50.0
+    assert bench.link_figures({}) == {}
