@@ -267,7 +267,14 @@ def section_questions(runs: dict[str, Path], root: Path) -> list[str]:
              "may use TFO (RFC 8547 §4.7). Without ENO, TLS 1.3 with TFO "
              f"{_fmt(t['tls-noeno-tfo'])}, and with TFO plus 0-RTT {_fmt(t['tls-noeno-0rtt-tfo'])}"
              f" (one RTT; plain TCP+TFO {_fmt(t['plain-tfo'])}). The one-round-trip end needs "
-             "data in the SYN, which the TCPINC designs do not define.", ""]
+             "data in the SYN, which the TCPINC designs do not define. RFC 8547 §4.7 would let "
+             "a TEP define it: the hooks enforce its rules on both ends (Linux no-cookie TFO, "
+             "checked on the wire), but SYN-data arms of tcpcrypt and TCP-use-TLS are not built "
+             "yet. What such data meets, measured for the TFO arms (README, Data on the SYN): "
+             "a box dropping SYNs with data costs the 1 s SYN timeout, one stripping the data "
+             "costs one RTT, and a replayed SYN hands plain TFO's request to the server "
+             "application a second time, while TLS 0-RTT's anti-replay delivers none "
+             "(`tcpinc bench replay`).", ""]
     if fb is not None:
         lines += ["**Middlebox friendliness** (fallback matrix, "
                   f"{src['fallback']}; number of middlebox models per outcome):", ""]
