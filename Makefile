@@ -5,11 +5,16 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 APT_PACKAGES := mininet iptables iproute2 iputils-ping net-tools tcpdump ethtool iperf3 \
-                libnetfilter-queue-dev gcc python3-dev openssl util-linux tshark nftables curl
+                libnetfilter-queue-dev gcc python3-dev openssl util-linux tshark nftables curl \
+                clang llvm libbpf-dev bpftool
+# The in-kernel ENO datapath (testbed/eno/bpf): compiled once here, only loaded at run time.
+BPF_OBJ := testbed/eno/bpf/eno.bpf.o
 
 # mypy checks exactly these files (a new module joins by being added here, on purpose):
 # the protocol cores strictly, the rest with the default checks.
 MYPY_STRICT := testbed/eno/__init__.py testbed/eno/bench.py testbed/eno/config.py \
+    testbed/eno/bpf/__init__.py testbed/eno/bpf/attach.py testbed/eno/bpf/datapath.py \
+    testbed/eno/bpf/maps.py \
     testbed/eno/constants.py testbed/eno/control.py testbed/eno/ctzero.py testbed/eno/engine.py \
     testbed/eno/errors.py testbed/eno/events.py testbed/eno/fastopt.py testbed/eno/hook.py \
     testbed/eno/negotiation.py testbed/eno/option.py testbed/eno/packet.py testbed/eno/rules.py \
@@ -50,15 +55,22 @@ MYPY_FILES += testbed/keylog.py testbed/ladder.py testbed/ladder_draw.py experim
 MYPY_FILES += testbed/net/timesplit.py experiments/timing.py testbed/bench_endpoints.py
 # Checks of user-given output paths and names.
 MYPY_FILES += testbed/userinput.py
+MYPY_FILES += experiments/datapath.py
 
-.PHONY: setup apt venv helper demo test test-unit lint clean-net
+.PHONY: setup apt venv helper bpf demo test test-unit lint clean-net
 
-setup: apt venv helper
+setup: apt venv helper bpf
 
 # The compiled delay line (testbed/net/delayline_c); without it links fall back to the Python one.
 helper: apt
 	@$(MAKE) -s -C testbed/net/delayline_c || \
 	  echo "compiled delay line not built (see the gcc error above): links use the Python delay line"
+
+bpf: $(BPF_OBJ)
+
+# -I: Debian keeps asm/types.h under the multiarch include directory.
+$(BPF_OBJ): testbed/eno/bpf/eno.bpf.c
+	clang -O2 -g -Wall -target bpf -I/usr/include/$$(gcc -dumpmachine) -c $< -o $@
 
 apt:
 	@missing=""; for p in $(APT_PACKAGES); do \

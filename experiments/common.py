@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,10 +12,12 @@ import middleboxes
 from experiments.runner import RunContext
 from testbed.net.flows import Connection, connections
 from testbed.net.network import NetConfig, Network
-from testbed.net.pcap import PcapError, options_of, read_segments
+from testbed.net.pcap import PcapError, Segment, options_of, read_segments
 from testbed.net.timesplit import SplitError, empty_record, split
 from testbed.workload import Workload, run_workload
 from topologies import PathShape, Topology, create
+
+TCP_FIN, TCP_RST = 0x01, 0x04
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -31,6 +34,7 @@ class Measurement:
     warmup: bool = True
     timeout_s: float = 10.0
     gap_ms: float = 5.0
+    eno_datapath: str | None = None  # ENO arms: bpf | nfqueue (None: the run's --eno-datapath)
 
 
 class NetworkPool:
@@ -114,7 +118,8 @@ def _run_on(net: Network, topo: Topology, m: Measurement, pcap: Path
     # costs (imports, first OpenSSL and hook calls), which no later connection pays.
     # Key logs on by default next to each pcap: secrets, for reading the captures.
     work = Workload(proto=m.proto, connections=m.connections + int(m.warmup),
-                    gap_ms=m.gap_ms, timeout_s=m.timeout_s, policy=m.policy, keylog=True)
+                    gap_ms=m.gap_ms, timeout_s=m.timeout_s, policy=m.policy, keylog=True,
+                    eno_datapath=m.eno_datapath)
     if box is not None:
         box.install(net, topo.middleboxes[0])
     try:
@@ -304,6 +309,27 @@ def round_trips(conn: Connection, record: dict[str, Any]) -> dict[str, Any]:
             "dup_acks": len(duplicate_acks(conn))}
 
 
+def sack_holes(segment: Segment) -> int:
+    """SACK blocks (RFC 2018) above the segment's cumulative ACK: data that arrived out of
+    order. A D-SACK (at or below the ACK) reports a duplicate, not a reordering."""
+    holes = 0
+    for data in options_of(segment, SACK_KIND):
+        edges = struct.unpack(f"!{len(data) // 4}I", data[: len(data) // 4 * 4])
+        holes += sum(1 for right in edges[1::2] if 0 < (right - segment.ack) % 2**32 < 2**31)
+    return holes
+
+
+def reordered(conn: Connection) -> int:
+    """Segments with a SACK hole before the first FIN or RST (handshakes and the exchange):
+    on a loss-free link, each one is a segment some box let overtake another."""
+    count = 0
+    for cs in conn.segments:
+        if cs.segment.flags & (TCP_FIN | TCP_RST):
+            break
+        count += bool(sack_holes(cs.segment))
+    return count
+
+
 def count_from_pcaps(records: list[dict[str, Any]], run_dir: Path) -> list[dict[str, Any]]:
     """Round trips for every non-warm-up record, reading each pcap once."""
     by_pcap: dict[str, list[dict[str, Any]]] = {}
@@ -317,7 +343,9 @@ def count_from_pcaps(records: list[dict[str, Any]], run_dir: Path) -> list[dict[
             conn = find_connection(conns, record)
             counted = round_trips(conn, record) if conn else {"rt_send": None, "rt_resp": None,
                                                                "flights": None, "dup_acks": None}
-            out.append({"proto": record["proto"], "conn": record["conn"], **counted})
+            out.append({"proto": record["proto"], "conn": record["conn"],
+                        "eno_datapath": record.get("eno_datapath"),
+                        "reordered": reordered(conn) if conn else None, **counted})
     return out
 
 

@@ -5,9 +5,12 @@ one core, client and server CPU per handshake), the loopback bulk transfer
 for every transport (MB/s, CPU per side, bytes on the wire per application
 byte), and the wake-up cost of an endpoint that sat idle (loopback ping-pong
 after 0-200 ms of idleness, testbed/bench_wakeup.py; the latency report uses it
-to explain why the endpoints' excess over theory grows with the RTT). Same code
-as `tcpinc bench handshake|throughput|wakeup`; the analysis writes the tables and
-a figure with server CPU per handshake and throughput side by side.
+to explain why the endpoints' excess over theory grows with the RTT), and what each
+ENO datapath adds to a connection over plain TCP (packet intercept through the NFQUEUE
+hook against the in-kernel bpf option; testbed/eno/bench.py). Same code as `tcpinc
+bench handshake|throughput|wakeup|eno-hook`; the analysis writes the tables and a
+figure with server CPU per handshake and throughput side by side (``eno_datapath.csv``
+and ``eno_datapath.png`` for the datapaths).
 """
 
 from __future__ import annotations
@@ -26,20 +29,26 @@ from experiments.runner import RunContext  # noqa: E402
 from testbed import bench_teps, bench_wakeup  # noqa: E402
 
 NAME = "cost"
-PROFILES = {"quick": {"handshakes": 100, "mbytes": 32, "wakeup_rounds": 20},
-            "full": {"handshakes": 1000, "mbytes": 256, "wakeup_rounds": 100}}
+PROFILES = {"quick": {"handshakes": 100, "mbytes": 32, "wakeup_rounds": 20, "eno_rounds": 100},
+            "full": {"handshakes": 1000, "mbytes": 256, "wakeup_rounds": 100,
+                     "eno_rounds": 500}}
+# What the datapath table keeps of each side of `tcpinc bench eno-hook` (added = paired
+# median over plain TCP in the same round of the interleaving).
+ENO_PHASES = ("eno_tcp_connect", "eno_setup_until_result", "eno_until_tep_handshake_done")
 
 
 def points(profile: str) -> list[dict[str, Any]]:
     return ([{"bench": "handshake"}]
             + [{"bench": "throughput", "kind": kind} for kind in bench_teps.THROUGHPUT_KINDS]
-            + [{"bench": "wakeup"}])
+            + [{"bench": "wakeup"}, {"bench": "eno-datapath"}])
 
 
 def run_point(point: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
     grid = PROFILES[ctx.profile]
     if point["bench"] == "handshake":
         return bench_teps.handshake_rows(ctx.repeat or grid["handshakes"])
+    if point["bench"] == "eno-datapath":
+        return eno_datapath_rows(grid["eno_rounds"])
     if point["bench"] == "wakeup":
         result = bench_wakeup.measure(rounds=grid["wakeup_rounds"], seed=ctx.seed)
         return [{"bench": "wakeup", **row} for row in result["rows"]]
@@ -64,7 +73,57 @@ def analyse(run_dir: Path) -> dict[str, Any]:
     ratio = (float(tls_full["server_cpu_ms"].iloc[0]) / float(x25519["server_cpu_ms"].iloc[0])
              if len(tls_full) and len(x25519) else None)
     return {"handshake_rows": len(hs), "throughput_rows": len(tp), "wakeup_rows": len(wakeup),
-            "tls_over_tcpcrypt_x25519_server_cpu": ratio}
+            "tls_over_tcpcrypt_x25519_server_cpu": ratio,
+            "eno_datapath_rows": analyse_eno_datapath(records, run_dir)}
+
+
+def eno_datapath_rows(rounds: int) -> list[dict[str, Any]]:
+    """One row per datapath from the side-by-side bench (bpf only where it runs)."""
+    from testbed.eno import bench as eno_bench
+
+    result = eno_bench.compare(rounds, warmup=20 if rounds < 200 else 50)
+    rows = []
+    for datapath in ("nfqueue", "bpf"):
+        side = result[datapath]
+        if "unavailable" in side:
+            continue
+        row: dict[str, Any] = {
+            "bench": "eno-datapath", "datapath": datapath, "rounds": side["rounds"],
+            "plain_connect_median_ms": side["plain_connect"]["median_ms"],
+            "nfqueue_rules": sum(side["nfqueue_rules"].values()),
+        }
+        for phase in ENO_PHASES:
+            row[f"{phase}_added_median_ms"] = side[phase]["added_median_ms"]
+            row[f"{phase}_added_p99_ms"] = side[phase]["added_p99_ms"]
+        hooks = side.get("hooks", {})
+        cpu = [h["cpu_us_per_packet"] for h in hooks.values() if h["cpu_us_per_packet"]]
+        row["hook_cpu_us_per_packet"] = sum(cpu) / len(cpu) if cpu else None
+        row["hook_packets"] = sum(h["packets"] for h in hooks.values()) if hooks else 0
+        rows.append(row)
+    return rows
+
+
+def analyse_eno_datapath(records: list[dict[str, Any]], run_dir: Path) -> int:
+    table = pd.DataFrame([r for r in records if r["bench"] == "eno-datapath"])
+    if table.empty:  # runs made before the datapath point existed have none
+        return 0
+    table.drop(columns=["bench"]).to_csv(run_dir / "eno_datapath.csv", index=False,
+                                         float_format="%.4f")
+    fig, ax = plt.subplots(figsize=(7, 4))
+    width = 0.8 / len(table)
+    for i, row in enumerate(table.itertuples()):
+        values = [getattr(row, f"{phase}_added_median_ms") for phase in ENO_PHASES]
+        xs = [k + i * width for k in range(len(ENO_PHASES))]
+        ax.bar(xs, values, width, label=f"{row.datapath}")
+    ax.set_xticks([k + width * (len(table) - 1) / 2 for k in range(len(ENO_PHASES))])
+    ax.set_xticklabels(["TCP connect", "ENO result", "TEP handshake done"])
+    ax.set_ylabel("added over plain TCP, median (ms, 0 ms link)")
+    ax.legend(title="ENO datapath")
+    ax.grid(True, axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(run_dir / "eno_datapath.png", dpi=120)
+    plt.close(fig)
+    return len(table)
 
 
 def plot(hs: pd.DataFrame, tp: pd.DataFrame, path: Path) -> None:

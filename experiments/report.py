@@ -181,6 +181,13 @@ def section_roundtrips(run: Path, root: Path) -> list[str]:
         text.append("**Disagreements with theory:** " + ", ".join(
             f"{r.proto} (send {r.rt_send_measured} vs {r.rt_send_theory:g}, first response "
             f"{r.rt_resp_measured} vs {r.rt_resp_theory:g})" for r in bad.itertuples()))
+    if "reordered_connections" in table:
+        moved = table[table["reordered_connections"] > 0]
+        text += ["", "Reordering on the loss-free link (a SACK block above the cumulative ACK "
+                 "before the first FIN): " + ("none, on every arm and ENO datapath." if
+                 moved.empty else ", ".join(f"{r.proto} on {r.datapath}: "
+                                            f"{r.reordered_connections} of {r.connections}"
+                                            for r in moved.itertuples()))]
     return text + [""]
 
 
@@ -209,7 +216,58 @@ def section_cost(run: Path, root: Path) -> list[str]:
             f"Handshakes (in memory, one core): `{_rel(run / 'handshake_cost.csv', root)}`", "",
             _table(hs, "{:.3f}"), "",
             f"Bulk transfer over loopback: `{_rel(run / 'throughput.csv', root)}`", "",
-            _table(tp, "{:.3f}"), ""]
+            _table(tp, "{:.3f}"), "", *_datapath_text(run, root)]
+
+
+def section_datapath(run: Path, root: Path) -> list[str]:
+    table = pd.read_csv(run / "datapath.csv")
+    text = ["## ENO datapath: NFQUEUE hook against the in-kernel option", _config(run), "",
+            f"![datapath]({_rel(run / 'datapath.png', root)})", "",
+            f"Data: `{_rel(run / 'datapath.csv', root)}`. Same arms and links, ENO through "
+            "the userspace NFQUEUE hook or written and read by the bpf sock_ops program; "
+            "`eno_query_median_ms` is the wait between the TCP handshake and the ENO verdict, "
+            "`client_host_ms` / `server_host_ms` the host time the capture split gives each "
+            "end.", "", _table(table, "{:.3f}"), ""]
+    pivot = table.pivot_table(index=["proto", "rtt_ms"], columns="datapath",
+                              values="excess_ms")
+    if {"nfqueue", "bpf"} <= set(pivot.columns):
+        gains = [f"{proto} at {rtt:g} ms: {row['nfqueue'] - row['bpf']:+.2f} ms"
+                 for (proto, rtt), row in pivot.iterrows()]
+        text += ["Median TTFB saved by the in-kernel option over the hook: "
+                 + "; ".join(gains) + ".", ""]
+    moved = table[table["reordered_connections"] > 0]
+    text += ["Reordering (SACK block above the ACK before the first FIN): "
+             + ("none." if moved.empty else ", ".join(
+                 f"{r.proto} {r.rtt_ms:g} ms on {r.datapath}: {r.reordered_connections}"
+                 for r in moved.itertuples())), ""]
+    return text
+
+
+def _datapath_text(run: Path, root: Path) -> list[str]:
+    """Packet intercept (NFQUEUE hook) against the in-kernel option (bpf sock_ops)."""
+    path = run / "eno_datapath.csv"
+    if not path.exists():
+        return []
+    table = pd.read_csv(path)
+    text = ["### ENO datapath: packet intercept against an in-kernel option", "",
+            f"![eno datapath]({_rel(run / 'eno_datapath.png', root)})", "",
+            f"Data: `{_rel(path, root)}` (`tcpinc bench eno-hook`: 0 ms link, ENO with the "
+            "test TEP interleaved with plain TCP, added = median of the paired differences). "
+            "Per connection, the NFQUEUE hook sends every handshake-phase segment of both "
+            "hosts to a userspace process and back; the bpf program writes and reads the "
+            "option inside the kernel's own TCP processing and queues nothing.", "",
+            _table(table, "{:.3f}"), ""]
+    by = {str(r.datapath): r for r in table.itertuples()}
+    if "nfqueue" in by and "bpf" in by:
+        nfq, bpf = by["nfqueue"], by["bpf"]
+        text += [f"Added TCP-connect time of ENO over plain TCP: "
+                 f"{nfq.eno_tcp_connect_added_median_ms:.3f} ms through the hook, "
+                 f"{bpf.eno_tcp_connect_added_median_ms:.3f} ms in the kernel (median); "
+                 f"per intercepted segment the hooks spend "
+                 f"{nfq.hook_cpu_us_per_packet:.0f} µs of CPU "
+                 f"({int(nfq.hook_packets)} segments), the bpf datapath none in userspace "
+                 f"({int(bpf.nfqueue_rules)} NFQUEUE rules).", ""]
+    return text
 
 
 def _outcomes(fb: pd.DataFrame | None, proto: str, policy: str) -> dict[str, int]:
@@ -325,7 +383,7 @@ def write_report(root: Path) -> Path:
     sections: dict[str, Callable[[Path, Path], list[str]]] = {
         "latency": partial(section_latency, cost_run=runs.get("cost")),
         "roundtrips": section_roundtrips, "fallback": section_fallback,
-        "loss": section_loss, "cost": section_cost,
+        "loss": section_loss, "cost": section_cost, "datapath": section_datapath,
         "bulk": bulk.section, "web": web.section,
     }
     lines = ["# TCPINC evaluation report", "",

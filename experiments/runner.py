@@ -31,6 +31,7 @@ from testbed.net import delayhelper
 from testbed.net.network import check_prerequisites
 from testbed.net.shaping import choose_backend
 from testbed.userinput import check_name, check_writable_dir, read_run_metadata
+from testbed.workload import default_eno_datapath
 
 EXPERIMENTS = {
     "latency": "experiments.latency",
@@ -40,8 +41,9 @@ EXPERIMENTS = {
     "cost": "experiments.cost",
     "bulk": "experiments.bulk",
     "web": "experiments.web",
+    "datapath": "experiments.datapath",
 }
-ALL = ["latency", "roundtrips", "fallback", "loss", "cost", "bulk", "web"]
+ALL = ["latency", "roundtrips", "fallback", "loss", "cost", "datapath", "bulk", "web"]
 PACKAGES = ("tcpinc-testbed", "mininet", "scapy", "pandas", "matplotlib", "cryptography",
             "pyOpenSSL", "NetfilterQueue")
 REPO = Path(__file__).resolve().parent.parent
@@ -54,6 +56,7 @@ class RunContext:
     repeat: int | None
     seed: int
     link_backend: str
+    eno_datapath: str = "auto"  # --eno-datapath for ENO arms that name none (resolved on run)
 
 
 def _git(*args: str) -> str:
@@ -180,13 +183,23 @@ def _check_resumable(meta_path: Path, args: dict[str, Any]) -> None:
 
 def run_experiment(name: str, ctx: RunContext, args: dict[str, Any],
                    shard: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Run (or resume) one experiment; ENO arms use ``ctx.eno_datapath`` unless they name
+    their datapath (resolved here; the process default is restored afterwards)."""
+    with default_eno_datapath(ctx.eno_datapath) as datapath:
+        ctx.eno_datapath = datapath
+        return _run_experiment(name, ctx, args, shard)
+
+
+def _run_experiment(name: str, ctx: RunContext, args: dict[str, Any],
+                    shard: tuple[int, int] | None) -> dict[str, Any]:
     module = importlib.import_module(EXPERIMENTS[name])
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
     meta_path = ctx.run_dir / "metadata.json"
     if meta_path.exists():
         _check_resumable(meta_path, args)
     else:
-        meta_path.write_text(json.dumps(metadata(name, args, ctx.link_backend), indent=2))
+        meta = {**metadata(name, args, ctx.link_backend), "eno_datapath": ctx.eno_datapath}
+        meta_path.write_text(json.dumps(meta, indent=2))
     done = _read_done(ctx.run_dir)
     points = shard_points(select_protocols(module.points(ctx.profile), args.get("protocols"),
                                            getattr(module, "CALIBRATION_ARM", None)), shard)
@@ -231,13 +244,14 @@ def run_cli(args: argparse.Namespace) -> None:
     check_writable_dir(Path(args.out), "--out")
     check_prerequisites()
     backend = choose_backend(args.link_backend)
+    datapath = getattr(args, "eno_datapath", "auto")
     run_id = args.run_id or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + f"-{args.profile}"
     if shard and not args.run_id:
         run_id += f"-shard{shard[0]}of{shard[1]}"
     given = {k: v for k, v in vars(args).items() if k not in ("func", "run_id", "out")}
     for name in names:
         run_dir = Path(args.out) / name / run_id
-        ctx = RunContext(run_dir, args.profile, args.repeat, args.seed, backend)
+        ctx = RunContext(run_dir, args.profile, args.repeat, args.seed, backend, datapath)
         summary = run_experiment(name, ctx, given, shard)
         print(json.dumps({"experiment": name, "run_dir": str(run_dir), **summary}))
     if args.experiment == "all" and shard is None:

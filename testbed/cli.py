@@ -56,6 +56,12 @@ def _path_shape(args: argparse.Namespace) -> Any:
     )
 
 
+def _datapath_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--eno-datapath", default="auto", choices=["auto", "bpf", "nfqueue"],
+                   help="ENO in the kernel (bpf sock_ops) or through the NFQUEUE hook; "
+                        "auto: bpf where the kernel supports it")
+
+
 def cmd_probe(args: argparse.Namespace) -> int:
     from testbed.apps.transport import get_transport
     from testbed.probe import ProbeConfig, probe
@@ -73,6 +79,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
         pcap_dir=Path(args.pcap_dir) if args.pcap_dir else None, policy=args.policy,
         transparent=args.transparent,
         keylog=args.keylog,
+        eno_datapath=args.eno_datapath,
     )
     records = probe(cfg)
     for record in records:
@@ -233,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pcap-dir", default=None, help="keep the client capture here")
     p.add_argument("--keylog", action="store_true",
                    help="write TLS/tcpcrypt key logs (SECRETS) next to the capture")
+    _datapath_arg(p)
     _path_args(p)
     p.set_defaults(func=cmd_probe)
 
@@ -251,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", default=None, help="i/n: run every n-th point from the i-th")
     p.add_argument("--protocols", default=None,
                    help="comma-separated protocol arms to keep (default: the profile's)")
+    _datapath_arg(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("merge", help="combine shard run directories of one experiment")

@@ -9,10 +9,11 @@ from typing import Any
 
 import middleboxes
 import topologies
+from testbed.apps.transport import get_transport
 from testbed.errors import ConfigError
 from testbed.net.network import NetConfig, Network
 from testbed.userinput import check_writable_dir
-from testbed.workload import Workload, run_workload
+from testbed.workload import Workload, eno_datapath, run_workload
 from topologies import PathShape
 
 MAX_RESPONSE_SIZE = 1 << 30  # bytes; the client checks every byte it receives
@@ -42,6 +43,7 @@ class ProbeConfig:
     # Plain-TCP applications through each host's transparent proxy, which speaks ``proto``
     # (an ENO arm, or ``plain`` for the proxies alone); testbed/transparent/.
     transparent: bool = False
+    eno_datapath: str = "auto"  # ENO protocols: auto | bpf | nfqueue
 
 
 def build_topology(cfg: ProbeConfig) -> topologies.Topology:
@@ -70,7 +72,10 @@ def probe(cfg: ProbeConfig) -> list[dict[str, Any]]:
     topo = build_topology(cfg)
     work = Workload(proto="plain" if cfg.transparent else cfg.proto, connections=cfg.repeat,
                     response_size=cfg.response_size,
-                    policy=None if cfg.transparent else cfg.policy, keylog=cfg.keylog)
+                    policy=None if cfg.transparent else cfg.policy, keylog=cfg.keylog,
+                    eno_datapath=cfg.eno_datapath)
+    if not cfg.transparent and get_transport(cfg.proto, cfg.policy).uses_eno:
+        eno_datapath(work)  # resolved (or refused) before any network is built
     net_cfg = NetConfig(link_backend=cfg.link_backend, delay_helper=cfg.delay_helper,
                         seed=cfg.seed)
     with Network(topo, net_cfg) as net:

@@ -67,7 +67,8 @@ import threading
 import time
 from typing import Any
 
-from testbed.eno.control import HookClient, HookUnavailableError, Result
+from testbed.eno.bpf import datapath
+from testbed.eno.control import HookClient, HookUnavailableError, Result, Settings
 from testbed.streamconfig import (  # re-exported: the stream API
     UNENCRYPTED_TEPS,
     Addr,
@@ -458,6 +459,9 @@ def _eno_connect(
         if local_address is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(local_address or ("0.0.0.0", 0))
+        host = datapath.current()
+        if host is not None:
+            return _bpf_connect(host, sock, address, settings, config, info)
         try:
             hook = _hook(config.hook_name)
             hook.announce(sock.getsockname()[1], settings, wait=False)
@@ -482,6 +486,48 @@ def _eno_connect(
         if sock.fileno() >= 0:
             sock.close()
         raise
+
+
+def _bpf_connect(
+    host: datapath.BpfHost, sock: socket.socket, address: Addr, settings: Settings,
+    config: StreamConfig, info: StreamInfo,
+) -> Stream:
+    """The bpf datapath: the offer goes into the socket's storage, no round trip at all."""
+    try:
+        host.offer(sock, settings)
+    except datapath.BpfDatapathError as exc:
+        raise StreamError(str(exc)) from None
+    info.phases["eno_announced"] = time.perf_counter()
+    try:
+        sock.connect(address)
+    except ConnectionResetError as exc:
+        raise _reset_in_connect(host, sock, address, settings, config, exc) from exc
+    info.phases["tcp_connected"] = time.perf_counter()
+    result = host.result(sock, settings, active=True)
+    return establish(sock, result, config, info, active=True)
+
+
+def _reset_in_connect(
+    host: datapath.BpfHost, sock: socket.socket, address: Addr, settings: Settings,
+    config: StreamConfig, exc: ConnectionResetError,
+) -> Exception:
+    """The handshake completed and the peer reset the connection before connect() returned
+    (a passive end that judged the first ACK at once, with no hook in between). The
+    kernel's record says what the peer saw; the error is the one a slower peer causes."""
+    result = host.result(sock, settings, active=True, remote=address)
+    port = _port_of(sock)
+    error: StreamError
+    if result is None or result.outcome is None:
+        return exc
+    if result.outcome == "negotiated":  # B fell back or failed: it refused the TEP
+        error = PeerRefusedTep(f"peer reset the connection before the TEP handshake: {exc}")
+    elif config.policy is Policy.REQUIRED:
+        error = EncryptionRequiredError(result.fallback or result.reason or "aborted",
+                                        result.detail)
+    else:
+        return exc
+    error.local_port = port
+    return error
 
 
 def _cancel(name: str, sock: socket.socket) -> None:
@@ -509,6 +555,7 @@ class Listener:
         self.sock = sock
         self.config = config or StreamConfig()
         self._registration: HookClient | None = None
+        self._bpf: tuple[datapath.BpfHost, Settings] | None = None
         self.unavailable: str | None = None
         if self.config.policy is not Policy.OFF:
             self._register()
@@ -519,6 +566,14 @@ class Listener:
             if self.config.policy is Policy.REQUIRED:
                 raise EncryptionRequiredError("no_tep_configured")
             self.unavailable = "no_tep_configured"
+            return
+        host = datapath.current()
+        if host is not None:
+            try:
+                host.listen(self.sock.getsockname()[1], settings)
+            except datapath.BpfDatapathError as exc:
+                raise StreamError(str(exc)) from None
+            self._bpf = (host, settings)
             return
         try:
             self._registration = HookClient(self.config.hook_name)
@@ -537,6 +592,8 @@ class Listener:
         is the address accept() gave (a socket the peer already reset has no peer name)."""
         info = StreamInfo(policy=self.config.policy.value)
         info.phases["tcp_connected"] = time.perf_counter()
+        if self._bpf is not None:
+            return self._wrap_bpf(sock, peer, info)
         if self._registration is None:
             info.fallback_reason = self.unavailable or "disabled_by_config"
             return Stream(sock, info)
@@ -549,7 +606,17 @@ class Listener:
 
         return establish(sock, result, self.config, info, active=False, split_check=peer_enabled)
 
+    def _wrap_bpf(self, sock: socket.socket, peer: Addr | None, info: StreamInfo) -> Stream:
+        assert self._bpf is not None
+        host, settings = self._bpf
+        result = host.result(sock, settings, active=False, remote=peer)
+        return establish(sock, result, self.config, info, active=False,
+                         split_check=lambda: host.peer_eno_after_fallback(sock))
+
     def close(self) -> None:
+        if self._bpf is not None:
+            self._bpf[0].unlisten(self.sock.getsockname()[1])
+            self._bpf = None
         if self._registration is not None:
             self._registration.close()  # the hook forgets the port with the connection
             self._registration = None

@@ -18,7 +18,8 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from subprocess import Popen
@@ -26,8 +27,9 @@ from typing import Any
 
 from testbed import keylog
 from testbed.apps.transport import get_transport
+from testbed.eno.bpf.attach import resolve as resolve_datapath
 from testbed.eno.rules import HookSpec, finish_hook, launch_hook, stop_hook
-from testbed.errors import ProcessDiedError
+from testbed.errors import ConfigError, ProcessDiedError
 from testbed.net.capture import Capture, Captures, CaptureStats
 from testbed.net.network import Network, wait_for_line
 
@@ -47,6 +49,47 @@ class Workload:
     # With a pcap: the client writes TLS and tcpcrypt key logs next to it (testbed/keylog.py;
     # they hold secrets and exist for analysis).
     keylog: bool = False
+    # ENO protocols: "bpf" (testbed/eno/bpf) or "nfqueue" (testbed/eno/hook.py);
+    # None: the process default (``set_eno_datapath``, the CLI's --eno-datapath)
+    eno_datapath: str | None = None
+
+
+_DATAPATH = {"requested": "auto"}
+
+
+def set_eno_datapath(requested: str) -> str:
+    """The datapath ENO workloads use unless they name one; returns it resolved."""
+    _DATAPATH["requested"] = requested
+    return resolve_datapath(requested)
+
+
+@contextmanager
+def default_eno_datapath(requested: str) -> Iterator[str]:
+    """``set_eno_datapath`` for a block (an experiment); the previous default after it."""
+    old = _DATAPATH["requested"]
+    try:
+        yield set_eno_datapath(requested)
+    finally:
+        _DATAPATH["requested"] = old
+
+
+def needs_hook(proto: str) -> bool:
+    """tcpcrypt resumption: the passive end's single-use answers (RFC 8548 §3.5) are pushed
+    to the NFQUEUE hook; the bpf program answers every SYN with a fresh key exchange."""
+    return proto.startswith("tcpcrypt") and proto.endswith("-resume")
+
+
+def eno_datapath(work: Workload) -> str:
+    """The resolved datapath of ``work`` (resolution is cached per process). ``auto`` runs
+    arms the bpf datapath cannot serve on nfqueue; asking for bpf for them is an error."""
+    requested = work.eno_datapath or _DATAPATH["requested"]
+    resolved = resolve_datapath(requested)
+    if resolved == "bpf" and needs_hook(work.proto):
+        if requested == "bpf":
+            raise ConfigError(f"{work.proto} needs the NFQUEUE hook (resumption answers)",
+                              "use --eno-datapath nfqueue (or auto)")
+        return "nfqueue"
+    return resolved
 
 
 def run_workload(
@@ -68,6 +111,12 @@ def run_workload(
     # Protocols with session IDs but no ENO (ordinary TLS) also report the server's view.
     peer_view = eno or bool(getattr(transport, "session_ids", False))
     nodes = (client, server) if eno and eno_hooks else ()
+    datapath = eno_datapath(work) if eno else None
+    for node in nodes:
+        # Only the datapath asked for: a process in a host with the program attached
+        # would take the bpf path whatever the run says. Before the server starts.
+        net.set_eno_bpf(node, datapath == "bpf")
+    hook_nodes = nodes if datapath == "nfqueue" else ()
     spec = HookSpec()
     hooks: list[tuple[str, Popen[str]]] = []
     installed: set[str] = set()  # hooks whose rules are in place
@@ -80,7 +129,7 @@ def run_workload(
     stats: dict[str, CaptureStats] = {}
     try:
         # Launched first, waited for beside the server (_run): their start-up overlaps.
-        for node in nodes:
+        for node in hook_nodes:
             hooks.append((node, launch_hook(net, node, spec)))
         records, server_view = _run(net, work, client, server, port, pcap, peer_view, stats,
                                     ready_hooks)
@@ -91,6 +140,7 @@ def run_workload(
     for record in records:
         record["pcap"] = str(pcap) if pcap else None
         record["pcap_server"] = str(server_pcap(pcap)) if pcap else None
+        record["eno_datapath"] = datapath
         for end in ("client", "server"):
             got = stats.get(end)
             record[f"capture_dropped_{end}"] = got.dropped if got else None

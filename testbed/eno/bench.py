@@ -1,6 +1,8 @@
-"""`tcpinc bench eno-hook`: what the ENO hook costs, measured on a 0-delay link.
+"""`tcpinc bench eno-hook`: what each ENO datapath costs, measured on a 0-delay link.
 
-One ``direct`` network, the hook on both hosts, three servers, and one client process that
+Both datapaths in one run, one ``direct`` network each: ``nfqueue`` (the hook on both hosts)
+and, where the kernel supports it, ``bpf`` (the sock_ops program of testbed/eno/bpf attached
+to both hosts' cgroups). Each network has three servers and one client process that
 interleaves three kinds of connection round-robin, so a load change on the machine hits every
 arm alike (other runs share this machine's two vCPUs):
 
@@ -16,6 +18,11 @@ Each figure is the median and p99 over N connections per arm, plus the median of
 differences to ``plain`` (same round of the interleaving). The hooks' counters, read before
 and after, give the CPU per intercepted packet (process CPU time over packets handled,
 control-channel work included) and the wall time inside the packet callback.
+
+On ``bpf`` no segment is queued to userspace (the hosts have no NFQUEUE rule, which the
+bench checks): ``plain`` and ``passthrough`` both run through the program's callbacks without
+ENO, and ``eno`` includes writing the offer into the socket's storage and the pure core's
+verdict on the kernel's record.
 """
 
 from __future__ import annotations
@@ -100,43 +107,79 @@ def _cpu(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def measure(rounds: int = 500, warmup: int = 50) -> dict[str, Any]:
-    """Run the interleaved arms; returns the figures (milliseconds, microseconds)."""
+def measure(rounds: int = 500, warmup: int = 50, datapath: str = "nfqueue") -> dict[str, Any]:
+    """Run the interleaved arms on one datapath; returns the figures (ms, µs)."""
     spec = HookSpec(exclude_ports=(PORTS["plain"],))
     with Network(topologies.create("direct"), NetConfig()) as net:
-        hooks = [(node, start_hook(net, node, spec)) for node in ("client", "server")]
+        hooks = []
+        for node in ("client", "server"):
+            if datapath == "bpf":
+                net.set_eno_bpf(node, True)
+            else:
+                hooks.append((node, start_hook(net, node, spec)))
         try:
-            for arm, port in PORTS.items():
-                proto = "eno-test" if arm == "eno" else "plain"
-                net.start_helper("server", f"server:{arm}", [
-                    sys.executable, "-m", "testbed.apps.server", "--port", str(port),
-                    "--proto", proto], ready="ready")
-            before = {node: hook_stats(net, node) for node, _ in hooks}
-            proc = net.popen("client", [sys.executable, "-c", CLIENT, net.ip("server"),
-                                        str(rounds), str(warmup)])
-            out, err = proc.communicate(timeout=60 + rounds * 0.1)
-            if proc.returncode != 0:
-                raise RuntimeError(f"bench client failed: {err[-2000:]}")
-            after = {node: hook_stats(net, node) for node, _ in hooks}
+            out, before, after = _run_arms(net, hooks, rounds, warmup)
+            queued = {node: _nfqueue_rules(net, node) for node in ("client", "server")}
         finally:
             for node, hook in hooks:
                 stop_hook(net, node, hook)
         backend = net.backend
     times = json.loads(out)
-    return {
-        "link": "direct, 0 ms", "link_backend": backend, "rounds": rounds,
+    result: dict[str, Any] = {
+        "datapath": datapath, "link": "direct, 0 ms", "link_backend": backend,
+        "rounds": rounds, "nfqueue_rules": queued,
         "plain_connect": summary(times["plain"]),
         "passthrough_connect": summary(times["passthrough"], times["plain"]),
         "eno_setup_until_result": summary(times["eno"], times["plain"]),
         "eno_tcp_connect": summary(times["eno_tcp"], times["plain"]),
         "eno_until_tep_handshake_done": summary(times["eno_tep"], times["plain"]),
-        "hooks": {node: _cpu(before[node], after[node]) for node in before},
     }
+    if hooks:
+        result["hooks"] = {node: _cpu(before[node], after[node]) for node in before}
+    return result
+
+
+def _run_arms(net: Network, hooks: list[tuple[str, Any]], rounds: int, warmup: int
+              ) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    for arm, port in PORTS.items():
+        proto = "eno-test" if arm == "eno" else "plain"
+        net.start_helper("server", f"server:{arm}", [
+            sys.executable, "-m", "testbed.apps.server", "--port", str(port),
+            "--proto", proto], ready="ready")
+    before = {node: hook_stats(net, node) for node, _ in hooks}
+    proc = net.popen("client", [sys.executable, "-c", CLIENT, net.ip("server"),
+                                str(rounds), str(warmup)])
+    out, err = proc.communicate(timeout=60 + rounds * 0.1)
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench client failed: {err[-2000:]}")
+    after = {node: hook_stats(net, node) for node, _ in hooks}
+    return out, before, after
+
+
+def _nfqueue_rules(net: Network, node: str) -> int:
+    """NFQUEUE rules in the host: 0 means no segment can reach a userspace hook."""
+    return sum("NFQUEUE" in line for line in net.run(node, ["iptables-save"]).splitlines())
+
+
+def compare(rounds: int, warmup: int) -> dict[str, Any]:
+    """Both datapaths, one after the other (bpf only where the kernel takes the program)."""
+    from testbed.eno.bpf.attach import support_problem
+
+    out: dict[str, Any] = {"nfqueue": measure(rounds, warmup, "nfqueue")}
+    problem = support_problem()
+    out["bpf"] = measure(rounds, warmup, "bpf") if problem is None else {"unavailable": problem}
+    if problem is None:
+        nfq, bpf = out["nfqueue"], out["bpf"]
+        out["bpf_minus_nfqueue_added_median_ms"] = {
+            key: round(bpf[key]["added_median_ms"] - nfq[key]["added_median_ms"], 4)
+            for key in ("eno_tcp_connect", "eno_setup_until_result",
+                        "eno_until_tep_handshake_done")}
+    return out
 
 
 def main(args: Any) -> None:
     rounds = 100 if getattr(args, "quick", False) else 500
-    result = measure(rounds=rounds, warmup=20 if rounds < 200 else 50)
+    result = compare(rounds=rounds, warmup=20 if rounds < 200 else 50)
     text = json.dumps(result, indent=1)
     print(text)
     out = Path(getattr(args, "out", "results/bench"))

@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from testbed.eno.bpf.attach import HostAttachment
 from testbed.errors import CommandError, ConfigError, KernelFeatureError, ProcessDiedError
 from testbed.log import LOG
 from testbed.net import delayhelper
@@ -175,6 +176,8 @@ class Network:
         self.workdir = Path(workdir) if workdir else Path(tempfile.gettempdir(), "tcpinc-net-?")
         self._made_workdir = False
         self._shaper_of: dict[str, str] = {}
+        # bpf ENO datapath: host -> its cgroup and pinned program (testbed/eno/bpf/attach.py)
+        self.eno_bpf: dict[str, HostAttachment] = {}
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -272,6 +275,9 @@ class Network:
             for node in self.mn.hosts:
                 node.terminate()
             self.mn = None
+        for attachment in self.eno_bpf.values():
+            errors.extend(f"bpf ENO datapath: {left}" for left in attachment.remove())
+        self.eno_bpf.clear()
         if self.state is not None:
             self.state.remove()
             self.state = None
@@ -454,6 +460,47 @@ class Network:
 
     # -- helpers (processes inside hosts) ---------------------------------
 
+    def attach_eno_bpf(self, node: str) -> HostAttachment:
+        """Give ``node`` the bpf ENO datapath: processes started in it from now on run in
+        its own cgroup, to which the program is attached (raises KernelFeatureError)."""
+        if node in self.eno_bpf:
+            return self.eno_bpf[node]
+        assert self.state is not None, "the network is not started"
+        attachment = HostAttachment.for_host(self.state.network_id, node)
+        self.state.add_bpf(attachment.cgroup, attachment.pins)  # before anything exists
+        attachment.attach()
+        self.eno_bpf[node] = attachment
+        return attachment
+
+    def set_eno_bpf(self, node: str, on: bool) -> None:
+        """Attach the bpf ENO datapath to ``node``, or remove it (for the nfqueue hook)."""
+        if on:
+            self.attach_eno_bpf(node)
+            return
+        attachment = self.eno_bpf.pop(node, None)
+        if attachment is not None:
+            left = attachment.remove()
+            if left:
+                raise KernelFeatureError(f"cannot remove the bpf ENO datapath: {left}",
+                                         "stop the processes still running in the host")
+
+    def _in_host(self, node: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Popen arguments that start a process of ``node`` in the host's cgroup, if it has
+        one: the child joins it before it execs (so no socket of it is ever made outside),
+        through an fd opened here (the host's mount namespace has no cgroup2 mount)."""
+        attachment = self.eno_bpf.get(node)
+        if attachment is None:
+            return kwargs
+        fd = attachment.procs_fd()
+        previous = kwargs.get("preexec_fn")
+
+        def join() -> None:  # runs in the child between fork and exec: no locks, no I/O
+            os.write(fd, b"0")  # "0": the writing process (cgroup v2 cgroup.procs)
+            if previous is not None:
+                previous()
+
+        return {**kwargs, "preexec_fn": join}
+
     def popen(self, node: str, argv: list[str], **kwargs: Any) -> subprocess.Popen[str]:
         """Start ``argv`` inside ``node``; the process is recorded for `tcpinc clean`."""
         LOG.info("[%s] start %s", node, shlex.join(argv))
@@ -464,7 +511,7 @@ class Network:
             # The kernel sends the death signal when the creating THREAD exits, so only the
             # main thread (which lives as long as this process) asks for it.
             kwargs.setdefault("preexec_fn", functools.partial(die_with_parent, os.getpid()))
-        proc: subprocess.Popen[str] = self.nodes[node].popen(argv, **kwargs)
+        proc: subprocess.Popen[str] = self.nodes[node].popen(argv, **self._in_host(node, kwargs))
         self._procs = [p for p in self._procs if p.poll() is None]
         self._procs.append(proc)
         if self.state is not None:
@@ -565,9 +612,8 @@ class Network:
     def run(self, node: str, argv: list[str], timeout: float = 30.0) -> str:
         """Run ``argv`` in ``node``, logged first; raise CommandError on failure."""
         LOG.debug("[%s] %s", node, shlex.join(argv))
-        proc = self.nodes[node].popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
+        proc = self.nodes[node].popen(argv, **self._in_host(node, {
+            "stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}))
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:

@@ -65,6 +65,8 @@ class NetworkState:
     procs: list[dict[str, Any]] = field(default_factory=list)
     interfaces: list[str] = field(default_factory=list)
     workdir: str | None = None  # the network's own temporary directory, removed by clean
+    # bpf ENO datapath: {"cgroup": path, "pins": path} per host (testbed/eno/bpf/attach.py)
+    bpf: list[dict[str, str]] = field(default_factory=list)
 
     @classmethod
     def create(cls, workdir: Path | None = None) -> NetworkState:
@@ -88,6 +90,7 @@ class NetworkState:
             "procs": self.procs,
             "interfaces": self.interfaces,
             "workdir": self.workdir,
+            "bpf": self.bpf,
         }
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=1))
@@ -106,6 +109,15 @@ class NetworkState:
             {"pid": pid, "start": proc_start_time(pid), "node": node, "argv": argv[:6]}
         )
         self.save()
+
+    def add_bpf(self, cgroup: Path, pins: Path) -> None:
+        self.bpf.append({"cgroup": str(cgroup), "pins": str(pins)})
+        self.save()
+
+    @property
+    def network_id(self) -> str:
+        """Unique among the networks on this machine (the state file's name)."""
+        return self.path.stem.removeprefix("net-")
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -151,6 +163,13 @@ def clean_state(state: NetworkState) -> dict[str, Any]:
             report["processes"] += len(members)
             report["namespaces"] += 1
     report["workdir"] = _remove_workdir(state.workdir)
+    if state.bpf:
+        from testbed.eno.bpf.attach import remove  # only networks that used the bpf datapath
+
+        for entry in state.bpf:
+            for problem in remove(Path(entry["cgroup"]), Path(entry["pins"])):
+                LOG.warning("bpf ENO datapath left behind: %s", problem)
+        report["bpf_cgroups"] = len(state.bpf)
     state.remove()
     return report
 
