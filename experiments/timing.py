@@ -29,10 +29,11 @@ import pandas as pd
 from experiments.theory import ttfb_ms
 
 CALIBRATION_ARM = "plain"
-# Thresholds of the fidelity check. Plain TCP's median TTFB beyond theory: two kernel
-# wake-ups and the client's connect/read path cost well under half a millisecond on an idle
-# machine; one millisecond means the scheduler was holding processes.
-PLAIN_EXCESS_MAX_MS = 1.0
+# Thresholds of the fidelity check. Plain TCP's median TTFB beyond theory is the client's
+# and server's processes waking up and running Python: the committed full reference run
+# (results/latency/20261126T120036Z-full) measured +0.5..+1.0 ms at every RTT; beyond 1.5 ms
+# the scheduler was holding processes.
+PLAIN_EXCESS_MAX_MS = 1.5
 # The delay line's applied RTT against the configured one (median of the point's frames).
 APPLIED_RTT_ERROR_MAX_MS = 0.2
 # The delay line's p99 lateness against a frame's due time (delay line report, us).
