@@ -460,6 +460,10 @@ def main(argv: list[str] | None = None) -> int:
         serve(nfq, server, engine)
     except Stop:
         return 0
+    except BrokenPipeError:
+        # The run that started us died before reading our ready line: nobody is left to
+        # serve (its parent-death signal is on the way); exit without a traceback.
+        return 1
     finally:
         nfq.unbind()
         if server is not None:
