@@ -104,6 +104,8 @@ class NetConfig:
 
 WORKDIR_PREFIX = "tcpinc-net-"
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# Resolved once in the parent: the child between fork and exec only calls it (no dlopen there).
+_LIBC = ctypes.CDLL(None, use_errno=True)
 
 
 def die_with_parent(parent: int) -> None:
@@ -114,8 +116,7 @@ def die_with_parent(parent: int) -> None:
     survives the setns and exec of mnexec). A parent already gone before the prctl is caught
     by comparing the parent pid.
     """
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+    if _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
     if os.getppid() != parent:
         os._exit(1)
