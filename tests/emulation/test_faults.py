@@ -32,7 +32,8 @@ def test_a_hook_that_dies_mid_run_keeps_the_records(monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setattr(workload, "finish_hook", finish_then_kill_on_client)
     with Network(topologies.create("direct")) as net:
-        records = run_workload(net, Workload(proto="eno-test", connections=2, timeout_s=5))
+        records = run_workload(net, Workload(proto="eno-test", connections=2, timeout_s=5,
+                                             eno_datapath="nfqueue"))
     assert len(records) == 2
     for record in records:
         assert "eno-hook:client" in record["helper_failure"], record
@@ -56,7 +57,7 @@ def _state_of(pid: int, deadline: float) -> Path:
 
 def test_helpers_of_a_killed_run_exit_on_their_own_and_clean_removes_the_rest() -> None:
     run = subprocess.Popen([sys.executable, "-m", "testbed", "probe", "--proto", "eno-test",
-                            "--rtt", "100ms", "--repeat", "200"],
+                            "--rtt", "100ms", "--repeat", "200", "--eno-datapath", "nfqueue"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state_path: Path | None = None
     try:
