@@ -89,12 +89,7 @@ class BpfHost:
 
     def offer(self, sock: socket.socket, settings: Settings) -> None:
         """Before connect(): the SYN-form option (§4.1) the kernel puts on our SYN."""
-        config = _config(settings, active=True)
-        mine = active_syn_option(config).encode()
-        limit = 0 if settings.syn_retries is None else min(settings.syn_retries + 1, 255)
-        record = maps.SockRecord(state=maps.ST_OFFER, syn_limit=limit, mine=mine,
-                                 offered=maps.id_bitmap([o.tep_id for o in config.offers]))
-        maps.update(self.sk_fd, _fd_key(sock), record.pack())
+        maps.update(self.sk_fd, _fd_key(sock), _offer_value(settings))
 
     # -- listener -------------------------------------------------------------------------
 
@@ -183,6 +178,18 @@ def _replay_passive(neg: EnoNegotiator, record: maps.SockRecord) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=256)
+def _offer_value(settings: Settings) -> bytes:
+    """The socket storage an active opener starts with (built once per settings: the core's
+    option encoding would otherwise sit on every connection's path to connect())."""
+    config = _config(settings, active=True)
+    mine = active_syn_option(config).encode()
+    limit = 0 if settings.syn_retries is None else min(settings.syn_retries + 1, 255)
+    record = maps.SockRecord(state=maps.ST_OFFER, syn_limit=limit, mine=mine,
+                             offered=maps.id_bitmap([o.tep_id for o in config.offers]))
+    return record.pack()
+
+
 def _synack_for(config: EnoConfig, tep_id: int) -> bytes | None:
     """The SYN-ACK option the core sends to a SYN offering ``tep_id`` alone."""
     global_ = eno_option.GlobalSuboption(a=True)  # passes a mandatory a-bit check (§4.2)
@@ -195,6 +202,7 @@ def _synack_for(config: EnoConfig, tep_id: int) -> bytes | None:
     return None
 
 
+@functools.lru_cache(maxsize=256)
 def _config(settings: Settings, *, active: bool) -> EnoConfig:
     if settings.passive_role:
         raise BpfDatapathError("simultaneous open (b = 1 on an active opener) needs "
