@@ -188,7 +188,12 @@ def _remove_workdir(workdir: str | None) -> str | None:
 
 def clean_all(force: bool = False) -> list[dict[str, Any]]:
     """Clean every recorded network whose owner is gone (or all of them with ``force``)."""
+    from testbed.eno.bpf.attach import sweep_probes
+
     reports: list[dict[str, Any]] = []
+    probes = sweep_probes()  # bpf datapath probes of runs killed while they probed
+    if probes:
+        reports.append({"bpf_probe_pins": probes})
     if not STATE_DIR.is_dir():
         return reports
     for path in sorted(STATE_DIR.glob("net-*.json")):

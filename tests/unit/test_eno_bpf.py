@@ -5,8 +5,10 @@ tests/emulation/test_eno_bpf.py."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -186,7 +188,6 @@ def test_cli_refuses_bpf_where_it_cannot_run(monkeypatch: pytest.MonkeyPatch,
 def test_reordering_is_a_sack_block_above_the_ack_not_a_d_sack() -> None:
     import dataclasses
     import struct
-    from pathlib import Path
 
     from experiments.common import reordered, sack_holes
     from testbed.net.flows import connections
@@ -204,3 +205,16 @@ def test_reordering_is_a_sack_block_above_the_ack_not_a_d_sack() -> None:
 
     assert sack_holes(with_sack(ack + 100, ack + 200)) == 1  # a hole: reordering or loss
     assert sack_holes(with_sack(ack - 100, ack)) == 0  # D-SACK: a duplicate arrived
+
+
+def test_clean_sweeps_only_probe_pins_of_dead_processes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(attach, "BPF_FS", tmp_path)
+    dead = tmp_path / f"{attach.PROBE_PREFIX}999999999-x"
+    alive = tmp_path / f"{attach.PROBE_PREFIX}{os.getpid()}-y"
+    other = tmp_path / "tcpinc-eno-123-client"  # a network's pins: clean_state's business
+    for pins in (dead, alive, other):
+        pins.mkdir()
+        (pins / "prog").write_text("")
+    assert attach.sweep_probes() == 1
+    assert not dead.exists() and alive.exists() and other.exists()

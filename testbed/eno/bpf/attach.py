@@ -31,6 +31,7 @@ from testbed.log import LOG
 
 OBJECT = Path(__file__).with_name("eno.bpf.o")
 FIX = "use --eno-datapath nfqueue"
+PROBE_PREFIX = f"{CGROUP_PREFIX}-probe-"  # + pid: support_problem's scratch pins
 BPFTOOL_TIMEOUT = 30.0
 
 
@@ -90,7 +91,7 @@ def support_problem() -> str | None:
     header-option callbacks and helpers (Linux 5.10+), bpf_loop (5.17+) and SK_STORAGE."""
     try:
         _prerequisites()
-        scratch = Path(tempfile.mkdtemp(prefix=f"{CGROUP_PREFIX}-probe-", dir=BPF_FS))
+        scratch = Path(tempfile.mkdtemp(prefix=f"{PROBE_PREFIX}{os.getpid()}-", dir=BPF_FS))
         try:
             _bpftool(["prog", "load", str(OBJECT), str(scratch / "prog"), "type", "sockops",
                       "pinmaps", str(scratch)])
@@ -101,6 +102,20 @@ def support_problem() -> str | None:
     except OSError as exc:
         return f"bpf datapath probe failed: {exc}"
     return None
+
+
+def sweep_probes() -> int:
+    """Remove scratch pins of support probes whose process is gone (a run killed while it
+    probed); returns how many."""
+    removed = 0
+    if not BPF_FS.is_dir():
+        return removed
+    for pins in BPF_FS.glob(f"{PROBE_PREFIX}*"):
+        pid = pins.name[len(PROBE_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            _remove_pins(pins)
+            removed += 1
+    return removed
 
 
 def _remove_pins(pins: Path) -> None:
