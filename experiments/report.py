@@ -59,9 +59,26 @@ def _config(run: Path) -> str:
     meta = json.loads((run / "metadata.json").read_text())
     args = meta.get("arguments", {})
     dirty = " (dirty)" if meta.get("git_dirty") else ""
-    return (f"run `{run.name}`: profile {args.get('profile')}, seed {meta.get('seed')}, "
+    text = (f"run `{run.name}`: profile {args.get('profile')}, seed {meta.get('seed')}, "
             f"link backend **{meta.get('link_backend')}**, kernel {meta.get('kernel')}, "
             f"commit `{str(meta.get('git_commit'))[:12]}`{dirty}")
+    return text + _workers_note(meta)
+
+
+def _workers_note(meta: dict[str, object]) -> str:
+    """Points run on several machines: how many, and a warning when they disagree on the
+    kernel or link backend (their figures are then not one population)."""
+    workers = meta.get("workers")
+    if not isinstance(workers, list) or len(workers) < 2:
+        return ""
+    hosts = sorted({str(w.get("host")) for w in workers if isinstance(w, dict)})
+    note = f", {len(workers)} workers on {', '.join(hosts)}"
+    mismatch = meta.get("worker_mismatch")
+    if isinstance(mismatch, dict) and mismatch:
+        differ = "; ".join(f"{k}: {', '.join(v)}" for k, v in mismatch.items())
+        note += (f" — **WARNING: the workers disagree ({differ}); each record names its "
+                 f"worker, compare only points of one kind**")
+    return note
 
 
 def _ttfb(lat: pd.DataFrame | None, proto: str, rtt: float,

@@ -24,14 +24,15 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from testbed.errors import ConfigError
 from testbed.net import delayhelper
-from testbed.net.network import check_prerequisites
-from testbed.net.shaping import choose_backend
 from testbed.userinput import check_name, check_writable_dir, read_run_metadata
 from testbed.workload import default_eno_datapath
+
+if TYPE_CHECKING:
+    from experiments.executors import Executor
 
 EXPERIMENTS = {
     "latency": "experiments.latency",
@@ -42,11 +43,14 @@ EXPERIMENTS = {
     "bulk": "experiments.bulk",
     "web": "experiments.web",
     "datapath": "experiments.datapath",
+    "idle": "experiments.idle",  # no protocol: times the runner and executors
 }
 ALL = ["latency", "roundtrips", "fallback", "loss", "cost", "datapath", "bulk", "web"]
 PACKAGES = ("tcpinc-testbed", "mininet", "scapy", "pandas", "matplotlib", "cryptography",
             "pyOpenSSL", "NetfilterQueue")
 REPO = Path(__file__).resolve().parent.parent
+# What each record says of the machine that ran its point.
+WORKER_KEYS = ("host", "kernel", "link_backend", "delay_helper", "eno_datapath", "address")
 
 
 @dataclass
@@ -182,17 +186,23 @@ def _check_resumable(meta_path: Path, args: dict[str, Any]) -> None:
 
 
 def run_experiment(name: str, ctx: RunContext, args: dict[str, Any],
-                   shard: tuple[int, int] | None = None) -> dict[str, Any]:
-    """Run (or resume) one experiment; ENO arms use ``ctx.eno_datapath`` unless they name
-    their datapath (resolved here; the process default is restored afterwards)."""
+                   shard: tuple[int, int] | None = None,
+                   executor: Executor | None = None) -> dict[str, Any]:
+    """Run (or resume) one experiment on ``executor`` (here by default); the driver alone
+    writes the run directory, whichever machine ran a point. ENO arms use
+    ``ctx.eno_datapath`` unless they name their datapath (resolved here; the process default
+    is restored afterwards; a dask worker resolves the requested one itself)."""
     with default_eno_datapath(ctx.eno_datapath) as datapath:
         ctx.eno_datapath = datapath
-        return _run_experiment(name, ctx, args, shard)
+        return _run_experiment(name, ctx, args, shard, executor)
 
 
 def _run_experiment(name: str, ctx: RunContext, args: dict[str, Any],
-                    shard: tuple[int, int] | None) -> dict[str, Any]:
+                    shard: tuple[int, int] | None, executor: Executor | None) -> dict[str, Any]:
+    from experiments.executors import LocalExecutor
+
     module = importlib.import_module(EXPERIMENTS[name])
+    executor = executor or LocalExecutor(ctx.link_backend)
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
     meta_path = ctx.run_dir / "metadata.json"
     if meta_path.exists():
@@ -204,31 +214,82 @@ def _run_experiment(name: str, ctx: RunContext, args: dict[str, Any],
     points = shard_points(select_protocols(module.points(ctx.profile), args.get("protocols"),
                                            getattr(module, "CALIBRATION_ARM", None)), shard)
     todo = [p for p in points if point_key(p) not in done]
-    progress = Progress(len(todo), name)
-    with (ctx.run_dir / "records.jsonl").open("a") as records, \
-            (ctx.run_dir / "points.jsonl").open("a") as marks:
-        try:
-            for point in todo:
-                for record in module.run_point(point, ctx):
-                    records.write(json.dumps({**point, **record}) + "\n")
-                records.flush()
-                marks.write(point_key(point) + "\n")
-                marks.flush()
-                progress.step(" ".join(f"{k}={v}" for k, v in point.items()))
-        finally:
-            # An experiment that keeps state across points (a pooled network) ends it here.
-            close_run = getattr(module, "close_run", None)
-            if close_run is not None:
-                close_run(ctx)
+    failed = run_points(name, todo, ctx, args, executor)
     summary: dict[str, Any] = module.analyse(ctx.run_dir)
     meta = json.loads(meta_path.read_text())
     meta["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     meta["points_total"] = len(points)
+    meta["failed_points"] = failed
+    meta.update(worker_summary(ctx.run_dir, meta.get("workers", []), executor.workers()))
     meta_path.write_text(json.dumps(meta, indent=2))
-    return summary
+    return {**summary, "failed_points": failed} if failed else summary
 
 
-def run_cli(args: argparse.Namespace) -> None:
+def run_points(name: str, todo: list[dict[str, Any]], ctx: RunContext, args: dict[str, Any],
+                executor: Executor) -> int:
+    """Write each outcome as it arrives (records, marks, files), so a killed driver leaves
+    a run directory that ``--run-id`` resumes; returns the number of failed points."""
+    from experiments.executors import PointFailure, PointTask, code_identity, relocate
+
+    code = code_identity()
+    tasks = [PointTask(name, p, ctx.profile, ctx.repeat, ctx.seed,
+                       str(args.get("link_backend", ctx.link_backend)), code,
+                       str(args.get("eno_datapath") or "auto")) for p in todo]
+    progress = Progress(len(todo), name)
+    failed = 0
+    with (ctx.run_dir / "records.jsonl").open("a") as records, \
+            (ctx.run_dir / "points.jsonl").open("a") as marks:
+        for outcome in executor.run(tasks, ctx):
+            note = " ".join(f"{k}={v}" for k, v in outcome.point.items())
+            if isinstance(outcome, PointFailure):
+                failed += 1
+                with (ctx.run_dir / "failed.jsonl").open("a") as out:
+                    out.write(json.dumps({"point": outcome.point, "reason": outcome.reason,
+                                          "attempts": outcome.attempts,
+                                          "workers": outcome.workers}) + "\n")
+                progress.step("FAILED " + note)
+                continue
+            relocate(outcome, ctx.run_dir)
+            _write_files(ctx.run_dir, outcome.appended, outcome.files)
+            worker = {**{k: outcome.worker.get(k) for k in WORKER_KEYS},
+                      "attempt": outcome.attempts}
+            for record in outcome.records:
+                records.write(json.dumps({**outcome.point, **record, "worker": worker}) + "\n")
+            records.flush()
+            marks.write(point_key(outcome.point) + "\n")
+            marks.flush()
+            progress.step(note)
+    return failed
+
+
+def _write_files(run_dir: Path, appended: dict[str, str], files: dict[str, bytes]) -> None:
+    for rel, text in appended.items():
+        with (run_dir / rel).open("a") as out:
+            out.write(text)
+    for rel, data in files.items():
+        path = run_dir / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+
+def worker_summary(run_dir: Path, known: list[dict[str, Any]],
+                   current: list[dict[str, Any]]) -> dict[str, Any]:
+    """The workers of every session of this run, and whether the points' workers disagree
+    on kernel, link backend, delay line or ENO datapath (the report flags that: such
+    points are not comparable)."""
+    workers = {w.get("address", "local") + w.get("host", ""): w for w in [*known, *current]}
+    seen: dict[str, set[str]] = {k: set() for k in ("kernel", "link_backend", "delay_helper",
+                                                    "eno_datapath")}
+    for line in (run_dir / "records.jsonl").read_text().splitlines():
+        worker = json.loads(line).get("worker") or {}
+        for key, values in seen.items():
+            if worker.get(key):
+                values.add(str(worker[key]))
+    mismatch = {k: sorted(v) for k, v in seen.items() if len(v) > 1}
+    return {"workers": list(workers.values()), "worker_mismatch": mismatch or None}
+
+
+def run_cli(args: argparse.Namespace) -> int:
     names = ALL if args.experiment == "all" else [args.experiment]
     for name in names:
         if name not in EXPERIMENTS:
@@ -241,23 +302,43 @@ def run_cli(args: argparse.Namespace) -> None:
     if args.run_id is not None:
         check_name(args.run_id, "--run-id")
     check_protocols(names, args.profile, args.protocols)
+    if getattr(args, "workers", None) is not None and not getattr(args, "dry_run", False):
+        raise ConfigError("--workers only sizes a --dry-run projection",
+                          "add --dry-run, or give a real cluster with --executor dask")
+    if getattr(args, "dry_run", False):
+        from experiments.projection import dry_run
+
+        dry_run(names, args.profile, getattr(args, "workers", None) or 1, Path(args.out))
+        return 0
     check_writable_dir(Path(args.out), "--out")
-    check_prerequisites()
-    backend = choose_backend(args.link_backend)
     datapath = getattr(args, "eno_datapath", "auto")
+    from experiments.executors import make_executor
+
+    # Local: root and the tools here; dask: connect and check every worker instead.
+    executor, backend = make_executor(args, names)
     run_id = args.run_id or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + f"-{args.profile}"
     if shard and not args.run_id:
         run_id += f"-shard{shard[0]}of{shard[1]}"
     given = {k: v for k, v in vars(args).items() if k not in ("func", "run_id", "out")}
-    for name in names:
-        run_dir = Path(args.out) / name / run_id
-        ctx = RunContext(run_dir, args.profile, args.repeat, args.seed, backend, datapath)
-        summary = run_experiment(name, ctx, given, shard)
-        print(json.dumps({"experiment": name, "run_dir": str(run_dir), **summary}))
+    failed = 0
+    try:
+        for name in names:
+            run_dir = Path(args.out) / name / run_id
+            ctx = RunContext(run_dir, args.profile, args.repeat, args.seed, backend,
+                             datapath)
+            summary = run_experiment(name, ctx, given, shard, executor)
+            failed += summary.get("failed_points", 0)
+            print(json.dumps({"experiment": name, "run_dir": str(run_dir), **summary}))
+    finally:
+        executor.close()
     if args.experiment == "all" and shard is None:
         from experiments.report import write_report
 
         print(json.dumps({"report": str(write_report(Path(args.out)))}))
+    if failed:
+        print(f"tcpinc: {failed} point(s) failed (reasons in failed.jsonl); "
+              f"resume with --run-id {run_id}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def check_protocols(names: list[str], profile: str, protocols: str | None) -> None:

@@ -113,8 +113,7 @@ def arm_name(proto: str, *, resume: bool, early_data: bool, tfo: bool) -> str:
 def cmd_run(args: argparse.Namespace) -> int:
     from experiments import runner
 
-    runner.run_cli(args)
-    return 0
+    return runner.run_cli(args)
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
@@ -147,6 +146,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from testbed import bench_teps
 
         bench_teps.main(args)
+    elif args.target == "scheduling":
+        from experiments import bench_scheduling
+
+        bench_scheduling.main(args)
     elif args.target == "wakeup":
         from testbed import bench_wakeup
 
@@ -260,6 +263,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--protocols", default=None,
                    help="comma-separated protocol arms to keep (default: the profile's)")
     _datapath_arg(p)
+    p.add_argument("--executor", default="local", choices=["local", "dask"],
+                   help="where points run: here, or on a Dask distributed cluster")
+    p.add_argument("--scheduler", default=None,
+                   help="dask: the scheduler's address, tcp://HOST:8786")
+    p.add_argument("--ssh", default=None,
+                   help="dask: start scheduler and workers over ssh on host1,host2,...")
+    p.add_argument("--retries", type=int, default=2,
+                   help="dask: resubmit a point whose worker died up to this many times")
+    p.add_argument("--connect-timeout", type=float, default=10.0,
+                   help="dask: seconds to reach the scheduler and a worker")
+    p.add_argument("--dry-run", action="store_true",
+                   help="run nothing: print the points and the projected wall time")
+    p.add_argument("--workers", type=int, default=None,
+                   help="with --dry-run: project the wall time on this many workers")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("merge", help="combine shard run directories of one experiment")
@@ -277,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmarks that print measured figures")
     p.add_argument("target", choices=["emulator", "endpoints", "eno-hook", "handshake",
-                                      "replay", "throughput", "wakeup"])
+                                      "replay", "scheduling", "throughput", "wakeup"])
     p.add_argument("--out", default="results/bench")
     p.add_argument("--quick", action="store_true", help="fewer probes (for tests)")
     p.add_argument("--link-backend", default="auto", choices=BACKENDS)

@@ -1,0 +1,258 @@
+"""Executors: argument handling, the worker-side point task, projections, and a real Dask
+LocalCluster running the CPU-light ``idle`` experiment (no root needed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from experiments import executors, projection
+from experiments.dask_executor import check_address, ssh_cluster_options, ssh_hosts
+from experiments.executors import PointResult, PointTask, relocate, run_point_task
+from experiments.runner import worker_summary
+from testbed.errors import ConfigError
+
+
+def tcpinc(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "testbed", *args], capture_output=True,
+                          text=True, timeout=timeout, check=False)
+
+
+def assert_user_error(proc: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tcpinc: error: "), proc.stderr
+    for word in words:
+        assert word in lines[0]
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--scheduler", "tcp://127.0.0.1:8786"], ["--executor dask"]),
+    (["--executor", "dask"], ["--scheduler", "--ssh"]),
+    (["--executor", "dask", "--scheduler", "tcp://a:1", "--ssh", "a"], ["exactly one"]),
+    (["--executor", "dask", "--scheduler", "127.0.0.1:8786"], ["bad scheduler address"]),
+    (["--executor", "dask", "--ssh", "lab1,,lab2"], ["bad --ssh host list"]),
+    (["--executor", "dask", "--ssh", "lab1,lab1"], ["twice"]),
+    (["--executor", "dask", "--scheduler", "tcp://a:1", "--retries", "-1"], ["--retries"]),
+    (["--workers", "2"], ["--dry-run"]),
+])
+def test_bad_executor_arguments_fail_in_one_line(tmp_path: Path, argv: list[str],
+                                                 words: list[str]) -> None:
+    proc = tcpinc("run", "idle", "--quick", "--out", str(tmp_path), *argv)
+    assert_user_error(proc, *words)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unreachable_scheduler_fails_in_one_line_and_writes_nothing(tmp_path: Path) -> None:
+    proc = tcpinc("run", "idle", "--quick", "--out", str(tmp_path), "--executor", "dask",
+                  "--scheduler", "tcp://127.0.0.1:9", "--connect-timeout", "2")
+    assert_user_error(proc, "cannot reach the Dask scheduler at tcp://127.0.0.1:9")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ssh_form_lists_the_first_host_as_scheduler_and_worker() -> None:
+    hosts = ssh_hosts(" lab1, root@lab2 ")
+    assert hosts == ["lab1", "root@lab2"]
+    options = ssh_cluster_options(hosts, "/opt/tcpinc/.venv/bin/python")
+    assert options["hosts"] == ["lab1", "lab1", "root@lab2"]
+    assert options["worker_options"] == {"nthreads": 1, "resources": {"tcpinc": 1}}
+    assert options["remote_python"] == "/opt/tcpinc/.venv/bin/python"
+    assert check_address("tcp://10.0.0.1:8786") == "tcp://10.0.0.1:8786"
+    with pytest.raises(ConfigError):
+        check_address("tcp://10.0.0.1")
+
+
+def test_point_task_returns_what_the_point_wrote_and_paths_move_to_the_run_dir(
+        tmp_path: Path) -> None:
+    task = PointTask("idle", {"i": 3, "seconds": 0.0}, "quick", None, 1, "userspace",
+                     executors.code_identity())
+    result = run_point_task(task)
+    assert result.appended == {"networks.jsonl": json.dumps({"tag": "idle-3"}) + "\n"}
+    assert result.worker["link_backend"] == "userspace" and result.worker["address"] == "local"
+    assert not Path(result.scratch).exists()  # the worker keeps nothing
+    moved = PointResult({"i": 1}, [{"pcap": result.scratch + "/pcaps/a.pcap", "x": "y"}],
+                        {}, 0.0, {"networks.jsonl": f'{{"p": "{result.scratch}/pcaps/a"}}\n'},
+                        {}, result.scratch)
+    relocate(moved, tmp_path / "run")
+    assert moved.records == [{"pcap": str(tmp_path / "run" / "pcaps" / "a.pcap"), "x": "y"}]
+    assert moved.appended["networks.jsonl"] == f'{{"p": "{tmp_path}/run/pcaps/a"}}\n'
+
+
+def test_point_task_refuses_other_project_code() -> None:
+    task = PointTask("idle", {"i": 0, "seconds": 0.0}, "quick", None, 1, "userspace",
+                     "tcpinc-testbed 0.0.9 commit 000000000000 code 0")
+    with pytest.raises(ConfigError, match="the driver tcpinc-testbed 0.0.9"):
+        run_point_task(task)
+
+
+def test_workers_that_disagree_are_flagged(tmp_path: Path) -> None:
+    rows = [{"i": 0, "worker": {"kernel": "6.1", "link_backend": "netem", "address": "a"}},
+            {"i": 1, "worker": {"kernel": "6.8", "link_backend": "netem", "address": "b"}}]
+    (tmp_path / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = worker_summary(tmp_path, [{"address": "a", "host": "h1"}],
+                             [{"address": "b", "host": "h2"}])
+    assert summary["worker_mismatch"] == {"kernel": ["6.1", "6.8"]}
+    assert [w["host"] for w in summary["workers"]] == ["h1", "h2"]
+
+
+def _fake_run(root: Path, name: str, profile: str, points: list[dict[str, Any]],
+              starts: list[float], finished: str) -> Path:
+    run = root / name / f"20260101T000000Z-{profile}"
+    run.mkdir(parents=True)
+    (run / "metadata.json").write_text(json.dumps({
+        "started": "2026-01-01T00:00:00+00:00", "finished": finished,
+        "arguments": {"profile": profile}}))
+    (run / "points.jsonl").write_text("".join(json.dumps(p, sort_keys=True) + "\n"
+                                              for p in points))
+    base = projection._stamp("2026-01-01T00:00:00+00:00")
+    records = [{**p, "t_start_wall": base + s, "total_ms": 500.0}
+               for p, s in zip(points, starts, strict=True)]
+    (run / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return run
+
+
+def test_point_times_come_from_the_records_clock(tmp_path: Path) -> None:
+    points = [{"i": i, "seconds": 2.0} for i in range(3)]
+    run = _fake_run(tmp_path, "idle", "full", points, [1.0, 4.0, 10.0],
+                    "2026-01-01T00:00:12+00:00")
+    seconds, analysis = projection.point_seconds(run)
+    assert list(seconds.values()) == [4.0, 6.0, 0.5]  # to the next point; the last: its end
+    assert analysis == pytest.approx(1.5)
+    assert projection.makespan([4.0, 6.0, 0.5, 3.0], 2) == 7.5  # 3.0 waits for 4.5
+    assert projection.makespan([4.0, 6.0, 0.5, 3.0], 1) == 13.5
+
+
+def test_dry_run_projects_from_the_committed_full_run(tmp_path: Path) -> None:
+    proc = tcpinc("run", "all", "--full", "--dry-run", "--workers", "2")
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    total = rows[-1]
+    assert total["total"] and total["workers"] == 2
+    assert total["points"] == sum(r["points"] for r in rows[:-1])
+    assert 1.0 < total["speedup"] <= 2.0
+    one = tcpinc("run", "all", "--full", "--dry-run", "--workers", "1")
+    assert json.loads(one.stdout.splitlines()[-1])["serial_min"] == total["serial_min"]
+    missing = tcpinc("run", "all", "--full", "--dry-run", "--out", str(tmp_path))
+    assert_user_error(missing, "no finished full run")
+
+
+# --- a real LocalCluster -------------------------------------------------------------
+
+def _cluster(workers: int = 1, allowed_failures: int = 3) -> Any:
+    import logging
+
+    import dask
+    from distributed import LocalCluster
+
+    with dask.config.set({"distributed.scheduler.allowed-failures": allowed_failures}):
+        return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                            resources={"tcpinc": 1}, dashboard_address=":0",
+                            silence_logs=logging.ERROR)
+
+
+def _executing(dask_worker: Any) -> list[str]:
+    return [str(ts.key) for ts in dask_worker.state.executing]
+
+
+def _kill_during_first_point(client: Any) -> tuple[str, int]:
+    """SIGKILL the worker process while it runs a point: (its address, point index)."""
+    pids = client.run(os.getpid)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for address, keys in client.run(_executing).items():
+            if keys:
+                time.sleep(0.3)  # well inside the 1 s point
+                os.kill(pids[address], signal.SIGKILL)
+                return address, int(keys[0].split("-")[2])
+        time.sleep(0.05)
+    raise AssertionError("no point started within 60 s")
+
+
+def _run_with_kill(tmp_path: Path, retries: int) -> tuple[subprocess.CompletedProcess[str],
+                                                            str, int]:
+    from distributed import Client
+
+    with _cluster(allowed_failures=0) as cluster, Client(cluster) as client:
+        driver = subprocess.Popen(
+            [sys.executable, "-m", "testbed", "run", "idle", "--quick", "--out", str(tmp_path),
+             "--run-id", "k", "--executor", "dask", "--scheduler", cluster.scheduler_address,
+             "--retries", str(retries)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True)
+        try:
+            killed, index = _kill_during_first_point(client)
+            out, err = driver.communicate(timeout=120)
+        finally:
+            if driver.poll() is None:
+                driver.kill()
+                driver.wait()
+    return subprocess.CompletedProcess(driver.args, driver.returncode, out, err), killed, index
+
+
+def _lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_dask_run_is_laid_out_like_a_local_run(tmp_path: Path) -> None:
+    with _cluster() as cluster:
+        remote = tcpinc("run", "idle", "--quick", "--out", str(tmp_path / "d"), "--run-id", "r",
+                        "--executor", "dask", "--scheduler", cluster.scheduler_address)
+    local = tcpinc("run", "idle", "--quick", "--out", str(tmp_path / "l"), "--run-id", "r")
+    assert remote.returncode == 0 and local.returncode == 0, remote.stderr + local.stderr
+    d, lo = tmp_path / "d" / "idle" / "r", tmp_path / "l" / "idle" / "r"
+    assert sorted(p.name for p in d.iterdir()) == sorted(p.name for p in lo.iterdir())
+    assert sorted(_lines(d / "networks.jsonl"), key=str) == \
+        sorted(_lines(lo / "networks.jsonl"), key=str)
+    assert (d / "points.jsonl").read_text() == (lo / "points.jsonl").read_text()
+    meta = json.loads((d / "metadata.json").read_text())
+    assert meta["finished"] and meta["failed_points"] == 0 and meta["worker_mismatch"] is None
+    assert [w["resources"] for w in meta["workers"]] == [{"tcpinc": 1}]
+    assert {r["worker"]["address"] for r in _lines(d / "records.jsonl")} == \
+        {meta["workers"][0]["address"]}
+
+
+def test_a_killed_worker_loses_only_its_point_which_is_retried(tmp_path: Path) -> None:
+    proc, killed, index = _run_with_kill(tmp_path, retries=2)
+    assert proc.returncode == 0, proc.stderr
+    run = tmp_path / "idle" / "k"
+    records = _lines(run / "records.jsonl")
+    assert sorted(r["i"] for r in records) == [0, 1, 2, 3]
+    again = next(r for r in records if r["i"] == index)
+    assert again["worker"]["attempt"] == 2 and again["worker"]["address"] != killed
+    assert not (run / "failed.jsonl").exists()
+
+
+def test_a_point_past_its_retries_is_recorded_failed_and_resumable(tmp_path: Path) -> None:
+    proc, killed, index = _run_with_kill(tmp_path, retries=0)
+    assert proc.returncode == 1
+    assert "failed" in proc.stderr and "--run-id k" in proc.stderr
+    run = tmp_path / "idle" / "k"
+    failed = _lines(run / "failed.jsonl")
+    assert index in [f["point"]["i"] for f in failed]
+    assert all(f["reason"].startswith("KilledWorker") and f["attempts"] == 1 for f in failed)
+    done = {json.loads(k)["i"] for k in (run / "points.jsonl").read_text().splitlines()}
+    assert done | {f["point"]["i"] for f in failed} == {0, 1, 2, 3}
+    assert json.loads((run / "metadata.json").read_text())["failed_points"] == len(failed)
+    # The same --run-id, here on this machine, runs only what is missing.
+    resumed = tcpinc("run", "idle", "--quick", "--out", str(tmp_path), "--run-id", "k")
+    assert resumed.returncode == 0, resumed.stderr
+    assert sorted(r["i"] for r in _lines(run / "records.jsonl")) == [0, 1, 2, 3]
+
+
+def test_the_report_flags_workers_that_disagree() -> None:
+    from experiments.report import _workers_note
+
+    mixed = {"workers": [{"host": "lab1"}, {"host": "lab2"}],
+             "worker_mismatch": {"link_backend": ["netem", "userspace"]}}
+    assert _workers_note(mixed) == (
+        ", 2 workers on lab1, lab2 — **WARNING: the workers disagree (link_backend: netem, "
+        "userspace); each record names its worker, compare only points of one kind**")
+    assert _workers_note({**mixed, "worker_mismatch": None}) == ", 2 workers on lab1, lab2"
+    assert _workers_note({"workers": [{"host": "lab1"}]}) == ""
