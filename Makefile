@@ -56,6 +56,9 @@ MYPY_FILES += testbed/net/timesplit.py experiments/timing.py testbed/bench_endpo
 # Checks of user-given output paths and names.
 MYPY_FILES += testbed/userinput.py
 MYPY_FILES += experiments/datapath.py
+# Executors: points here or on a Dask cluster.
+MYPY_FILES += experiments/executors.py experiments/dask_executor.py experiments/projection.py \
+    experiments/bench_scheduling.py experiments/idle.py
 
 .PHONY: setup apt venv helper bpf demo test test-unit lint clean-net
 
