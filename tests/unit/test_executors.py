@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +22,22 @@ from experiments.runner import worker_summary
 from testbed.errors import ConfigError
 
 
-def tcpinc(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "testbed", *args], capture_output=True,
-                          text=True, timeout=timeout, check=False)
-
-
 def assert_user_error(proc: subprocess.CompletedProcess[str], *words: str) -> None:
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("tcpinc: error: "), proc.stderr
     for word in words:
         assert word in lines[0]
+
+
+def in_process(capsys: pytest.CaptureFixture[str], *args: str
+               ) -> subprocess.CompletedProcess[str]:
+    """The CLI in this process (no interpreter start-up): exit code, stdout, stderr."""
+    from testbed.cli import main
+
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(list(args), code, out, err)
 
 
 @pytest.mark.parametrize("argv, words", [
@@ -45,15 +51,18 @@ def assert_user_error(proc: subprocess.CompletedProcess[str], *words: str) -> No
     (["--workers", "2"], ["--dry-run"]),
 ])
 def test_bad_executor_arguments_fail_in_one_line(tmp_path: Path, argv: list[str],
-                                                 words: list[str]) -> None:
-    proc = tcpinc("run", "idle", "--quick", "--out", str(tmp_path), *argv)
+                                                 words: list[str],
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    proc = in_process(capsys, "run", "idle", "--quick", "--out", str(tmp_path), *argv)
     assert_user_error(proc, *words)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_unreachable_scheduler_fails_in_one_line_and_writes_nothing(tmp_path: Path) -> None:
-    proc = tcpinc("run", "idle", "--quick", "--out", str(tmp_path), "--executor", "dask",
-                  "--scheduler", "tcp://127.0.0.1:9", "--connect-timeout", "2")
+def test_unreachable_scheduler_fails_in_one_line_and_writes_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    proc = in_process(capsys, "run", "idle", "--quick", "--out", str(tmp_path),
+                      "--executor", "dask", "--scheduler", "tcp://127.0.0.1:9",
+                      "--connect-timeout", "2")
     assert_user_error(proc, "cannot reach the Dask scheduler at tcp://127.0.0.1:9")
     assert list(tmp_path.iterdir()) == []
 
@@ -130,32 +139,40 @@ def test_point_times_come_from_the_records_clock(tmp_path: Path) -> None:
     assert projection.makespan([4.0, 6.0, 0.5, 3.0], 1) == 13.5
 
 
-def test_dry_run_projects_from_the_committed_full_run(tmp_path: Path) -> None:
-    proc = tcpinc("run", "all", "--full", "--dry-run", "--workers", "2")
+def test_dry_run_projects_from_the_committed_full_run(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    proc = in_process(capsys, "run", "all", "--full", "--dry-run", "--workers", "2")
     assert proc.returncode == 0, proc.stderr
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
     total = rows[-1]
     assert total["total"] and total["workers"] == 2
     assert total["points"] == sum(r["points"] for r in rows[:-1])
     assert 1.0 < total["speedup"] <= 2.0
-    one = tcpinc("run", "all", "--full", "--dry-run", "--workers", "1")
-    assert json.loads(one.stdout.splitlines()[-1])["serial_min"] == total["serial_min"]
-    missing = tcpinc("run", "all", "--full", "--dry-run", "--out", str(tmp_path))
+    assert not any(Path("results").glob("*/*-full/failed.jsonl"))  # nothing run or written
+    one = projection.project("roundtrips", "full", 1, Path("results"))
+    assert one["projected_s"] == pytest.approx(one["serial_s"] + one["points"]
+                                               * projection.DISPATCH_S, abs=0.2)
+    missing = in_process(capsys, "run", "all", "--full", "--dry-run", "--out", str(tmp_path))
     assert_user_error(missing, "no finished full run")
 
 
 # --- a real LocalCluster -------------------------------------------------------------
 
-def _cluster(workers: int = 1, allowed_failures: int = 3) -> Any:
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Any]:
+    """One worker process (restarted by its nanny when killed), ``tcpinc=1``; the
+    scheduler gives a point up at the first death of its worker (allowed-failures 0), so
+    the driver's own retries are what is tested."""
     import logging
 
     import dask
     from distributed import LocalCluster
 
-    with dask.config.set({"distributed.scheduler.allowed-failures": allowed_failures}):
-        return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                            resources={"tcpinc": 1}, dashboard_address=":0",
-                            silence_logs=logging.ERROR)
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
+            LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                         resources={"tcpinc": 1}, dashboard_address=":0",
+                         silence_logs=logging.ERROR) as local:
+        yield local
 
 
 def _executing(dask_worker: Any) -> list[str]:
@@ -176,16 +193,17 @@ def _kill_during_first_point(client: Any) -> tuple[str, int]:
     raise AssertionError("no point started within 60 s")
 
 
-def _run_with_kill(tmp_path: Path, retries: int) -> tuple[subprocess.CompletedProcess[str],
-                                                            str, int]:
+def _run_with_kill(cluster: Any, tmp_path: Path, retries: int
+                   ) -> tuple[subprocess.CompletedProcess[str], str, int]:
     from distributed import Client
 
-    with _cluster(allowed_failures=0) as cluster, Client(cluster) as client:
+    with Client(cluster) as client:
+        client.wait_for_workers(1, timeout=60)
         driver = subprocess.Popen(
             [sys.executable, "-m", "testbed", "run", "idle", "--quick", "--out", str(tmp_path),
              "--run-id", "k", "--executor", "dask", "--scheduler", cluster.scheduler_address,
-             "--retries", str(retries)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True)
+             "--retries", str(retries), "--connect-timeout", "60"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             killed, index = _kill_during_first_point(client)
             out, err = driver.communicate(timeout=120)
@@ -200,11 +218,13 @@ def _lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
 
 
-def test_dask_run_is_laid_out_like_a_local_run(tmp_path: Path) -> None:
-    with _cluster() as cluster:
-        remote = tcpinc("run", "idle", "--quick", "--out", str(tmp_path / "d"), "--run-id", "r",
-                        "--executor", "dask", "--scheduler", cluster.scheduler_address)
-    local = tcpinc("run", "idle", "--quick", "--out", str(tmp_path / "l"), "--run-id", "r")
+def test_dask_run_is_laid_out_like_a_local_run(tmp_path: Path, cluster: Any,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    remote = in_process(capsys, "run", "idle", "--quick", "--out", str(tmp_path / "d"),
+                        "--run-id", "r", "--executor", "dask",
+                        "--scheduler", cluster.scheduler_address, "--connect-timeout", "60")
+    local = in_process(capsys, "run", "idle", "--quick", "--out", str(tmp_path / "l"),
+                       "--run-id", "r")
     assert remote.returncode == 0 and local.returncode == 0, remote.stderr + local.stderr
     d, lo = tmp_path / "d" / "idle" / "r", tmp_path / "l" / "idle" / "r"
     assert sorted(p.name for p in d.iterdir()) == sorted(p.name for p in lo.iterdir())
@@ -218,8 +238,9 @@ def test_dask_run_is_laid_out_like_a_local_run(tmp_path: Path) -> None:
         {meta["workers"][0]["address"]}
 
 
-def test_a_killed_worker_loses_only_its_point_which_is_retried(tmp_path: Path) -> None:
-    proc, killed, index = _run_with_kill(tmp_path, retries=2)
+def test_a_killed_worker_loses_only_its_point_which_is_retried(tmp_path: Path,
+                                                               cluster: Any) -> None:
+    proc, killed, index = _run_with_kill(cluster, tmp_path, retries=2)
     assert proc.returncode == 0, proc.stderr
     run = tmp_path / "idle" / "k"
     records = _lines(run / "records.jsonl")
@@ -229,8 +250,9 @@ def test_a_killed_worker_loses_only_its_point_which_is_retried(tmp_path: Path) -
     assert not (run / "failed.jsonl").exists()
 
 
-def test_a_point_past_its_retries_is_recorded_failed_and_resumable(tmp_path: Path) -> None:
-    proc, killed, index = _run_with_kill(tmp_path, retries=0)
+def test_a_point_past_its_retries_is_recorded_failed_and_resumable(
+        tmp_path: Path, cluster: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    proc, killed, index = _run_with_kill(cluster, tmp_path, retries=0)
     assert proc.returncode == 1
     assert "failed" in proc.stderr and "--run-id k" in proc.stderr
     run = tmp_path / "idle" / "k"
@@ -241,7 +263,8 @@ def test_a_point_past_its_retries_is_recorded_failed_and_resumable(tmp_path: Pat
     assert done | {f["point"]["i"] for f in failed} == {0, 1, 2, 3}
     assert json.loads((run / "metadata.json").read_text())["failed_points"] == len(failed)
     # The same --run-id, here on this machine, runs only what is missing.
-    resumed = tcpinc("run", "idle", "--quick", "--out", str(tmp_path), "--run-id", "k")
+    resumed = in_process(capsys, "run", "idle", "--quick", "--out", str(tmp_path),
+                         "--run-id", "k")
     assert resumed.returncode == 0, resumed.stderr
     assert sorted(r["i"] for r in _lines(run / "records.jsonl")) == [0, 1, 2, 3]
 
