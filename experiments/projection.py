@@ -83,12 +83,12 @@ def makespan(durations: list[float], workers: int) -> float:
 def project(name: str, profile: str, workers: int, root: Path) -> dict[str, Any]:
     from experiments.runner import EXPERIMENTS, point_key
 
+    points = importlib.import_module(EXPERIMENTS[name]).points(profile)
     run = newest_run(root, name, profile)
     if run is None:
-        raise ConfigError(f"no finished {profile} run of {name} under {root}",
-                          "project from a results directory that has one (--out)")
+        return {"experiment": name, "from_run": None, "points": len(points),
+                "note": f"no finished {profile} run under {root}: not projected"}
     measured, analysis = point_seconds(run)
-    points = importlib.import_module(EXPERIMENTS[name]).points(profile)
     median = statistics.median(measured.values()) if measured else 0.0
     durations = [measured.get(point_key(p), median) for p in points]
     serial = sum(durations) + analysis
@@ -106,11 +106,16 @@ def dry_run(names: list[str], profile: str, workers: int, root: Path) -> dict[st
     rows = [project(n, profile, workers, root) for n in names]
     for row in rows:
         print(json.dumps(row))
-    serial = sum(r["serial_s"] for r in rows)
-    wall = sum(r["projected_s"] for r in rows)
+    done = [r for r in rows if r["from_run"]]
+    if not done:
+        raise ConfigError(f"no finished {profile} run of {', '.join(names)} under {root}",
+                          "project from a results directory that has one (--out)")
+    serial = sum(r["serial_s"] for r in done)
+    wall = sum(r["projected_s"] for r in done)
     total = {"total": True, "profile": profile, "workers": workers,
-             "points": sum(r["points"] for r in rows), "serial_min": round(serial / 60, 1),
+             "points": sum(r["points"] for r in done), "serial_min": round(serial / 60, 1),
              "projected_min": round(wall / 60, 1), "speedup": round(serial / wall, 2),
-             "dispatch_s_per_point": DISPATCH_S}
+             "dispatch_s_per_point": DISPATCH_S,
+             "not_projected": [r["experiment"] for r in rows if not r["from_run"]]}
     print(json.dumps(total))
     return total

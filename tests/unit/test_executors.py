@@ -146,7 +146,11 @@ def test_dry_run_projects_from_the_committed_full_run(
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
     total = rows[-1]
     assert total["total"] and total["workers"] == 2
-    assert total["points"] == sum(r["points"] for r in rows[:-1])
+    projected = [r for r in rows[:-1] if r["from_run"]]
+    assert {"latency", "roundtrips", "fallback", "loss", "cost"} <= \
+        {r["experiment"] for r in projected}
+    assert total["points"] == sum(r["points"] for r in projected)
+    assert total["not_projected"] == [r["experiment"] for r in rows[:-1] if not r["from_run"]]
     assert 1.0 < total["speedup"] <= 2.0
     assert not any(Path("results").glob("*/*-full/failed.jsonl"))  # nothing run or written
     one = projection.project("roundtrips", "full", 1, Path("results"))
