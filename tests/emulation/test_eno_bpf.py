@@ -150,3 +150,22 @@ def test_a_killed_run_leaves_nothing_after_clean() -> None:
     report = clean_state(NetworkState.load(state_path))
     assert report["bpf_cgroups"] == 1
     assert not cgroup.exists() and not pins.exists() and not ids_file(cgroup).exists()
+
+
+def test_a_path_dropping_eno_syns_falls_back_after_two_retransmissions(tmp_path: Path) -> None:
+    """RFC 8547 §4.6 exception on bpf: the kernel program keeps the same ENO option on the SYN
+    and its first two retransmissions, then leaves it off; the pure core judges that as the
+    syn_retransmission fallback (StreamConfig.syn_retries_with_eno = 2)."""
+    pcap = tmp_path / "client.pcap"
+    with Network(topologies.create("middlebox")) as net:
+        net.run("mb", ["iptables", "-w", "-A", "FORWARD", "-p", "tcp", "--tcp-flags",
+                       "SYN,ACK", "SYN", "--tcp-option", str(ENO_KIND), "-j", "DROP"])
+        with Capture(net.nodes["client"], net.intf("client"), pcap):
+            (record,) = run_workload(net, Workload(proto="eno-test", eno_datapath="bpf"))
+    assert record["outcome"] == "plaintext" and record["bytes_ok"], record
+    assert (record["fallback_reason"], record["peer_fallback_reason"]) == (
+        "syn_retransmission", "no_eno_in_syn")
+    (conn,) = eno_conns(pcap)
+    syns = [cs.segment for cs in conn.segments if cs.segment.is_syn and not cs.segment.is_ack]
+    assert [bool(options_of(s, ENO_KIND)) for s in syns] == [True, True, True, False]
+    assert len({bytes(options_of(s, ENO_KIND)[0]) for s in syns[:3]}) == 1, "unchanged (§4.6)"
