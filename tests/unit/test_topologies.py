@@ -49,3 +49,21 @@ def test_per_link_override_and_unknown_link():
     assert topo.link("mb-server").spec == spec
     with pytest.raises(ConfigError, match="no link"):
         topologies.create("direct", links={"nope": spec})
+
+
+def test_fanin_client_count_in_the_name() -> None:
+    topo = topologies.create("fanin:clients=5")
+    assert len(topo.links) == 6 and "client5" in topo.nodes and "client6" not in topo.nodes
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("fanin:n=8", "has no parameter(s) ['n']"),
+    ("fanin:clients=0", "at least one client"),
+    ("direct:clients=2", "topology direct has no parameter(s) ['clients']"),
+    ("fanin:clients=x", "bad topology parameter 'clients=x'"),
+    ("fanin:clients", "bad topology parameter 'clients'"),
+])
+def test_bad_topology_parameters_are_one_clear_error(spec: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        topologies.create(spec)
+    assert message in info.value.one_line()
