@@ -104,7 +104,7 @@ class DaskExecutor:
         return cls(client, retries, cluster)
 
     def check(self, experiments: list[str], link_backend: str, needs_root: bool,
-              timeout_s: float = 10.0) -> None:
+              timeout_s: float = 10.0, eno_datapath: str = "auto") -> None:
         """Ask each worker that offers ``tcpinc`` who it is; refuse what cannot run."""
         try:
             self.client.wait_for_workers(1, timeout=timeout_s)
@@ -120,7 +120,7 @@ class DaskExecutor:
                               f"start workers with --nthreads 1 --resources {RESOURCE}=1")
         try:
             found = self.client.run(worker_identity, link_backend, tuple(experiments),
-                                    workers=usable)
+                                    eno_datapath, workers=usable)
         except Exception as exc:  # noqa: BLE001 - any remote failure means "cannot run"
             raise ConfigError(f"a Dask worker cannot run the project: {_first_line(exc)}",
                               "install the project (make setup) on every worker") from None
@@ -140,6 +140,9 @@ class DaskExecutor:
             if str(ident["link_backend"]).startswith("unavailable"):
                 raise ConfigError(f"{where}: link backend {ident['link_backend']}",
                                   "fix that machine or choose another --link-backend")
+            if str(ident["eno_datapath"]).startswith("unavailable"):
+                raise ConfigError(f"{where}: ENO datapath {ident['eno_datapath']}",
+                                  "fix that machine or choose another --eno-datapath")
         self.identities = {a: {**found[a], "address": a,
                                "nthreads": info[a].get("nthreads"),
                                "resources": info[a].get("resources")} for a in found}

@@ -106,13 +106,21 @@ def code_identity() -> str:
     return f"tcpinc-testbed {version} commit {_git('rev-parse', 'HEAD')[:12]} code {code_digest()}"
 
 
-def worker_identity(requested_backend: str = "auto",
-                    experiments: tuple[str, ...] = ()) -> dict[str, Any]:
-    """What a machine is: host, kernel, the link backend it resolves, root, project code,
-    and which of ``experiments`` it can import (importing them now also keeps that
-    one-time cost out of the first point's time)."""
+def worker_identity(requested_backend: str = "auto", experiments: tuple[str, ...] = (),
+                    requested_datapath: str = "auto") -> dict[str, Any]:
+    """What a machine is: host, kernel, the link backend and ENO datapath it resolves,
+    root, project code, and which of ``experiments`` it can import (importing and resolving
+    now also keep those one-time costs, seconds on a loaded machine, out of the first
+    point's time)."""
     from experiments.runner import EXPERIMENTS
     from testbed.net.shaping import choose_backend
+    from testbed.workload import default_eno_datapath
+
+    try:
+        with default_eno_datapath(requested_datapath) as datapath:
+            pass
+    except ConfigError as exc:
+        datapath = f"unavailable: {exc.one_line()}"
 
     known = []
     for name in experiments:
@@ -125,7 +133,7 @@ def worker_identity(requested_backend: str = "auto",
     except ConfigError as exc:
         backend = f"unavailable: {exc.one_line()}"
     return {"host": socket.gethostname(), "kernel": platform.release(),
-            "link_backend": backend, "delay_helper": _delay_helper(),
+            "link_backend": backend, "delay_helper": _delay_helper(), "eno_datapath": datapath,
             "root": os.geteuid() == 0, "code": code_identity(), "experiments": known}
 
 
@@ -261,7 +269,8 @@ def make_executor(args: argparse.Namespace, names: list[str]) -> tuple[Executor,
     modules = [importlib.import_module(EXPERIMENTS[n]) for n in names]
     try:
         executor.check(names, args.link_backend,
-                       needs_root=any(getattr(m, "NEEDS_ROOT", True) for m in modules))
+                       needs_root=any(getattr(m, "NEEDS_ROOT", True) for m in modules),
+                       eno_datapath=getattr(args, "eno_datapath", None) or "auto")
     except BaseException:
         executor.close()
         raise

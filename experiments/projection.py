@@ -22,8 +22,8 @@ from typing import Any
 from testbed.errors import ConfigError
 
 # Per-point cost of a Dask round trip (submit, pickled task, result with pcaps back to the
-# driver), measured by `tcpinc bench scheduling` on a loaded 2-core VM (README "More than
-# one machine"); rounded up.
+# driver): 12 ms measured by `tcpinc bench scheduling` on the 2-core VM at load ~2.4
+# (README "More than one machine"), rounded up; machines starved for CPU pay more.
 DISPATCH_S = 0.05
 
 
