@@ -147,8 +147,12 @@ def test_a_killed_run_leaves_nothing_after_clean() -> None:
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-    report = clean_state(NetworkState.load(state_path))
-    assert report["bpf_cgroups"] == 1
+    try:
+        state = NetworkState.load(state_path)
+    except FileNotFoundError:
+        pass  # a `tcpinc clean` of another run on this machine cleaned the dead network first
+    else:
+        assert clean_state(state)["bpf_cgroups"] == 1
     assert not cgroup.exists() and not pins.exists() and not ids_file(cgroup).exists()
 
 
