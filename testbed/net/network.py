@@ -108,7 +108,7 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 _LIBC = ctypes.CDLL(None, use_errno=True)
 
 
-def die_with_parent(parent: int) -> None:
+def die_with_parent(parent: int, sig: int = signal.SIGTERM) -> None:
     """In a child between fork and exec: SIGTERM when this process dies, even by SIGKILL.
 
     Helpers (delay lines, hooks, servers, boxes) then stop on their own after a killed run
@@ -116,10 +116,27 @@ def die_with_parent(parent: int) -> None:
     survives the setns and exec of mnexec). A parent already gone before the prctl is caught
     by comparing the parent pid.
     """
-    if _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+    if _LIBC.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
     if os.getppid() != parent:
         os._exit(1)
+
+
+def _dying_host_class() -> Any:
+    """Mininet's Host whose shell, the process that holds the host's namespace, is killed
+    when this process dies (an interactive bash ignores SIGTERM, hence SIGKILL): a killed
+    run then leaves no namespace behind. Processes started in the host get their own
+    parent-death signal in ``Network.popen``."""
+    from mininet.node import Host
+
+    class DyingHost(Host):  # type: ignore[misc]
+        def _popen(self, cmd: list[str], **params: Any) -> Any:
+            if threading.current_thread() is threading.main_thread():
+                params.setdefault("preexec_fn",
+                                  functools.partial(die_with_parent, os.getpid(), signal.SIGKILL))
+            return super()._popen(cmd, **params)
+
+    return DyingHost
 
 
 def check_prerequisites() -> None:
@@ -291,7 +308,7 @@ class Network:
     # -- building ----------------------------------------------------------
 
     def _add_host(self, name: str) -> Any:
-        node = self.mn.addHost(name, ip=None)
+        node = self.mn.addHost(name, ip=None, cls=_dying_host_class())
         self.nodes[name] = node
         self.interfaces[name] = []
         assert self.state is not None

@@ -16,7 +16,7 @@ import pytest
 import topologies
 from testbed import workload
 from testbed.net.network import Network
-from testbed.net.state import STATE_DIR, NetworkState, clean_state, same_process
+from testbed.net.state import NetworkState, clean_state, pids_in_netns, same_process
 from testbed.workload import Workload, run_workload
 
 
@@ -41,10 +41,10 @@ def test_a_hook_that_dies_mid_run_keeps_the_records(monkeypatch: pytest.MonkeyPa
             assert "helper died during the run" in record["error"], record
 
 
-def _state_of(pid: int, deadline: float) -> Path:
+def _state_of(state_dir: Path, pid: int, deadline: float) -> Path:
     """The state file of the network made by ``pid`` once it records the ENO hooks."""
     while time.monotonic() < deadline:
-        for path in STATE_DIR.glob(f"net-{pid}-*.json"):
+        for path in state_dir.glob(f"net-{pid}-*.json"):
             try:
                 state = NetworkState.load(path)
             except (json.JSONDecodeError, TypeError):
@@ -55,13 +55,17 @@ def _state_of(pid: int, deadline: float) -> Path:
     raise AssertionError(f"no network with two hooks from pid {pid}")
 
 
-def test_helpers_of_a_killed_run_exit_on_their_own_and_clean_removes_the_rest() -> None:
+def test_helpers_of_a_killed_run_exit_on_their_own_and_clean_removes_the_rest(
+        tmp_path: Path) -> None:
+    # A private state directory: a parallel run's `clean` must not take this network away.
+    private = tmp_path / "state"
+    env = {**os.environ, "TCPINC_STATE_DIR": str(private)}
     run = subprocess.Popen([sys.executable, "-m", "testbed", "probe", "--proto", "eno-test",
                             "--rtt", "100ms", "--repeat", "200", "--eno-datapath", "nfqueue"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     state_path: Path | None = None
     try:
-        state_path = _state_of(run.pid, time.monotonic() + 60)
+        state_path = _state_of(private, run.pid, time.monotonic() + 60)
         run.send_signal(signal.SIGKILL)
         run.wait()
         state = NetworkState.load(state_path)
@@ -73,10 +77,21 @@ def test_helpers_of_a_killed_run_exit_on_their_own_and_clean_removes_the_rest() 
             alive = [p for p in state.procs if same_process(p["pid"], p["start"])]
             time.sleep(0.1)
         assert not alive, f"helpers outlived their run: {[p['argv'] for p in alive]}"
+        holders = list(state.nodes.values())  # each host's shell holds its namespace
+        while holders and time.monotonic() < deadline:
+            holders = [n for n in holders if same_process(n["pid"], n["start"])]
+            time.sleep(0.1)
+        assert not holders, f"{len(holders)} host namespace(s) outlived their run"
+        inodes = {n["netns"] for n in state.nodes.values()}
+        while time.monotonic() < deadline and any(pids_in_netns(i) for i in inodes):
+            time.sleep(0.1)
+        left = {i: pids_in_netns(i) for i in inodes}
+        assert not any(left.values()), f"processes keep the run's namespaces: {left}"
         # What is left (the state file, the work directory) goes with this run's clean.
         report = clean_state(state)
         state_path = None
         assert report["workdir"] == state.workdir and not Path(state.workdir).exists()
+        assert report["processes"] == report["namespaces"] == 0, report
     finally:
         if run.poll() is None:
             run.kill()
