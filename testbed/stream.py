@@ -476,6 +476,9 @@ def _eno_connect(
             return Stream(sock, info)
         try:
             sock.connect(address)
+        except ConnectionResetError as exc:  # the handshake completed: the hook followed it
+            raise _reset_in_connect(_query(config, _local_after_reset(sock), address), sock,
+                                    config, exc) from exc
         except OSError:
             _cancel(config.hook_name, sock)  # no SYN used it: a later socket may get the port
             raise
@@ -501,20 +504,30 @@ def _bpf_connect(
     try:
         sock.connect(address)
     except ConnectionResetError as exc:
-        raise _reset_in_connect(host, sock, address, settings, config, exc) from exc
+        result = host.result(sock, settings, active=True, remote=address)
+        raise _reset_in_connect(result, sock, config, exc) from exc
     info.phases["tcp_connected"] = time.perf_counter()
     result = host.result(sock, settings, active=True)
     return establish(sock, result, config, info, active=True)
 
 
+def _local_after_reset(sock: socket.socket) -> Addr:
+    """The connection's local address as the hook keys it (the kernel keeps the source
+    address chosen at connect() on a socket the peer reset)."""
+    try:
+        ip, port = sock.getsockname()[:2]
+    except OSError:
+        return ("0.0.0.0", 0)
+    return (str(ip), int(port))
+
+
 def _reset_in_connect(
-    host: datapath.BpfHost, sock: socket.socket, address: Addr, settings: Settings,
-    config: StreamConfig, exc: ConnectionResetError,
+    result: Result | None, sock: socket.socket, config: StreamConfig,
+    exc: ConnectionResetError,
 ) -> Exception:
     """The handshake completed and the peer reset the connection before connect() returned
-    (a passive end that judged the first ACK at once, with no hook in between). The
-    kernel's record says what the peer saw; the error is the one a slower peer causes."""
-    result = host.result(sock, settings, active=True, remote=address)
+    (a passive end that judged the first ACK before this process woke up). The datapath's
+    result says what happened; the error is the one a slower peer causes."""
     port = _port_of(sock)
     error: StreamError
     if result is None or result.outcome is None:
