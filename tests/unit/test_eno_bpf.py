@@ -146,6 +146,8 @@ def test_listener_candidates_are_what_the_core_answers() -> None:
 def test_settings_the_kernel_program_cannot_honour_are_refused() -> None:
     with pytest.raises(datapath.BpfDatapathError, match="nfqueue"):
         datapath._config(Settings(teps=OFFER.teps, passive_role=True), active=True)
+    with pytest.raises(datapath.BpfDatapathError, match="nfqueue"):
+        datapath._config(Settings(teps=OFFER.teps, syn_data=(0x21,)), active=False)
 
 
 def test_datapath_choice(monkeypatch: pytest.MonkeyPatch,

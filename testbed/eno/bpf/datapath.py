@@ -207,6 +207,8 @@ def _config(settings: Settings, *, active: bool) -> EnoConfig:
     if settings.passive_role:
         raise BpfDatapathError("simultaneous open (b = 1 on an active opener) needs "
                                "--eno-datapath nfqueue")
+    if settings.syn_data:
+        raise BpfDatapathError("data on the SYN (RFC 8547 §4.7) needs --eno-datapath nfqueue")
     if active and settings.mandatory_app_aware:
         raise BpfDatapathError("mandatory application-aware mode on an active opener needs "
                                "--eno-datapath nfqueue")
