@@ -164,12 +164,7 @@ def clean_state(state: NetworkState) -> dict[str, Any]:
             report["namespaces"] += 1
     report["workdir"] = _remove_workdir(state.workdir)
     if state.bpf:
-        from testbed.eno.bpf.attach import remove  # only networks that used the bpf datapath
-
-        for entry in state.bpf:
-            for problem in remove(Path(entry["cgroup"]), Path(entry["pins"])):
-                LOG.warning("bpf ENO datapath left behind: %s", problem)
-        report["bpf_cgroups"] = len(state.bpf)
+        report["bpf_cgroups"] = clean_bpf(state)
     state.remove()
     return report
 
@@ -184,6 +179,16 @@ def _remove_workdir(workdir: str | None) -> str | None:
         return None
     shutil.rmtree(path, ignore_errors=True)
     return str(path)
+
+
+def clean_bpf(state: NetworkState) -> int:
+    """Detach, unpin and remove the bpf ENO datapath's cgroups of one recorded network."""
+    from testbed.eno.bpf.attach import remove  # only networks that used the bpf datapath
+
+    for entry in state.bpf:
+        for problem in remove(Path(entry["cgroup"]), Path(entry["pins"])):
+            LOG.warning("bpf ENO datapath left behind: %s", problem)
+    return len(state.bpf)
 
 
 def clean_all(force: bool = False) -> list[dict[str, Any]]:
