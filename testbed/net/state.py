@@ -146,8 +146,14 @@ def _kill_and_wait(pids: list[int], timeout: float = 2.0) -> None:
             _kill(pid, signal.SIGKILL)
 
 
-def clean_state(state: NetworkState) -> dict[str, Any]:
-    """Kill what one recorded network left: its processes, then everything in its namespaces."""
+def clean_state(state: NetworkState, protected: frozenset[int] = frozenset()) -> dict[str, Any]:
+    """Kill what one recorded network left: its processes, then everything in its namespaces.
+
+    A namespace inode is only a name while the namespace exists: once a dead run's
+    namespaces are gone the kernel hands their inode numbers to new namespaces. Inodes in
+    ``protected`` (the namespaces of networks whose owner is alive) are therefore never
+    swept, so cleaning one dead run cannot take a running network's hosts.
+    """
     report: dict[str, Any] = {"state": str(state.path), "processes": 0, "namespaces": 0}
     procs = [p["pid"] for p in state.procs if same_process(p["pid"], p["start"])]
     _kill_and_wait(procs)
@@ -156,6 +162,10 @@ def clean_state(state: NetworkState) -> dict[str, Any]:
         inode = node.get("netns")
         if not inode or inode == netns_inode(1):
             continue  # never touch the root namespace
+        if inode in protected:
+            LOG.info("namespace %s now belongs to a running network; not touched", inode)
+            report.setdefault("reused_namespaces", []).append(inode)
+            continue
         members = pids_in_netns(inode)
         if members:
             LOG.info("killing %d process(es) in namespace %s", len(members), inode)
@@ -201,15 +211,27 @@ def clean_all(force: bool = False) -> list[dict[str, Any]]:
         reports.append({"bpf_probe_pins": probes})
     if not STATE_DIR.is_dir():
         return reports
+    states: list[NetworkState] = []
     for path in sorted(STATE_DIR.glob("net-*.json")):
         try:
-            state = NetworkState.load(path)
+            states.append(NetworkState.load(path))
         except (json.JSONDecodeError, TypeError) as exc:
             LOG.warning("unreadable state file %s (%s); removing it", path, exc)
             path.unlink(missing_ok=True)
+    alive = [s.owner_alive for s in states]
+    protected = frozenset() if force else live_namespaces(
+        [s for s, up in zip(states, alive, strict=True) if up])
+    for state, up in zip(states, alive, strict=True):
+        if up and not force:
+            reports.append({"state": str(state.path), "skipped": "owner process still running"})
             continue
-        if state.owner_alive and not force:
-            reports.append({"state": str(path), "skipped": "owner process still running"})
-            continue
-        reports.append(clean_state(state))
+        reports.append(clean_state(state, protected))
     return reports
+
+
+def live_namespaces(states: list[NetworkState]) -> frozenset[int]:
+    """Namespace inodes of the nodes of ``states`` whose holding process is still that node."""
+    return frozenset(
+        node["netns"] for state in states for node in state.nodes.values()
+        if node.get("netns") and same_process(node["pid"], node.get("start"))
+    )
