@@ -167,7 +167,8 @@ def test_half_close_reset_and_refusal_reach_the_application() -> None:
     assert big["peer"] == [net.ip("server"), SINK_PORT]  # the application sees its peer
     assert reset.get("error") == "ConnectionResetError"
     for failed in (refused, no_app):
-        assert failed.get("error") == "ConnectionResetError" and failed["seconds"] < 5
+        # The exact fact is the reset itself: a hang would end as the sink's TimeoutError.
+        assert failed.get("error") == "ConnectionResetError", failed
     assert any("ConnectionRefusedError" in str(r.get("error")) for r in records)
 
 
