@@ -12,7 +12,7 @@ the time its flights spent on the path (``network_ms`` = ``protocol_latency_ms``
 what the design costs on that path on any machine) and the time each host held
 them (``client_host_ms``, ``server_host_ms``: the implementation's cost). The
 analysis draws the median TTFB, its p5-p95 band, the median protocol latency and
-the theory line of tcpinc-protocols.md §4 per protocol; ``excess.csv`` gives per
+the theory line of docs/protocols.md §5 per protocol; ``excess.csv`` gives per
 point the TTFB's and the protocol latency's distance from theory and the host
 times behind the difference (experiments/timing.py), and every run carries the
 fidelity check of experiments/timing.py in its metadata.json.

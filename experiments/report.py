@@ -1,5 +1,5 @@
 """results/REPORT.md: every plot, every number traced to its run directory, and the
-questions argued at IETF 93 (specs/ietf93-tcpinc-minutes.txt) answered with measurements.
+questions argued at the IETF 93 TCPINC session (Prague, July 2015) answered with measurements.
 
 The report reads only finished run directories (the newest of each experiment
 under the results root); a question whose arms were not measured says so.

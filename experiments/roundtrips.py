@@ -4,8 +4,8 @@ Each protocol runs ``repeat`` connections at one RTT (50 ms) on the ``direct``
 topology. The analysis counts, in each connection's capture, the server flights
 the client waited for before its first application byte (``rt_send``) and up to
 the first response byte (``rt_resp``), and sets them beside the theory table of
-tcpinc-protocols.md §4. Any disagreement is flagged (``agrees`` false) and shows
-in the report. ENO arms run on both ENO datapaths (the NFQUEUE hook and, where the
+docs/protocols.md §5 (experiments/theory.py). Any disagreement is flagged (``agrees``
+false) and shows in the report. ENO arms run on both ENO datapaths (the NFQUEUE hook and, where the
 kernel takes it, the bpf program), and every connection is checked for reordering
 on the loss-free link: a SACK block above the cumulative ACK before the first FIN
 (``reordered``, experiments/common.py).

@@ -1,9 +1,9 @@
-"""Theoretical time to first byte, in RTTs (../shared/specs/tcpinc-protocols.md §4).
+"""Theoretical time to first byte, in RTTs (docs/protocols.md §5).
 
 ``(send, resp)``: when the client may first send its request and when the first
 response byte reaches it, counted from the SYN, for a client-speaks-first
-request/response with zero server think time. Each entry names the row of the
-digest's table it comes from.
+request/response with zero server think time. Each entry names the row of that
+table it comes from.
 """
 
 from __future__ import annotations

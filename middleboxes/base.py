@@ -2,7 +2,7 @@
 
 A middlebox model is installed on a forwarding node of a running network,
 removed cleanly, describes itself (what real boxes behave like this, with the
-source in ../shared/specs/evidence.md terms) and reports counters: packets
+source in docs/middlebox-evidence.md) and reports counters: packets
 seen, changed, dropped, reset. Parameters are given as ``NAME:key=value,...``;
 each model declares its parameters with defaults and unknown ones are refused.
 Where packets must be rewritten, the packet logic is a pure function over bytes

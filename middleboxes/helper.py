@@ -2,7 +2,7 @@
 
 Process side: ``Stop`` is raised from the SIGTERM/SIGINT handler, because a handler that
 only sets a flag never ends a loop blocked in select(): PEP 475 restarts the call
-(platform-notes.md section 6, item 8). SIGUSR1 asks for the counters now: the handler
+(docs/platform.md §6.8). SIGUSR1 asks for the counters now: the handler
 writes the stats file (atomically, with a serial number that grows) and returns, so the
 blocked call simply resumes. Nothing is printed after ``ready``: the network keeps the
 helper's stdout/stderr as pipes that nobody drains while it runs, and a full pipe would

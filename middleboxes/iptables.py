@@ -10,8 +10,8 @@ network stay untouched. The rule packet counters are the kernel models' counters
 
 Kernel models here:
 - strip-eno-syn / -synack / -ack / -all: TCPOPTSTRIP of one option kind (69, RFC 8547),
-  which overwrites the option with NOPs and fixes the checksum (platform-notes.md
-  section 3). The "ack" variant selects the first non-SYN segment the SYN sender sends
+  which overwrites the option with NOPs and fixes the checksum (docs/platform.md
+  §3). The "ack" variant selects the first non-SYN segment the SYN sender sends
   with conntrack direction plus a connmark bit set on that segment.
 - strip-unknown-options: TCPOPTSTRIP of every kind but the known ones.
 - drop-syn-unknown-option / rst-syn-unknown-option: a SYN carrying any option kind not
@@ -169,10 +169,10 @@ class Passthrough(IptablesBox):
 
 
 _ENO_EVIDENCE = (
-    "Honda et al. IMC 2011 (evidence.md 1.1): unknown options removed from SYNs or data "
-    "segments (TCPExposure SynOpt code 3, 'option removed'); MPTCP falls back when "
-    "MP_CAPABLE is stripped from the SYN or DSS from data (RFC 8041). Kernel TCPOPTSTRIP "
-    "writes NOPs in place (platform-notes.md 3)."
+    "Honda et al. IMC 2011 (docs/middlebox-evidence.md §1.1): unknown options removed from SYNs "
+    "or data segments (TCPExposure SynOpt code 3, 'option removed'); MPTCP falls back when "
+    "MP_CAPABLE is stripped from the SYN or DSS from data (RFC 8041). Kernel TCPOPTSTRIP writes "
+    "NOPs in place (docs/platform.md §3)."
 )
 
 
@@ -245,9 +245,10 @@ class StripUnknownOptions(IptablesBox):
     name = "strip-unknown-options"
     description = ("normaliser: options other than MSS, WS, SACK-permitted, SACK and "
                    "timestamps become NOPs (checksum fixed) on every segment")
-    evidence = ("Honda et al. IMC 2011 (evidence.md 1.1): boxes that remove unknown "
-                "options from SYNs and data ('option removed'); tracebox (1.2) localises "
-                "such option deletions per hop. TCPOPTSTRIP on this kernel (5, 4.4).")
+    evidence = ("Honda et al. IMC 2011 (docs/middlebox-evidence.md §1.1): boxes that remove "
+                "unknown options from SYNs and data ('option removed'); tracebox (§1.2) "
+                "localises such option deletions per hop. TCPOPTSTRIP on this kernel "
+                "(docs/platform.md §3).")
     defaults: ClassVar[dict[str, Any]] = {"known": KNOWN_DEFAULT}
     ranges: ClassVar[dict[str, Check]] = {"known": parse_kinds}
     mechanism = "kernel: TCPOPTSTRIP of every unknown kind, one counting dispatch per kind"
@@ -293,10 +294,10 @@ class SynUnknownOption(IptablesBox):
 class DropSynUnknownOption(SynUnknownOption):
     name = "drop-syn-unknown-option"
     description = "black hole: silently drops SYNs carrying an option kind it does not know"
-    evidence = ("TCPExposure SynOpt code 1 'no reply' (evidence.md 1.1); MPTCP maintainers: "
-                "packets with unknown options dropped in some places (mptcp_net-next#477); "
-                "TFO SYN drops, ~20% of networks at Apple (NANOG 67), Linux TFO blackhole "
-                "detection (commit cf1ef3f)")
+    evidence = ("TCPExposure SynOpt code 1 'no reply' (docs/middlebox-evidence.md §1.1); MPTCP "
+                "maintainers: packets with unknown options dropped in some places "
+                "(mptcp_net-next#477); TFO SYN drops, ~20% of networks at Apple (NANOG 67), Linux "
+                "TFO blackhole detection (commit cf1ef3f)")
     verdict = ("-j", "DROP")
     mechanism = "kernel: filter FORWARD, --tcp-option K -j DROP for each unknown K"
 
@@ -309,8 +310,8 @@ class DropSynUnknownOption(SynUnknownOption):
 class RstSynUnknownOption(SynUnknownOption):
     name = "rst-syn-unknown-option"
     description = "answers SYNs carrying an option kind it does not know with a RST"
-    evidence = ("TCPExposure SynOpt code 2 'RST' (evidence.md 1.1): the SYN-option test "
-                "distinguishes a RST answer from no reply and from option removal")
+    evidence = ("TCPExposure SynOpt code 2 'RST' (docs/middlebox-evidence.md §1.1): the "
+                "SYN-option test distinguishes a RST answer from no reply and from option removal")
     verdict = ("-j", "REJECT", "--reject-with", "tcp-reset")
     mechanism = "kernel: filter FORWARD, --tcp-option K -j REJECT --reject-with tcp-reset"
 

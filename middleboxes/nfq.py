@@ -12,7 +12,7 @@ the final counters. SIGUSR1 writes the counters without stopping.
 The box's iptables rule has no --queue-bypass on purpose: if this process dies, the
 queue has no listener and the kernel drops the box's packets, so a run through a dead box
 fails (connections time out) instead of silently passing through an absent middlebox.
-Network.check() then names the dead helper (platform-notes.md section 6, item 2 describes
+Network.check() then names the dead helper (docs/platform.md §6.2 describes
 the drop; bypass would turn it into a pass-through).
 """
 

@@ -61,8 +61,8 @@ class IsnRewriteBox(NfqBox):
     defaults: ClassVar[dict[str, Any]] = dict(IsnRewrite.defaults)
     description = ("adds a per-flow offset to client->server sequence numbers and "
                    "translates ACKs and SACK blocks back; options pass untouched")
-    evidence = ("Honda et al. IMC 2011 (evidence.md 1.1): middleboxes rewrite the ISN while "
-                "passing unknown options unchanged, so options must not carry absolute "
+    evidence = ("Honda et al. IMC 2011 (docs/middlebox-evidence.md §1.1): middleboxes rewrite the "
+                "ISN while passing unknown options unchanged, so options must not carry absolute "
                 "sequence numbers; TCPExposure ChangeSeq*/ChangeIncomingSeq* tests")
     mechanism = "NFQUEUE (all TCP, mangle FORWARD) + raw-byte rewrite, no bypass"
 
@@ -74,7 +74,7 @@ class ResegmentBox(NfqBox):
     defaults: ClassVar[dict[str, Any]] = dict(Resegment.defaults)
     description = ("splits data segments into `split`-byte pieces (options copied, as TSO "
                    "does) and coalesces small ones for up to hold_ms")
-    evidence = ("Honda et al. IMC 2011 (evidence.md 1.1): tcpcrypt fragile where "
+    evidence = ("Honda et al. IMC 2011 (docs/middlebox-evidence.md §1.1): tcpcrypt fragile where "
                 "resegmentation happens (NIC offload); TCPExposure Split*/Coalesce* tests; "
                 "TSO copies options into every piece (MPTCP book); RFC 8041 (MPTCP survives "
                 "split/coalesce, one HotMiddlebox'13 corner case)")
@@ -99,9 +99,9 @@ class TamperBox(NfqBox):
     defaults: ClassVar[dict[str, Any]] = dict(Tamper.defaults)
     description = ("flips one bit in a data payload with probability `rate` and fixes the "
                    "TCP checksum (only end-to-end integrity checks notice)")
-    evidence = ("RFC 8041 / draft-bonaventure-mptcp-experience (evidence.md 1.3): MPTCP was "
-                "designed for middleboxes that modify the payload; TCPExposure's HTTP "
-                "header-change checks (1.1)")
+    evidence = ("RFC 8041 / draft-bonaventure-mptcp-experience (docs/middlebox-evidence.md §1.3): "
+                "MPTCP was designed for middleboxes that modify the payload; TCPExposure's HTTP "
+                "header-change checks (§1.1)")
     mechanism = "NFQUEUE (TCP, optional port) + raw bytes, checksum recomputed, no bypass"
 
     def matches(self) -> list[tuple[str, ...]]:
@@ -128,7 +128,7 @@ class Dpi443Box(PortBox):
                    "ClientHello record (type 22, version 3.1-3.3, handshake type 1)")
     evidence = ("NGFW TLS inspection resets OpenVPN over TCP/443 (Sophos SFOS, Cisco FTD "
                 "guides); GFW forged RST+ACK on TCP/443, Aug 2025 (net4people/bbs#511); "
-                "tcpcrypt's launcher never diverts 443 (evidence.md 2)")
+                "tcpcrypt's launcher never diverts 443 (docs/middlebox-evidence.md §2)")
     mechanism = "NFQUEUE (port only) + stream follower; forged RST+ACK both ways, no bypass"
 
 
@@ -139,9 +139,10 @@ class Tls12StrictBox(PortBox):
     defaults: ClassVar[dict[str, Any]] = dict(Tls12Strict.defaults)
     description = ("TLS 1.2-only inspection: kills (RST both ways) flows whose handshake "
                    "it cannot follow; TLS 1.3 passes only in middlebox compatibility mode")
-    evidence = ("Blue Coat SGOS 6.5 vs Chrome 56, >30% of ~120,000 Chromebooks (evidence.md "
-                "2); Firefox Dec 2017: draft-18 2.91% failures vs TLS 1.2 1.58%, with compat "
-                "changes 1.63%; boxes required CCS and session_id; RFC 8446 appendix D.4")
+    evidence = ("Blue Coat SGOS 6.5 vs Chrome 56, >30% of ~120,000 Chromebooks "
+                "(docs/middlebox-evidence.md §2); Firefox Dec 2017: draft-18 2.91% failures vs "
+                "TLS 1.2 1.58%, with compat changes 1.63%; boxes required CCS and session_id; RFC "
+                "8446 appendix D.4")
     mechanism = "NFQUEUE (port only) + TLS 1.2 state table; RST+ACK both ways, no bypass"
 
 
@@ -151,7 +152,7 @@ ANY_SYN = ("-p", "tcp", "--tcp-flags", "SYN", "SYN")
 TFO_EVIDENCE = ("RFC 7413 §7.1: 6% of probed paths dropped SYNs with data; Paasch (Apple), "
                 "NANOG 67, 2016: ~20% of networks/sites with middlebox-induced TFO failures; "
                 "Google IETF 84 tcpm: clients retry without data and blacklist the path "
-                "(evidence.md, TFO)")
+                "(docs/middlebox-evidence.md §1.3)")
 
 
 @register
@@ -175,10 +176,10 @@ class StripSynDataBox(NfqBox):
     defaults: ClassVar[dict[str, Any]] = dict(StripSynData.defaults)
     description = ("forwards SYN and SYN-ACK segments without their payload (options kept, "
                    "lengths and checksums fixed): only the ISN gets acknowledged")
-    evidence = ("no measured instance in evidence.md: the case RFC 7413 §4.2.2 provides for "
-                "(a SYN-ACK that does not acknowledge the SYN data; the client sends it "
-                "again after the handshake, no latency penalty) and the one RFC 8547 §4.7 "
-                "must survive, made reproducible")
+    evidence = ("no measured instance in docs/middlebox-evidence.md: the case RFC 7413 §4.2.2 "
+                "provides for (a SYN-ACK that does not acknowledge the SYN data; the client sends "
+                "it again after the handshake, no latency penalty) and the one RFC 8547 §4.7 must "
+                "survive, made reproducible")
     mechanism = "NFQUEUE (SYN-flagged TCP only, mangle FORWARD) + raw bytes, no bypass"
 
     def matches(self) -> list[tuple[str, ...]]:

@@ -1,10 +1,10 @@
 """Raw IPv4/TCP bytes: parse, edit, rebuild with correct checksums. Pure, no I/O.
 
 NFQUEUE hands userspace a complete, checksummed IPv4 packet (the kernel finishes
-partial checksums and segments GSO before queueing: ../shared/specs/platform-notes.md
-section 3), and after ``set_payload`` the kernel sets CHECKSUM_NONE, so every packet a
+partial checksums and segments GSO before queueing: docs/platform.md
+§3), and after ``set_payload`` the kernel sets CHECKSUM_NONE, so every packet a
 model returns must carry correct IP and TCP checksums. Editing raw bytes instead of
-re-encoding through scapy costs about 50 us instead of about 300 us per packet (ibid.)
+re-encoding through scapy costs about 50 us instead of about 300 us per packet (docs/platform.md §3)
 and, more important for a middlebox model, never re-encodes options it did not mean to
 touch: the header and option bytes a model leaves alone go out byte for byte.
 

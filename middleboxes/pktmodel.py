@@ -215,7 +215,7 @@ class IsnRewrite(PacketModel):
     seeded generator). Client->server: seq += offset. Server->client: ack -= offset and
     every SACK block edge -= offset, because those name client sequence numbers. Nothing
     else is touched: options (timestamps, ENO, unknown kinds) pass byte for byte, which
-    is what Honda et al. saw boxes do (evidence.md section 1.1). Flows whose SYN the box
+    is what Honda et al. saw boxes do (docs/middlebox-evidence.md §1.1). Flows whose SYN the box
     did not see pass unchanged.
     """
 

@@ -40,8 +40,8 @@ class TcpProxy(ProxyBox):
                    "connection to the server (SYN options not carried); relays with "
                    "half-close. port 0 = every TCP port. Counters count connections")
     evidence = ("TCPExposure IndAck* tests and is_ack_indirect(): ACKs produced on the path "
-                "(evidence.md 1.1), the sign of a box that terminates TCP; Honda et al.: many "
-                "boxes forward only contiguous flows")
+                "(docs/middlebox-evidence.md §1.1), the sign of a box that terminates TCP; "
+                "Honda et al.: many boxes forward only contiguous flows")
     mechanism = "kernel nat REDIRECT + proxy process (SO_ORIGINAL_DST), essential helper"
 
 
@@ -55,5 +55,5 @@ class TlsMitm(ProxyBox):
                    "two sessions' exporter values (and so session IDs) differ")
     evidence = ("TLS-inspecting proxies and NGFWs: Blue Coat SGOS (Chrome 56, Feb 2017), "
                 "Sophos SFOS and Cisco FTD TLS inspection guides; Cloudflare's "
-                "tls13.mitm.watch checker (evidence.md 2)")
+                "tls13.mitm.watch checker (docs/middlebox-evidence.md §2)")
     mechanism = "kernel nat REDIRECT + pyOpenSSL proxy (own P-256 key), essential helper"

@@ -7,7 +7,7 @@ bytes:
 
 - a data segment longer than ``split`` is cut into ``split``-byte pieces. Every piece
   carries the original's TCP options byte for byte, as TSO does when it cuts a large
-  segment (evidence.md section 1.1, the MPTCP book crediting Honda et al.); PSH and FIN
+  segment (docs/middlebox-evidence.md §1.1, the MPTCP book crediting Honda et al.); PSH and FIN
   stay on the last piece only, and each piece gets the next IP identification;
 - with ``coalesce`` on, a data segment shorter than ``split`` is held for up to
   ``hold_ms`` while later contiguous segments of the same direction are appended to it,

@@ -2,7 +2,7 @@
 
 Both follow a connection's byte streams in sequence order (``StreamCursor``) and, when
 they decide a flow must die, do what on-path resetters do (the Great Firewall's forged
-RST+ACK, evidence.md section 2): drop the offending packet, forge a RST+ACK to each end
+RST+ACK, docs/middlebox-evidence.md §2): drop the offending packet, forge a RST+ACK to each end
 with the sequence number that end expects, and drop everything the flow sends after.
 
 The RST to the receiver of the dropped packet carries that packet's own sequence number

@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 The boxes that broke TLS 1.3 in 2016-2018 (Blue Coat SGOS behind Chrome 56, the Firefox
-and Facebook measurements: evidence.md section 2) parsed the handshake as TLS 1.2 and
+and Facebook measurements: docs/middlebox-evidence.md §2) parsed the handshake as TLS 1.2 and
 gave up on anything else. ``Tls12Follower`` is that parser. It reads both byte streams
 of one connection (already in order, see pktmodel.StreamCursor) as TLS records and walks
 each direction through a transition table of the TLS 1.2 message flow (RFC 5246 section

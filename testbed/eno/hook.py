@@ -400,7 +400,7 @@ def serve(nfq: Any, server: ControlServer, engine: HookEngine) -> None:
     """The event loop; returns only by exception (Stop on SIGTERM).
 
     Busy-polling after each event was tried to save the process wake-up per segment: on the
-    2-vCPU machine of platform-notes.md, shared with the applications and the peer's hook,
+    2-vCPU development machine (docs/platform.md), shared with the applications and the peer's hook,
     it made connection setup 2-3 times slower, so the loop always sleeps in epoll.
     """
     selector = server.selector

@@ -5,7 +5,7 @@ works on the bytes NFQUEUE hands over and never re-encodes what it does not chan
 options block is replaced as a whole (``testbed.eno.tcp_options.append_eno`` builds it by
 copying the kernel's options verbatim), and only the data offset, the IP total length and both
 checksums are rewritten. Scapy would re-encode every option and costs about six times more per
-packet (platform-notes.md section 3).
+packet (docs/platform.md §3).
 
 Checksums use the identity "16-bit one's complement sum == value mod 0xFFFF" (2**16 is 1 modulo
 0xFFFF), so one ``int.from_bytes`` does the summing in C. NFQUEUE hands userspace fully

@@ -1,6 +1,6 @@
 """The iptables rules that feed the ENO hook, and starting / stopping a hook in a host.
 
-Only handshake-phase segments may reach userspace (platform-notes.md sections 3, 4): the rules
+Only handshake-phase segments may reach userspace (docs/platform.md §3, §4): the rules
 queue SYNs and SYN-ACKs, plus the first few packets of each connection in each direction by
 conntrack's packet counter (connbytes), never bulk data:
 
@@ -10,7 +10,7 @@ conntrack's packet counter (connbytes), never bulk data:
   and its hook judges the first ACK segment (§4.6 rule 1).
 * ``reply`` direction, first ``reply_window`` packets: the passive opener's SYN-ACK and what
   follows it. Queueing them keeps a TFO server's early reply behind its queued SYN-ACK (one
-  FIFO), the fix for the 200 ms stall of platform-notes.md section 4; at the active end they
+  FIFO), the fix for the 200 ms stall of docs/platform.md §4; at the active end they
   tell the hook that a non-SYN segment arrived, so A stops sending ENO (§4.6).
 
 Conntrack may reopen a reset connection's entry for a new connection on the same 4-tuple, with
@@ -18,7 +18,7 @@ the old counters; the hook zeroes them when it sees the new SYN (ctzero.py), so 
 count from that SYN.
 
 Every rule has ``--queue-bypass``: with no hook bound, segments pass untouched and ENO simply
-never appears (the peer falls back, §4.6) instead of a black hole (platform-notes.md section 6).
+never appears (the peer falls back, §4.6) instead of a black hole (docs/platform.md §6.2).
 The rules live in two private chains jumped to from mangle OUTPUT and PREROUTING, so removal is
 exact and the chains' counters show what the kernel queued.
 """

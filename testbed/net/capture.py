@@ -3,9 +3,9 @@
 Theory of operation
 -------------------
 ``tcpdump_command`` builds the command line and runs nothing, so it is unit-testable without
-root (STYLE.md: build commands separately from running them). ``Capture`` runs it through the
-host's ``popen`` (Mininet's ``Node.popen`` prefixes ``mnexec -da <pid>``, so tcpdump runs in
-that host's network namespace) and is a context manager:
+root (commands are built apart from running them). ``Capture`` runs it through the host's
+``popen`` (Mininet's ``Node.popen`` prefixes ``mnexec -da <pid>``, so tcpdump runs in that
+host's network namespace) and is a context manager:
 
 - ``start()`` logs the command line, starts tcpdump and waits, bounded, for its
   "listening on" line on stderr. tcpdump prints it after the capture socket is bound, so

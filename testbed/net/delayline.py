@@ -6,7 +6,7 @@ Run inside the shaper namespace of a link a <-> b (two interfaces, no IP):
         --stats PATH
 
 This kernel has neither sch_netem nor sch_fq, so delay cannot come from a qdisc
-(shared/specs/platform-notes.md, section 2). Design "A + vnet" from those notes:
+(docs/platform.md §2). Design "A + vnet" from those notes:
 
 - One AF_PACKET raw socket per interface with PACKET_VNET_HDR, so GSO super-frames and partial
   checksums are read and re-sent unchanged (no offload change on the end hosts, about 3x the

@@ -76,7 +76,7 @@ def test_eno_on_the_wire_data_flows_and_only_handshake_segments_reach_userspace(
     assert len(conns) == 3
     for conn in conns:
         syn, synack, ack = handshake(conn)
-        # RFC 8547 §4.1/§4.2 and §4.6, as the digest's worked encodings say.
+        # RFC 8547 §4.1/§4.2 and §4.6, as docs/protocols.md §1.7 works out.
         assert options_of(syn, ENO_KIND) == [bytes.fromhex("20")]  # 45 03 20: A, implicit b=0
         assert options_of(synack, ENO_KIND) == [bytes.fromhex("0120")]  # 45 04 01 20: B, b=1
         assert options_of(ack, ENO_KIND) == [b""]  # 45 02 on A's third segment

@@ -132,7 +132,7 @@ def test_normal_open_matches_worked_encoding() -> None:
     a = make(EnoConfig(teps=(Z, X)), active=True)
     b = make(EnoConfig(teps=(Z,)), active=False)
     syn, synack, ack, reply = three_way(a, b)
-    assert syn == LINUX_SYN + bytes.fromhex("45042123")  # digest 1.12: A's SYN
+    assert syn == LINUX_SYN + bytes.fromhex("45042123")  # docs/protocols.md §1.7: A's SYN
     assert synack == LINUX_SYN + bytes.fromhex("45040123")  # B picks X25519
     assert ack == LINUX_ACK + bytes.fromhex("4502" "0000")  # A's third segment (§4.6), padded
     assert reply == LINUX_ACK  # B has received a non-SYN segment: no more ENO
@@ -187,10 +187,10 @@ def test_resumption_accepted_by_answerer() -> None:
 
     a = make(EnoConfig(teps=(TepSuboption(Z, RESUME), X)), active=True)
     b = make(EnoConfig(teps=(Z,), answerer=answer), active=False)
-    # A 21-byte offer does not fit beside Linux's 20 bytes of SYN options (digest 1.2), so
-    # these SYNs carry MSS, SACK-permitted and window scale only.
+    # A 21-byte offer does not fit beside Linux's 20 bytes of SYN options
+    # (docs/platform.md §6.11), so these SYNs carry MSS, SACK-permitted and window scale only.
     syn, synack, _, _ = three_way(a, b, syn_base=SMALL_SYN)
-    assert eno_of(syn) == bytes.fromhex("451521a3") + RESUME  # digest 1.12, data last
+    assert eno_of(syn) == bytes.fromhex("451521a3") + RESUME  # docs/protocols.md §1.7, data last
     assert eno_of(synack) == bytes.fromhex("451501a3") + bytes(reversed(RESUME))
     na, nb = negotiated(a), negotiated(b)
     assert na.tep_byte == nb.tep_byte == 0xA3  # B's v bit goes into the session ID (§5.1)
@@ -202,7 +202,7 @@ def test_resumption_declined_by_default() -> None:
     a = make(EnoConfig(teps=(TepSuboption(Z, RESUME),)), active=True)
     b = make(EnoConfig(teps=(Z,)), active=False)
     _, synack, _, _ = three_way(a, b, syn_base=SMALL_SYN)
-    assert eno_of(synack) == bytes.fromhex("45040123")  # digest 1.12: "B declines"
+    assert eno_of(synack) == bytes.fromhex("45040123")  # docs/protocols.md §1.7: "B declines"
     assert negotiated(a).tep_byte == 0x23 and negotiated(b).peer_data == RESUME
 
 

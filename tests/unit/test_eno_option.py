@@ -1,6 +1,6 @@
 """Byte vectors for the ENO codec (RFC 8547 §4.1-§4.4) and the generic TCP options codec.
 
-The ENO vectors are the worked encodings of specs/tcpinc-protocols.md §1.12, each checked
+The ENO vectors are the worked encodings of docs/protocols.md §1.7, each checked
 by hand against RFC 8547 §4.1 (Figure 1: Len = N + 2), §4.2 (Figure 5) and §4.4
 (Figure 6: length byte 0x80 | (len - 1)). They are derived, not RFC test vectors.
 """
