@@ -22,17 +22,17 @@ THEORY_RTTS: dict[str, tuple[float, float]] = {
     "tls-noeno-tfo": (1.0, 2.0),  # plain TLS + TFO: ClientHello in the SYN
     "tls-noeno-resume-tfo": (1.0, 2.0),
     "tls-noeno-0rtt-tfo": (0.0, 1.0),  # ClientHello + early data in the SYN
-}
-
-# SYN data of the SYN TEP (RFC 8547 §4.7), beyond RFC 8548 / beyond the use-tls draft: the
-# first handshake message rides on the SYN and the server answers before A's ACK. Kept apart
-# from THEORY_RTTS, whose keys are the registered arms: these arms are not built yet (README:
-# Data on the SYN).
-SYN_DATA_THEORY_RTTS: dict[str, tuple[float, float]] = {
+    # SYN data of the SYN TEP (RFC 8547 §4.7), beyond RFC 8548 / beyond the use-tls draft
+    # (testbed/apps/proto_syn.py): the first handshake flight rides on the SYN and the server
+    # answers right behind its SYN-ACK, before A's ACK.
     "tcpcrypt-syn": (1.0, 2.0),  # Init1 in the SYN, Init2 right after the SYN-ACK
-    "tcpcrypt-resume-syn": (0.0, 1.0),  # request in the SYN under keys without nonce_b
     "tls-syn": (1.0, 2.0),  # ClientHello in the SYN
     "tls-0rtt-syn": (0.0, 1.0),  # ClientHello + early data in the SYN
+}
+
+# SYN-data rows of arms not built (THEORY_RTTS keys are registered arms, which tests iterate).
+SYN_DATA_THEORY_RTTS: dict[str, tuple[float, float]] = {
+    "tcpcrypt-resume-syn": (0.0, 1.0),  # request in the SYN under keys without nonce_b
 }
 
 

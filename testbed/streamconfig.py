@@ -126,6 +126,10 @@ class StreamConfig:
     # so the application can answer at 0.5-RTT (TLS 0-RTT, RFC 8446 §2.3; beyond the drafts).
     # The session ID is then None until a later recv() completes the handshake.
     early_handoff: bool = False
+    # TEP names whose (variant) specification defines SYN data (RFC 8547 §4.7: off by default,
+    # on only through this API): the listener accepts SYN data for them, and a stream opened
+    # with testbed/synstream.py puts its SYN TEP's first flight on the SYN.
+    syn_data: tuple[str, ...] = ()
 
     def specs(self) -> list[TepSpec]:
         if not self.teps:
@@ -151,6 +155,7 @@ class StreamConfig:
             mandatory=self.policy is Policy.REQUIRED, expect=tuple(expect),
             syn_retries=self.syn_retries_with_eno
             if active and self.policy is Policy.OPPORTUNISTIC else None,
+            syn_data=tuple(base.get(name).tep_id for name in self.syn_data),
         )
 
 
@@ -172,6 +177,9 @@ class StreamInfo:
     peer_application_aware: bool | None = None
     resumed: bool | None = None  # the TEP handshake resumed an earlier session
     early_data_accepted: bool | None = None  # None: no 0-RTT data was attempted
+    # Streams with SYN data (testbed/synstream.py): "acked" / "not_acked" (the active end's
+    # SYN data, as its SYN-ACK acknowledged it), "accepted" (the passive end used it).
+    syn_data: str | None = None
     phases: dict[str, float] = field(default_factory=dict)  # name -> perf_counter seconds
 
 

@@ -26,6 +26,7 @@ from subprocess import Popen
 from typing import Any
 
 from testbed import keylog
+from testbed.apps.proto_syn import SYN_ARMS
 from testbed.apps.transport import get_transport
 from testbed.eno.bpf.attach import resolve as resolve_datapath
 from testbed.eno.rules import HookSpec, finish_hook, launch_hook, stop_hook
@@ -73,10 +74,16 @@ def default_eno_datapath(requested: str) -> Iterator[str]:
         _DATAPATH["requested"] = old
 
 
-def needs_hook(proto: str) -> bool:
-    """tcpcrypt resumption: the passive end's single-use answers (RFC 8548 §3.5) are pushed
-    to the NFQUEUE hook; the bpf program answers every SYN with a fresh key exchange."""
-    return proto.startswith("tcpcrypt") and proto.endswith("-resume")
+def needs_hook(proto: str) -> str | None:
+    """Why ``proto`` needs the NFQUEUE hook, or None. tcpcrypt resumption: the passive end's
+    single-use answers (RFC 8548 §3.5) are pushed to the hook, while the bpf program answers
+    every SYN with a fresh key exchange. SYN data (RFC 8547 §4.7): the bpf program does not
+    judge it."""
+    if proto.startswith("tcpcrypt") and proto.endswith("-resume"):
+        return "resumption answers"
+    if proto in SYN_ARMS:
+        return "SYN data, RFC 8547 §4.7"
+    return None
 
 
 def eno_datapath(work: Workload) -> str:
@@ -84,9 +91,10 @@ def eno_datapath(work: Workload) -> str:
     arms the bpf datapath cannot serve on nfqueue; asking for bpf for them is an error."""
     requested = work.eno_datapath or _DATAPATH["requested"]
     resolved = resolve_datapath(requested)
-    if resolved == "bpf" and needs_hook(work.proto):
+    why = needs_hook(work.proto)
+    if resolved == "bpf" and why:
         if requested == "bpf":
-            raise ConfigError(f"{work.proto} needs the NFQUEUE hook (resumption answers)",
+            raise ConfigError(f"{work.proto} needs the NFQUEUE hook ({why})",
                               "use --eno-datapath nfqueue (or auto)")
         return "nfqueue"
     return resolved
@@ -127,6 +135,8 @@ def run_workload(
             installed.add(node)
 
     stats: dict[str, CaptureStats] = {}
+    wanted = getattr(transport, "host_sysctls", None)
+    restore = _set_host_sysctls(net, {"client": client, "server": server}, wanted)
     try:
         # Launched first, waited for beside the server (_run): their start-up overlaps.
         for node in hook_nodes:
@@ -135,18 +145,35 @@ def run_workload(
                                     ready_hooks)
     finally:
         died = _stop_hooks(net, hooks, installed)
+        for node, values in restore.items():
+            net.set_sysctls(node, values)
     if died:
         _mark_helper_failure(records, died)
     for record in records:
         record["pcap"] = str(pcap) if pcap else None
         record["pcap_server"] = str(server_pcap(pcap)) if pcap else None
         record["eno_datapath"] = datapath
+        if wanted:
+            record["syn_sysctls"] = wanted
         for end in ("client", "server"):
             got = stats.get(end)
             record[f"capture_dropped_{end}"] = got.dropped if got else None
     if peer_view:
         merge_server_views(sorted(records, key=lambda r: r["t_start_wall"]), server_view)
     return records
+
+
+def _set_host_sysctls(net: Network, nodes: dict[str, str],
+                      wanted: dict[str, dict[str, str]] | None) -> dict[str, dict[str, str]]:
+    """Set an arm's per-host sysctls (by role: client, server) for one run; returns the
+    values to put back afterwards (experiments share one network across arms)."""
+    restore: dict[str, dict[str, str]] = {}
+    for role, values in (wanted or {}).items():
+        node = nodes[role]
+        net.record_sysctls(node, list(values))
+        restore[node] = {k: net.sysctls[node][k] for k in values}
+        net.set_sysctls(node, values)
+    return restore
 
 
 def _stop_hooks(net: Network, hooks: list[tuple[str, Popen[str]]],

@@ -161,6 +161,8 @@ def server_identity(profile: str) -> tls.ServerIdentity:
         return tls.ServerIdentity(resumption=True)
     if profile == "0rtt":
         return tls.ServerIdentity.with_early_data()
+    if profile == "0rtt-noantireplay":  # tcpinc bench replay only (testbed/apps/proto_syn.py)
+        return tls.ServerIdentity.with_early_data(anti_replay=False)
     raise ConfigError(f"unknown TLS server profile {profile!r}")
 
 

@@ -213,6 +213,7 @@ def get_transport(name: str, policy: str | None = None) -> Any:
 
 # The arm modules register themselves; imported last because they use the names above.
 from testbed.apps import (  # noqa: E402
+    proto_syn,  # noqa: F401  (registers the SYN-data arms, RFC 8547 §4.7)
     proto_tcpcrypt,  # noqa: F401  (registers the tcpcrypt arms)
     proto_tls,  # noqa: F401  (registers the TLS arms)
 )

@@ -228,6 +228,10 @@ class Result:
     packets: int = 0  # segments of this connection the hook has seen (handshake phase only)
     # §4.7 verdict on the peer's SYN data: "accepted", "discarded:<reason>", "" (none came)
     syn_data: str = ""
+    # No outcome yet, but the peer's SYN data was accepted: role, tep_id, transcript and the
+    # suboption data are what the SYN exchange decided (§4.5), so the SYN TEP can start
+    # before the first ACK segment; the final outcome must then confirm them (§4.6).
+    tentative: bool = False
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)

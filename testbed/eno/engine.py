@@ -536,14 +536,10 @@ def result_of(conn: Conn) -> Result:
         syn_data=conn.syn_data,
     )
     outcome = neg.outcome
+    if outcome is None and conn.syn_data == "accepted" and neg.pending is not None:
+        return _negotiated_view(replace(base, tentative=True), neg.pending, "")
     if isinstance(outcome, Negotiated):
-        local = outcome.local_suboptions[-1].data if outcome.local_suboptions else None
-        return _replace(
-            base, outcome="negotiated", role=outcome.role.value, tep_id=outcome.tep_id,
-            tep_byte=outcome.tep_byte, transcript=outcome.transcript.hex(),
-            peer_a=outcome.peer_global.a, peer_b=outcome.peer_global.b,
-            peer_data=outcome.peer_data.hex(), local_data=(local or b"").hex(),
-        )
+        return _negotiated_view(base, outcome, "negotiated")
     if isinstance(outcome, Fallback):
         return _replace(base, outcome="fallback", reason=outcome.reason.value,
                         detail=outcome.detail)
@@ -552,6 +548,17 @@ def result_of(conn: Conn) -> Result:
         return _replace(base, outcome="aborted", reason=outcome.reason.value,
                         fallback=fallback, detail=outcome.detail)
     return base
+
+
+def _negotiated_view(base: Result, chosen: Negotiated, outcome: str) -> Result:
+    """``base`` with what the negotiation decided; ``outcome`` "" for a tentative view."""
+    local = chosen.local_suboptions[-1].data if chosen.local_suboptions else None
+    return _replace(
+        base, outcome=outcome or None, role=chosen.role.value, tep_id=chosen.tep_id,
+        tep_byte=chosen.tep_byte, transcript=chosen.transcript.hex(),
+        peer_a=chosen.peer_global.a, peer_b=chosen.peer_global.b,
+        peer_data=chosen.peer_data.hex(), local_data=(local or b"").hex(),
+    )
 
 
 def _replace(result: Result, **changes: object) -> Result:

@@ -219,6 +219,13 @@ class EnoNegotiator:
         return self._chosen.tep_id if self._chosen else None
 
     @property
+    def pending(self) -> Negotiated | None:
+        """What the SYN exchange decided while no outcome is final yet (a passive opener
+        before the first ACK segment, §4.6). A TEP whose SYN data was accepted (§4.7) may act
+        on it at once; the outcome still decides, and a later fallback must abort."""
+        return self._chosen if self._outcome is None else None
+
+    @property
     def peer_global(self) -> GlobalSuboption | None:
         """The peer's global suboption, for the §4.2 "examine the peer's a bit" API."""
         return self._peer.global_suboption if self._peer else None

@@ -85,3 +85,42 @@ def test_acknowledged_syn_data_without_the_syn_tep_aborts() -> None:
     assert not has_eno(synack)
     result = pair.result_a()
     assert (result.outcome, result.reason) == ("aborted", "syn_data_misinterpreted")
+
+
+def test_accepted_syn_data_gives_a_tentative_result_the_outcome_then_confirms() -> None:
+    """B may start the SYN TEP at the SYN (testbed/synstream.py): the result names what the
+    SYN exchange decided, marked tentative, until A's first ACK segment decides (§4.6)."""
+    pair = Pair()
+    pair.b.listen(B[1], SYN_TEP, owner="server")
+    pair.a.announce(A[1], SYN_TEP, pair.now, ttl=10)
+    pair.a_to_b(segment(A, B, "S", ISN_A, payload=FIRST))
+    early = pair.result_b()
+    assert (early.outcome, early.tentative, early.syn_data) == (None, True, "accepted")
+    assert (early.role, early.tep_id) == ("B", 0x20) and early.transcript
+    pair.b_to_a(segment(B, A, "SA", ISN_B, ISN_A + 1 + len(FIRST)))
+    pair.a_to_b(segment(A, B, "A", ISN_A + 1 + len(FIRST), ISN_B + 1))
+    final = pair.result_b()
+    assert (final.outcome, final.tentative) == ("negotiated", False)
+    assert (final.tep_id, final.transcript) == (early.tep_id, early.transcript)
+
+
+def test_no_tentative_result_without_accepted_syn_data() -> None:
+    pair = Pair()
+    pair.b.listen(B[1], TEST_TEP, owner="server")  # B defines no SYN data: discarded
+    pair.a.announce(A[1], SYN_TEP, pair.now, ttl=10)
+    pair.a_to_b(segment(A, B, "S", ISN_A, payload=FIRST))
+    early = pair.result_b()
+    assert (early.outcome, early.tentative, early.tep_id, early.transcript) == (
+        None, False, None, "")
+
+
+def test_a_first_ack_without_eno_turns_the_tentative_result_into_a_fallback() -> None:
+    pair = Pair()
+    pair.b.listen(B[1], SYN_TEP, owner="server")
+    pair.a.announce(A[1], SYN_TEP, pair.now, ttl=10)
+    pair.a_to_b(segment(A, B, "S", ISN_A, payload=FIRST))
+    assert pair.result_b().tentative
+    pair.b_to_a(segment(B, A, "SA", ISN_B, ISN_A + 1 + len(FIRST)))
+    pair.a_to_b(segment(A, B, "A", ISN_A + 1 + len(FIRST), ISN_B + 1), strip=True)
+    final = pair.result_b()
+    assert (final.outcome, final.reason, final.tentative) == ("fallback", "no_eno_in_ack", False)

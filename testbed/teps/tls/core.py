@@ -113,7 +113,9 @@ class TlsCore:
         if conflicts:
             side = "client (role A)" if self._is_client else "server (role B)"
             raise TlsConfigError(f"options {conflicts} do not apply to the TLS {side}")
-        self._transcript = None if self._opts.mode == "plain" else ctx.transcript
+        # Read when the session ID is made: a TEP whose first flight rides on the SYN (RFC
+        # 8547 §4.7) is created before the transcript exists, which the stream fills in later.
+        self._ctx = ctx
         self._state = TlsState.IDLE
         self._pin_failed = False
         self._offered: SSL.Session | None = None
@@ -317,7 +319,7 @@ class TlsCore:
         self.early_data_accepted = self._early_outcome()
         if self._is_client and self.resumed and self._opts.pin_spki_sha256:
             self._check_resumed_pin()
-        context = exporter_context(self._transcript)
+        context = exporter_context(None if self._opts.mode == "plain" else self._ctx.transcript)
         secret = self._conn.export_keying_material(EXPORTER_LABEL, EXPORTER_LENGTH, context)
         self._session_id = session_id_from_exporter(secret)
         self._set_state(TlsState.OPEN)

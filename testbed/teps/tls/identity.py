@@ -41,6 +41,7 @@ PrivateKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 _NOT_BEFORE = datetime.datetime(2000, 1, 1, tzinfo=datetime.UTC)
 _NOT_AFTER = datetime.datetime(2099, 12, 31, tzinfo=datetime.UTC)
 _SESSION_ID_CONTEXT = b"tcpinc-use-tls"
+OP_NO_ANTI_REPLAY = 0x01000000  # SSL_OP_NO_ANTI_REPLAY (OpenSSL 1.1.1+, ssl.h)
 
 
 def spki_sha256(certificate: x509.Certificate) -> bytes:
@@ -111,12 +112,14 @@ class ServerIdentity:
         ciphersuites: tuple[str, ...] = CIPHERSUITES,
         groups: tuple[str, ...] = GROUPS,
         common_name: str = "tcpinc-use-tls",
+        anti_replay: bool = True,
     ) -> None:
         if max_early_data < 0 or (max_early_data and not resumption):
             raise TlsConfigError("max_early_data > 0 needs resumption=True (0-RTT rides a PSK)")
         self.key_type = key_type
         self.resumption = resumption
         self.max_early_data = max_early_data
+        self.anti_replay = anti_replay
         self.private_key: PrivateKey = _generate_key(key_type)
         self.certificate = _self_signed(self.private_key, common_name)
         self.spki_sha256 = spki_sha256(self.certificate)
@@ -137,12 +140,19 @@ class ServerIdentity:
             ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
         if self.max_early_data:
             _ossl.set_max_early_data(ctx, self.max_early_data)
+        if not self.anti_replay:
+            # Measurement only (tcpinc bench replay): tickets stay reusable, so a replayed
+            # ClientHello's 0-RTT data is accepted again (RFC 8446 §8 explains the risk).
+            ctx.set_options(OP_NO_ANTI_REPLAY)
         return ctx
 
     @classmethod
-    def with_early_data(cls, key_type: str = "ecdsa-p256") -> ServerIdentity:
-        """Resumption and 0-RTT on, one record of early data allowed."""
-        return cls(key_type, resumption=True, max_early_data=DEFAULT_MAX_EARLY_DATA)
+    def with_early_data(cls, key_type: str = "ecdsa-p256", *,
+                        anti_replay: bool = True) -> ServerIdentity:
+        """Resumption and 0-RTT on, one record of early data allowed; ``anti_replay``
+        False turns OpenSSL's single-use tickets off (SSL_OP_NO_ANTI_REPLAY)."""
+        return cls(key_type, resumption=True, max_early_data=DEFAULT_MAX_EARLY_DATA,
+                   anti_replay=anti_replay)
 
     def write_pem(self, directory: Path) -> tuple[Path, Path]:
         """Write cert.pem and key.pem (for ``openssl s_server``); returns their paths."""
