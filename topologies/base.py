@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from testbed.errors import ConfigError
-from testbed.net.shaping import LinkShape, LinkSpec
+from topologies.shapes import LinkShape, LinkSpec, PathShape
 
 ROLES = ("client", "server", "router", "middlebox")
 
@@ -36,17 +36,6 @@ class LinkDesc:
     a: str
     b: str
     spec: LinkSpec = field(default_factory=LinkSpec)
-
-
-@dataclass(frozen=True, kw_only=True)
-class PathShape:
-    """End-to-end shaping as a user states it."""
-
-    rtt_ms: float = 0.0
-    jitter_ms: float = 0.0
-    loss: float = 0.0
-    rate_bps: int | None = None
-    queue_packets: int | None = None
 
 
 class Topology:

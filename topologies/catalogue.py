@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from testbed.net.shaping import LinkSpec
-from topologies.base import PathShape, Topology, register
+from topologies.base import Topology, register
+from topologies.shapes import LinkSpec, PathShape
 
 
 @register

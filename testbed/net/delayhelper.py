@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from testbed.errors import ConfigError, KernelFeatureError
-from testbed.net.shaping import LinkShape
+from topologies.shapes import LinkShape
 
 HELPERS = ("auto", "c", "python")
 BINARY = Path(__file__).resolve().parent / "delayline_c" / "tcpinc-delayline"

@@ -81,3 +81,23 @@ def test_choose_backend(monkeypatch):
         shaping.choose_backend("magic")
     monkeypatch.setattr(shaping, "netem_available", lambda: True)
     assert shaping.choose_backend("auto") == "netem"
+
+
+def test_whole_float_rates_are_integers_and_fractions_refused():
+    """A float rate from the Python API reaches the delay line as an integer (a float in its
+    argument made it exit); a fractional, infinite or non-numeric value is refused at once."""
+    from testbed.net.delayhelper import shape_arg
+    from topologies import PathShape
+
+    shape = LinkShape(rate_bps=1e8, queue_packets=100.0)  # type: ignore[arg-type]
+    assert shape.rate_bps == 100_000_000 and type(shape.rate_bps) is int
+    assert shape.queue_packets == 100 and type(shape.queue_packets) is int
+    assert "rate_bps=100000000,queue_packets=100," in shape_arg(shape)
+    assert PathShape(rate_bps=2.5e6).rate_bps == 2_500_000  # type: ignore[arg-type]
+    for bad in ({"rate_bps": 1.5}, {"rate_bps": float("inf")}, {"queue_packets": 9.5},
+                {"rate_bps": "100mbit"}, {"rate_bps": True}, {"delay_ms": float("nan")}):
+        with pytest.raises(ConfigError):
+            LinkShape(**bad)
+    for bad_path in ({"rate_bps": 0.5}, {"rtt_ms": -1.0}, {"loss": 1.0}, {"queue_packets": 0}):
+        with pytest.raises(ConfigError):
+            PathShape(**bad_path)
