@@ -52,6 +52,7 @@ MYPY_FILES += testbed/transparent/__init__.py testbed/transparent/control.py \
     testbed/transparent/host.py testbed/transparent/proxy.py testbed/transparent/relay.py \
     testbed/transparent/rules.py experiments/appnet.py experiments/bulk.py experiments/web.py
 MYPY_FILES += testbed/keylog.py testbed/ladder.py testbed/ladder_draw.py experiments/ladders.py
+MYPY_FILES += testbed/net/hosts.py testbed/net/plan.py testbed/net/procs.py topologies/shapes.py
 MYPY_FILES += testbed/net/timesplit.py experiments/timing.py testbed/bench_endpoints.py
 # Checks of user-given output paths and names.
 MYPY_FILES += testbed/userinput.py
@@ -66,9 +67,12 @@ MYPY_FILES += experiments/executors.py experiments/dask_executor.py experiments/
 setup: apt venv helper bpf
 
 # The compiled delay line (testbed/net/delayline_c); without it links fall back to the Python one.
+# The namespace holder (testbed/net/nshold_c); without it each host is one mnexec (slower start).
 helper: apt
 	@$(MAKE) -s -C testbed/net/delayline_c || \
 	  echo "compiled delay line not built (see the gcc error above): links use the Python delay line"
+	@$(MAKE) -s -C testbed/net/nshold_c || \
+	  echo "namespace holder not built (see the gcc error above): hosts start one mnexec each"
 
 bpf: $(BPF_OBJ)
 

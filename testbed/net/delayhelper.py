@@ -86,7 +86,10 @@ def spin_budget(lines: int) -> float:
 
 
 def c_argv(if_a: str, if_b: str, a2b: LinkShape, b2a: LinkShape, seed: int, stats: Path,
-           lines: int, binary: Path = BINARY) -> list[str]:
+           lines: int, binary: Path = BINARY, parent_pid: int | None = None) -> list[str]:
+    """The compiled helper's command line; with ``parent_pid`` it stops by itself when that
+    process (its parent) dies, so the starter needs no pre-exec hook (no fork of Python)."""
     return [str(binary), "--if-a", if_a, "--if-b", if_b, "--a2b", shape_arg(a2b),
             "--b2a", shape_arg(b2a), "--seed", str(seed), "--stats", str(stats),
-            "--spin-budget", str(spin_budget(lines))]
+            "--spin-budget", str(spin_budget(lines)),
+            *(["--parent-pid", str(parent_pid)] if parent_pid else [])]

@@ -1,41 +1,35 @@
-"""A running Mininet network built from a topology description.
+"""A running network built from a topology description.
 
 Theory of operation
 -------------------
-``Network(topology, config)`` is a context manager. On entry it creates one
-Mininet host (a network namespace held by an ``mnexec`` shell) per topology
-node, with no switch, no controller and no Open vSwitch. Each topology link
-becomes a veth pair; a shaped link under the userspace backend becomes two veth
-pairs with a transparent L2 shaper namespace between them, running the delay
-line (testbed/net/delayline.py). Under the netem backend the shape is a netem
-qdisc on each end's egress instead.
+``Network(topology, config)`` is a context manager. On entry it asks the pure builder
+(testbed/net/plan.py) for the network as data, then runs it: one host per node (a network
+namespace held by an idle process, testbed/net/hosts.py; no switch, no controller, no shell per
+host), every veth pair made at once by one ``ip -batch`` in the root namespace directly inside
+its hosts, then each host configured by one short command chain (sysctls, one ``ip -batch`` for
+links, addresses, neighbours and routes, ethtool), the hosts in parallel. A shaped link under the
+userspace backend is two veth pairs with a transparent L2 shaper namespace between them, running
+the delay line (the compiled testbed/net/delayline_c/ where built, see
+testbed/net/delayhelper.py). Under the netem backend the shape is a netem qdisc on each end's
+egress instead.
 
-Every link gets its own /24 (10.0.<link index + 1>.0/24: first node .1, second
-.2); endpoints get a default route through their neighbour and forwarding nodes
-get one static route per remote subnet (topologies are trees). Per-host sysctls
-are set explicitly and read back into ``sysctls`` for the run's metadata.
-Offloads: in ``wire`` mode TSO/GSO/GRO are off on every host interface, so each
-frame on a link is one packet as on a physical wire; ``gso`` keeps the kernel's
-defaults (faster bulk transfer, super-frames in captures). Lossy links always
-run without GSO so that loss applies to single packets.
+Addressing, routes, neighbours, sysctls and offloads are the plan's (see its docstring); the
+sysctls are read back into ``sysctls`` for the run's metadata: what is recorded is what the
+kernel holds.
 
-Exit is guaranteed teardown: helper processes are stopped by pid (their exit
-codes and, for delay lines, the delay they applied are collected), then the
-namespaces go. A state file (testbed/net/state.py) lets `tcpinc clean` finish the
-job after a crash.
+Exit is guaranteed teardown: helper processes are stopped by pid (their exit codes and, for
+delay lines, the delay they applied are collected), then the hosts' holders are killed and the
+namespaces, with their veths, go. A state file (testbed/net/state.py) lets `tcpinc clean` finish
+the job after a crash.
 """
+
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
-import functools
 import json
 import os
-import select
-import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -43,100 +37,35 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from testbed.eno.bpf.attach import HostAttachment
-from testbed.errors import CommandError, ConfigError, KernelFeatureError, ProcessDiedError
+from testbed.errors import ConfigError, KernelFeatureError, ProcessDiedError
 from testbed.log import LOG
 from testbed.net import delayhelper
+from testbed.net.hosts import HostSet, NsHost, die_with_parent, spawn_hosts
+from testbed.net.plan import (
+    FORWARDING_ROLES,
+    OFFLOAD_MODES,
+    RECORDED_SYSCTLS,
+    Interface,
+    NetConfig,
+    NetworkPlan,
+    build_plan,
+)
+from testbed.net.procs import Helper, HostProcesses, wait_for_line
 from testbed.net.shaping import choose_backend, netem_command
 from testbed.net.state import NetworkState
 from topologies.base import LinkDesc, Topology
 
-# Read back into the metadata beside the ones the network sets. SYN retransmission timing
-# decides what a dropped SYN costs (loss, fallback): newer kernels retransmit the first
-# tcp_syn_linear_timeouts SYNs 1 s apart before doubling, older ones double from the start.
-RECORDED_SYSCTLS = [
-    "net.ipv4.tcp_congestion_control", "net.core.rmem_max", "net.core.wmem_max",
-    "net.ipv4.tcp_timestamps", "net.ipv4.tcp_sack", "net.ipv4.tcp_window_scaling",
-    "net.ipv4.tcp_syn_retries", "net.ipv4.tcp_synack_retries",
-    *(["net.ipv4.tcp_syn_linear_timeouts"]
-      if Path("/proc/sys/net/ipv4/tcp_syn_linear_timeouts").exists() else []),
-]
-REQUIRED_BINARIES = ("mnexec", "ip", "tc", "sysctl", "ethtool", "ifconfig")
-OFFLOAD_MODES = ("wire", "gso")
-FORWARDING_ROLES = ("router", "middlebox")
+__all__ = ["FORWARDING_ROLES", "OFFLOAD_MODES", "RECORDED_SYSCTLS", "Helper", "Interface",
+           "NetConfig", "Network", "NsHost", "check_prerequisites", "die_with_parent",
+           "wait_for_line"]
+
+REQUIRED_BINARIES = ("mnexec", "ip", "tc", "sysctl", "ethtool")
 SETUP_THREADS = 8
-
-
-@dataclass(frozen=True, kw_only=True)
-class NetConfig:
-    """Network-wide settings; keyword-only, unknown keys refused by ``from_dict``."""
-
-    link_backend: str = "auto"
-    delay_helper: str = "auto"  # userspace backend: compiled (c) or Python delay line
-    offloads: str = "wire"
-    # None keeps the kernel's default (recorded); a namespace may only pick an
-    # algorithm listed in the root namespace's tcp_allowed_congestion_control.
-    congestion_control: str | None = None
-    tcp_fastopen: int = 3  # client and server TFO enabled (RFC 7413)
-    tcp_rmem: str = "4096 131072 33554432"
-    tcp_wmem: str = "4096 16384 33554432"
-    tcp_ecn: int = 2
-    ipv6: bool = False
-    seed: int = 1
-    extra_sysctls: dict[str, str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.offloads not in OFFLOAD_MODES:
-            raise ConfigError(f"unknown offload mode {self.offloads!r}", f"use {OFFLOAD_MODES}")
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> NetConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ConfigError(f"unknown network setting(s) {sorted(unknown)}", f"known: {known}")
-        return cls(**data)
-
-
 WORKDIR_PREFIX = "tcpinc-net-"
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
-# Resolved once in the parent: the child between fork and exec only calls it (no dlopen there).
-_LIBC = ctypes.CDLL(None, use_errno=True)
-
-
-def die_with_parent(parent: int, sig: int = signal.SIGTERM) -> None:
-    """In a child between fork and exec: SIGTERM when this process dies, even by SIGKILL.
-
-    Helpers (delay lines, hooks, servers, boxes) then stop on their own after a killed run
-    instead of holding its namespaces until `tcpinc clean` (prctl(2) PR_SET_PDEATHSIG; it
-    survives the setns and exec of mnexec). A parent already gone before the prctl is caught
-    by comparing the parent pid.
-    """
-    if _LIBC.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-    if os.getppid() != parent:
-        os._exit(1)
-
-
-def _dying_host_class() -> Any:
-    """Mininet's Host whose shell, the process that holds the host's namespace, is killed
-    when this process dies (an interactive bash ignores SIGTERM, hence SIGKILL): a killed
-    run then leaves no namespace behind. Processes started in the host get their own
-    parent-death signal in ``Network.popen``."""
-    from mininet.node import Host
-
-    class DyingHost(Host):  # type: ignore[misc]
-        def _popen(self, cmd: list[str], **params: Any) -> Any:
-            if threading.current_thread() is threading.main_thread():
-                params.setdefault("preexec_fn",
-                                  functools.partial(die_with_parent, os.getpid(), signal.SIGKILL))
-            return super()._popen(cmd, **params)
-
-    return DyingHost
 
 
 def check_prerequisites() -> None:
@@ -150,52 +79,29 @@ def check_prerequisites() -> None:
         )
 
 
-@dataclass
-class Interface:
-    node: str
-    name: str
-    ip: str | None = None  # "10.0.1.1/24"; shaper interfaces have none
-    link: str = ""
-
-
-@dataclass
-class Helper:
-    """A process the network started inside a host, stopped by pid at teardown."""
-
-    node: str
-    name: str
-    proc: subprocess.Popen[str]
-    essential: bool = True
-    stopping: bool = False  # SIGTERM already sent by stop(): an exit now is not a death
-
-
-class Network:
+class Network(HostProcesses):
     """See the module docstring. Use as ``with Network(topo, cfg) as net: ...``."""
 
     def __init__(
         self, topology: Topology, config: NetConfig | None = None, workdir: Path | None = None
     ) -> None:
+        super().__init__()
         self.topology = topology
         self.config = config or NetConfig()
         self.backend = ""
         self.delay_helper = delayhelper.HelperChoice("none")
-        self.mn: Any = None
-        self.nodes: dict[str, Any] = {}
+        self.plan: NetworkPlan | None = None
         self.interfaces: dict[str, list[Interface]] = {}
         self.sysctls: dict[str, dict[str, str]] = {}
-        self.helpers: list[Helper] = []
-        # Every process started in a host: one-shot commands too, so that one abandoned by an
-        # exception (an interrupted run, a timeout above it) is killed at teardown.
-        self._procs: list[subprocess.Popen[str]] = []
         self.link_reports: dict[str, dict[str, Any]] = {}
-        self.state: NetworkState | None = None
+        self.timings: dict[str, float] = {}  # seconds per build step, for `tcpinc bench`
+        self._mark = time.monotonic()
         self._own_workdir = workdir is None
         # Made in start(), after the root check: a refused start leaves no directory.
         self.workdir = Path(workdir) if workdir else Path(tempfile.gettempdir(), "tcpinc-net-?")
         self._made_workdir = False
         self._shaper_of: dict[str, str] = {}
-        # bpf ENO datapath: host -> its cgroup and pinned program (testbed/eno/bpf/attach.py)
-        self.eno_bpf: dict[str, HostAttachment] = {}
+        self._hosts: HostSet | None = None
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -237,28 +143,52 @@ class Network:
             LOG.warning("delay helper: %s", self.delay_helper.note)
 
     def _build(self) -> None:
-        from mininet.log import setLogLevel
-        from mininet.net import Mininet
-
-        setLogLevel("error")
-        # Mininet.init() would raise root-namespace limits (fixLimits); this
-        # project sets each host's sysctls explicitly instead.
-        Mininet.inited = True
-        self.mn = Mininet(
-            topo=None, controller=None, switch=None, build=False, waitConnected=False,
-            autoSetMacs=False,
-        )
-        for name in self.topology.nodes:
-            self._add_host(name)
-        for index, link in enumerate(self.topology.links):
-            self._add_link(index, link)
-        # Hosts are independent once their links exist: configure them concurrently (each step
-        # is a short process inside one namespace; the build time of a 100-client fan-in is
-        # mostly waiting for them).
-        self._parallel(self._configure_host, list(self.topology.nodes))
-        self._parallel(self._configure_shaper, list(self._shaper_of.values()))
-        self._configure_routes()
+        # The whole network as data first: a topology the plan refuses costs nothing.
+        self._mark = time.monotonic()
+        plan = self.plan = build_plan(self.topology, self.config, self.backend)
+        self.interfaces = plan.interfaces
+        self._shaper_of = dict(plan.shaper_of)
+        self._step("plan")
+        self._hosts = spawn_hosts(list(plan.hosts))
+        self.nodes = self._hosts.nodes
+        assert self.state is not None
+        with self.state.deferred():
+            launcher = self._hosts.launcher
+            if launcher is not None:
+                self.state.add_proc(launcher.pid, "", [str(a) for a in launcher.args])
+            for name, host in self.nodes.items():
+                self.state.add_node(name, host.pid)
+        self._step("hosts")
+        # Every veth at once, made inside its two hosts' namespaces (no root-namespace names,
+        # so networks built side by side never collide).
+        pids = {name: host.pid for name, host in self.nodes.items()}
+        done = subprocess.run(["ip", "-batch", "-"], input=plan.veth_batch(pids), text=True,
+                              capture_output=True, check=False, timeout=60)
+        if done.returncode != 0:
+            raise KernelFeatureError(f"cannot create the veth pairs: {done.stderr.strip()}",
+                                     "check `ip link add type veth` works as root")
+        self._step("links")
+        # Hosts are independent once their links exist: configure them concurrently, one
+        # short command chain each.
+        self._parallel(self._configure_host, list(plan.hosts))
+        self._step("configure")
         self._apply_shaping()
+        self._step("shaping")
+
+    def _step(self, name: str) -> None:
+        """Record how long the build step that ends now took (since the previous step)."""
+        now = time.monotonic()
+        self.timings[name] = now - self._mark
+        self._mark = now
+
+    def _configure_host(self, name: str) -> None:
+        assert self.plan is not None
+        host = self.plan.hosts[name]
+        out = self.nodes[name].execute(["sh", "-c", host.script()], stdin=host.batch_text())
+        readback = out.splitlines()
+        recorded = self.sysctls.setdefault(name, {})
+        for key, value in zip(host.readback, readback, strict=True):
+            recorded[key] = " ".join(value.split())
 
     @staticmethod
     def _parallel(fn: Callable[[Any], object], items: list[Any]) -> None:
@@ -268,31 +198,10 @@ class Network:
                 pass
 
     def stop(self) -> None:
-        errors: list[str] = []
-        # Applications and middleboxes first, newest first; then every delay line at once
-        # (signalled together, then waited for: they are independent).
-        lines = [h for h in self.helpers if h.name.startswith("delayline:")]
-        for helper in reversed(self.helpers):
-            if helper in lines:
-                continue
-            died = self._stop_helper(helper)
-            if died:
-                errors.append(died)
-        for helper in lines:
-            if helper.proc.poll() is None:
-                helper.proc.send_signal(signal.SIGTERM)
-                helper.stopping = True
-        for helper in lines:
-            died = self._stop_helper(helper)
-            if died:
-                errors.append(died)
-        self.helpers.clear()
-        self._kill_leftovers()
+        errors = self._stop_helpers()
         self._collect_link_reports()
-        if self.mn is not None:
-            for node in self.mn.hosts:
-                node.terminate()
-            self.mn = None
+        if self._hosts is not None:
+            self._hosts.stop()
         for attachment in self.eno_bpf.values():
             errors.extend(f"bpf ENO datapath: {left}" for left in attachment.remove())
         self.eno_bpf.clear()
@@ -305,81 +214,7 @@ class Network:
         if errors:
             raise ProcessDiedError("; ".join(errors), "see the run's log for its output")
 
-    # -- building ----------------------------------------------------------
-
-    def _add_host(self, name: str) -> Any:
-        node = self.mn.addHost(name, ip=None, cls=_dying_host_class())
-        self.nodes[name] = node
-        self.interfaces[name] = []
-        assert self.state is not None
-        self.state.add_node(name, node.pid)
-        return node
-
-    def _veth(self, a: str, b: str, link: str) -> tuple[Interface, Interface]:
-        ia = Interface(a, f"{a}-eth{len(self.interfaces[a])}", link=link)
-        ib = Interface(b, f"{b}-eth{len(self.interfaces[b])}", link=link)
-        self.mn.addLink(self.nodes[a], self.nodes[b], intfName1=ia.name, intfName2=ib.name)
-        self.interfaces[a].append(ia)
-        self.interfaces[b].append(ib)
-        return ia, ib
-
-    def _add_link(self, index: int, link: LinkDesc) -> None:
-        if self.backend == "userspace" and not link.spec.is_identity:
-            shaper = f"sh{index}"
-            self._add_host(shaper)
-            self._shaper_of[link.name] = shaper
-            ia, _ = self._veth(link.a, shaper, link.name)
-            _, ib = self._veth(shaper, link.b, link.name)
-        else:
-            ia, ib = self._veth(link.a, link.b, link.name)
-        ia.ip = f"10.0.{index + 1}.1/24"
-        ib.ip = f"10.0.{index + 1}.2/24"
-
-    def _configure_host(self, name: str) -> None:
-        role = self.topology.nodes[name].role
-        forwarding = role in FORWARDING_ROLES
-        cfg = self.config
-        values = {
-            "net.ipv4.ip_forward": "1" if forwarding else "0",
-            "net.ipv4.tcp_fastopen": str(cfg.tcp_fastopen),
-            "net.ipv4.tcp_rmem": cfg.tcp_rmem,
-            "net.ipv4.tcp_wmem": cfg.tcp_wmem,
-            "net.ipv4.tcp_ecn": str(cfg.tcp_ecn),
-            "net.ipv4.tcp_no_metrics_save": "1",
-            "net.ipv4.conf.all.rp_filter": "0",
-            "net.ipv4.conf.default.rp_filter": "0",
-            "net.ipv6.conf.all.disable_ipv6": "0" if cfg.ipv6 else "1",
-            "net.ipv6.conf.default.disable_ipv6": "0" if cfg.ipv6 else "1",
-            **cfg.extra_sysctls,
-        }
-        if cfg.congestion_control:
-            values["net.ipv4.tcp_congestion_control"] = cfg.congestion_control
-        commands = [["sysctl", "-q", "-w", *(f"{k}={v}" for k, v in values.items())],
-                    ["ip", "link", "set", "lo", "up"]]
-        for intf in self.interfaces[name]:
-            commands.append(["ip", "link", "set", intf.name, "up"])
-            if intf.ip:
-                commands.append(["ip", "addr", "add", intf.ip, "dev", intf.name])
-            lossy = self.topology.link(intf.link).spec.lossy
-            if cfg.offloads == "wire" or lossy:
-                commands.append(["ethtool", "-K", intf.name, "tso", "off", "gso", "off",
-                                 "gro", "off"])
-        # One process per host instead of one per step (a 100-client fan-in has ~200 hosts);
-        # `&&` stops at the first failing step, whose stderr the CommandError carries. The
-        # last step reads the sysctls back: what is recorded is what the kernel holds.
-        keys = list(dict.fromkeys([*values, *RECORDED_SYSCTLS]))
-        script = " && ".join(shlex.join(c) for c in [*commands, ["sysctl", "-n", *keys]])
-        readback = self.run(name, ["sh", "-c", script]).splitlines()
-        recorded = self.sysctls.setdefault(name, {})
-        for key, value in zip(keys, readback, strict=True):
-            recorded[key] = " ".join(value.split())
-
-    def _configure_shaper(self, shaper: str) -> None:
-        """A shaper is a wire: no address, no IPv6 chatter, promiscuous interfaces."""
-        self.set_sysctls(shaper, {"net.ipv6.conf.all.disable_ipv6": "1",
-                                  "net.ipv6.conf.default.disable_ipv6": "1"})
-        for intf in self.interfaces[shaper]:
-            self.run(shaper, ["ip", "link", "set", intf.name, "up", "promisc", "on"])
+    # -- settings and shaping ---------------------------------------------
 
     def set_sysctls(self, node: str, values: dict[str, str]) -> None:
         args = [f"{k}={v}" for k, v in values.items()]
@@ -393,47 +228,16 @@ class Network:
         for key, value in zip(keys, readback, strict=True):
             recorded[key] = " ".join(value.split())
 
-    def _static_neighbours(self, link: LinkDesc) -> None:
-        """Permanent ARP entries on a link: no ARP exchange delays a measured SYN."""
-        ends = [(link.a, self.intf(link.a, link.name)), (link.b, self.intf(link.b, link.name))]
-        macs = [self.run(n, ["cat", f"/sys/class/net/{i}/address"]).strip() for n, i in ends]
-        for (node, intf), (peer, _), mac in zip(ends, ends[::-1], macs[::-1], strict=True):
-            self.run(node, ["ip", "neigh", "replace", self.link_ip(link.name, peer),
-                            "lladdr", mac, "dev", intf, "nud", "permanent"])
-
-    def _configure_routes(self) -> None:
-        self._parallel(self._static_neighbours, list(self.topology.links))
-        self._parallel(self._routes_of, list(self.topology.nodes))
-
-    def _routes_of(self, name: str) -> None:
-        topo = self.topology
-        links = topo.neighbours(name)
-        if len(links) == 1:
-            peer, link = links[0]
-            if topo.nodes[peer].role in FORWARDING_ROLES:
-                self.run(name, ["ip", "route", "add", "default", "via",
-                                self.link_ip(link.name, peer)])
-            return
-        mine = {link.name for _, link in links}
-        for index, remote in enumerate(topo.links):
-            if remote.name in mine:
-                continue
-            first = topo.path(name, remote.a)[0]
-            peer = first.b if first.a == name else first.a
-            subnet = f"10.0.{index + 1}.0/24"
-            self.run(name, ["ip", "route", "add", subnet, "via",
-                            self.link_ip(first.name, peer)])
-
     def _apply_shaping(self) -> None:
-        started: list[tuple[str, subprocess.Popen[str]]] = []
-        for link in self.topology.links:
-            if link.spec.is_identity:
-                continue
-            if self.backend == "netem":
+        shaped = [link for link in self.topology.links if not link.spec.is_identity]
+        if self.backend == "netem":
+            for link in shaped:
                 self._apply_netem(link)
-            else:
-                started.append((link.name, self._start_delay_line(link)))
-        # All delay lines start (import Python) at once; each must be ready before traffic.
+            return
+        assert self.state is not None
+        with self.state.deferred():  # one state-file write for all the lines
+            started = [(link.name, self._start_delay_line(link)) for link in shaped]
+        # All delay lines start at once; each must be ready before traffic.
         for name, proc in started:
             wait_for_line(proc, "ready", 10.0, f"delayline:{name} in {self._shaper_of[name]}")
 
@@ -450,33 +254,23 @@ class Network:
         if_a, if_b = (i.name for i in self.interfaces[shaper])
         stats = self.workdir / f"delayline-{link.name}.json"
         if self.delay_helper.name == "c":
+            # The helper asks for its own parent-death signal (main thread only: the kernel
+            # sends it when the creating thread exits): no pre-exec hook, so Popen need not
+            # fork this process (a hundred lines start in a fraction of the time).
+            tie = threading.current_thread() is threading.main_thread()
             argv = delayhelper.c_argv(if_a, if_b, link.spec.a2b, link.spec.b2a,
-                                      self.config.seed, stats, len(self._shaper_of))
-        else:
-            argv = [
-                sys.executable, "-m", "testbed.net.delayline", "--if-a", if_a, "--if-b", if_b,
-                "--a2b", json.dumps(link.spec.a2b.delayline_json()),
-                "--b2a", json.dumps(link.spec.b2a.delayline_json()),
-                "--seed", str(self.config.seed), "--stats", str(stats),
-            ]
+                                      self.config.seed, stats, len(self._shaper_of),
+                                      parent_pid=os.getpid() if tie else None)
+            return self.start_helper(shaper, f"delayline:{link.name}", argv, preexec_fn=None)
+        argv = [
+            sys.executable, "-m", "testbed.net.delayline", "--if-a", if_a, "--if-b", if_b,
+            "--a2b", json.dumps(link.spec.a2b.delayline_json()),
+            "--b2a", json.dumps(link.spec.b2a.delayline_json()),
+            "--seed", str(self.config.seed), "--stats", str(stats),
+        ]
         return self.start_helper(shaper, f"delayline:{link.name}", argv)
 
-    def _kill_leftovers(self) -> None:
-        """Kill processes started with ``popen`` that still run (nobody waits for them now)."""
-        for proc in self._procs:
-            if proc.poll() is None:
-                LOG.warning("killing pid %d left running at teardown: %s", proc.pid, proc.args)
-                proc.kill()
-                try:
-                    proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    LOG.error("pid %d did not die on SIGKILL", proc.pid)
-            for stream in (proc.stdin, proc.stdout, proc.stderr):
-                if stream:
-                    stream.close()
-        self._procs.clear()
-
-    # -- helpers (processes inside hosts) ---------------------------------
+    # -- the bpf ENO datapath ----------------------------------------------
 
     def attach_eno_bpf(self, node: str) -> HostAttachment:
         """Give ``node`` the bpf ENO datapath: processes started in it from now on run in
@@ -501,94 +295,6 @@ class Network:
             if left:
                 raise KernelFeatureError(f"cannot remove the bpf ENO datapath: {left}",
                                          "stop the processes still running in the host")
-
-    def _in_host(self, node: str, kwargs: dict[str, Any]) -> dict[str, Any]:
-        """Popen arguments that start a process of ``node`` in the host's cgroup, if it has
-        one: the child joins it before it execs (so no socket of it is ever made outside),
-        through an fd opened here (the host's mount namespace has no cgroup2 mount)."""
-        attachment = self.eno_bpf.get(node)
-        if attachment is None:
-            return kwargs
-        fd = attachment.procs_fd()
-        previous = kwargs.get("preexec_fn")
-
-        def join() -> None:  # runs in the child between fork and exec: no locks, no I/O
-            os.write(fd, b"0")  # "0": the writing process (cgroup v2 cgroup.procs)
-            if previous is not None:
-                previous()
-
-        return {**kwargs, "preexec_fn": join}
-
-    def popen(self, node: str, argv: list[str], **kwargs: Any) -> subprocess.Popen[str]:
-        """Start ``argv`` inside ``node``; the process is recorded for `tcpinc clean`."""
-        LOG.info("[%s] start %s", node, shlex.join(argv))
-        kwargs.setdefault("stdout", subprocess.PIPE)
-        kwargs.setdefault("stderr", subprocess.PIPE)
-        kwargs.setdefault("text", True)
-        if threading.current_thread() is threading.main_thread():
-            # The kernel sends the death signal when the creating THREAD exits, so only the
-            # main thread (which lives as long as this process) asks for it.
-            kwargs.setdefault("preexec_fn", functools.partial(die_with_parent, os.getpid()))
-        proc: subprocess.Popen[str] = self.nodes[node].popen(argv, **self._in_host(node, kwargs))
-        self._procs = [p for p in self._procs if p.poll() is None]
-        self._procs.append(proc)
-        if self.state is not None:
-            self.state.add_proc(proc.pid, node, argv)
-        return proc
-
-    def start_helper(
-        self, node: str, name: str, argv: list[str], ready: str | None = None,
-        timeout: float = 10.0, essential: bool = True, **kwargs: Any,
-    ) -> subprocess.Popen[str]:
-        """Start a long-running helper; with ``ready``, wait for that line on its stdout."""
-        proc = self.popen(node, argv, **kwargs)
-        helper = Helper(node, name, proc, essential)
-        self.helpers.append(helper)
-        if ready is not None:
-            wait_for_line(proc, ready, timeout, f"{name} in {node}")
-        return proc
-
-    def stop_helper(self, proc: subprocess.Popen[str]) -> None:
-        """Stop one helper now; raise ProcessDiedError if it had already died."""
-        for helper in self.helpers:
-            if helper.proc is proc:
-                self.helpers.remove(helper)
-                died = self._stop_helper(helper)
-                if died:
-                    raise ProcessDiedError(died)
-                return
-        raise ValueError(f"pid {proc.pid} is not a helper of this network")
-
-    def _stop_helper(self, helper: Helper) -> str | None:
-        proc = helper.proc
-        died = proc.poll() is not None and helper.essential and not helper.stopping
-        message = None
-        if died:
-            err = proc.stderr.read() if proc.stderr else ""
-            message = f"{helper.name} in {helper.node} exited early ({proc.returncode}): " + (
-                err.strip().splitlines()[-1] if err.strip() else "no output"
-            )
-        else:
-            if not helper.stopping:
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                LOG.warning("%s did not stop on SIGTERM; killing pid %d", helper.name, proc.pid)
-                proc.kill()
-                proc.wait()
-        for stream in (proc.stdout, proc.stderr):
-            if stream:
-                stream.close()
-        return message
-
-    def check(self) -> None:
-        """Raise if an essential helper (delay line, middlebox) has died."""
-        for helper in self.helpers:
-            if helper.essential and helper.proc.poll() is not None:
-                raise ProcessDiedError(
-                    f"{helper.name} in {helper.node} exited ({helper.proc.returncode})"
-                )
 
     def _collect_link_reports(self) -> None:
         for link_name in self._shaper_of:
@@ -624,24 +330,6 @@ class Network:
                 }
             out[link.name] = entry
         return out
-
-    # -- commands ----------------------------------------------------------
-
-    def run(self, node: str, argv: list[str], timeout: float = 30.0) -> str:
-        """Run ``argv`` in ``node``, logged first; raise CommandError on failure."""
-        LOG.debug("[%s] %s", node, shlex.join(argv))
-        proc = self.nodes[node].popen(argv, **self._in_host(node, {
-            "stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}))
-        try:
-            out, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, err = proc.communicate()
-            raise CommandError(argv, -1, f"timed out after {timeout}s {err}", node) from None
-        if proc.returncode != 0:
-            # Some tools (iperf3 -J) report their errors on stdout.
-            raise CommandError(argv, proc.returncode, err.strip() or str(out)[-400:], node)
-        return str(out)
 
     # -- queries -----------------------------------------------------------
 
@@ -680,25 +368,3 @@ class Network:
             },
             "sysctls": self.sysctls,
         }
-
-
-def wait_for_line(proc: subprocess.Popen[str], expected: str, timeout: float, what: str) -> None:
-    """Block until ``proc`` prints ``expected`` on stdout; raise with its stderr otherwise."""
-    assert proc.stdout is not None
-    deadline = time.monotonic() + timeout
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            proc.kill()
-            raise ProcessDiedError(f"{what} not ready after {timeout:.0f}s")
-        readable, _, _ = select.select([proc.stdout], [], [], remaining)
-        if not readable:
-            continue
-        line = proc.stdout.readline()
-        if line.strip() == expected:
-            return
-        if line == "":
-            proc.wait()
-            err = proc.stderr.read().strip() if proc.stderr else ""
-            raise ProcessDiedError(f"{what} exited ({proc.returncode}) before ready: {err}")
-

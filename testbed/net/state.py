@@ -16,6 +16,8 @@ import shutil
 import signal
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,6 +69,7 @@ class NetworkState:
     workdir: str | None = None  # the network's own temporary directory, removed by clean
     # bpf ENO datapath: {"cgroup": path, "pins": path} per host (testbed/eno/bpf/attach.py)
     bpf: list[dict[str, str]] = field(default_factory=list)
+    _deferred: int = field(default=0, repr=False)  # > 0: inside deferred(), saved at its end
 
     @classmethod
     def create(cls, workdir: Path | None = None) -> NetworkState:
@@ -82,7 +85,24 @@ class NetworkState:
         data = json.loads(path.read_text())
         return cls(path=path, **data)
 
+    @contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Record many hosts or processes with one write at the end (also on an exception).
+
+        Rewriting the file per entry made a few hundred entries cost seconds. Whatever starts
+        inside the block dies with this process anyway (parent-death signals), so a crash
+        before the write leaves nothing the file would have been needed for.
+        """
+        self._deferred += 1
+        try:
+            yield
+        finally:
+            self._deferred -= 1
+            self.save()
+
     def save(self) -> None:
+        if self._deferred:
+            return
         data = {
             "owner_pid": self.owner_pid,
             "owner_start": self.owner_start,

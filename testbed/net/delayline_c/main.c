@@ -1,7 +1,7 @@
 /* tcpinc-delayline: the compiled per-packet path of the userspace delay line.
  *
  *   tcpinc-delayline --if-a IF0 --if-b IF1 --a2b SHAPE --b2a SHAPE [--seed N] [--stats PATH]
- *       [--spin-budget F] [--lead-us N] [--batch N] [--rt-priority N]
+ *       [--spin-budget F] [--lead-us N] [--batch N] [--rt-priority N] [--parent-pid N]
  *   tcpinc-delayline --trace --a2b SHAPE --b2a SHAPE [--seed N] < events   (see trace.c)
  *   tcpinc-delayline --limits
  * SHAPE: delay_ns=N,jitter_ns=N,loss=F,rate_bps=N,queue_packets=N,queue_bytes=N (0 = none).
@@ -16,6 +16,10 @@
  * margin, so a machine that wakes idle processes slowly gets a longer spin, a quick one a short
  * one. Polling is capped to --spin-budget of wall time per 100 ms window (the endpoints share
  * the CPUs); past the cap frames go out at ppoll()'s precision until the window ends.
+ *
+ * --parent-pid N: SIGTERM when process N (the network that started it, whose child it must be)
+ * dies, even by SIGKILL (prctl PR_SET_PDEATHSIG); already gone: exit 1 at once. The starter then
+ * needs no code between fork and exec, so a hundred lines start without a hundred forks of it.
  */
 
 #include <errno.h>
@@ -42,6 +46,7 @@
 #define TX_BLOCKED_NS 50000ULL
 
 static volatile sig_atomic_t stop_sig, dump_req;
+static long parent_pid;  /* --parent-pid: 0 = none */
 static void on_stop(int s) { stop_sig = s; }
 static void on_usr1(int s) { (void)s; dump_req = 1; }
 
@@ -88,6 +93,7 @@ static int parse_args(int argc, char **argv, struct dl_config *c, int *trace, ch
 		else if (!strcmp(k, "--lead-us")) c->lead_ns = strtoull(v, &end, 10) * 1000;
 		else if (!strcmp(k, "--batch")) c->batch = (unsigned)strtoul(v, &end, 10);
 		else if (!strcmp(k, "--rt-priority")) c->rt_priority = (int)strtol(v, &end, 10);
+		else if (!strcmp(k, "--parent-pid")) parent_pid = strtol(v, &end, 10);
 		else {
 			snprintf(err, errlen, "unknown argument %s", k);
 			return -1;
@@ -272,6 +278,10 @@ int main(int argc, char **argv)
 		return usage_error(err);
 	if (trace)
 		return dl_trace_main(&c->a2b, &c->b2a, c->seed, stdin, stdout);
+	if (parent_pid < 0)
+		return usage_error("--parent-pid must be a pid");
+	if (parent_pid && (prctl(PR_SET_PDEATHSIG, SIGTERM, 0, 0, 0) != 0 || getppid() != parent_pid))
+		return 1;
 	/* An unknown interface is bad input (exit 2); any other failure is the OS's (exit 1). */
 	int fa = dl_open_port(c->if_a, err, sizeof(err));
 	if (fa < 0)

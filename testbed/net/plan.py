@@ -1,0 +1,262 @@
+"""What a network is made of, as data: the pure builder behind ``Network``.
+
+``build_plan(topology, config, backend)`` turns a topology description into a ``NetworkPlan``:
+every host (topology nodes, plus one transparent shaper per shaped link under the userspace
+backend), every veth pair with its names and MAC addresses, and per host the commands that
+configure it: sysctls to write and read back, the ``ip -batch`` lines (links up, addresses,
+permanent neighbours, routes) and the ``ethtool`` offload settings. Nothing here touches the
+machine, so addressing and routing are unit-tested without root for every topology;
+testbed/net/network.py runs a plan (one ``ip -batch`` in the root namespace creates every veth
+directly inside its hosts' namespaces, then one short command chain per host).
+
+Addressing: link *i* (0-based, topology order) is 10.0.<i+1>.0/24, its first node .1, its
+second .2. Endpoints get a default route through their neighbour when it forwards; forwarding
+nodes get one static route per remote subnet (topologies are trees). MAC addresses are fixed by
+the plan (locally administered, 02:00:00:..), so each end's permanent neighbour entry for its
+peer is known before anything exists: no ARP exchange delays a measured SYN.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from testbed.errors import ConfigError
+from topologies.base import LinkDesc, Topology
+
+# Read back into the metadata beside the ones the network sets. SYN retransmission timing
+# decides what a dropped SYN costs (loss, fallback): newer kernels retransmit the first
+# tcp_syn_linear_timeouts SYNs 1 s apart before doubling, older ones double from the start.
+RECORDED_SYSCTLS = [
+    "net.ipv4.tcp_congestion_control", "net.core.rmem_max", "net.core.wmem_max",
+    "net.ipv4.tcp_timestamps", "net.ipv4.tcp_sack", "net.ipv4.tcp_window_scaling",
+    "net.ipv4.tcp_syn_retries", "net.ipv4.tcp_synack_retries",
+    *(["net.ipv4.tcp_syn_linear_timeouts"]
+      if Path("/proc/sys/net/ipv4/tcp_syn_linear_timeouts").exists() else []),
+]
+OFFLOAD_MODES = ("wire", "gso")
+FORWARDING_ROLES = ("router", "middlebox")
+SHAPER_ROLE = "shaper"
+SHAPER_SYSCTLS = {"net.ipv6.conf.all.disable_ipv6": "1",
+                  "net.ipv6.conf.default.disable_ipv6": "1"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class NetConfig:
+    """Network-wide settings; keyword-only, unknown keys refused by ``from_dict``."""
+
+    link_backend: str = "auto"
+    delay_helper: str = "auto"  # userspace backend: compiled (c) or Python delay line
+    offloads: str = "wire"
+    # None keeps the kernel's default (recorded); a namespace may only pick an
+    # algorithm listed in the root namespace's tcp_allowed_congestion_control.
+    congestion_control: str | None = None
+    tcp_fastopen: int = 3  # client and server TFO enabled (RFC 7413)
+    tcp_rmem: str = "4096 131072 33554432"
+    tcp_wmem: str = "4096 16384 33554432"
+    tcp_ecn: int = 2
+    ipv6: bool = False
+    seed: int = 1
+    extra_sysctls: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.offloads not in OFFLOAD_MODES:
+            raise ConfigError(f"unknown offload mode {self.offloads!r}", f"use {OFFLOAD_MODES}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> NetConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"unknown network setting(s) {sorted(unknown)}", f"known: {known}")
+        return cls(**data)
+
+
+@dataclass
+class Interface:
+    node: str
+    name: str
+    ip: str | None = None  # "10.0.1.1/24"; shaper interfaces have none
+    link: str = ""
+    mac: str = ""
+
+
+@dataclass
+class HostPlan:
+    """One host and the commands that configure it, in order."""
+
+    name: str
+    role: str  # a topology role, or "shaper"
+    interfaces: list[Interface] = field(default_factory=list)
+    sysctls: dict[str, str] = field(default_factory=dict)  # written
+    readback: list[str] = field(default_factory=list)  # read back (what the kernel holds)
+    ip_batch: list[str] = field(default_factory=list)  # `ip -batch -` lines
+    ethtool: list[list[str]] = field(default_factory=list)
+
+    def script(self) -> str:
+        """One ``sh -c`` chain: sysctls, the ip batch (on stdin), offloads, then the read-back.
+
+        ``&&`` stops at the first failing step, whose stderr the caller reports; the last
+        step prints the read-back values, one per line in ``readback`` order.
+        """
+        steps: list[list[str]] = []
+        if self.sysctls:
+            steps.append(["sysctl", "-q", "-w", *(f"{k}={v}" for k, v in self.sysctls.items())])
+        steps.append(["ip", "-batch", "-"])
+        steps.extend(self.ethtool)
+        if self.readback:
+            steps.append(["sysctl", "-n", *self.readback])
+        return " && ".join(shlex.join(step) for step in steps)
+
+    def batch_text(self) -> str:
+        return "".join(f"{line}\n" for line in self.ip_batch)
+
+
+@dataclass
+class NetworkPlan:
+    hosts: dict[str, HostPlan]
+    veths: list[tuple[Interface, Interface]]
+    shaper_of: dict[str, str]  # shaped link -> its shaper host (userspace backend)
+
+    @property
+    def interfaces(self) -> dict[str, list[Interface]]:
+        return {name: host.interfaces for name, host in self.hosts.items()}
+
+    def veth_batch(self, pids: dict[str, int]) -> str:
+        """``ip -batch`` lines for the root namespace: every veth pair made directly inside
+        its two hosts' namespaces (named by the pid holding each), with the plan's MACs."""
+        return "".join(
+            f"link add name {a.name} netns {pids[a.node]} address {a.mac} type veth "
+            f"peer name {b.name} netns {pids[b.node]} address {b.mac}\n"
+            for a, b in self.veths
+        )
+
+
+def host_sysctls(role: str, config: NetConfig) -> dict[str, str]:
+    cfg = config
+    values = {
+        "net.ipv4.ip_forward": "1" if role in FORWARDING_ROLES else "0",
+        "net.ipv4.tcp_fastopen": str(cfg.tcp_fastopen),
+        "net.ipv4.tcp_rmem": cfg.tcp_rmem,
+        "net.ipv4.tcp_wmem": cfg.tcp_wmem,
+        "net.ipv4.tcp_ecn": str(cfg.tcp_ecn),
+        "net.ipv4.tcp_no_metrics_save": "1",
+        "net.ipv4.conf.all.rp_filter": "0",
+        "net.ipv4.conf.default.rp_filter": "0",
+        "net.ipv6.conf.all.disable_ipv6": "0" if cfg.ipv6 else "1",
+        "net.ipv6.conf.default.disable_ipv6": "0" if cfg.ipv6 else "1",
+        **cfg.extra_sysctls,
+    }
+    if cfg.congestion_control:
+        values["net.ipv4.tcp_congestion_control"] = cfg.congestion_control
+    return values
+
+
+class _Builder:
+    def __init__(self, topology: Topology, config: NetConfig, backend: str) -> None:
+        self.topology = topology
+        self.config = config
+        self.backend = backend
+        self.hosts: dict[str, HostPlan] = {
+            name: HostPlan(name, node.role) for name, node in topology.nodes.items()}
+        self.veths: list[tuple[Interface, Interface]] = []
+        self.shaper_of: dict[str, str] = {}
+
+    def veth(self, a: str, b: str, link: str) -> tuple[Interface, Interface]:
+        ends: list[Interface] = []
+        for node in (a, b):
+            count = len(self.hosts[node].interfaces)
+            serial = 2 * len(self.veths) + len(ends) + 1
+            intf = Interface(node, f"{node}-eth{count}", link=link,
+                             mac=f"02:00:00:{serial >> 16 & 0xff:02x}:{serial >> 8 & 0xff:02x}:"
+                                 f"{serial & 0xff:02x}")
+            self.hosts[node].interfaces.append(intf)
+            ends.append(intf)
+        pair = (ends[0], ends[1])
+        self.veths.append(pair)
+        return pair
+
+    def add_link(self, index: int, link: LinkDesc) -> None:
+        if self.backend == "userspace" and not link.spec.is_identity:
+            shaper = f"sh{index}"
+            self.hosts[shaper] = HostPlan(shaper, SHAPER_ROLE)
+            self.shaper_of[link.name] = shaper
+            ia, _ = self.veth(link.a, shaper, link.name)
+            _, ib = self.veth(shaper, link.b, link.name)
+        else:
+            ia, ib = self.veth(link.a, link.b, link.name)
+        ia.ip = f"10.0.{index + 1}.1/24"
+        ib.ip = f"10.0.{index + 1}.2/24"
+
+    def end(self, node: str, link: str) -> Interface:
+        return next(i for i in self.hosts[node].interfaces if i.link == link)
+
+    def configure_host(self, host: HostPlan) -> None:
+        if host.role == SHAPER_ROLE:
+            # A shaper is a wire: no address, no IPv6 chatter, promiscuous interfaces.
+            host.sysctls = dict(SHAPER_SYSCTLS)
+            host.readback = list(SHAPER_SYSCTLS)
+            host.ip_batch = [f"link set {i.name} up promisc on" for i in host.interfaces]
+            return
+        host.sysctls = host_sysctls(host.role, self.config)
+        host.readback = list(dict.fromkeys([*host.sysctls, *RECORDED_SYSCTLS]))
+        host.ip_batch = ["link set lo up"]
+        for intf in host.interfaces:
+            host.ip_batch.append(f"link set {intf.name} up")
+            host.ip_batch.append(f"addr add {intf.ip} dev {intf.name}")
+            # Lossy links always run without GSO so that loss applies to single packets.
+            if self.config.offloads == "wire" or self.topology.link(intf.link).spec.lossy:
+                host.ethtool.append(["ethtool", "-K", intf.name, "tso", "off", "gso", "off",
+                                     "gro", "off"])
+
+    def neighbours(self, link: LinkDesc) -> None:
+        """Permanent ARP entries on a link, each end naming the other's address and MAC."""
+        a, b = self.end(link.a, link.name), self.end(link.b, link.name)
+        for mine, peer in ((a, b), (b, a)):
+            assert peer.ip is not None
+            self.hosts[mine.node].ip_batch.append(
+                f"neigh replace {peer.ip.split('/')[0]} lladdr {peer.mac} dev {mine.name} "
+                "nud permanent")
+
+    def routes(self, name: str) -> None:
+        topo = self.topology
+        host = self.hosts[name]
+        links = topo.neighbours(name)
+        if len(links) == 1:
+            peer, link = links[0]
+            if topo.nodes[peer].role in FORWARDING_ROLES:
+                host.ip_batch.append(f"route add default via {self.gateway(link.name, peer)}")
+            return
+        mine = {link.name for _, link in links}
+        for index, remote in enumerate(topo.links):
+            if remote.name in mine:
+                continue
+            first = topo.path(name, remote.a)[0]
+            peer = first.b if first.a == name else first.a
+            host.ip_batch.append(
+                f"route add 10.0.{index + 1}.0/24 via {self.gateway(first.name, peer)}")
+
+    def gateway(self, link: str, node: str) -> str:
+        ip = self.end(node, link).ip
+        assert ip is not None
+        return ip.split("/")[0]
+
+
+def build_plan(topology: Topology, config: NetConfig, backend: str) -> NetworkPlan:
+    """The whole network as data (see the module docstring); raises nothing but ConfigError."""
+    if len(topology.links) > 254:
+        raise ConfigError(f"topology {topology.name} has {len(topology.links)} links",
+                          "the addressing plan (10.0.<link>.0/24) allows at most 254")
+    builder = _Builder(topology, config, backend)
+    for index, link in enumerate(topology.links):
+        builder.add_link(index, link)
+    for host in builder.hosts.values():
+        builder.configure_host(host)
+    for link in topology.links:
+        builder.neighbours(link)
+    for name in topology.nodes:
+        builder.routes(name)
+    return NetworkPlan(builder.hosts, builder.veths, builder.shaper_of)
