@@ -126,6 +126,7 @@ class HostSet:
     def __init__(self) -> None:
         self.nodes: dict[str, NsHost] = {}
         self.launcher: subprocess.Popen[str] | None = None  # tcpinc-nshold, when used
+        self.launcher_argv: list[str] = []
         self.holders: list[subprocess.Popen[bytes]] = []  # one mnexec each, otherwise
 
     def stop(self) -> None:
@@ -171,6 +172,7 @@ def spawn_hosts(names: list[str], launcher: Path = LAUNCHER) -> HostSet:
 def _spawn_launched(hosts: HostSet, names: list[str], launcher: Path) -> None:
     argv = [str(launcher), *(["--die-with-parent"] if _main_thread_tie() else []),
             str(len(names))]
+    hosts.launcher_argv = argv
     proc = hosts.launcher = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
                                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                              text=True)

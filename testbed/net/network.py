@@ -155,7 +155,7 @@ class Network(HostProcesses):
         with self.state.deferred():
             launcher = self._hosts.launcher
             if launcher is not None:
-                self.state.add_proc(launcher.pid, "", [str(a) for a in launcher.args])
+                self.state.add_proc(launcher.pid, "", self._hosts.launcher_argv)
             for name, host in self.nodes.items():
                 self.state.add_node(name, host.pid)
         self._step("hosts")
