@@ -57,7 +57,7 @@ MYPY_FILES += testbed/net/timesplit.py experiments/timing.py testbed/bench_endpo
 # Checks of user-given output paths and names.
 MYPY_FILES += testbed/userinput.py
 MYPY_FILES += experiments/datapath.py
-MYPY_FILES += testbed/synstream.py testbed/apps/proto_syn.py
+MYPY_FILES += testbed/synstream.py testbed/apps/proto_syn.py experiments/syndata.py
 # Executors: points here or on a Dask cluster.
 MYPY_FILES += experiments/executors.py experiments/dask_executor.py experiments/projection.py \
     experiments/bench_scheduling.py experiments/idle.py

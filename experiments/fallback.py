@@ -33,6 +33,7 @@ from experiments.common import Measurement, NetworkPool, measure  # noqa: E402
 from experiments.runner import RunContext  # noqa: E402
 from experiments.theory import THEORY_RTTS  # noqa: E402
 from testbed.apps.transport import TRANSPORTS  # noqa: E402
+from testbed.workload import needs_hook  # noqa: E402
 from topologies import PathShape  # noqa: E402
 
 NAME = "fallback"
@@ -70,9 +71,26 @@ SHORT = {"encrypted": "enc", "encrypted-mitm": "enc MITM", "plaintext": "plain",
 BOX_SPECS = {"tamper": "tamper:rate=0.5"}
 
 
+# The SYN-data variants (testbed/apps/proto_syn.py) in the quick profile: against the boxes the
+# first packet meets and those that strip ENO around it. They run on the nfqueue datapath
+# whatever the run's (the bpf program does not judge SYN data), so their cells hold for both.
+QUICK_SYN_ARMS = ("tcpcrypt-syn", "tls-syn")
+SYN_BOXES = ("passthrough", "drop-syn-data", "strip-syn-data", "replay-syn", "strip-eno-synack",
+             "strip-eno-ack")
+
+
 def points(profile: str) -> list[dict[str, Any]]:
-    return [{"proto": proto, "policy": policy, "middlebox": BOX_SPECS.get(box, box)}
-            for box in model_names() for proto, policy in arms(profile)]
+    out = []
+    for box in model_names():
+        pairs = arms(profile)
+        if profile == "quick" and box in SYN_BOXES:
+            pairs += [(p, policy) for p in QUICK_SYN_ARMS for policy in POLICIES]
+        out += [{"proto": proto, "policy": policy, "middlebox": BOX_SPECS.get(box, box)}
+                for proto, policy in pairs]
+    return out
+
+
+POLICIES = ("opportunistic", "required")
 
 
 def model_names() -> list[str]:
@@ -88,9 +106,11 @@ POOL = NetworkPool()
 
 def run_point(point: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
     repeat = ctx.repeat or PROFILES[ctx.profile]["repeat"]
+    datapath = "nfqueue" if needs_hook(point["proto"]) else None
     m = Measurement(proto=point["proto"], policy=point["policy"], path=PathShape(rtt_ms=RTT_MS),
                     connections=repeat, topology="middlebox", middlebox=point["middlebox"],
-                    port=PORT, warmup=False, timeout_s=client_timeout_s(), gap_ms=2.0)
+                    port=PORT, warmup=False, timeout_s=client_timeout_s(), gap_ms=2.0,
+                    eno_datapath=datapath)
     tag = f"{point['proto']}-{point['policy'] or 'none'}-{point['middlebox']}"
     return measure(m, ctx, tag, POOL)
 

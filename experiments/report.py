@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from experiments import bulk, web
+from experiments import bulk, syndata, web
 from experiments.ladders import section_ladders
 from experiments.runner import ALL
 from experiments.timing import verdict_line
@@ -26,14 +26,19 @@ def latest_runs(root: Path) -> dict[str, Path]:
     """The newest finished run directory of each experiment (run ids sort by time)."""
     out: dict[str, Path] = {}
     for name in ALL:
-        runs = []
-        for meta_path in (root / name).glob("*/metadata.json"):
-            meta = json.loads(meta_path.read_text())
-            if meta.get("finished"):
-                runs.append((meta["finished"], meta_path.parent))
-        if runs:
-            out[name] = max(runs)[1]
+        run = latest_run(root, name)
+        if run is not None:
+            out[name] = run
     return out
+
+
+def latest_run(root: Path, name: str) -> Path | None:
+    runs = []
+    for meta_path in (root / name).glob("*/metadata.json"):
+        meta = json.loads(meta_path.read_text())
+        if meta.get("finished"):
+            runs.append((meta["finished"], meta_path.parent))
+    return max(runs)[1] if runs else None
 
 
 def _table(frame: pd.DataFrame, floatfmt: str = "{:.2f}") -> str:
@@ -342,14 +347,12 @@ def section_questions(runs: dict[str, Path], root: Path) -> list[str]:
              "may use TFO (RFC 8547 §4.7). Without ENO, TLS 1.3 with TFO "
              f"{_fmt(t['tls-noeno-tfo'])}, and with TFO plus 0-RTT {_fmt(t['tls-noeno-0rtt-tfo'])}"
              f" (one RTT; plain TCP+TFO {_fmt(t['plain-tfo'])}). The one-round-trip end needs "
-             "data in the SYN, which the TCPINC designs do not define. RFC 8547 §4.7 would let "
-             "a TEP define it: the hooks enforce its rules on both ends (Linux no-cookie TFO, "
-             "checked on the wire), but SYN-data arms of tcpcrypt and TCP-use-TLS are not built "
-             "yet. What such data meets, measured for the TFO arms (README, Data on the SYN): "
-             "a box dropping SYNs with data costs the 1 s SYN timeout, one stripping the data "
-             "costs one RTT, and a replayed SYN hands plain TFO's request to the server "
-             "application a second time, while TLS 0-RTT's anti-replay delivers none "
-             "(`tcpinc bench replay`).", ""]
+             "data in the SYN, which the TCPINC designs do not define. RFC 8547 §4.7 lets a "
+             "TEP define it; the labelled variants that do (`tcpcrypt-syn`, `tls-syn`, "
+             "`tls-0rtt-syn`) are measured in the section \"Data on the SYN\" below: each "
+             "saves one round trip against its twin, and only 0-RTT data on the SYN reaches one "
+             "RTT, with TLS 0-RTT's costs (no forward secrecy, replay unless the server keeps "
+             "tickets single-use).", ""]
     if fb is not None:
         lines += ["**Middlebox friendliness** (fallback matrix, "
                   f"{src['fallback']}; number of middlebox models per outcome):", ""]
@@ -413,6 +416,7 @@ def write_report(root: Path) -> Path:
         else:
             lines += [f"## {name}", "", "Not run yet.", ""]
     lines += section_questions(runs, root)
+    lines += syndata.section(latest_run(root, "syndata"), root)
     lines += section_ladders(root)
     path = root / "REPORT.md"
     path.write_text("\n".join(lines) + "\n")

@@ -44,6 +44,7 @@ EXPERIMENTS = {
     "web": "experiments.web",
     "datapath": "experiments.datapath",
     "idle": "experiments.idle",  # no protocol: times the runner and executors
+    "syndata": "experiments.syndata",  # SYN-data variants at 100 ms (not in ``all``)
 }
 ALL = ["latency", "roundtrips", "fallback", "loss", "cost", "datapath", "bulk", "web"]
 PACKAGES = ("tcpinc-testbed", "mininet", "scapy", "pandas", "matplotlib", "cryptography",

@@ -12,22 +12,30 @@ is replayed application data that was delivered.
 
 Expected from the designs: plain TCP Fast Open has no defence (its cookie authenticates the
 client's address, not the segment); TLS 1.3 0-RTT early data is refused on a second use of
-its ticket by OpenSSL's anti-replay (single-use tickets, RFC 8446 §8.1); a TLS ClientHello
-alone on the SYN carries no application data to replay.
+its ticket by OpenSSL's anti-replay (single-use tickets, RFC 8446 §8.1), and accepted again
+with that anti-replay switched off (``tls-0rtt-syn-noantireplay``, SSL_OP_NO_ANTI_REPLAY); a
+TLS ClientHello or a tcpcrypt Init1 alone on the SYN carries no application data to replay.
+The ENO arms (testbed/apps/proto_syn.py) run with both hosts' ENO hooks and the no-cookie TFO
+modes they need, as the workload sets them.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-ARMS = ("plain-tfo", "tls-noeno-tfo", "tls-noeno-0rtt-tfo")
+ARMS = ("plain-tfo", "tls-noeno-tfo", "tls-noeno-0rtt-tfo", "tcpcrypt-syn", "tls-syn",
+        "tls-0rtt-syn", "tls-0rtt-syn-noantireplay")
 # Arms whose design claims that replayed SYN data never reaches the application.
-CLAIMS_PROTECTION = {"plain-tfo": False, "tls-noeno-tfo": True, "tls-noeno-0rtt-tfo": True}
+CLAIMS_PROTECTION = {"plain-tfo": False, "tls-noeno-tfo": True, "tls-noeno-0rtt-tfo": True,
+                     "tcpcrypt-syn": True, "tls-syn": True, "tls-0rtt-syn": True,
+                     "tls-0rtt-syn-noantireplay": False}
 
 
 def replayed_requests(server_lines: list[dict[str, Any]]) -> dict[str, int]:
@@ -46,7 +54,7 @@ def measure(proto: str, connections: int = 6, delay_ms: int = 150, gap_ms: int =
     import topologies
     from testbed.net.network import Network
 
-    with Network(topologies.create("middlebox")) as net:
+    with Network(topologies.create("middlebox")) as net, _eno_hosts(net, proto):
         box = middleboxes.create(f"replay-syn:delay_ms={delay_ms}")
         box.install(net, "mb")
         try:
@@ -75,13 +83,38 @@ def measure(proto: str, connections: int = 6, delay_ms: int = 150, gap_ms: int =
             **replayed_requests(lines)}
 
 
+@contextlib.contextmanager
+def _eno_hosts(net: Any, proto: str) -> Iterator[None]:
+    """ENO arms: both hosts' NFQUEUE hooks and the arm's per-host sysctls for the block."""
+    from testbed.apps.transport import get_transport
+    from testbed.eno.rules import HookSpec, finish_hook, launch_hook, stop_hook
+    from testbed.workload import set_host_sysctls
+
+    transport = get_transport(proto)
+    if not transport.uses_eno:
+        yield
+        return
+    set_host_sysctls(net, {"client": "client", "server": "server"},
+                     getattr(transport, "host_sysctls", None))
+    spec, started = HookSpec(), []
+    try:
+        for node in ("client", "server"):
+            proc = launch_hook(net, node, spec)
+            started.append((node, proc))
+            finish_hook(net, node, proc, spec)
+        yield
+    finally:
+        for node, proc in started:
+            stop_hook(net, node, proc)
+
+
 def main(args: Any) -> None:
     quick = getattr(args, "quick", False)
     rows = [measure(proto, connections=4 if quick else 11) for proto in ARMS]
-    print(f"{'arm':<20} {'conns':>5} {'ok':>3} {'server conns':>12} {'requests':>8} "
+    print(f"{'arm':<26} {'conns':>5} {'ok':>3} {'server conns':>12} {'requests':>8} "
           f"{'replayed delivered':>18} {'claims protection':>17}")
     for r in rows:
-        print(f"{r['proto']:<20} {r['connections']:>5} {r['client_ok']:>3} "
+        print(f"{r['proto']:<26} {r['connections']:>5} {r['client_ok']:>3} "
               f"{r['server_connections']:>12} {r['requests_delivered']:>8} "
               f"{r['replayed_delivered']:>18} {r['claims_protection']!s:>17}")
     out = Path(getattr(args, "out", "results/bench"))

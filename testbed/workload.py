@@ -136,7 +136,7 @@ def run_workload(
 
     stats: dict[str, CaptureStats] = {}
     wanted = getattr(transport, "host_sysctls", None)
-    restore = _set_host_sysctls(net, {"client": client, "server": server}, wanted)
+    restore = set_host_sysctls(net, {"client": client, "server": server}, wanted)
     try:
         # Launched first, waited for beside the server (_run): their start-up overlaps.
         for node in hook_nodes:
@@ -163,7 +163,7 @@ def run_workload(
     return records
 
 
-def _set_host_sysctls(net: Network, nodes: dict[str, str],
+def set_host_sysctls(net: Network, nodes: dict[str, str],
                       wanted: dict[str, dict[str, str]] | None) -> dict[str, dict[str, str]]:
     """Set an arm's per-host sysctls (by role: client, server) for one run; returns the
     values to put back afterwards (experiments share one network across arms)."""

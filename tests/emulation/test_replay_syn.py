@@ -21,3 +21,16 @@ def test_plain_tfo_delivers_replayed_syn_data_and_tls_0rtt_does_not() -> None:
     assert tls["client_ok"] == 4
     assert tls["server_connections"] > tls["distinct_requests"], "the copies reached the server"
     assert tls["replayed_delivered"] == 0
+
+
+def test_0rtt_as_syn_data_of_the_tls_syn_tep_is_replay_safe_only_with_anti_replay() -> None:
+    """Under ENO (tls-0rtt-syn) the server starts the SYN TEP at the SYN (testbed/synstream.py),
+    before A's ACK could confirm anything: OpenSSL's single-use tickets are what keep a
+    replayed SYN's early data from the application."""
+    guarded = measure("tls-0rtt-syn", connections=4)
+    assert guarded["client_ok"] == 4 and guarded["claims_protection"]
+    assert guarded["server_connections"] > guarded["distinct_requests"], "copies arrived"
+    assert guarded["replayed_delivered"] == 0
+    open_ = measure("tls-0rtt-syn-noantireplay", connections=4)
+    assert open_["client_ok"] == 4 and not open_["claims_protection"]
+    assert open_["replayed_delivered"] >= 1  # as for plain TFO: load may merge a copy
