@@ -6,10 +6,10 @@ Theory of operation
 (testbed/net/plan.py) for the network as data, then runs it: one host per node (a network
 namespace held by an idle process, testbed/net/hosts.py; no switch, no controller, no shell per
 host), every veth pair made at once by one ``ip -batch`` in the root namespace directly inside
-its hosts, then each host configured by one short command chain (sysctls, one ``ip -batch`` for
-links, addresses, neighbours and routes, ethtool), the hosts in parallel. A shaped link under the
-userspace backend is two veth pairs with a transparent L2 shaper namespace between them, running
-the delay line (the compiled testbed/net/delayline_c/ where built, see
+its hosts, then each host configured by one shell chain inside it (sysctls, one ``ip -batch``
+for links, addresses, neighbours and routes, ethtool), the hosts in parallel. A
+shaped link under the userspace backend is two veth pairs with a transparent L2 shaper namespace
+between them, running the delay line (the compiled testbed/net/delayline_c/ where built, see
 testbed/net/delayhelper.py). Under the netem backend the shape is a netem qdisc on each end's
 egress instead.
 
@@ -168,8 +168,7 @@ class Network(HostProcesses):
             raise KernelFeatureError(f"cannot create the veth pairs: {done.stderr.strip()}",
                                      "check `ip link add type veth` works as root")
         self._step("links")
-        # Hosts are independent once their links exist: configure them concurrently, one
-        # short command chain each.
+        # Hosts are independent once their links exist: configure them concurrently.
         self._parallel(self._configure_host, list(plan.hosts))
         self._step("configure")
         self._apply_shaping()
@@ -182,13 +181,12 @@ class Network(HostProcesses):
         self._mark = now
 
     def _configure_host(self, name: str) -> None:
+        """The host's chain (plan.py ``HostPlan.script``) inside it, its ip lines on stdin."""
         assert self.plan is not None
         host = self.plan.hosts[name]
-        out = self.nodes[name].execute(["sh", "-c", host.script()], stdin=host.batch_text())
-        readback = out.splitlines()
-        recorded = self.sysctls.setdefault(name, {})
-        for key, value in zip(host.readback, readback, strict=True):
-            recorded[key] = " ".join(value.split())
+        out = self.nodes[name].execute(["sh", "-c", host.script("-")], stdin=host.batch_text())
+        self.sysctls[name] = {key: " ".join(value.split()) for key, value in
+                              zip(host.readback, out.splitlines(), strict=True)}
 
     @staticmethod
     def _parallel(fn: Callable[[Any], object], items: list[Any]) -> None:

@@ -4,10 +4,10 @@
 every host (topology nodes, plus one transparent shaper per shaped link under the userspace
 backend), every veth pair with its names and MAC addresses, and per host the commands that
 configure it: sysctls to write and read back, the ``ip -batch`` lines (links up, addresses,
-permanent neighbours, routes) and the ``ethtool`` offload settings. Nothing here touches the
+permanent neighbours, routes) and the interfaces whose offloads go off. Nothing here touches the
 machine, so addressing and routing are unit-tested without root for every topology;
 testbed/net/network.py runs a plan (one ``ip -batch`` in the root namespace creates every veth
-directly inside its hosts' namespaces, then one short command chain per host).
+directly inside its hosts' namespaces, then one shell chain per host, the hosts in parallel).
 
 Addressing: link *i* (0-based, topology order) is 10.0.<i+1>.0/24, its first node .1, its
 second .2. Endpoints get a default route through their neighbour when it forwards; forwarding
@@ -94,25 +94,36 @@ class HostPlan:
     sysctls: dict[str, str] = field(default_factory=dict)  # written
     readback: list[str] = field(default_factory=list)  # read back (what the kernel holds)
     ip_batch: list[str] = field(default_factory=list)  # `ip -batch -` lines
-    ethtool: list[list[str]] = field(default_factory=list)
-
-    def script(self) -> str:
-        """One ``sh -c`` chain: sysctls, the ip batch (on stdin), offloads, then the read-back.
-
-        ``&&`` stops at the first failing step, whose stderr the caller reports; the last
-        step prints the read-back values, one per line in ``readback`` order.
-        """
-        steps: list[list[str]] = []
-        if self.sysctls:
-            steps.append(["sysctl", "-q", "-w", *(f"{k}={v}" for k, v in self.sysctls.items())])
-        steps.append(["ip", "-batch", "-"])
-        steps.extend(self.ethtool)
-        if self.readback:
-            steps.append(["sysctl", "-n", *self.readback])
-        return " && ".join(shlex.join(step) for step in steps)
+    offloads_off: list[str] = field(default_factory=list)  # interfaces: TSO, GSO, GRO off
 
     def batch_text(self) -> str:
         return "".join(f"{line}\n" for line in self.ip_batch)
+
+    def script(self, batch_file: str = "-") -> str:
+        """The host's configuration as one ``sh -c`` chain, run inside the host.
+
+        Sysctls are written with a shell builtin (no process per key); then
+        ``ip -batch batch_file`` and one ``ethtool -K`` per interface whose offloads go off;
+        last, one ``cat`` prints the read-back values, one line each in ``readback`` order.
+        ``&&`` stops at the first failing step, whose stderr the runner reports.
+        """
+        steps = [f"printf %s {shlex.quote(value)} > {sysctl_file(key)}"
+                 for key, value in self.sysctls.items()]
+        steps.append(shlex.join(["ip", "-batch", batch_file]))
+        steps += [shlex.join(["ethtool", "-K", intf, "tso", "off", "gso", "off", "gro", "off"])
+                  for intf in self.offloads_off]
+        if self.readback:
+            # One cat: each /proc/sys file reads as one line (the shell's `read` cannot: it
+            # reads a byte at a time and sysctl files answer only a read at offset 0).
+            steps.append(" ".join(["cat", *(sysctl_file(key) for key in self.readback)]))
+        return " && ".join(steps)
+
+
+def sysctl_file(key: str) -> str:
+    """/proc/sys path of a sysctl key (``net.ipv4.ip_forward``), quoted for sh."""
+    if not key or any(part in ("", ".", "..") for part in key.split(".")) or "/" in key:
+        raise ConfigError(f"bad sysctl name {key!r}", "write it like net.ipv4.tcp_ecn")
+    return shlex.quote("/proc/sys/" + key.replace(".", "/"))
 
 
 @dataclass
@@ -209,8 +220,7 @@ class _Builder:
             host.ip_batch.append(f"addr add {intf.ip} dev {intf.name}")
             # Lossy links always run without GSO so that loss applies to single packets.
             if self.config.offloads == "wire" or self.topology.link(intf.link).spec.lossy:
-                host.ethtool.append(["ethtool", "-K", intf.name, "tso", "off", "gso", "off",
-                                     "gro", "off"])
+                host.offloads_off.append(intf.name)
 
     def neighbours(self, link: LinkDesc) -> None:
         """Permanent ARP entries on a link, each end naming the other's address and MAC."""
