@@ -23,7 +23,7 @@ from testbed.net.delayline_sched import (
     VnetHeader,
     wire_bytes,
 )
-from testbed.net.shaping import LinkShape
+from topologies.shapes import LinkShape
 
 HELPER_DIR = delayhelper.BINARY.parent
 

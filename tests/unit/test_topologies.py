@@ -2,7 +2,7 @@ import pytest
 
 import topologies
 from testbed.errors import ConfigError
-from testbed.net.shaping import LinkShape, LinkSpec
+from topologies.shapes import LinkShape, LinkSpec
 from topologies import PathShape
 
 
