@@ -2,8 +2,8 @@ import pytest
 
 import topologies
 from testbed.errors import ConfigError
-from topologies.shapes import LinkShape, LinkSpec
 from topologies import PathShape
+from topologies.shapes import LinkShape, LinkSpec
 
 
 def test_registry_names():
