@@ -229,8 +229,11 @@ def targets_summary(rows: list[dict[str, Any]], scale: list[dict[str, Any]]) -> 
             continue
         ok = s["start_s"] <= t["start_s"] and s["stop_s"] <= t["stop_s"] \
             and s["delayline_rss_mb"] <= t["memory_mb"]
+        steps = ", ".join(f"{key[6:-2]} {value:.1f}" for key, value in s.items()
+                          if key.startswith("start_") and key != "start_s")
         out.append(f"[{s['delay_helper']}] fanin:clients={s['clients']}: start {s['start_s']:.1f}"
-                   f" s, stop {s['stop_s']:.1f} s, delay lines {s['delayline_rss_mb']:.0f} MB "
+                   + (f" s ({steps})" if steps else " s")
+                   + f", stop {s['stop_s']:.1f} s, delay lines {s['delayline_rss_mb']:.0f} MB "
                    f"({s['delay_lines']} lines; targets at 100 clients <= {t['start_s']:g} s / "
                    f"{t['stop_s']:g} s / {t['memory_mb']:g} MB): "
                    + (_check(ok) if s["clients"] >= 100 else "reference"))

@@ -1,5 +1,6 @@
-"""How long a shaped ``fanin:clients=N`` network takes to start and stop, and the memory of its
-delay lines (resident set of every delay-line process, read from /proc while it runs)."""
+"""How long a shaped ``fanin:clients=N`` network takes to start (and each build step of it) and
+stop, and the memory of its delay lines (resident set of every delay-line process, read from
+/proc while it runs)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,8 @@ def measure(backend: str, helper: str, clients: int, rtt_ms: float = 20.0) -> di
     net.start()
     try:
         row["start_s"] = time.monotonic() - t0
+        # Where the start went (plan, hosts, links, configure, shaping: Network.timings).
+        row.update({f"start_{step}_s": seconds for step, seconds in net.timings.items()})
         lines = [h for h in net.helpers if h.name.startswith("delayline:")]
         row["delay_lines"] = len(lines)
         row["delayline_rss_mb"] = sum(rss_kb(h.proc.pid) for h in lines) / 1024

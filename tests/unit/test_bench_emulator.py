@@ -32,7 +32,8 @@ def test_targets_met_and_missed_per_helper() -> None:
     rows = _rows("c", 0.05, 0.2, 2.0, 10.0, 500_000, 0.5) + \
         _rows("python", 0.06, 0.1, 1.9, 12.0, 499_999, 0.5)
     scale = [{"delay_helper": "c", "clients": 100, "start_s": 5.0, "stop_s": 2.1,
-              "delayline_rss_mb": 170.0, "delay_lines": 101},
+              "delayline_rss_mb": 170.0, "delay_lines": 101, "start_hosts_s": 1.25,
+              "start_configure_s": 3.0},
              {"delay_helper": "python", "clients": 100, "skipped": "too slow"}]
     lines = bench.targets_summary(rows, scale)
     assert [line.rsplit(": ", 1)[-1] for line in lines] == [
@@ -42,6 +43,7 @@ def test_targets_met_and_missed_per_helper() -> None:
         "skipped (too slow)",
     ]
     assert "worst median +0.060 ms" in lines[4]
+    assert "start 5.0 s (hosts 1.2, configure 3.0), stop 2.1 s" in lines[8]
 
 
 def test_lossy_packet_rates_do_not_count() -> None:
