@@ -3,14 +3,17 @@ ran recorded, and a link it cannot honour refused before anything is built."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 import topologies
 from testbed.errors import ConfigError
+from testbed.net.delayhelper import BINARY
 from testbed.net.network import NetConfig, Network
 from testbed.net.state import STATE_DIR
 from topologies import PathShape
@@ -74,3 +77,35 @@ def test_a_link_beyond_the_helper_limits_is_refused_before_building() -> None:
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and "rate 500 bit/s outside" in proc.stderr
+
+
+def test_compiled_line_exits_when_its_interface_is_gone(tmp_path: Path) -> None:
+    """A line whose veth peer vanished (its namespace died with a killed run) must not spin on
+    the socket error: it exits on its own, with the reason in its stats."""
+    if not BINARY.exists():
+        pytest.skip("compiled delay line not built")
+    ns = f"tcpinc-dlgone-{os.getpid()}"
+    stats = tmp_path / "stats.json"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    proc = None
+    try:
+        for a, b in (("a0", "a1"), ("b0", "b1")):
+            subprocess.run(["ip", "-n", ns, "link", "add", a, "type", "veth", "peer", "name", b],
+                           check=True)
+            for name in (a, b):
+                subprocess.run(["ip", "-n", ns, "link", "set", name, "up"], check=True)
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, str(BINARY), "--if-a", "a0", "--if-b", "b0",
+             "--a2b", "delay_ns=1000000", "--b2a", "delay_ns=1000000", "--stats", str(stats)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        subprocess.run(["ip", "-n", ns, "link", "del", "a1"], check=True)
+        # A liveness bound, not a timing figure: the line exits at its next turn.
+        assert proc.wait(timeout=30) == 1
+        assert "interface a0 or b0 is gone" in (proc.stderr.read() if proc.stderr else "")
+        assert json.loads(stats.read_text())["error"] == "interface a0 or b0 is gone"
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        subprocess.run(["ip", "netns", "del", ns], check=False)

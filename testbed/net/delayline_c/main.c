@@ -8,7 +8,9 @@
  *
  * Same contract as testbed/net/delayline.py: prints "ready" once the sockets are bound;
  * SIGTERM/SIGINT stop it and write --stats atomically (exit 0); SIGUSR1 writes the stats and
- * continues; bad input is one line on stderr and exit 2; a runtime OS error exits 1.
+ * continues; bad input is one line on stderr and exit 2; a runtime OS error exits 1, and so
+ * does an interface that disappears (its veth peer's namespace died): the line never outlives
+ * its link spinning on the socket error.
  *
  * Timing: the loop sleeps in ppoll() until `lead` before the earliest due time, then polls
  * without sleeping until it is due. `lead` is the wake-up latency measured on this machine:
@@ -23,6 +25,7 @@
  */
 
 #include <errno.h>
+#include <net/if.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
@@ -31,6 +34,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -171,6 +175,8 @@ static uint64_t earliest(struct dl_line *l)
 	return t;
 }
 
+static int port_gone(struct dl_line *l, int i);
+
 /* One turn: release what is due, wait (sleep or poll) for the next due time or a frame, read. */
 static int turn(struct dl_line *l, const sigset_t *waitmask)
 {
@@ -214,10 +220,49 @@ static int turn(struct dl_line *l, const sigset_t *waitmask)
 	if (r == 0 && tsp && target > now)
 		note_wakeup(l, after > target ? after - target : 0);
 	int64_t off = r > 0 ? real_minus_mono() : 0;
-	for (int i = 0; i < 2; i++)
+	for (int i = 0; i < 2; i++) {
 		if (pfd[i].revents & POLLIN)
 			dl_drain(&l->dir[i], after, off);
+		if ((pfd[i].revents & (POLLERR | POLLHUP | POLLNVAL)) && port_gone(l, i))
+			return -2;
+	}
 	return 0;
+}
+
+/* A socket error on a port: read it (which clears it, so ppoll() does not report it again and
+ * again) and count it. A link that went down comes back; an interface that no longer exists
+ * (its veth peer's namespace died) never does: the line has nothing left to do. */
+static int port_gone(struct dl_line *l, int i)
+{
+	int soerr = 0;
+	socklen_t len = sizeof(soerr);
+	getsockopt(l->dir[i].rx, SOL_SOCKET, SO_ERROR, &soerr, &len);
+	l->dir[i].rx_errors++;
+	const char *name = i ? l->cfg.if_b : l->cfg.if_a;
+	return if_nametoindex(name) == 0;
+}
+
+/* ppoll() delivers a signal only when it returns EINTR: one that arrives while a frame is
+ * ready stays pending. Take it here, so a busy line still stops on SIGTERM. */
+static void take_pending_signals(const sigset_t *handled)
+{
+	sigset_t pending;
+	if (sigpending(&pending))
+		return;
+	for (int s = 1; s < NSIG; s++) {
+		if (!sigismember(handled, s) || !sigismember(&pending, s))
+			continue;
+		sigset_t one;
+		sigemptyset(&one);
+		sigaddset(&one, s);
+		struct timespec zero = {0, 0};
+		if (sigtimedwait(&one, NULL, &zero) == s) {
+			if (s == SIGUSR1)
+				dump_req = 1;
+			else
+				stop_sig = s;
+		}
+	}
 }
 
 static int serve(struct dl_line *l)
@@ -242,10 +287,17 @@ static int serve(struct dl_line *l)
 	fflush(stdout);
 	char error[160] = "";
 	while (!stop_sig) {
-		if (turn(l, &waitmask)) {
+		int t = turn(l, &waitmask);
+		if (t == -2) {
+			snprintf(error, sizeof(error), "interface %s or %s is gone", l->cfg.if_a,
+				 l->cfg.if_b);
+			break;
+		}
+		if (t) {
 			snprintf(error, sizeof(error), "ppoll: %s", strerror(errno));
 			break;
 		}
+		take_pending_signals(&block);
 		if (dump_req) {
 			dump_req = 0;
 			dl_write_stats(l, 0, NULL);
