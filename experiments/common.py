@@ -10,6 +10,7 @@ from typing import Any
 
 import middleboxes
 from experiments.runner import RunContext
+from testbed.apps.priority import ENDPOINT_RT_PRIORITY
 from testbed.net.flows import Connection, connections
 from testbed.net.network import NetConfig, Network
 from testbed.net.pcap import PcapError, Segment, options_of, read_segments
@@ -35,6 +36,9 @@ class Measurement:
     timeout_s: float = 10.0
     gap_ms: float = 5.0
     eno_datapath: str | None = None  # ENO arms: bpf | nfqueue (None: the run's --eno-datapath)
+    # Client and server under SCHED_FIFO below the delay line (testbed/apps/priority.py):
+    # the machine's other load does not end up in the endpoints' host time.
+    rt_priority: int = ENDPOINT_RT_PRIORITY
 
 
 class NetworkPool:
@@ -119,7 +123,7 @@ def _run_on(net: Network, topo: Topology, m: Measurement, pcap: Path
     # Key logs on by default next to each pcap: secrets, for reading the captures.
     work = Workload(proto=m.proto, connections=m.connections + int(m.warmup),
                     gap_ms=m.gap_ms, timeout_s=m.timeout_s, policy=m.policy, keylog=True,
-                    eno_datapath=m.eno_datapath)
+                    eno_datapath=m.eno_datapath, rt_priority=m.rt_priority)
     if box is not None:
         box.install(net, topo.middleboxes[0])
     try:

@@ -53,6 +53,9 @@ class Workload:
     # ENO protocols: "bpf" (testbed/eno/bpf) or "nfqueue" (testbed/eno/hook.py);
     # None: the process default (``set_eno_datapath``, the CLI's --eno-datapath)
     eno_datapath: str | None = None
+    # > 0: client and server run under SCHED_FIFO at this priority, below the delay line's
+    # (testbed/apps/priority.py); records say the policy each end got (``sched_policy``).
+    rt_priority: int = 0
 
 
 _DATAPATH = {"requested": "auto"}
@@ -217,6 +220,8 @@ def _run(
             "--proto", work.proto, "--request-size", str(work.request_size)]
     if work.policy is not None:
         argv += ["--policy", work.policy]
+    if work.rt_priority:
+        argv += ["--rt-priority", str(work.rt_priority)]
     server_records = net.workdir / f"server-records-{port}.jsonl"
     server_records.unlink(missing_ok=True)
     if peer_view:
@@ -280,7 +285,7 @@ def merge_server_views(records: list[dict[str, Any]],
         if entry is None:
             entry = entries[index] if index < len(entries) else {}
         record["session_id_peer"] = entry.get("session_id")
-        for key in ("outcome", "fallback_reason", "eno", "role", "error"):
+        for key in ("outcome", "fallback_reason", "eno", "role", "error", "sched_policy"):
             record[f"peer_{key}"] = entry.get(key)
 
 
@@ -306,6 +311,8 @@ def _run_client(
     ]
     if work.policy is not None:
         argv += ["--policy", work.policy]
+    if work.rt_priority:
+        argv += ["--rt-priority", str(work.rt_priority)]
     proc = net.popen(client, argv) if env is None else net.popen(client, argv, env=env)
     budget = work.connections * (work.timeout_s + 1) + 10
     out, err = proc.communicate(timeout=budget)

@@ -16,6 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from testbed.apps.priority import raise_priority
 from testbed.apps.transport import get_transport
 from testbed.apps.wire import REQUEST, encode_request, pattern
 from testbed.stream import StreamError
@@ -96,6 +97,7 @@ def one_connection(args: argparse.Namespace, index: int) -> dict[str, Any]:
         bytes_ok=bool(complete and ok),
         delivered_ok=ok,  # every byte the application got was right, also if it failed later
         phases_ms={k: _ms(v, start) for k, v in phases.items()},
+        sched_policy=getattr(args, "sched_policy", None),
     )
     if transport.uses_eno:
         record.update(eno_keys(info, args.policy))
@@ -118,10 +120,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=10.0)
     parser.add_argument("--gap-ms", type=float, default=0.0, help="pause between connections")
     parser.add_argument("--policy", default=None, help="ENO protocols: off|opportunistic|required")
+    parser.add_argument("--rt-priority", type=int, default=0,
+                        help="run under SCHED_FIFO at this priority (testbed/apps/priority.py)")
     args = parser.parse_args(argv)
     if args.connections < 1 or args.concurrency < 1 or args.request_size < REQUEST.size:
         parser.error("connections and concurrency must be >= 1, request size >= header")
+    if not 0 <= args.rt_priority <= 99:
+        parser.error("--rt-priority must be 0 (off) .. 99")
     get_transport(args.proto, args.policy)
+    args.sched_policy = raise_priority(args.rt_priority)  # before any connection thread
     lock = threading.Lock()
 
     def emit(record: dict[str, Any]) -> None:

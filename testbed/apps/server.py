@@ -26,6 +26,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import IO, Any
 
+from testbed.apps.priority import raise_priority
 from testbed.apps.transport import get_transport
 from testbed.apps.wire import REQUEST, WireError, decode_request_header, pattern
 from testbed.stream import StreamError
@@ -89,7 +90,7 @@ class Records:
 
 
 def handle(transport: Any, sock: socket.socket, addr: tuple[str, int], request_size: int,
-           records: Records) -> None:
+           records: Records, sched_policy: str | None = None) -> None:
     """Wrap (ENO result, TEP handshake) and serve one accepted socket."""
     peer_port = int(addr[1])
     try:
@@ -104,7 +105,8 @@ def handle(transport: Any, sock: socket.socket, addr: tuple[str, int], request_s
     info = conn.info
     records.write({"event": "setup", "peer_port": peer_port, "outcome": info.outcome,
                    "tep": info.tep, "fallback_reason": info.fallback_reason, "eno": info.eno,
-                   "role": info.role, "session_id": info.session_id, "error": None})
+                   "role": info.role, "session_id": info.session_id, "error": None,
+                   "sched_policy": sched_policy})
     # The request id names the client's connection even where a proxy changed the port.
     error = serve_connection(conn, request_size, lambda rid: records.write(
         {"event": "request", "peer_port": peer_port, "request_id": rid}))
@@ -173,7 +175,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--request-size", type=int, default=REQUEST.size)
     parser.add_argument("--policy", default=None, help="ENO protocols: off|opportunistic|required")
     parser.add_argument("--records", default=None, help="append per-connection JSON lines here")
+    parser.add_argument("--rt-priority", type=int, default=0,
+                        help="run under SCHED_FIFO at this priority (testbed/apps/priority.py)")
     args = parser.parse_args(argv)
+    if not 0 <= args.rt_priority <= 99:
+        parser.error("--rt-priority must be 0 (off) .. 99")
     transport = get_transport(args.proto, args.policy)
     out = open(args.records, "a") if args.records else None  # noqa: SIM115 (closed below)
     records = Records(out)
@@ -184,8 +190,10 @@ def main(argv: list[str] | None = None) -> int:
     lsock.bind((args.bind, args.port))
     transport.listen(lsock)
     lsock.listen(1024)
+    # Before the connection threads start: they inherit the policy.
+    policy = raise_priority(args.rt_priority)
     workers = Workers(lambda sock, addr: handle(transport, sock, addr, args.request_size,
-                                                records))
+                                                records, policy))
     print("ready", flush=True)
     try:
         while True:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from experiments.common import count_from_pcaps
+from testbed.apps.priority import ENDPOINT_RT_PRIORITY
 from testbed.probe import PROBE_KEYS
 from tests.helpers import counted_rounds, theory_rounds
 
@@ -68,3 +69,5 @@ def test_run_latency_writes_a_complete_run_directory(tmp_path: Path):
         assert (row["rt_send"], row["rt_resp"]) == theory_rounds(row["proto"]), row
     assert (run_dir / "latency.png").stat().st_size > 10_000
     assert (run_dir / "records.jsonl").read_text().count("\n") == 8 * 3  # + 1 warm-up each
+    # The endpoints ran under SCHED_FIFO below the delay line (testbed/apps/priority.py).
+    assert {r["sched_policy"] for r in records} == {f"SCHED_FIFO:{ENDPOINT_RT_PRIORITY}"}

@@ -11,7 +11,7 @@ def test_a_reused_port_is_matched_by_order_and_failures_update_the_latest(tmp_pa
     path = tmp_path / "server.jsonl"
     lines = [
         {"event": "setup", "peer_port": 4000, "outcome": "plaintext", "session_id": "20aa",
-         "eno": "negotiated", "error": None},
+         "eno": "negotiated", "error": None, "sched_policy": "SCHED_FIFO:5"},
         {"event": "setup", "peer_port": 5000, "outcome": "failed", "error": "E: x",
          "fallback_reason": "no_eno_in_ack"},
         {"event": "setup", "peer_port": 4000, "outcome": "plaintext", "session_id": "20bb",
@@ -28,6 +28,7 @@ def test_a_reused_port_is_matched_by_order_and_failures_update_the_latest(tmp_pa
     assert [r["session_id_peer"] for r in records] == ["20aa", None, "20bb", None]
     assert records[1]["peer_fallback_reason"] == "no_eno_in_ack"
     assert records[2]["peer_outcome"] == "failed" and records[3]["peer_outcome"] is None
+    assert [r["peer_sched_policy"] for r in records] == ["SCHED_FIFO:5", None, None, None]
     assert read_server_records(tmp_path / "missing.jsonl") == {}
 
 
