@@ -4,6 +4,7 @@ tests/emulation/test_eno_bpf.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from testbed.eno.bpf import attach, datapath, maps
-from testbed.eno.bpf.datapath import judge
+from testbed.eno.bpf.datapath import _verdict, judge
 from testbed.eno.control import Settings
 from testbed.errors import KernelFeatureError
 
@@ -75,6 +76,18 @@ def test_active_negotiates_what_the_core_selects_from_the_recorded_synack() -> N
     assert (result.outcome, result.role, result.tep_id, result.error) == (
         "negotiated", "A", 0x21, None)
     assert result.transcript_bytes == A_SYN + B_SYNACK_21  # RFC 8547 §4.8
+
+
+def test_a_repeated_handshake_reuses_the_verdict_with_each_connections_addresses() -> None:
+    first = judge(active_record(B_SYNACK_21), OFFER, active=True, local=A, remote=B)
+    hits = _verdict.cache_info().hits
+    other = (("10.0.0.9", 40001), ("10.0.0.8", 5000))
+    second = judge(active_record(B_SYNACK_21), OFFER, active=True, local=other[0],
+                   remote=other[1])
+    assert _verdict.cache_info().hits == hits + 1
+    assert (first.local, first.remote) == (A, B)
+    assert (second.local, second.remote) == other
+    assert dataclasses.replace(second, local=A, remote=B) == first
 
 
 @pytest.mark.parametrize(("peer", "status", "reason"), [
