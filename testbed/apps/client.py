@@ -16,6 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from testbed import keylog
 from testbed.apps.priority import raise_priority
 from testbed.apps.transport import get_transport
 from testbed.apps.wire import REQUEST, encode_request, pattern
@@ -74,6 +75,7 @@ def one_connection(args: argparse.Namespace, index: int) -> dict[str, Any]:
     finally:
         if conn is not None:
             conn.close()
+        keylog.flush()  # after the connection's timed part (testbed/keylog.py, defer)
     info = conn.info if conn is not None else None
     phases = dict(info.phases) if info else {}
     if t_from is not None:
@@ -129,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--rt-priority must be 0 (off) .. 99")
     get_transport(args.proto, args.policy)
     args.sched_policy = raise_priority(args.rt_priority)  # before any connection thread
+    keylog.defer()
     lock = threading.Lock()
 
     def emit(record: dict[str, Any]) -> None:

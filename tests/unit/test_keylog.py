@@ -83,6 +83,20 @@ def test_tls_callback_appends_nss_lines(tmp_path: Path, monkeypatch: pytest.Monk
                                 "SERVER_TRAFFIC_SECRET_0 00ff 22dd\n")
 
 
+def test_deferred_lines_wait_for_flush(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "ssl.keys"
+    monkeypatch.setenv(keylog.TLS_ENV, str(path))
+    monkeypatch.setattr(keylog, "_pending", {})  # as after defer(), restored after the test
+    keylog.tls_callback(None, b"CLIENT_RANDOM aa bb")  # type: ignore[arg-type]
+    keylog.tls_callback(None, b"CLIENT_RANDOM cc dd\n")  # type: ignore[arg-type]
+    assert not path.exists()
+    keylog.flush()
+    assert path.read_bytes() == b"CLIENT_RANDOM aa bb\nCLIENT_RANDOM cc dd\n"
+    assert path.stat().st_mode & 0o777 == 0o600
+    keylog.flush()  # nothing pending: nothing written twice
+    assert path.read_bytes().count(b"\n") == 2
+
+
 def test_environment_names_files_next_to_the_capture() -> None:
     env = keylog.environment("/run/x/pcaps/point-3")
     assert env == {keylog.TLS_ENV: "/run/x/pcaps/point-3.sslkeylog",
