@@ -40,3 +40,32 @@ def test_workers_serve_concurrently_reuse_threads_and_survive_a_failure(capsys) 
     assert again.wait(5)
     b.close()
     assert "connection thread failed: RuntimeError: boom" in capsys.readouterr().err
+
+
+def test_records_wait_until_the_response_left() -> None:
+    # The server's record lines are written after the response (testbed/apps/server.py), so
+    # no file write sits between a request's arrival and its answer.
+    from testbed.apps.server import serve_connection
+    from testbed.apps.wire import encode_request
+
+    events: list[str] = []
+
+    class Conn:
+        def __init__(self) -> None:
+            self.inbox = bytearray(encode_request(7, 5, 12) + encode_request(8, 3, 12))
+
+        def recv(self, size: int) -> bytes:
+            out = bytes(self.inbox[:size])
+            del self.inbox[:size]
+            return out
+
+        def sendall(self, data: bytes) -> None:
+            events.append(f"sent {len(data)}")
+
+        def close(self) -> None:
+            events.append("closed")
+
+    error = serve_connection(Conn(), 12, lambda rid: events.append(f"request {rid}"),
+                             lambda: events.append("answered"))
+    assert error is None
+    assert events == ["request 7", "sent 5", "answered", "sent 3", "answered", "closed"]
