@@ -67,6 +67,7 @@ import threading
 import time
 from typing import Any
 
+from testbed.earlytep import EarlyTep, connect_preparing
 from testbed.eno.bpf import datapath
 from testbed.eno.control import HookClient, HookUnavailableError, Result, Settings
 from testbed.streamconfig import (  # re-exported: the stream API
@@ -305,7 +306,7 @@ def _port_of(sock: socket.socket) -> int | None:
 
 def establish(
     sock: socket.socket, result: Result | None, config: StreamConfig, info: StreamInfo,
-    *, active: bool, split_check: Any = None,
+    *, active: bool, split_check: Any = None, early: EarlyTep | None = None,
 ) -> Stream:
     """Turn a connected socket and the hook's result into a stream (or reset and raise)."""
     info.phases["eno_result"] = time.perf_counter()
@@ -332,11 +333,12 @@ def establish(
         info.fallback_reason, info.detail = result.reason, result.detail
         check = split_check if result.reason == "no_eno_in_ack" and not active else None
         return Stream(sock, info, split_check=check)
-    return _start_tep(sock, result, config, info)
+    return _start_tep(sock, result, config, info, early)
 
 
 def _start_tep(
-    sock: socket.socket, result: Result, config: StreamConfig, info: StreamInfo
+    sock: socket.socket, result: Result, config: StreamConfig, info: StreamInfo,
+    early: EarlyTep | None = None,
 ) -> Stream:
     assert result.tep_id is not None and result.role is not None
     spec = base.by_id(result.tep_id)
@@ -347,6 +349,9 @@ def _start_tep(
     info.tep_label = spec.label or None
     info.transcript = result.transcript_bytes
     info.peer_application_aware = result.peer_a
+    if early is not None and early.fits(spec, role, result):
+        early.ctx.transcript = info.transcript  # before any key is derived from it (§4.8)
+        return _run_tep(sock, config, info, spec, early.driver)
     options: dict[str, Any] = {}
     provider = config.provider(spec.name)
     if provider is not None:
@@ -362,7 +367,12 @@ def _start_tep(
     ctx = TepContext(role=role, transcript=info.transcript, random=os.urandom,
                      now=time.monotonic(), peer_suboption_data=result.peer_data_bytes,
                      options=options)
-    driver = TepDriver(sock, spec.factory(ctx))
+    return _run_tep(sock, config, info, spec, TepDriver(sock, spec.factory(ctx)))
+
+
+def _run_tep(sock: socket.socket, config: StreamConfig, info: StreamInfo, spec: base.TepSpec,
+             driver: TepDriver) -> Stream:
+    """The TEP handshake on the negotiated connection (or reset and raise)."""
     try:
         if config.early_handoff:
             done = driver.run_until_data(config.handshake_timeout)
@@ -475,7 +485,7 @@ def _eno_connect(
             info.fallback_reason, info.detail = "hook_unavailable", str(exc)
             return Stream(sock, info)
         try:
-            sock.connect(address)
+            early = connect_preparing(sock, address, config)
         except ConnectionResetError as exc:  # the handshake completed: the hook followed it
             raise _reset_in_connect(_query(config, _local_after_reset(sock), address), sock,
                                     config, exc) from exc
@@ -484,7 +494,7 @@ def _eno_connect(
             raise
         info.phases["tcp_connected"] = time.perf_counter()
         result = _result(config, sock)
-        return establish(sock, result, config, info, active=True)
+        return establish(sock, result, config, info, active=True, early=early)
     except BaseException:
         if sock.fileno() >= 0:
             sock.close()
@@ -502,13 +512,13 @@ def _bpf_connect(
         raise StreamError(str(exc)) from None
     info.phases["eno_announced"] = time.perf_counter()
     try:
-        sock.connect(address)
+        early = connect_preparing(sock, address, config)
     except ConnectionResetError as exc:
         result = host.result(sock, settings, active=True, remote=address)
         raise _reset_in_connect(result, sock, config, exc) from exc
     info.phases["tcp_connected"] = time.perf_counter()
     result = host.result(sock, settings, active=True)
-    return establish(sock, result, config, info, active=True)
+    return establish(sock, result, config, info, active=True, early=early)
 
 
 def _local_after_reset(sock: socket.socket) -> Addr:

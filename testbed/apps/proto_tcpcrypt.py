@@ -261,6 +261,12 @@ class TcpcryptProvider:
             options.update(self._accept(spec, local, result.peer_data_bytes))
         return options
 
+    def early_options(self, spec: TepSpec, *, peer: Addr) -> dict[str, Any] | None:
+        """Role A's options before the ENO result, for a fresh exchange only (Init1 does not
+        depend on the transcript, which enters at ss0, RFC 8548 §3.3; testbed/earlytep.py).
+        A resuming arm's start depends on its offer and B's answer: None."""
+        return self._options(None) if self.cache is None else None
+
     def _accept(self, spec: TepSpec, local: bytes, peer_data: bytes) -> dict[str, Any]:
         """The hook answered the SYN with ``local``: take the secret it names (§3.5)."""
         if self.cache is None:

@@ -184,6 +184,11 @@ class TlsProvider:
             return self.arm.client_options(peer, self.early_data)
         return self.arm.server_options()
 
+    def early_options(self, spec: TepSpec, *, peer: Addr) -> dict[str, Any]:
+        """The client's options before the ENO result (testbed/earlytep.py): the ClientHello
+        depends on none of it; the transcript enters only the session ID's exporter context."""
+        return self.arm.client_options(peer, self.early_data)
+
 
 # --- connections ------------------------------------------------------------------------------
 
