@@ -25,7 +25,6 @@ the stream resets: the two ends may disagree about encryption, so nothing may be
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import json
 import os
@@ -143,7 +142,8 @@ def judge(record: maps.SockRecord, settings: Settings, *, active: bool, local: A
     between the SYN-ACK and the TEP's first message."""
     verdict = _verdict(settings, active, record.mine, record.peer, record.peer_status,
                        record.syns, record.flags)
-    return dataclasses.replace(verdict, local=local, remote=remote)
+    # Not dataclasses.replace, which costs three times as much for this many fields.
+    return Result(**{**vars(verdict), "local": local, "remote": remote})
 
 
 @functools.lru_cache(maxsize=1024)
