@@ -63,7 +63,7 @@ from testbed.stream import (
 )
 from testbed.teps.tcpcrypt.options import MAX_CHUNK
 from testbed.transparent import control
-from testbed.transparent.relay import Pair, Relay
+from testbed.transparent.relay import Pair, Relay, keep_buffers_in_heap
 
 logger = logging.getLogger("tcpinc.transparent")
 
@@ -394,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     # Our sockets carry this group, which the diversion rules leave alone.
     os.setgroups([])
     os.setgid(args.gid)
+    if not keep_buffers_in_heap():
+        logger.warning("mallopt unavailable: large buffers are mapped one by one (slower)")
     out_config, in_config = stream_configs(args.proto, args.policy)
     proxy = Proxy(args, out_config, in_config)
 

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 
 import pytest
 
 from testbed.cli import main
 from testbed.errors import ConfigError
 from testbed.stream import Stream, StreamInfo
+from testbed.teps.base import TepCore
+from testbed.teps.tcpcrypt import loopback as tcpcrypt_loopback
+from testbed.teps.tcpcrypt.constants import TepId
+from testbed.teps.tcpcrypt.options import MAX_CHUNK
+from testbed.teps.tls.pair import tls_pair
 from testbed.transparent import control, rules
 from testbed.transparent.host import ProxySpec
-from testbed.transparent.relay import Pair, Relay
+from testbed.transparent.relay import Pair, Relay, Side
 
 DIV = rules.Diversion(gid=7690, redirect_port=7690, tproxy_port=7691, listen_ports=(80, 443))
 
@@ -148,6 +154,74 @@ def test_relay_turns_a_reset_into_a_reset() -> None:
     h.app_peer.settimeout(2)
     with pytest.raises(ConnectionResetError):
         h.app_peer.recv(1)
+
+
+def tep_cores(tep: str) -> tuple[TepCore, TepCore]:
+    """Two cores of ``tep`` whose handshake ran in memory (roles A and B)."""
+    if tep == "tls":
+        link, a, b = tls_pair()
+        link.handshake()
+        return a, b
+    chunk = {"tcpcrypt.chunk_size": MAX_CHUNK}
+    joined = tcpcrypt_loopback.connect(TepId.X25519, options_a=dict(chunk),
+                                       options_b=dict(chunk))
+    joined.pump()
+    return joined.a, joined.b
+
+
+@pytest.mark.parametrize("tep", ["tcpcrypt", "tls"])
+def test_two_relays_carry_a_tep_both_ways_exactly(tep: str) -> None:
+    """app -> relay (core A) -> net -> relay (core B) -> app, on small socket buffers so
+    that sends are partial and frames arrive cut anywhere: every byte arrives, in order,
+    and each application's FIN arrives after the TEP's end of stream."""
+    core_a, core_b = tep_cores(tep)
+    sender, app_a = tcp_pair()
+    net_a, net_b = tcp_pair()
+    app_b, receiver = tcp_pair()
+    for sock in (net_a, net_b):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    ended: list[Pair] = []
+    relay = Relay(ended.append)
+    for app, net, core in ((app_a, net_a, core_a), (app_b, net_b, core_b)):
+        for sock in (app, net):
+            sock.setblocking(False)
+        stream = Stream(net, StreamInfo(policy="opportunistic"))
+        relay.add(Pair(Side("app", app), Side("net", net), stream, core, {}))
+    payload = bytes(i * 7 % 251 for i in range(1_000_003))
+    reply = b"reply after half-close " * 1000
+
+    def peer() -> None:
+        sender.sendall(payload)
+        sender.shutdown(socket.SHUT_WR)
+
+    def far_end() -> None:
+        got.append(read_all(receiver))
+        receiver.sendall(reply)
+        receiver.shutdown(socket.SHUT_WR)
+
+    got: list[bytes] = []
+    threads = [threading.Thread(target=peer), threading.Thread(target=far_end)]
+    for thread in threads:
+        thread.start()
+    back = bytearray()
+
+    def collect() -> None:
+        back.extend(read_all(sender))
+
+    collector = threading.Thread(target=collect)
+    collector.start()
+    deadline = time.monotonic() + 60
+    while relay.pairs and time.monotonic() < deadline:
+        for key, mask in relay.selector.select(timeout=0.1):
+            relay.handle(key, mask)
+    for thread in (*threads, collector):
+        thread.join(10)
+    assert got == [payload] and bytes(back) == reply
+    assert [p.ended for p in ended] == ["closed", "closed"]
+    first = next(p for p in ended if p.core is core_a)
+    assert first.record["app_bytes_in"] == len(payload)
+    assert first.record["app_bytes_out"] == len(reply)
 
 
 def test_probe_transparent_refuses_non_eno_arms(capsys: pytest.CaptureFixture[str]) -> None:
