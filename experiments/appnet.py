@@ -8,11 +8,15 @@ ENO with that TEP, opportunistic). Each point gets a fresh ``direct`` network.
 
 from __future__ import annotations
 
+import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
+
+import pandas as pd
 
 from experiments.runner import RunContext
 from testbed.net.network import NetConfig, Network
@@ -71,7 +75,7 @@ def proxy_outcomes(hosts: dict[str, TransparentHost]) -> list[dict[str, Any]]:
     """The client proxy's connection records, once every pair has been closed."""
     if "client" not in hosts:
         return []
-    time.sleep(0.3)
+    hosts["client"].wait_idle()
     return hosts["client"].records()
 
 
@@ -82,3 +86,42 @@ def describe(net: Network) -> dict[str, Any]:
     return {"link_backend": net.backend,
             "delay_helper": getattr(helper, "name", None),
             "applied_rtt_ms": sum(one_way) if one_way and None not in one_way else None}
+
+
+# -- analysis and report, shared by bulk.py and web.py ------------------------------------
+
+
+def load_records(run_dir: Path) -> pd.DataFrame:
+    lines = (run_dir / "records.jsonl").read_text().splitlines()
+    return pd.DataFrame([json.loads(line) for line in lines if line.strip()])
+
+
+def outcomes_of(series: pd.Series) -> str:
+    """The outcomes of a group's points, each a list of the proxies' outcomes."""
+    return ",".join(sorted({o for value in series for o in value}))
+
+
+def against_plain(summary: pd.DataFrame, keys: list[str], column: str,
+                  compare: Callable[[float, float], float]) -> list[float | None]:
+    """``compare(arm's value, plain's value)`` of ``column`` for each row of ``summary``,
+    plain taken at the same ``keys`` (the same path); None where plain did not run."""
+    plain = summary[summary["proto"] == "plain"].set_index(keys)[column]
+    out: list[float | None] = []
+    for row in summary.to_dict("records"):
+        where = tuple(row[k] for k in keys)
+        out.append(compare(row[column], plain.loc[where]) if where in plain.index else None)
+    return out
+
+
+def report_section(title: str, run: Path, root: Path, name: str, note: str,
+                   cols: list[str]) -> list[str]:
+    """A REPORT.md section: the plot, where the data is and the summary table."""
+    summary = pd.read_csv(run / f"{name}_summary.csv")
+    rel = run.relative_to(root)
+    lines = [f"## {title}", "", f"![{name}]({rel / f'{name}.png'})", "",
+             f"Data: `{rel / f'{name}_summary.csv'}` ({note}).", ""]
+    lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for row in summary[cols].itertuples(index=False):
+        lines.append("| " + " | ".join(f"{v:.2f}" if isinstance(v, float) else str(v)
+                                       for v in row) + " |")
+    return [*lines, ""]

@@ -28,10 +28,14 @@ import pandas as pd  # noqa: E402
 
 from experiments.appnet import (  # noqa: E402
     ARMS,
+    against_plain,
     arm_network,
     describe,
+    load_records,
+    outcomes_of,
     proxy_cpu,
     proxy_outcomes,
+    report_section,
     wait_listening,
 )
 from experiments.runner import RunContext  # noqa: E402
@@ -96,21 +100,17 @@ def summarise(report: dict[str, Any], before: dict[str, float], after: dict[str,
 
 
 def analyse(run_dir: Path) -> dict[str, Any]:
-    records = [json.loads(line) for line in (run_dir / "records.jsonl").read_text().splitlines()]
-    frame = pd.DataFrame(records)
+    frame = load_records(run_dir)
     keys = ["rtt_ms", "rate_mbit", "proto"]
     summary = frame.groupby(keys, sort=False).agg(
         runs=("goodput_mbit", "size"), goodput_mbit=("goodput_mbit", "median"),
         retransmits=("retransmits", "median"),
         sender_cpu_ns_per_byte=("sender_cpu_ns_per_byte", "median"),
         receiver_cpu_ns_per_byte=("receiver_cpu_ns_per_byte", "median"),
-        outcomes=("outcomes", lambda s: ",".join(sorted({o for v in s for o in v}))),
+        outcomes=("outcomes", outcomes_of),
     ).reset_index()
-    plain = summary[summary["proto"] == "plain"].set_index(["rtt_ms", "rate_mbit"])
-    summary["ratio_vs_plain"] = [
-        row.goodput_mbit / plain.loc[(row.rtt_ms, row.rate_mbit), "goodput_mbit"]
-        if (row.rtt_ms, row.rate_mbit) in plain.index else None
-        for row in summary.itertuples()]
+    summary["ratio_vs_plain"] = against_plain(summary, ["rtt_ms", "rate_mbit"],
+                                              "goodput_mbit", lambda arm, plain: arm / plain)
     summary.to_csv(run_dir / "bulk_summary.csv", index=False, float_format="%.3f")
     plot(summary, run_dir / "bulk.png")
     ratios = summary[summary["proto"].isin(["tcpcrypt", "tls"])]["ratio_vs_plain"]
@@ -145,17 +145,9 @@ def plot(summary: pd.DataFrame, path: Path) -> None:
 
 def section(run: Path, root: Path) -> list[str]:
     """REPORT.md: goodput per arm, its ratio to plain TCP and the CPU per byte."""
-    summary = pd.read_csv(run / "bulk_summary.csv")
-    rel = run.relative_to(root)
-    lines = ["## Bulk transfer through the transparent proxies", "",
-             f"![bulk]({rel / 'bulk.png'})", "",
-             f"Data: `{rel / 'bulk_summary.csv'}` (iperf3 through each arm; CPU = iperf3 plus "
-             "the proxy on each side, per byte the receiver counted; target: encrypting arms "
-             "at least 0.8 x plain through the same path).", ""]
-    cols = ["rtt_ms", "rate_mbit", "proto", "goodput_mbit", "ratio_vs_plain",
-            "sender_cpu_ns_per_byte", "receiver_cpu_ns_per_byte", "outcomes"]
-    lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for row in summary[cols].itertuples(index=False):
-        lines.append("| " + " | ".join(f"{v:.2f}" if isinstance(v, float) else str(v)
-                                       for v in row) + " |")
-    return [*lines, ""]
+    return report_section(
+        "Bulk transfer through the transparent proxies", run, root, "bulk",
+        "iperf3 through each arm; CPU = iperf3 plus the proxy on each side, per byte the "
+        "receiver counted; target: encrypting arms at least 0.8 x plain through the same path",
+        ["rtt_ms", "rate_mbit", "proto", "goodput_mbit", "ratio_vs_plain",
+         "sender_cpu_ns_per_byte", "receiver_cpu_ns_per_byte", "outcomes"])

@@ -28,7 +28,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from experiments.appnet import ARMS, arm_network, describe, proxy_outcomes, wait_listening  # noqa: E402
+from experiments.appnet import (  # noqa: E402
+    ARMS,
+    against_plain,
+    arm_network,
+    describe,
+    load_records,
+    outcomes_of,
+    proxy_outcomes,
+    report_section,
+    wait_listening,
+)
 from experiments.runner import RunContext  # noqa: E402
 from topologies import PathShape  # noqa: E402
 
@@ -104,8 +114,7 @@ def run_point(point: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
 
 
 def analyse(run_dir: Path) -> dict[str, Any]:
-    records = [json.loads(line) for line in (run_dir / "records.jsonl").read_text().splitlines()]
-    frame = pd.DataFrame(records)
+    frame = load_records(run_dir)
     keys = ["rtt_ms", "connections", "proto"]
     summary = frame.groupby(keys, sort=False).agg(
         fetches=("page_ms", "size"), ok=("ok", "sum"),
@@ -113,14 +122,11 @@ def analyse(run_dir: Path) -> dict[str, Any]:
         page_p90_ms=("page_ms", lambda s: s.quantile(0.9)),
         first_ttfb_median_ms=("first_ttfb_ms", "median"),
         first_connect_median_ms=("first_connect_ms", "median"),
-        outcomes=("outcomes", lambda s: ",".join(sorted({o for v in s for o in v}))),
+        outcomes=("outcomes", outcomes_of),
     ).reset_index()
-    plain = summary[summary["proto"] == "plain"].set_index(["rtt_ms", "connections"])
-    summary["ttfb_added_ms"] = [
-        row.first_ttfb_median_ms - plain.loc[(row.rtt_ms, row.connections),
-                                             "first_ttfb_median_ms"]
-        if (row.rtt_ms, row.connections) in plain.index else None
-        for row in summary.itertuples()]
+    summary["ttfb_added_ms"] = against_plain(summary, ["rtt_ms", "connections"],
+                                             "first_ttfb_median_ms",
+                                             lambda arm, plain: arm - plain)
     summary.to_csv(run_dir / "web_summary.csv", index=False, float_format="%.3f")
     plot(frame, run_dir / "web.png")
     added = summary[summary["proto"] == "proxy-plain"]["ttfb_added_ms"]
@@ -146,17 +152,9 @@ def plot(frame: pd.DataFrame, path: Path) -> None:
 
 def section(run: Path, root: Path) -> list[str]:
     """REPORT.md: page-fetch times per arm and what the proxies add to a connection."""
-    summary = pd.read_csv(run / "web_summary.csv")
-    rel = run.relative_to(root)
-    lines = ["## Web pages through the transparent proxies", "",
-             f"![web]({rel / 'web.png'})", "",
-             f"Data: `{rel / 'web_summary.csv'}` (curl fetching the objects from Python's "
-             "http.server; `ttfb_added_ms`: the first object's time to first byte against "
-             "`plain` through the same path).", ""]
-    cols = ["rtt_ms", "connections", "proto", "fetches", "ok", "page_median_ms",
-            "first_ttfb_median_ms", "ttfb_added_ms", "outcomes"]
-    lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for row in summary[cols].itertuples(index=False):
-        lines.append("| " + " | ".join(f"{v:.2f}" if isinstance(v, float) else str(v)
-                                       for v in row) + " |")
-    return [*lines, ""]
+    return report_section(
+        "Web pages through the transparent proxies", run, root, "web",
+        "curl fetching the objects from Python's http.server; `ttfb_added_ms`: the first "
+        "object's time to first byte against `plain` through the same path",
+        ["rtt_ms", "connections", "proto", "fetches", "ok", "page_median_ms",
+         "first_ttfb_median_ms", "ttfb_added_ms", "outcomes"])
