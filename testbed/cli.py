@@ -162,6 +162,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from testbed import bench_endpoints
 
         bench_endpoints.main(args)
+    elif args.target == "transparent":
+        from testbed.transparent import bench as transparent_bench
+
+        transparent_bench.main(args)
     else:
         from testbed.net import bench
 
@@ -294,7 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmarks that print measured figures")
     p.add_argument("target", choices=["emulator", "endpoints", "eno-hook", "handshake",
-                                      "replay", "scheduling", "throughput", "wakeup"])
+                                      "replay", "scheduling", "throughput", "transparent",
+                                      "wakeup"])
     p.add_argument("--out", default="results/bench")
     p.add_argument("--quick", action="store_true", help="fewer probes (for tests)")
     p.add_argument("--link-backend", default="auto", choices=BACKENDS)

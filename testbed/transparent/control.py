@@ -47,6 +47,28 @@ def query(local: Addr, remote: Addr, name: str = DEFAULT_NAME,
           timeout: float = 5.0) -> dict[str, Any]:
     """Ask this namespace's proxy about ``local`` -> ``remote``; the reply's ``found`` says
     whether the proxy relays (or relayed) that connection."""
+    return _ask({"local": list(local), "remote": list(remote)}, name, timeout)
+
+
+def wait_idle(wait: float = 10.0, name: str = DEFAULT_NAME) -> dict[str, Any]:
+    """Block until this namespace's proxy has ended every connection it accepted and written
+    its record (``idle`` true), or ``wait`` seconds passed (``idle`` false, ``open`` says how
+    many are left)."""
+    return _ask({"idle": wait}, name, wait + 5.0)
+
+
+def idle_request(line: bytes) -> float | None:
+    """The wait of an idle request line; None for any other request."""
+    message = json.loads(line)
+    if isinstance(message, dict) and "idle" in message:
+        wait = float(message["idle"])
+        if not 0 <= wait <= 600:
+            raise ValueError("idle wait outside 0..600 s")
+        return wait
+    return None
+
+
+def _ask(message: dict[str, Any], name: str, timeout: float) -> dict[str, Any]:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
@@ -56,7 +78,7 @@ def query(local: Addr, remote: Addr, name: str = DEFAULT_NAME,
             raise ProxyUnavailableError(
                 f"no transparent proxy on @{name} in this host: {exc}",
                 "run inside a host started with --transparent") from None
-        sock.sendall(json.dumps({"local": list(local), "remote": list(remote)}).encode() + b"\n")
+        sock.sendall(json.dumps(message).encode() + b"\n")
         data = b""
         while not data.endswith(b"\n"):
             chunk = sock.recv(MAX_LINE)
@@ -79,3 +101,12 @@ def parse_request(line: bytes) -> str:
             and len(local) == 2 and len(remote) == 2):
         raise ValueError("request needs local and remote as [ip, port]")
     return key((str(local[0]), int(local[1])), (str(remote[0]), int(remote[1])))
+
+
+if __name__ == "__main__":  # python -m testbed.transparent.control idle [WAIT [NAME]]
+    import sys
+
+    if sys.argv[1:2] != ["idle"]:
+        sys.exit("usage: python -m testbed.transparent.control idle [WAIT [NAME]]")
+    print(json.dumps(wait_idle(float(sys.argv[2]) if len(sys.argv) > 2 else 10.0,
+                               *sys.argv[3:4])))

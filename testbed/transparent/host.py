@@ -43,6 +43,7 @@ class ProxySpec:
     gid: int = 7690  # the proxy's group: its own connections are never diverted
     name: str = control.DEFAULT_NAME
     timeout: float = 10.0
+    rt_priority: int = 1  # SCHED_FIFO priority of the proxy (options.set_realtime); 0: none
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -50,6 +51,9 @@ class ProxySpec:
         ports = (*self.listen_ports, self.redirect_port, self.tproxy_port)
         if not all(0 < p < 65536 for p in ports):
             raise ConfigError(f"port outside 1..65535 in {ports}", "give valid TCP ports")
+        if not 0 <= self.rt_priority <= 99:
+            raise ConfigError(f"rt_priority {self.rt_priority} outside 0..99",
+                              "give a SCHED_FIFO priority, or 0 for none")
         if {self.redirect_port, self.tproxy_port} & set(self.listen_ports):
             raise ConfigError("a listen port is one of the proxy's own ports",
                               "choose other --redirect-port / --tproxy-port")
@@ -64,7 +68,7 @@ class ProxySpec:
                 "--tproxy-port", str(self.tproxy_port),
                 "--listen-ports", ",".join(str(p) for p in self.listen_ports),
                 "--gid", str(self.gid), "--name", self.name, "--records", str(records),
-                "--timeout", str(self.timeout)]
+                "--timeout", str(self.timeout), "--rt-priority", str(self.rt_priority)]
 
     def diversion(self) -> rules.Diversion:
         return rules.Diversion(gid=self.gid, redirect_port=self.redirect_port,
@@ -92,6 +96,16 @@ class TransparentHost:
             return []
         return [json.loads(line) for line in self.records_path.read_text().splitlines()
                 if line.strip()]
+
+    def wait_idle(self, wait: float = 10.0) -> None:
+        """Until the proxy has ended every connection it accepted and written its record
+        (it answers when that happens); TimeoutError after ``wait`` seconds."""
+        out = self.net.run(self.node, [sys.executable, "-m", "testbed.transparent.control",
+                                       "idle", str(wait), self.spec.name], timeout=wait + 10)
+        reply = json.loads(out.strip().splitlines()[-1])
+        if not reply.get("idle"):
+            raise TimeoutError(f"proxy in {self.node} still has {reply.get('open')} "
+                               f"connection(s) open after {wait:g} s")
 
     def watch(self) -> None:
         """Until stopped: act on the proxy's death as the policy says (module docstring)."""

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -45,7 +44,6 @@ import struct
 import sys
 import threading
 import time
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -61,8 +59,9 @@ from testbed.stream import (
     establish,
     reset,
 )
-from testbed.teps.tcpcrypt.options import MAX_CHUNK
 from testbed.transparent import control
+from testbed.transparent.dial import Dial
+from testbed.transparent.options import parse_args, set_realtime, stream_configs
 from testbed.transparent.relay import Pair, Relay, keep_buffers_in_heap
 
 logger = logging.getLogger("tcpinc.transparent")
@@ -100,10 +99,13 @@ class Proxy:
         self.wake_r, self.wake_w = socket.socketpair()
         self.wake_r.setblocking(False)
         self.lock = threading.Lock()
+        self.open = 0  # accepted connections whose record is not written yet
+        self.idle = threading.Condition(self.lock)
         self.sessions: dict[str, dict[str, Any]] = {}
         self.records = open(args.records, "a") if args.records else None  # noqa: SIM115
         self.registrations: list[HookClient] = []
         self.listeners: list[socket.socket] = []
+        self.dials: set[Dial] = set()
         self._local = threading.local()
 
     # -- set-up ---------------------------------------------------------------------------
@@ -148,13 +150,19 @@ class Proxy:
 
     def serve(self) -> None:
         while True:
-            for key, mask in self.relay.selector.select(timeout=1.0):
-                if key.data == "wake":
+            for key, mask in self.relay.selector.select(timeout=1.0 if self.dials else None):
+                if isinstance(key.data, Dial):
+                    self._dialed(key.data, key.data.result())
+                elif key.data == "wake":
                     self._drain_ready()
                 elif key.data in ("out", "in"):
                     self._accept(key.fileobj, key.data)  # type: ignore[arg-type]
                 else:
                     self.relay.handle(key, mask)
+            if self.dials:
+                now = time.monotonic()
+                for dial in [d for d in self.dials if d.deadline < now]:
+                    self._dialed(dial, dial.expired())
 
     def _accept(self, listener: socket.socket, direction: str) -> None:
         for _ in range(64):
@@ -166,9 +174,16 @@ class Proxy:
                 logger.info("accept failed: %s", exc)
                 continue
             record = {"direction": direction, "t_accept": time.time(),
-                      "t0": time.perf_counter()}
-            job = self._open_out if direction == "out" else self._open_in
-            self.pool.submit(self._establish, job, sock, peer, record)
+                      "t0": time.perf_counter(), "sched": self.args.sched}
+            with self.lock:
+                self.open += 1
+            if direction == "out" and self.out_config.policy is Policy.OFF:
+                self._dial_out(sock, peer, record)
+            elif direction == "in" and self._plain_in:
+                self._dial_in(sock, peer, record)
+            else:  # ENO and a TEP handshake: blocking steps, in a worker
+                job = self._open_out if direction == "out" else self._open_in
+                self.pool.submit(self._establish, job, sock, peer, record)
 
     def _establish(self, job: Any, sock: socket.socket, peer: Addr,
                    record: dict[str, Any]) -> None:
@@ -192,6 +207,72 @@ class Proxy:
             app, stream, record = self.ready.get()
             pair = Pair.create(app, stream, record)
             self.relay.add(pair)
+
+    # -- establishing in the loop (dial.py) --------------------------------------------------
+
+    @property
+    def _plain_in(self) -> bool:
+        """Incoming connections stay plain TCP, so there is nothing to wait for."""
+        policy = self.in_config.policy
+        return policy is Policy.OFF or (policy is Policy.OPPORTUNISTIC
+                                        and not self.registrations)
+
+    def _dial_out(self, app: socket.socket, peer: Addr, record: dict[str, Any]) -> None:
+        try:
+            target = original_dst(app)
+            record.update(app_local=_addr(peer), app_remote=_addr(target))
+            if target == app.getsockname():
+                raise ConnectionRefusedError("connection to the proxy itself")
+            self._dial(app, target, record)
+        except OSError as exc:
+            self._failed(app, record, exc)
+
+    def _dial_in(self, sock: socket.socket, peer: Addr, record: dict[str, Any]) -> None:
+        try:
+            local = sock.getsockname()
+            record.update(net_local=_addr(local), net_remote=_addr(peer))
+            self._dial(sock, local, record)  # the application, on its own address
+        except OSError as exc:
+            self._failed(sock, record, exc, "application: ")
+
+    def _dial(self, held: socket.socket, target: Addr, record: dict[str, Any]) -> None:
+        dial = Dial.start(held, target, record, time.monotonic() + self.args.timeout)
+        self.dials.add(dial)
+        self.relay.selector.register(dial.sock, selectors.EVENT_WRITE, dial)
+
+    def _dialed(self, dial: Dial, error: OSError | None) -> None:
+        self.dials.discard(dial)
+        self.relay.selector.unregister(dial.sock)
+        outgoing = dial.record["direction"] == "out"
+        if error is not None:
+            dial.sock.close()
+            self._failed(dial.held, dial.record, error, "" if outgoing else "application: ")
+            return
+        config = self.out_config if outgoing else self.in_config
+        info = StreamInfo(policy=config.policy.value, fallback_reason=(
+            "disabled_by_config" if config.policy is Policy.OFF else "hook_unavailable"))
+        info.phases["tcp_connected"] = time.perf_counter()
+        try:
+            if outgoing:  # the stream is the leg just opened
+                app, stream = dial.held, Stream(dial.sock, info)
+                self._note(dial.record, stream, dial.sock.getsockname(), dial.target)
+            else:  # the stream is the accepted connection
+                app, stream = dial.sock, Stream(dial.held, info)
+                dial.record.update(app_local=_addr(app.getpeername()),
+                                   app_remote=_addr(app.getsockname()))
+                self._note(dial.record, stream, dial.target, dial.held.getpeername())
+        except OSError as exc:  # e.g. the peer reset in between: getpeername fails
+            reset(dial.sock)
+            self._failed(dial.held, dial.record, exc)
+            return
+        self.relay.add(Pair.create(app, stream, dial.record))
+
+    def _failed(self, sock: socket.socket, record: dict[str, Any], exc: OSError,
+                prefix: str = "") -> None:
+        """Refused, reset or timed out: the held connection is reset, never left hanging."""
+        record.update(outcome="failed", error=f"{prefix}{type(exc).__name__}: {exc}")
+        reset(sock)
+        self._ended_record(record)
 
     # -- establishing ---------------------------------------------------------------------
 
@@ -232,7 +313,7 @@ class Proxy:
         try:
             app = socket.create_connection(local, timeout=self.args.timeout)
         except OSError as exc:  # nothing listens: the peer application sees a reset
-            record.update(outcome="failed", error=f"application: {exc}")
+            record.update(outcome="failed", error=f"application: {type(exc).__name__}: {exc}")
             stream.abort()
             return None
         record.update(app_local=_addr(app.getpeername()), app_remote=_addr(app.getsockname()))
@@ -290,13 +371,19 @@ class Proxy:
         self._ended_record(pair.record)
 
     def _ended_record(self, record: dict[str, Any]) -> None:
-        if self.records is None:
-            return
-        out = {k: v for k, v in record.items() if k != "t0"}
-        self.records.write(json.dumps(out) + "\n")
-        self.records.flush()
+        """Every accepted connection ends here exactly once (relayed, failed or refused)."""
+        with self.lock:
+            if self.records is not None:
+                out = {k: v for k, v in record.items() if k != "t0"}
+                self.records.write(json.dumps(out) + "\n")
+                self.records.flush()
+            self.open -= 1
+            if self.open == 0:
+                self.idle.notify_all()
 
     def close(self) -> None:
+        for dial in list(self.dials):
+            self._dialed(dial, ConnectionAbortedError("proxy stopped"))
         self.relay.shutdown()
         self.pool.shutdown(wait=False, cancel_futures=True)
         for client in self.registrations:
@@ -316,6 +403,17 @@ class Proxy:
         thread.start()
         return thread
 
+    def _answer_idle(self, conn: socket.socket, wait: float) -> None:
+        """Reply once every accepted connection has ended and has its record written (or
+        when ``wait`` seconds have passed): what a test waits for before reading records."""
+        with conn, self.idle:
+            idle = self.idle.wait_for(lambda: self.open == 0, timeout=wait)
+            reply = json.dumps({"idle": idle, "open": self.open}).encode() + b"\n"
+            try:
+                conn.sendall(reply)
+            except OSError as exc:
+                logger.info("idle query client went away: %s", exc)
+
     def _queries(self, server: socket.socket) -> None:
         while True:
             conn, _ = server.accept()
@@ -323,6 +421,11 @@ class Proxy:
                 conn.settimeout(2.0)
                 try:
                     line = conn.recv(control.MAX_LINE).split(b"\n", 1)[0]
+                    wait = control.idle_request(line)
+                    if wait is not None:  # answered when idle, by a thread of its own
+                        threading.Thread(target=self._answer_idle, daemon=True,
+                                         args=(conn.dup(), wait)).start()
+                        continue
                     wanted = control.parse_request(line)
                     with self.lock:
                         found = self.sessions.get(wanted)
@@ -339,54 +442,6 @@ class Proxy:
                     logger.info("query client went away: %s", exc)
 
 
-def stream_configs(proto: str, policy: str) -> tuple[StreamConfig, StreamConfig]:
-    """(outgoing, incoming) stream configurations of a protocol arm."""
-    from testbed.apps.transport import get_transport
-
-    if proto == "plain":
-        off = StreamConfig(policy=Policy.OFF)
-        return off, off
-    transport = get_transport(proto, policy)
-    if not getattr(transport, "uses_eno", False):
-        raise ValueError(f"{proto} is not an ENO protocol")
-    try:
-        configs = (transport.config(server=False), transport.config(server=True))
-    except TypeError:  # arms whose configuration does not depend on the side
-        configs = (transport.config(), transport.config())
-    return tuple(bulk_options(c) for c in configs)  # type: ignore[return-value]
-
-
-def bulk_options(config: StreamConfig) -> StreamConfig:
-    """A relay hands the core up to READ_SIZE bytes at once: tcpcrypt frames as large as
-    RFC 8548's 16-bit frame length allows (the 16 KiB default would cost four frames, four
-    nonces and four tags where one does)."""
-    options = {name: dict(opts) for name, opts in config.tep_options.items()}
-    for spec in config.specs():
-        if spec.name.startswith("tcpcrypt"):
-            options.setdefault(spec.name, {})["tcpcrypt.chunk_size"] = MAX_CHUNK
-    return dataclasses.replace(config, tep_options=options)
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m testbed.transparent.proxy")
-    parser.add_argument("--proto", default="tcpcrypt")
-    parser.add_argument("--policy", default="opportunistic",
-                        choices=[p.value for p in Policy])
-    parser.add_argument("--redirect-port", type=int, default=7690)
-    parser.add_argument("--tproxy-port", type=int, default=7691)
-    parser.add_argument("--listen-ports", default="",
-                        help="comma-separated ports whose incoming connections are diverted")
-    parser.add_argument("--gid", type=int, required=True)
-    parser.add_argument("--name", default=control.DEFAULT_NAME)
-    parser.add_argument("--records", type=Path)
-    parser.add_argument("--timeout", type=float, default=10.0)
-    parser.add_argument("--workers", type=int, default=32)
-    parser.add_argument("-v", "--verbose", action="count", default=0)
-    args = parser.parse_args(argv)
-    args.listen_ports = [int(p) for p in args.listen_ports.split(",") if p]
-    return args
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
@@ -396,6 +451,9 @@ def main(argv: list[str] | None = None) -> int:
     os.setgid(args.gid)
     if not keep_buffers_in_heap():
         logger.warning("mallopt unavailable: large buffers are mapped one by one (slower)")
+    args.sched = set_realtime(args.rt_priority)
+    if args.rt_priority and not args.sched.startswith("SCHED_FIFO"):
+        logger.warning("no real-time priority: %s", args.sched)
     out_config, in_config = stream_configs(args.proto, args.policy)
     proxy = Proxy(args, out_config, in_config)
 

@@ -286,6 +286,8 @@ class Relay:
 
     def handle(self, key: selectors.SelectorKey, mask: int) -> None:
         pair, side = key.data
+        if pair not in self.pairs:
+            return  # dropped earlier in the same batch of events
         try:
             self._handle(pair, side, mask)
         except Exception as exc:  # noqa: BLE001 - a bug costs this pair (reset), not the proxy
@@ -319,6 +321,8 @@ class Relay:
             side.registered = events
 
     def _drop(self, pair: Pair) -> None:
+        if pair not in self.pairs:
+            return  # already dropped: one select() can report both sides of an ended pair
         for side in (pair.app, pair.net):
             if side.registered:
                 # A socket an abort already closed is found by object, not by its descriptor.

@@ -85,7 +85,8 @@ def specs(proto: str, policy: str = "opportunistic",
 
 def paired(hosts: dict[str, TransparentHost]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """(client proxy record, server proxy record) of each relayed connection."""
-    time.sleep(0.3)  # records are written when each proxy has closed its pair
+    for host in hosts.values():  # records are written when each proxy has closed its pair
+        host.wait_idle()
     server = {r["net_remote"]: r for r in hosts["server"].records() if r.get("net_remote")}
     client = sorted(hosts["client"].records(), key=lambda r: r["t_accept"])
     return [(r, server[r["net_local"]]) for r in client if r.get("net_local") in server]
@@ -154,15 +155,21 @@ def test_iperf3_and_curl_through_both_designs(proto: str, tep: str, tmp_path: Pa
     assert sid["found"] and sid["session_id"] == curl_client["session_id"]
 
 
-def test_half_close_reset_and_refusal_reach_the_application() -> None:
+@pytest.mark.parametrize("proto,policy", [("tcpcrypt", "opportunistic"), ("plain", "off")])
+def test_half_close_reset_and_refusal_reach_the_application(proto: str, policy: str) -> None:
+    """Also with ENO off, where the proxies open each connection's other leg from their
+    event loops (dial.py) rather than from a worker."""
     with Network(topologies.create("direct")) as net, \
             server_app(net, [sys.executable, "-c", SINK_SERVER]), \
-            transparent(net, specs("tcpcrypt", ports=(SINK_PORT, SINK_PORT + 1))) as hosts:
+            transparent(net, specs(proto, policy, ports=(SINK_PORT, SINK_PORT + 1))) as hosts:
         big = sink(net, "y", 3_000_000)  # half-close: the reply comes after our FIN
         reset = sink(net, "reset")
         refused = sink(net, "x", 1, port=SINK_PORT + 2)  # nothing listens, not diverted in
         no_app = sink(net, "x", 1, port=SINK_PORT + 1)  # diverted in, nothing behind it
+        for host in hosts.values():
+            host.wait_idle()
         records = hosts["client"].records()
+        server_records = hosts["server"].records()
     assert big["reply"] == "got 3000000 bytes"
     assert big["peer"] == [net.ip("server"), SINK_PORT]  # the application sees its peer
     assert reset.get("error") == "ConnectionResetError"
@@ -170,6 +177,17 @@ def test_half_close_reset_and_refusal_reach_the_application() -> None:
         # The exact fact is the reset itself: a hang would end as the sink's TimeoutError.
         assert failed.get("error") == "ConnectionResetError", failed
     assert any("ConnectionRefusedError" in str(r.get("error")) for r in records)
+    assert any("application: ConnectionRefusedError" in str(r.get("error"))
+               for r in server_records)
+    # Relayed by the client proxy: the half-close and the reset (and, unless the server
+    # proxy's reset overtook the end of the TEP handshake, the one it could not hand to an
+    # application), each with the arm's outcome.
+    relayed = sorted((r for r in records if r.get("outcome") != "failed"),
+                     key=lambda r: r["t_accept"])
+    assert {r["outcome"] for r in relayed} == {
+        "encrypted" if proto == "tcpcrypt" else "plaintext"}
+    assert relayed[0]["app_bytes_in"] == 3_000_000 and relayed[0]["ended"] == "closed"
+    assert relayed[1]["ended"].startswith("reset")
 
 
 @pytest.mark.parametrize("policy", ["opportunistic", "required"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -69,6 +70,10 @@ def test_query_format() -> None:
     for bad in (b"[]", b'{"local": ["10.0.1.1"]}', b"nonsense"):
         with pytest.raises(ValueError):
             control.parse_request(bad)
+    assert control.idle_request(b'{"idle": 2.5}') == 2.5
+    assert control.idle_request(line) is None
+    with pytest.raises(ValueError):
+        control.idle_request(b'{"idle": -1}')
 
 
 def test_spec_refuses_bad_values() -> None:
@@ -78,6 +83,9 @@ def test_spec_refuses_bad_values() -> None:
         ProxySpec(listen_ports=(7690,))
     with pytest.raises(ConfigError):
         ProxySpec(listen_ports=(0,))
+    with pytest.raises(ConfigError):
+        ProxySpec(rt_priority=100)
+    assert ProxySpec(rt_priority=0).argv(Path("r"))[-2:] == ["--rt-priority", "0"]
 
 
 def test_sid_cli_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
