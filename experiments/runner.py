@@ -21,6 +21,7 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -186,20 +187,26 @@ def _check_resumable(meta_path: Path, args: dict[str, Any]) -> None:
             )
 
 
+PointFilter = Callable[[dict[str, Any]], bool]
+
+
 def run_experiment(name: str, ctx: RunContext, args: dict[str, Any],
                    shard: tuple[int, int] | None = None,
-                   executor: Executor | None = None) -> dict[str, Any]:
+                   executor: Executor | None = None,
+                   only: PointFilter | None = None) -> dict[str, Any]:
     """Run (or resume) one experiment on ``executor`` (here by default); the driver alone
     writes the run directory, whichever machine ran a point. ENO arms use
     ``ctx.eno_datapath`` unless they name their datapath (resolved here; the process default
-    is restored afterwards; a dask worker resolves the requested one itself)."""
+    is restored afterwards; a dask worker resolves the requested one itself). ``only`` keeps
+    the points it accepts (the regression matrix runs one middlebox model per test)."""
     with default_eno_datapath(ctx.eno_datapath) as datapath:
         ctx.eno_datapath = datapath
-        return _run_experiment(name, ctx, args, shard, executor)
+        return _run_experiment(name, ctx, args, shard, executor, only)
 
 
 def _run_experiment(name: str, ctx: RunContext, args: dict[str, Any],
-                    shard: tuple[int, int] | None, executor: Executor | None) -> dict[str, Any]:
+                    shard: tuple[int, int] | None, executor: Executor | None,
+                    only: PointFilter | None = None) -> dict[str, Any]:
     from experiments.executors import LocalExecutor
 
     module = importlib.import_module(EXPERIMENTS[name])
@@ -214,6 +221,7 @@ def _run_experiment(name: str, ctx: RunContext, args: dict[str, Any],
     done = _read_done(ctx.run_dir)
     points = shard_points(select_protocols(module.points(ctx.profile), args.get("protocols"),
                                            getattr(module, "CALIBRATION_ARM", None)), shard)
+    points = [p for p in points if only is None or only(p)]
     todo = [p for p in points if point_key(p) not in done]
     failed = run_points(name, todo, ctx, args, executor)
     summary: dict[str, Any] = module.analyse(ctx.run_dir)

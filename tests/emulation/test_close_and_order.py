@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 import topologies
 from experiments.common import duplicate_acks
 from experiments.theory import THEORY_RTTS
@@ -34,23 +36,25 @@ def _problems(conn: Connection) -> list[str]:
     return out
 
 
-def test_every_arm_closes_with_fins_and_no_reset(tmp_path: Path) -> None:
+# One test per arm, each on its own network: arms are independent, and a parallel test run
+# spreads them over its workers.
+@pytest.mark.parametrize("arm", ARMS)
+def test_every_arm_closes_with_fins_and_no_reset(tmp_path: Path, arm: str) -> None:
     found: dict[str, list[str]] = {}
     reordered: dict[str, list[int]] = {}
     with Network(topologies.create("direct", path=PathShape(rtt_ms=10))) as net:
-        for arm in ARMS:
-            pcap = tmp_path / f"{arm}.pcap"
-            records = run_workload(net, Workload(proto=arm, connections=2), pcap=pcap)
-            assert all(r["bytes_ok"] for r in records), (arm, records)
-            for side, path in (("client", pcap), ("server", server_pcap(pcap))):
-                conns = [c for c in connections(read_segments(path)).values()
-                         if c.key.server_port == 5000]
-                assert len(conns) == 2, (arm, side)
-                for index, conn in enumerate(conns):
-                    problems = _problems(conn)
-                    if problems:
-                        found[f"{arm} {side} #{index}"] = problems
-                    if dups := duplicate_acks(conn):
-                        reordered[f"{arm} {side} #{index}"] = dups
+        pcap = tmp_path / f"{arm}.pcap"
+        records = run_workload(net, Workload(proto=arm, connections=2), pcap=pcap)
+    assert all(r["bytes_ok"] for r in records), (arm, records)
+    for side, path in (("client", pcap), ("server", server_pcap(pcap))):
+        conns = [c for c in connections(read_segments(path)).values()
+                 if c.key.server_port == 5000]
+        assert len(conns) == 2, (arm, side)
+        for index, conn in enumerate(conns):
+            problems = _problems(conn)
+            if problems:
+                found[f"{arm} {side} #{index}"] = problems
+            if dups := duplicate_acks(conn):
+                reordered[f"{arm} {side} #{index}"] = dups
     assert not found, "\n".join(f"{k}: {v}" for k, v in found.items()) + (
         f"\n(duplicate ACK / SACK segments: {reordered})")

@@ -3,8 +3,12 @@
 Runs the fallback experiment (quick profile: one arm per design, every middlebox
 model, opportunistic and required policies) and compares each protocol x policy x
 middlebox outcome with tests/data/expected_fallback_matrix.csv. A changed outcome
-fails with the list of cells that moved. After an intended change, regenerate
-the table with `python -m tests.emulation.test_middlebox_matrix --update`.
+fails with the list of cells that moved. Each middlebox model is its own test (per ENO
+datapath): the models' cells are independent (the fallback experiment builds one network
+per model anyway), so a parallel test run spreads them over its workers, and
+tests/unit/test_middlebox_matrix_cells.py checks that the table holds exactly the quick
+profile's cells (one that appeared or vanished). After an intended change, regenerate the table with
+`python -m tests.emulation.test_middlebox_matrix --update`.
 """
 
 from __future__ import annotations
@@ -31,12 +35,22 @@ def _family(outcome: object, middlebox: str) -> object:
     return outcome
 
 
-def run_matrix(out: Path, datapath: str = "nfqueue") -> pd.DataFrame:
+def quick_boxes() -> list[str]:
+    """The middlebox specs of the quick matrix, in the experiment's order."""
+    from experiments import fallback
+
+    return list(dict.fromkeys(p["middlebox"] for p in fallback.points("quick")))
+
+
+def run_matrix(out: Path, datapath: str = "nfqueue", middlebox: str | None = None
+               ) -> pd.DataFrame:
+    """The quick matrix, or only the cells of one ``middlebox`` spec."""
     from experiments.runner import RunContext, run_experiment
     from testbed.net.shaping import choose_backend
 
     ctx = RunContext(out / "fallback", "quick", None, 1, choose_backend("auto"), datapath)
-    run_experiment("fallback", ctx, {"profile": "quick", "seed": 1})
+    run_experiment("fallback", ctx, {"profile": "quick", "seed": 1},
+                   only=None if middlebox is None else lambda p: p["middlebox"] == middlebox)
     return pd.read_csv(ctx.run_dir / "fallback_matrix.csv")
 
 
@@ -55,13 +69,16 @@ def moved_cells(expected: pd.DataFrame, measured: pd.DataFrame) -> list[str]:
 
 # The matrix holds on both ENO datapaths (the boxes act on the path, the datapath on the
 # hosts); a cell that legitimately differs would make the table gain a datapath column.
+@pytest.mark.parametrize("middlebox", quick_boxes())
 @pytest.mark.parametrize("datapath", ["nfqueue", "bpf"])
-def test_middlebox_matrix_matches_committed_table(tmp_path: Path, datapath: str) -> None:
+def test_middlebox_matrix_matches_committed_table(tmp_path: Path, datapath: str,
+                                                  middlebox: str) -> None:
     if datapath == "bpf" and support_problem() is not None:
         pytest.skip(f"no bpf datapath here: {support_problem()}")
-    measured = run_matrix(tmp_path, datapath)
+    measured = run_matrix(tmp_path, datapath, middlebox)
+    assert set(measured["middlebox"]) == {middlebox}
     expected = pd.read_csv(EXPECTED)
-    moved = moved_cells(expected, measured)
+    moved = moved_cells(expected[expected["middlebox"] == middlebox], measured)
     assert not moved, "middlebox outcomes moved:\n" + "\n".join(moved)
     steady = measured[~measured["middlebox"].str.startswith(RANDOM_DAMAGE)]
     assert steady["consistent"].all(), steady[steady["consistent"] == 0].to_string()

@@ -123,6 +123,15 @@ def test_runner_resumes_without_redoing_finished_points(tmp_path, fake_experimen
         runner.run_experiment("fake", ctx, {"profile": "quick", "seed": 2})
 
 
+def test_runner_runs_only_the_points_a_filter_keeps(tmp_path, fake_experiment):
+    ctx = runner.RunContext(tmp_path / "run", "quick", None, 1, "userspace")
+    summary = runner.run_experiment("fake", ctx, {"profile": "quick", "seed": 1},
+                                    only=lambda p: p["x"] % 2 == 1)
+    assert fake_experiment.calls == [1, 3]
+    assert summary == {"records": 2, "sum": 40}
+    assert json.loads((ctx.run_dir / "metadata.json").read_text())["points_total"] == 2
+
+
 def test_shards_partition_the_grid_and_merge_back(tmp_path, fake_experiment):
     dirs = []
     for i in (1, 2):
