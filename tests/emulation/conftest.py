@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from testbed.net.state import STATE_DIR, NetworkState, netns_inode
+from testbed.net.state import STATE_DIR, NetworkState, netns_inode, same_process
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -34,7 +36,45 @@ def state_files(owner: int | None = None) -> set[Path]:
     return set(STATE_DIR.glob(pattern)) if STATE_DIR.is_dir() else set()
 
 
+def _open_netns(pid: int, inode: int) -> int | None:
+    """An fd on the network namespace of ``pid`` if it is ``inode``, else None."""
+    try:
+        fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    if os.fstat(fd).st_ino != inode:
+        os.close(fd)
+        return None
+    return fd
+
+
+@contextmanager
+def held_namespaces(nodes: Iterable[dict[str, Any]]) -> Iterator[set[int]]:
+    """Keep the namespaces of recorded hosts (state-file node entries) that still run
+    allocated for the block, and yield their inode numbers. The kernel reuses a gone
+    namespace's inode number at once, so a test that watches another process's namespaces
+    disappear (``namespaces()``) would otherwise see one a parallel test makes meanwhile."""
+    fds: dict[int, int] = {}
+    try:
+        for node in nodes:
+            fd = _open_netns(node["pid"], node["netns"])
+            if fd is None:
+                continue
+            if same_process(node["pid"], node["start"]):
+                fds[node["netns"]] = fd
+            else:  # the pid was reused before the open: not the recorded host
+                os.close(fd)
+        yield set(fds)
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+
+
 CREATED: set[int] = set()  # namespaces made by Networks in this process
+# An open fd on each of them until the test's check: the kernel reuses a gone namespace's
+# inode number at once, so without it a namespace another test process (a parallel pytest
+# worker) makes meanwhile could pass for one of ours that was left behind.
+HELD: list[int] = []
 NAMED: set[str] = set()  # named namespaces (`ip netns add`) tests in this process made
 
 
@@ -56,15 +96,24 @@ def needs_root_and_leaves_nothing(monkeypatch: pytest.MonkeyPatch) -> Iterator[N
 
     def recording(self: NetworkState, name: str, pid: int) -> None:
         original(self, name, pid)
-        CREATED.add(self.nodes[name]["netns"])
+        inode = self.nodes[name]["netns"]
+        fd = _open_netns(pid, inode)
+        if fd is not None:  # else the host died at once, its namespace with it
+            HELD.append(fd)
+            CREATED.add(inode)
 
     monkeypatch.setattr(NetworkState, "add_node", recording)
     CREATED.clear()
     NAMED.clear()
     # Only this process's state files: other runs on the machine come and go meanwhile.
     before_state = state_files(os.getpid())
-    yield
-    left_ns = CREATED & namespaces()
+    try:
+        yield
+        # A process still in one of them is a leak (the fds keep the inodes ours).
+        left_ns = CREATED & namespaces()
+    finally:
+        while HELD:
+            os.close(HELD.pop())
     left_state = state_files(os.getpid()) - before_state
     left_named = NAMED & named_namespaces()
     assert not left_named, f"test left named namespaces {sorted(left_named)}"

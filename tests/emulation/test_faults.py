@@ -18,6 +18,7 @@ from testbed import workload
 from testbed.net.network import Network
 from testbed.net.state import NetworkState, clean_state, pids_in_netns, same_process
 from testbed.workload import Workload, run_workload
+from tests.emulation.conftest import held_namespaces
 
 
 def test_a_hook_that_dies_mid_run_keeps_the_records(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -66,36 +67,45 @@ def test_helpers_of_a_killed_run_exit_on_their_own_and_clean_removes_the_rest(
     state_path: Path | None = None
     try:
         state_path = _state_of(private, run.pid, time.monotonic() + 60)
-        run.send_signal(signal.SIGKILL)
-        run.wait()
         state = NetworkState.load(state_path)
-        assert state.workdir is not None and Path(state.workdir).is_dir()
-        # Nobody cleans yet: the kernel's parent-death signal stops every helper.
-        deadline = time.monotonic() + 30
-        alive = state.procs
-        while alive and time.monotonic() < deadline:
-            alive = [p for p in state.procs if same_process(p["pid"], p["start"])]
-            time.sleep(0.1)
-        assert not alive, f"helpers outlived their run: {[p['argv'] for p in alive]}"
-        holders = list(state.nodes.values())  # each host's shell holds its namespace
-        while holders and time.monotonic() < deadline:
-            holders = [n for n in holders if same_process(n["pid"], n["start"])]
-            time.sleep(0.1)
-        assert not holders, f"{len(holders)} host namespace(s) outlived their run"
-        inodes = {n["netns"] for n in state.nodes.values()}
-        while time.monotonic() < deadline and any(pids_in_netns(i) for i in inodes):
-            time.sleep(0.1)
-        left = {i: pids_in_netns(i) for i in inodes}
-        assert not any(left.values()), f"processes keep the run's namespaces: {left}"
-        # What is left (the state file, the work directory) goes with this run's clean.
-        report = clean_state(state)
+        # Their inode numbers stay theirs (no parallel test's namespace takes one) while
+        # this test watches them go.
+        with held_namespaces(state.nodes.values()) as inodes:
+            assert inodes == {n["netns"] for n in state.nodes.values()}
+            run.send_signal(signal.SIGKILL)
+            run.wait()
+            _check_killed_run(state)
         state_path = None
-        assert report["workdir"] == state.workdir and not Path(state.workdir).exists()
-        assert report["processes"] == report["namespaces"] == 0, report
     finally:
         if run.poll() is None:
             run.kill()
             run.wait()
         if state_path is not None and state_path.exists():
             clean_state(NetworkState.load(state_path))
+
+
+def _check_killed_run(state: NetworkState) -> None:
+    """Every helper and host of the killed run exits on its own; its clean removes the rest."""
+    assert state.workdir is not None and Path(state.workdir).is_dir()
+    # Nobody cleans yet: the kernel's parent-death signal stops every helper.
+    deadline = time.monotonic() + 30
+    alive = state.procs
+    while alive and time.monotonic() < deadline:
+        alive = [p for p in state.procs if same_process(p["pid"], p["start"])]
+        time.sleep(0.1)
+    assert not alive, f"helpers outlived their run: {[p['argv'] for p in alive]}"
+    holders = list(state.nodes.values())  # each host's shell holds its namespace
+    while holders and time.monotonic() < deadline:
+        holders = [n for n in holders if same_process(n["pid"], n["start"])]
+        time.sleep(0.1)
+    assert not holders, f"{len(holders)} host namespace(s) outlived their run"
+    inodes = {n["netns"] for n in state.nodes.values()}
+    while time.monotonic() < deadline and any(pids_in_netns(i) for i in inodes):
+        time.sleep(0.1)
+    left = {i: pids_in_netns(i) for i in inodes}
+    assert not any(left.values()), f"processes keep the run's namespaces: {left}"
+    # What is left (the state file, the work directory) goes with this run's clean.
+    report = clean_state(state)
+    assert report["workdir"] == state.workdir and not Path(state.workdir).exists()
+    assert report["processes"] == report["namespaces"] == 0, report
     assert not os.path.exists(str(state.path))

@@ -7,6 +7,8 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import ExitStack
+from pathlib import Path
 
 import pytest
 
@@ -15,7 +17,7 @@ from testbed.errors import ConfigError
 from testbed.net import state as state_module
 from testbed.net.network import NetConfig, Network
 from testbed.net.state import NetworkState, clean_all, pids_in_netns
-from tests.emulation.conftest import namespaces
+from tests.emulation.conftest import held_namespaces, namespaces
 
 
 @pytest.mark.parametrize("name", ["direct", "middlebox", "chain", "fanin"])
@@ -86,15 +88,24 @@ def test_tcpinc_clean_after_killed_run(tmp_path, monkeypatch):
     env = {**os.environ, "TCPINC_STATE_DIR": str(private)}
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
                             env=env)
-    try:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "up"
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    new_state = set(private.glob(f"net-{proc.pid}-*.json"))
-    assert len(new_state) == 1, "the killed run recorded its network"
-    recorded = NetworkState.load(next(iter(new_state)))
-    theirs = {node["netns"] for node in recorded.nodes.values()}
+    with ExitStack() as held:
+        try:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "up"
+            new_state = set(private.glob(f"net-{proc.pid}-*.json"))
+            assert len(new_state) == 1, "the killed run recorded its network"
+            recorded = NetworkState.load(next(iter(new_state)))
+            # Their inode numbers stay theirs (no parallel test's namespace takes one) while
+            # this test watches them go.
+            theirs = held.enter_context(held_namespaces(recorded.nodes.values()))
+            assert theirs == {node["netns"] for node in recorded.nodes.values()}
+        finally:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+        _clean_the_killed_run(private, proc.pid, theirs, new_state)
+
+
+def _clean_the_killed_run(private: Path, pid: int, theirs: set[int],
+                          new_state: set[Path]) -> None:
     assert theirs & namespaces(), "the killed run left namespaces (that is the point)"
     reports = [r for r in clean_all() if r["state"] in {str(p) for p in new_state}]
     # At least the unrecorded sleeper; the others may already have died on their own.
@@ -104,7 +115,7 @@ def test_tcpinc_clean_after_killed_run(tmp_path, monkeypatch):
     while theirs & namespaces() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not theirs & namespaces()
-    assert not set(private.glob(f"net-{proc.pid}-*.json"))
+    assert not set(private.glob(f"net-{pid}-*.json"))
     assert private.is_dir()
 
 

@@ -65,7 +65,9 @@ def test_loss_is_applied_at_the_configured_rate():
 def test_rate_limits_tcp_throughput():
     path = PathShape(rtt_ms=10, rate_bps=20_000_000, queue_packets=100)
     with Network(topologies.create("direct", path=path)) as net:
-        net.start_helper("server", "iperf3", ["iperf3", "-s", "-p", "5201", "-1"])
+        # Not one-off (-1): a server that exits after its test, before the network stops,
+        # would count as a helper that died early.
+        net.start_helper("server", "iperf3", ["iperf3", "-s", "-p", "5201"])
         out = ""
         for _ in range(50):  # the server needs a moment to listen
             if ":5201" in net.run("server", ["ss", "-ltnH", "sport = :5201"]):
