@@ -26,6 +26,7 @@ from subprocess import Popen
 from typing import Any
 
 from testbed import keylog
+from testbed.apps.priority import raise_process
 from testbed.apps.proto_syn import SYN_ARMS
 from testbed.apps.transport import get_transport
 from testbed.eno.bpf.attach import resolve as resolve_datapath
@@ -132,10 +133,14 @@ def run_workload(
     hooks: list[tuple[str, Popen[str]]] = []
     installed: set[str] = set()  # hooks whose rules are in place
 
+    hook_policy: list[str] = []
+
     def ready_hooks() -> None:
         for node, proc in hooks:
             finish_hook(net, node, proc, spec)
             installed.add(node)
+            if work.rt_priority:  # the hook holds every handshake segment: an endpoint too
+                hook_policy.append(raise_process(proc.pid, work.rt_priority))
 
     stats: dict[str, CaptureStats] = {}
     wanted = getattr(transport, "host_sysctls", None)
@@ -156,6 +161,8 @@ def run_workload(
         record["pcap"] = str(pcap) if pcap else None
         record["pcap_server"] = str(server_pcap(pcap)) if pcap else None
         record["eno_datapath"] = datapath
+        if hook_policy:
+            record["hook_sched_policy"] = ",".join(sorted(set(hook_policy)))
         if wanted:
             record["syn_sysctls"] = wanted
         for end in ("client", "server"):

@@ -8,7 +8,8 @@ the endpoint gets it back (measured on the loaded development VM: a 64-byte ``se
 the TLS client took 0.09 ms of CPU and up to 6 ms of wall time). That is the machine's load,
 not the design, and it made the same commit measure differently on two machines.
 
-So the experiments run both endpoints under SCHED_FIFO at ``ENDPOINT_RT_PRIORITY``, below the
+So the experiments run both endpoints (and, on the nfqueue datapath, each host's ENO hook,
+which holds every handshake segment) under SCHED_FIFO at ``ENDPOINT_RT_PRIORITY``, below the
 delay line's priority 10 (testbed/net/delayline_c/main.c), whose release timing stays first.
 The endpoints block between flights and run for well under a millisecond per flight, so they
 take little from the rest of the machine; the kernel's RT throttling
@@ -49,3 +50,17 @@ def raise_priority(priority: int) -> str:
     except OSError as exc:
         return f"{current_policy()} (SCHED_FIFO:{priority}: {exc.strerror})"
     return current_policy()
+
+
+def raise_process(pid: int, priority: int) -> str:
+    """``raise_priority`` for every thread of another process (a helper already started,
+    such as the ENO hook); threads it starts later inherit the policy."""
+    policy = f"SCHED_FIFO:{priority}"
+    try:
+        for tid in sorted(int(t) for t in os.listdir(f"/proc/{pid}/task")):
+            os.sched_setscheduler(tid, os.SCHED_FIFO, os.sched_param(priority))
+    except (ProcessLookupError, FileNotFoundError):  # it exited meanwhile
+        return f"gone (pid {pid})"
+    except OSError as exc:
+        return f"unchanged ({policy}: {exc.strerror})"
+    return policy
