@@ -209,6 +209,7 @@ def _run_experiment(name: str, ctx: RunContext, args: dict[str, Any],
                     only: PointFilter | None = None) -> dict[str, Any]:
     from experiments.executors import LocalExecutor
 
+    started = time.monotonic()
     module = importlib.import_module(EXPERIMENTS[name])
     executor = executor or LocalExecutor(ctx.link_backend)
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
@@ -224,9 +225,15 @@ def _run_experiment(name: str, ctx: RunContext, args: dict[str, Any],
     points = [p for p in points if only is None or only(p)]
     todo = [p for p in points if point_key(p) not in done]
     failed = run_points(name, todo, ctx, args, executor)
+    measured = time.monotonic()
     summary: dict[str, Any] = module.analyse(ctx.run_dir)
     meta = json.loads(meta_path.read_text())
     meta["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
+    # Where the wall time went (summed over the sessions of a resumed run): the points
+    # (networks, processes, connections; each record's ``point_s`` is its point's share)
+    # and the analysis after them.
+    meta["duration_s"] = round(meta.get("duration_s", 0.0) + time.monotonic() - started, 1)
+    meta["analysis_s"] = round(meta.get("analysis_s", 0.0) + time.monotonic() - measured, 1)
     meta["points_total"] = len(points)
     meta["failed_points"] = failed
     meta.update(worker_summary(ctx.run_dir, meta.get("workers", []), executor.workers()))
@@ -263,7 +270,8 @@ def run_points(name: str, todo: list[dict[str, Any]], ctx: RunContext, args: dic
             worker = {**{k: outcome.worker.get(k) for k in WORKER_KEYS},
                       "attempt": outcome.attempts}
             for record in outcome.records:
-                records.write(json.dumps({**outcome.point, **record, "worker": worker}) + "\n")
+                records.write(json.dumps({**outcome.point, **record, "worker": worker,
+                                          "point_s": round(outcome.seconds, 2)}) + "\n")
             records.flush()
             marks.write(point_key(outcome.point) + "\n")
             marks.flush()

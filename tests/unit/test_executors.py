@@ -240,6 +240,13 @@ def test_dask_run_is_laid_out_like_a_local_run(tmp_path: Path, cluster: Any,
     assert [w["resources"] for w in meta["workers"]] == [{"tcpinc": 1}]
     assert {r["worker"]["address"] for r in _lines(d / "records.jsonl")} == \
         {meta["workers"][0]["address"]}
+    # Where a run's time went: each point's own seconds (an idle point sleeps 1 s) inside the
+    # experiment's wall time, which a local run spends one point after the other.
+    local_meta = json.loads((lo / "metadata.json").read_text())
+    point_s = {r["i"]: r["point_s"] for r in _lines(lo / "records.jsonl")}
+    assert all(s >= 1.0 for s in point_s.values()) and len(point_s) == 4
+    assert local_meta["duration_s"] >= sum(point_s.values()) > 0
+    assert 0 <= local_meta["analysis_s"] <= local_meta["duration_s"]
 
 
 def test_a_killed_worker_loses_only_its_point_which_is_retried(tmp_path: Path,
