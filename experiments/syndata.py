@@ -10,9 +10,10 @@ that judges SYN data), then
 * per arm: median time to first response byte, the theory line and the round trips counted
   from the capture (experiments/common.py, ``round_trips``) against experiments/theory.py;
 * per ``-syn`` arm: what it saved against its twin, which should be one RTT (target +-2 ms);
-* replay (``replay`` points, middlebox topology through ``replay-syn``, 10 ms RTT): for TLS
-  0-RTT as SYN data, how many replayed requests reached the server application (RFC 7413
-  §6.1, RFC 8446 §8), with OpenSSL's anti-replay on and off.
+* replay (``replay`` points, middlebox topology through ``replay-syn``, 10 ms RTT): for each
+  arm with a request on the SYN under ENO, how many replayed requests reached the server
+  application (RFC 7413 §6.1, RFC 8446 §8, RFC 8548 §3.5): resumed tcpcrypt with single-use
+  identifiers, TLS 0-RTT with OpenSSL's anti-replay on and off.
 
 Not in ``tcpinc run all`` (the quick default stays within its time budget); the full latency
 profile runs the ``-syn`` arms at every RTT too.
@@ -36,13 +37,14 @@ from topologies import PathShape
 NAME = "syndata"
 RTT_MS = 100.0
 PROFILES = {"quick": {"repeat": 8}, "full": {"repeat": 30}}
-TWINS = {"tcpcrypt-syn": "tcpcrypt", "tls-syn": "tls", "tls-0rtt-syn": "tls-0rtt"}
-ARMS = ("plain", "plain-tfo", "tcpcrypt", "tcpcrypt-syn", "tcpcrypt-resume", "tls", "tls-syn",
-        "tls-0rtt", "tls-0rtt-syn")
+TWINS = {"tcpcrypt-syn": "tcpcrypt", "tcpcrypt-resume-syn": "tcpcrypt-resume",
+         "tls-syn": "tls", "tls-0rtt-syn": "tls-0rtt"}
+ARMS = ("plain", "plain-tfo", "tcpcrypt", "tcpcrypt-syn", "tcpcrypt-resume",
+        "tcpcrypt-resume-syn", "tls", "tls-syn", "tls-0rtt", "tls-0rtt-syn")
 # Arms with application data on the SYN under ENO (plain TFO and TLS without ENO: `tcpinc bench
 # replay`). A copy must land after its original connection ended (a copy that meets the open
 # connection is a mere duplicate), so the replay points run at 10 ms RTT.
-REPLAY_ARMS = ("tls-0rtt-syn", "tls-0rtt-syn-noantireplay")
+REPLAY_ARMS = ("tcpcrypt-resume-syn", "tls-0rtt-syn", "tls-0rtt-syn-noantireplay")
 REPLAY_BOX = "replay-syn:delay_ms=150"
 REPLAY_RTT_MS = 10.0
 REPLAY_GAP_MS = 250.0  # each copy lands while the next connection runs
@@ -230,12 +232,14 @@ def _costs_text() -> list[str]:
         "server refuses a ticket's second use: with OpenSSL's anti-replay the replayed "
         "requests reached the application 0 times, without it (`tls-0rtt-syn-noantireplay`) "
         "every copy that landed did, and ENO's confirmation comes too late to stop it (the "
-        "server answers 0-RTT data before A's ACK). `tcpcrypt-resume-syn` (0 / 1) is not "
-        "built: its SYN data would be encrypted under keys from ss[i] and nonce_a alone, "
-        "which gives up replay protection at the key level (only single-use identifiers "
-        "remain, as for TLS tickets) and forward secrecy per resumption step unless both ends "
-        "erase ss[i] the moment the SYN's keys are derived (RFC 8548 §3.5; README, Data on "
-        "the SYN).", ""]
+        "server answers 0-RTT data before A's ACK). `tcpcrypt-resume-syn` (0 / 1) puts the "
+        "resumed request on the SYN under keys from ss[i] and nonce_a alone (the server "
+        "answers with no nonce_b, so its SYN-ACK adds nothing to the keys): against RFC 8548 "
+        "§3.5 it gives up replay protection at the key level (a copy of the SYN derives the "
+        "same keys; only the single-use identifiers stop it, as tickets do for TLS, and the "
+        "replay points above count what reached the application) and forward secrecy per "
+        "resumption step for as long as either end keeps ss[i] after the SYN's keys are "
+        "derived (README, Data on the SYN).", ""]
 
 
 def _ladders(root: Path) -> list[str]:

@@ -14,7 +14,10 @@ Expected from the designs: plain TCP Fast Open has no defence (its cookie authen
 client's address, not the segment); TLS 1.3 0-RTT early data is refused on a second use of
 its ticket by OpenSSL's anti-replay (single-use tickets, RFC 8446 §8.1), and accepted again
 with that anti-replay switched off (``tls-0rtt-syn-noantireplay``, SSL_OP_NO_ANTI_REPLAY); a
-TLS ClientHello or a tcpcrypt Init1 alone on the SYN carries no application data to replay.
+resumed tcpcrypt request on the SYN (``tcpcrypt-resume-syn``) is refused by the single-use
+resumption answers (RFC 8548 §3.5: the copy names an identifier already used, so the server
+answers with a fresh exchange and the copy's frames never decrypt); a TLS ClientHello or a
+tcpcrypt Init1 alone on the SYN carries no application data to replay.
 The ENO arms (testbed/apps/proto_syn.py) run with both hosts' ENO hooks and the no-cookie TFO
 modes they need, as the workload sets them.
 """
@@ -31,11 +34,12 @@ from pathlib import Path
 from typing import Any
 
 ARMS = ("plain-tfo", "tls-noeno-tfo", "tls-noeno-0rtt-tfo", "tcpcrypt-syn", "tls-syn",
-        "tls-0rtt-syn", "tls-0rtt-syn-noantireplay")
-# Arms whose design claims that replayed SYN data never reaches the application.
+        "tls-0rtt-syn", "tls-0rtt-syn-noantireplay", "tcpcrypt-resume-syn")
+# Arms whose design claims that replayed SYN data never reaches the application
+# (tcpcrypt-resume-syn: through its single-use resumption identifiers, RFC 8548 §3.5).
 CLAIMS_PROTECTION = {"plain-tfo": False, "tls-noeno-tfo": True, "tls-noeno-0rtt-tfo": True,
                      "tcpcrypt-syn": True, "tls-syn": True, "tls-0rtt-syn": True,
-                     "tls-0rtt-syn-noantireplay": False}
+                     "tls-0rtt-syn-noantireplay": False, "tcpcrypt-resume-syn": True}
 
 
 def replayed_requests(server_lines: list[dict[str, Any]]) -> dict[str, int]:

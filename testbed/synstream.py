@@ -10,7 +10,8 @@ TEP id of A's SYN-form option), off by default and on only through an API: here
 on the client, 0x200 on the server (testbed/apps/proto_syn.py sets them per host).
 
 Active opener (``connect``): the TEP core is made before the SYN, without a transcript (none
-exists yet, §4.8); its first flight (tcpcrypt Init1, a TLS ClientHello with any 0-RTT data)
+exists yet, §4.8); its first flight (tcpcrypt Init1, a TLS ClientHello with any 0-RTT data, or
+a resumed tcpcrypt session's first frames when the provider presumes the server's answer)
 is written through TCP_FASTOPEN_CONNECT and leaves on the SYN. The hook adds ENO offering only
 the SYN TEP: had B chosen another TEP, the kernel would resend the discarded SYN data as that
 TEP's first bytes. The hook's outcome then decides:
@@ -127,15 +128,19 @@ def syn_data_acked(sock: socket.socket) -> bool | None:
 # ---------------------------------------------------------------------------
 
 
-def connect(address: Addr, config: StreamConfig, *, timeout: float | None = 10.0) -> Stream:
+def connect(address: Addr, config: StreamConfig, *, timeout: float | None = 10.0,
+            first: bytes = b"") -> Stream:
     """A stream whose SYN carries the first flight of ``config``'s SYN TEP (module docstring).
 
-    Opportunistic: when ENO does not take the SYN data the connection is reset and a second
-    one is made without ENO (``fallback_reason`` names the §4.7 abort or the fallback)."""
+    ``first``: application bytes for the SYN too, taken only by a TEP that has its keys before
+    the SYN (a resumption whose answer the provider presumes, ``presume_answer``); the stream's
+    ``info.early_data_accepted`` then says they went. Opportunistic: when ENO does not take the
+    SYN data the connection is reset and a second one is made without ENO
+    (``fallback_reason`` names the §4.7 abort or the fallback)."""
     spec = syn_tep(config)
     refuse_on_bpf()
     try:
-        return _connect_syn(address, config, spec, timeout)
+        return _connect_syn(address, config, spec, timeout, first)
     except SynDataRefused as exc:
         if config.policy is Policy.REQUIRED:
             error = EncryptionRequiredError(exc.reason, exc.detail)
@@ -149,7 +154,7 @@ def connect(address: Addr, config: StreamConfig, *, timeout: float | None = 10.0
 
 
 def _connect_syn(address: Addr, config: StreamConfig, spec: base.TepSpec,
-                 timeout: float | None) -> Stream:
+                 timeout: float | None, first: bytes) -> Stream:
     info = StreamInfo(policy=config.policy.value)
     sock = _tcp_socket(timeout)
     try:
@@ -161,27 +166,43 @@ def _connect_syn(address: Addr, config: StreamConfig, spec: base.TepSpec,
             _forget_hook(config.hook_name)
             raise SynDataRefused("hook_unavailable", str(exc)) from None
         info.phases["eno_announced"] = time.perf_counter()
+        offer = settings.teps[0][1] or b""
+        presumed = _presumed_answer(config, spec, settings)
         pre = Result(local=("0.0.0.0", sock.getsockname()[1]), remote=address, active=True,
-                     state="closed")
+                     state="closed", local_data=offer.hex())
         ctx = TepContext(role=Role.A, transcript=b"", random=os.urandom, now=time.monotonic(),
+                         peer_suboption_data=presumed or b"",
                          options=_options(config, spec, Role.A, address, pre))
         driver = TepDriver(sock, _core(spec, ctx))
         driver.start()
-        first = driver.core.data_to_send()
+        on_syn = bool(first and driver.core.handshake_complete)  # keys before the SYN
+        if on_syn:
+            driver.core.send_data(first)
+        flight = driver.core.data_to_send()
         sock.setsockopt(socket.IPPROTO_TCP, TCP_FASTOPEN_CONNECT, 1)
         sock.connect(address)  # returns at once: the SYN waits for the first write
-        sock.sendall(first)  # ... and carries it (no-cookie TFO, RFC 8547 §4.7)
+        sock.sendall(flight)  # ... and carries it (no-cookie TFO, RFC 8547 §4.7)
         info.phases["syn_data_sent"] = time.perf_counter()
         _wait_connected(sock, address, timeout)
         result = _query(config, sock.getsockname(), address)
         info.phases["tcp_connected"] = info.phases["eno_result"] = time.perf_counter()
         _check_outcome(sock, result)
         assert result is not None
+        if presumed is not None and result.peer_data_bytes != presumed:
+            # Our SYN data was protected under keys that assumed this very answer.
+            error = SynDataRefused("resumption_refused", f"the peer answered "
+                                   f"{result.peer_data or 'fresh'}, not the presumed answer")
+            error.local_port = _port_of(sock)
+            reset(sock)
+            raise error
         ctx.transcript, ctx.peer_suboption_data = result.transcript_bytes, result.peer_data_bytes
         _describe(info, spec, result)
         acked = syn_data_acked(sock)
         info.syn_data = None if acked is None else "acked" if acked else "not_acked"
-        return _handshake(sock, driver, config, info, spec, early=False)
+        stream = _handshake(sock, driver, config, info, spec, early=False)
+        if on_syn:  # the peer took the presumed answer: it has the keys of our SYN's frames
+            stream.info.early_data_accepted = True
+        return stream
     except BaseException:
         if sock.fileno() >= 0:
             sock.close()
@@ -214,6 +235,17 @@ def _check_outcome(sock: socket.socket, result: Result | None) -> None:
     error.local_port = _port_of(sock)
     reset(sock)
     raise error
+
+
+def _presumed_answer(config: StreamConfig, spec: base.TepSpec, settings: Any) -> bytes | None:
+    """The peer's suboption data a provider with ``presume_answer`` protects SYN data under:
+    the identifier half its resumption offer expects back, with no nonce (a resumption whose
+    keys exist before the SYN-ACK, beyond RFC 8548 §3.5; testbed/apps/proto_syn.py)."""
+    provider = config.provider(spec.name)
+    if not getattr(provider, "presume_answer", False):
+        return None
+    prefix: bytes | None = dict(settings.expect).get(spec.tep_id)
+    return prefix
 
 
 def _options(config: StreamConfig, spec: base.TepSpec, role: Role, peer: Addr,
@@ -271,11 +303,19 @@ def _handshake(sock: socket.socket, driver: TepDriver, config: StreamConfig, inf
 
 class ConfirmingDriver(TepDriver):
     """A driver whose handshake counts as done only once ``confirm`` (the final ENO outcome)
-    agrees with the tentative result the core was started on."""
+    agrees with the tentative result the core was started on.
 
-    def __init__(self, sock: socket.socket, core: TepCore, confirm: Callable[[], None]) -> None:
+    ``deliver_first``: a read that gave the application data the TEP authenticated (0-RTT
+    data, a resumed session's SYN data) lets the application have it, and the answer leave,
+    before the confirmation, which then runs before the next read; otherwise the
+    confirmation follows the read that completed the handshake at once."""
+
+    def __init__(self, sock: socket.socket, core: TepCore, confirm: Callable[[], None],
+                 deliver_first: bool = False) -> None:
         super().__init__(sock, core)
         self._confirm: Callable[[], None] | None = confirm
+        self._deliver_first = deliver_first
+        self._due = False
 
     def _check(self) -> None:
         if self._confirm is not None and self.core.handshake_complete:
@@ -283,8 +323,19 @@ class ConfirmingDriver(TepDriver):
             confirm()
 
     def _read_once(self) -> None:
+        if self._due:
+            self._check()
+        before = self.buffered
         super()._read_once()
-        self._check()
+        if self._deliver_first and self.buffered > before:
+            self._due = True
+        else:
+            self._check()
+
+    @property
+    def buffered(self) -> int:
+        """Authenticated bytes delivered but not yet read by the application."""
+        return len(self._plain)
 
     def run_handshake(self, timeout: float) -> base.HandshakeComplete:
         done = super().run_handshake(timeout)
@@ -347,6 +398,7 @@ class SynListener(Listener):
         ctx = TepContext(role=role, transcript=early.transcript_bytes, random=os.urandom,
                          now=time.monotonic(), peer_suboption_data=early.peer_data_bytes,
                          options=options)
-        driver = ConfirmingDriver(sock, _core(spec, ctx), confirm)
+        driver = ConfirmingDriver(sock, _core(spec, ctx), confirm,
+                                  deliver_first=self.config.early_handoff)
         return _handshake(sock, driver, self.config, info, spec,
                           early=self.config.early_handoff)

@@ -6,6 +6,13 @@ default; the stream side is testbed/synstream.py.
 
     tcpcrypt-syn   tcpcrypt X25519: Init1 rides on the SYN, B answers Init2 right behind its
                    SYN-ACK (before A's ACK); a fresh key exchange every time.
+    tcpcrypt-resume-syn
+                   tcpcrypt X25519 resumption (RFC 8548 §3.5) with the request on the SYN: the
+                   client presumes the server's answer (its identifier half with a 0-byte
+                   nonce), so ss[i] and nonce_a alone give the keys and the SYN carries the
+                   request's frame; the server answers at once. The first connection of a
+                   client process is a tcpcrypt-syn one and seeds the secret; records say
+                   ``resumed`` and ``early_data_accepted`` (the request rode on the SYN).
     tls-syn        TCP-use-TLS (TEP 0x30): the ClientHello rides on the SYN, the server's
                    flight follows the SYN-ACK.
     tls-0rtt-syn   as tls-syn with resumption and the request as 0-RTT early data in the SYN;
@@ -71,11 +78,11 @@ class SynConn:
             return info  # reconnected without ENO: a plain stream, not the variant
         info.extras = {"variant_label": self.arm.variant_label, "syn_data": raw.syn_data,
                        "resumed": raw.resumed, "early_data_accepted": raw.early_data_accepted}
-        if self.arm.tls:
-            if raw.early_data_accepted and "syn_data_sent" in raw.phases:
-                info.phases["request_sent"] = raw.phases["syn_data_sent"]  # on the SYN
-        else:
-            info.extras.update(proto_tcpcrypt.tcpcrypt_keys(raw, None))
+        if raw.early_data_accepted and "syn_data_sent" in raw.phases:
+            info.phases["request_sent"] = raw.phases["syn_data_sent"]  # on the SYN
+        if not self.arm.tls:
+            nonce = SYN_RESUME_PROVIDER.nonce_len if self.arm.resume else None
+            info.extras.update(proto_tcpcrypt.tcpcrypt_keys(raw, nonce))
         return info
 
     def sendall(self, data: bytes) -> None:
@@ -97,12 +104,31 @@ class SynConn:
         return self.stream.local_port
 
 
+class SynResumeProvider(proto_tcpcrypt.TcpcryptProvider):
+    """tcpcrypt resumption whose keys exist before the SYN-ACK (beyond RFC 8548 §3.5).
+
+    As the active opener it offers resumption with an 8-byte nonce_a and presumes the answer
+    (``presume_answer``, testbed/synstream.py): the other half of the identifier and no nonce,
+    so sn[i] = nonce_a and the SYN's frames are protected before B has said anything. As the
+    passive opener its cache pushes exactly such answers (a 0-byte nonce_b) to the hook.
+    RFC 8548 §3.5 asks for an 8-byte default nonce unless secret reuse is impossible; here
+    each ss[i] is single-use, so only a replayed SYN can meet the same keys again, which the
+    single-use answers turn into a fresh exchange (the README says what this gives up)."""
+
+    presume_answer = True
+
+
+SYN_RESUME_PROVIDER = SynResumeProvider(proto_tcpcrypt.HostCache(
+    proto_tcpcrypt.HookPublisher(), nonce_len=0))
+
+
 @dataclass(frozen=True, kw_only=True)
 class SynArm:
     name: str
     tls: bool
     early_data: bool = False
     anti_replay: bool = True
+    resume: bool = False
     variant_label: str
 
     def tls_arm(self) -> proto_tls.TlsArm:
@@ -115,7 +141,7 @@ class SynArm:
 
     def provider(self, first: bytes) -> Any:
         if not self.tls:
-            return proto_tcpcrypt.FRESH_PROVIDER
+            return SYN_RESUME_PROVIDER if self.resume else proto_tcpcrypt.FRESH_PROVIDER
         if not self.anti_replay:
             return _NoReplayTlsProvider(self.tls_arm(), first)
         return proto_tls.TlsProvider(self.tls_arm(), first)
@@ -165,10 +191,13 @@ class SynTransport:
 
     def connect(self, addr: Addr, timeout: float, first: bytes) -> tuple[SynConn, int]:
         config = self.config(server=False, first=first, timeout=timeout)
-        stream = synstream.connect(addr, config, timeout=timeout)
+        on_syn = first if self.arm.resume else b""
+        stream = synstream.connect(addr, config, timeout=timeout, first=on_syn)
         # 0-RTT arms hand the request to TLS (early data when the ticket allows it, else
-        # after the handshake); after a reconnect without ENO it is still to be sent.
-        taken = self.arm.early_data and stream.info.tep == TLS_TEP
+        # after the handshake); a resumed tcpcrypt-resume-syn stream sent it on the SYN;
+        # after a reconnect without ENO it is still to be sent.
+        taken = (self.arm.early_data and stream.info.tep == TLS_TEP) or bool(
+            self.arm.resume and stream.info.early_data_accepted)
         return SynConn(stream, self.arm, client=True), len(first) if taken else 0
 
     def listen(self, sock: socket.socket) -> None:
@@ -189,6 +218,9 @@ ARMS = (
     SynArm(name="tcpcrypt-syn", tls=False,
            variant_label=f"tcpcrypt X25519 with Init1 as SYN data of the SYN TEP and Init2 "
                          f"right behind the SYN-ACK (RFC 8547 §4.7; {BEYOND_8548})"),
+    SynArm(name="tcpcrypt-resume-syn", tls=False, early_data=True, resume=True,
+           variant_label=f"tcpcrypt X25519 resumption with the request as SYN data under keys "
+                         f"from ss[i] and nonce_a alone (RFC 8547 §4.7; {BEYOND_8548})"),
     SynArm(name="tls-syn", tls=True,
            variant_label=f"TCP-use-TLS with the ClientHello as SYN data of the SYN TEP "
                          f"(TEP 0x30, non-standard; RFC 8547 §4.7; {BEYOND_TLS})"),

@@ -34,3 +34,13 @@ def test_0rtt_as_syn_data_of_the_tls_syn_tep_is_replay_safe_only_with_anti_repla
     open_ = measure("tls-0rtt-syn-noantireplay", connections=4)
     assert open_["client_ok"] == 4 and not open_["claims_protection"]
     assert open_["replayed_delivered"] >= 1  # as for plain TFO: load may merge a copy
+
+
+def test_a_replayed_resumed_tcpcrypt_request_on_the_syn_is_not_delivered() -> None:
+    """tcpcrypt-resume-syn: a copy of the SYN names a resumption identifier already used, so
+    the server's hook answers it with a fresh exchange (single-use answers, RFC 8548 §3.5) and
+    the copy's frames, protected under the resumed keys, never reach the application."""
+    got = measure("tcpcrypt-resume-syn", connections=4)
+    assert got["client_ok"] == 4 and got["claims_protection"]
+    assert got["server_connections"] > got["distinct_requests"], "copies arrived"
+    assert got["replayed_delivered"] == 0

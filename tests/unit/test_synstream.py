@@ -38,6 +38,7 @@ def test_the_settings_switch_syn_data_on_for_the_named_tep_only() -> None:
 def test_every_arm_is_labelled_beyond_its_specification() -> None:
     labels = {arm.name: arm.variant_label for arm in ARMS}
     assert "beyond RFC 8548" in labels["tcpcrypt-syn"]
+    assert "beyond RFC 8548" in labels["tcpcrypt-resume-syn"]
     for name in ("tls-syn", "tls-0rtt-syn", "tls-0rtt-syn-noantireplay"):
         assert "beyond the use-tls draft" in labels[name]
     for name in SYN_ARMS:
@@ -102,3 +103,21 @@ def test_an_unconfirmed_tentative_start_fails_the_handshake() -> None:
     finally:
         driver.sock.close()
         peer.close()
+
+
+def test_deliver_first_lets_the_application_read_before_the_confirmation() -> None:
+    """A resumed session's SYN data (or 0-RTT data) reaches the application and its answer
+    leaves at once; the confirmation runs before anything more is read."""
+    calls: list[str] = []
+    left, right = socket.socketpair()
+    right.sendall(b"request on the SYN")
+    driver = synstream.ConfirmingDriver(left, _OneShotCore(),  # type: ignore[arg-type]
+                                        lambda: calls.append("confirmed"), deliver_first=True)
+    try:
+        driver.start()
+        assert driver.recv(100) == b"request on the SYN" and calls == []
+        right.sendall(b"more")
+        assert driver.recv(100) == b"more" and calls == ["confirmed"]
+    finally:
+        left.close()
+        right.close()
