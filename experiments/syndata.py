@@ -158,7 +158,8 @@ def analyse(run_dir: Path) -> dict[str, Any]:
 # --- the report's section -------------------------------------------------------------------
 
 CAPTURES = Path(__file__).resolve().parents[1] / "tests" / "data" / "syn-arms"
-LADDER_ARMS = (("tcpcrypt-syn", 0), ("tls-syn", 0), ("tls-0rtt-syn", 1))
+LADDER_ARMS = (("tcpcrypt-syn", 0), ("tls-syn", 0), ("tcpcrypt-resume-syn", 1),
+               ("tls-0rtt-syn", 1))
 
 
 def _ms(value: object) -> str:
@@ -248,8 +249,9 @@ def _ladders(root: Path) -> list[str]:
     out_dir = root / "ladders"
     out = ["**Ladders** (`tcpinc ladder`, client-side probe captures in "
            "`tests/data/syn-arms/`, 10 ms RTT, 256-byte response; to scale, so host time "
-           "shows): Init1 / the ClientHello ride on the SYN, and the server's answer follows "
-           "its SYN-ACK before the client's ACK arrives.", ""]
+           "shows; the resumed arms' second connection): Init1 / the ClientHello / the "
+           "request ride on the SYN, and the server's answer follows its SYN-ACK before the "
+           "client's ACK arrives.", ""]
     for arm, index in LADDER_ARMS:
         pcap = CAPTURES / f"{arm}.pcap"
         if not pcap.exists():
