@@ -13,11 +13,13 @@ without knowing: netfilter in the host's namespace (rules.py) diverts
   application on the same address over loopback.
 
 The proxy's own sockets carry its group id (``--gid``, set at start), which the rules
-exclude from diversion. Establishment (blocking: hook queries, the TEP handshake) runs in a
-pool of worker threads; the relaying of every established pair is one selectors loop
-(relay.py). Policy as for any stream: ``opportunistic`` relays in plain TCP end to end after
-a fallback, ``required`` resets the application's connection (refused before one byte
-left), ``off`` relays plain TCP (the proxy's own cost, for comparison).
+exclude from diversion. Establishment with ENO (blocking: hook queries, the TEP handshake)
+runs in a pool of worker threads; where nothing is negotiated the event loop opens the other
+leg itself (dial.py); the relaying of every established pair is the same selectors loop
+(relay.py). The process runs at real-time priority where permitted (options.set_realtime).
+Policy as for any stream: ``opportunistic`` relays in plain TCP end to end after a fallback,
+``required`` resets the application's connection (refused before one byte left), ``off``
+relays plain TCP (the proxy's own cost, for comparison).
 
 Each connection is one JSON line in ``--records`` when it ends (or fails): both 4-tuples,
 outcome, TEP, session ID, fallback reason, times and byte counts. The session-ID query
