@@ -121,3 +121,45 @@ def test_deliver_first_lets_the_application_read_before_the_confirmation() -> No
     finally:
         left.close()
         right.close()
+
+
+@pytest.mark.parametrize(("result", "reason"), [
+    (None, "no_eno_result"),
+    ({"outcome": "aborted", "reason": "syn_data_unconfirmed", "fallback": "no_eno_in_synack"},
+     "syn_data_unconfirmed"),
+    ({"outcome": "aborted", "reason": "syn_data_misinterpreted"}, "syn_data_misinterpreted"),
+    ({"outcome": "fallback", "reason": "no_common_tep"}, "no_common_tep"),
+])
+def test_when_eno_does_not_take_the_syn_data_the_connection_is_reset_and_says_why(
+        result: dict[str, str] | None, reason: str) -> None:
+    from testbed.eno.control import Result
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        got = None if result is None else Result(local=("10.0.1.1", 1), remote=("10.0.1.2", 2),
+                                                 active=True, state="disabled", **result)
+        with pytest.raises(synstream.SynDataRefused) as caught:
+            synstream._check_outcome(sock, got)
+        assert caught.value.reason == reason and sock.fileno() == -1  # reset and closed
+    finally:
+        sock.close()
+
+
+def test_a_resumption_on_the_syn_presumes_the_answer_its_offer_expects() -> None:
+    from testbed.apps.proto_syn import SYN_RESUME_PROVIDER
+    from testbed.eno.control import Settings
+    from testbed.teps import base
+
+    spec = base.get(TCPCRYPT)
+    config = StreamConfig(teps=(TCPCRYPT,), syn_data=(TCPCRYPT,),
+                          providers={TCPCRYPT: SYN_RESUME_PROVIDER})
+    settings = config.settings(active=True, peer=("10.0.1.2", 5000))
+    assert synstream._presumed_answer(config, spec, settings) is None  # nothing cached: fresh
+    half = bytes(range(9))
+    offered = StreamConfig(teps=(TCPCRYPT,), syn_data=(TCPCRYPT,),
+                           providers={TCPCRYPT: SYN_RESUME_PROVIDER})
+    with_offer = Settings(teps=((0x23, half + bytes(8)),), expect=((0x23, half),),
+                          syn_data=(0x23,))
+    assert synstream._presumed_answer(offered, spec, with_offer) == half  # no nonce_b
+    fresh = StreamConfig(teps=(TCPCRYPT,), syn_data=(TCPCRYPT,))
+    assert synstream._presumed_answer(fresh, spec, with_offer) is None  # no presumption
