@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,7 +124,8 @@ def transparent_workload(net: Network, cfg: ProbeConfig, work: Workload,
              server: ProxySpec(proto=cfg.proto, policy=policy, listen_ports=(SERVER_PORT,))}
     with transparent(net, specs) as hosts:
         records = run_workload(net, work, pcap=pcap, client=client)
-        time.sleep(0.3)  # proxies write a connection's record once both ends closed it
+        for host in hosts.values():  # a record is written once the proxy closed that pair
+            host.wait_idle()
         mine, theirs = hosts[client].records(), hosts[server].records()
     by_port = {int(r["app_local"].rsplit(":", 1)[1]): r for r in mine if r.get("app_local")}
     peers = {r.get("net_remote"): r for r in theirs}
