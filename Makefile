@@ -17,7 +17,7 @@ MYPY_STRICT := testbed/eno/__init__.py testbed/eno/bench.py testbed/eno/config.p
     testbed/eno/bpf/maps.py \
     testbed/eno/constants.py testbed/eno/control.py testbed/eno/ctzero.py testbed/eno/engine.py \
     testbed/eno/errors.py testbed/eno/events.py testbed/eno/fastopt.py testbed/eno/hook.py \
-    testbed/eno/negotiation.py testbed/eno/option.py testbed/eno/packet.py testbed/eno/rules.py \
+    testbed/eno/negotiation.py testbed/eno/option.py testbed/eno/rules.py \
     testbed/eno/selection.py testbed/eno/tcp_options.py testbed/teps/__init__.py \
     testbed/teps/base.py testbed/teps/enotest.py testbed/teps/tcpcrypt/__init__.py \
     testbed/teps/tcpcrypt/bench.py testbed/teps/tcpcrypt/constants.py \
@@ -27,7 +27,8 @@ MYPY_STRICT := testbed/eno/__init__.py testbed/eno/bench.py testbed/eno/config.p
     testbed/teps/tcpcrypt/wire.py testbed/teps/tls/__init__.py testbed/teps/tls/_ossl.py \
     testbed/teps/tls/bench.py testbed/teps/tls/constants.py testbed/teps/tls/core.py \
     testbed/teps/tls/errors.py testbed/teps/tls/identity.py testbed/teps/tls/options.py \
-    testbed/teps/tls/pair.py testbed/teps/tls/session_cache.py testbed/teps/tls/state.py
+    testbed/teps/tls/pair.py testbed/teps/tls/session_cache.py testbed/teps/tls/state.py \
+    testbed/packet.py
 MYPY_FILES := experiments/__init__.py experiments/common.py experiments/cost.py \
     experiments/fallback.py experiments/latency.py experiments/loss.py experiments/plotting.py \
     experiments/report.py experiments/roundtrips.py experiments/runner.py experiments/style.py \

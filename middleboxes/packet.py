@@ -1,12 +1,13 @@
-"""Raw IPv4/TCP bytes: parse, edit, rebuild with correct checksums. Pure, no I/O.
+"""The middlebox models' packet: one IPv4 TCP segment as editable parts. Pure, no I/O.
 
-NFQUEUE hands userspace a complete, checksummed IPv4 packet (the kernel finishes
-partial checksums and segments GSO before queueing: docs/platform.md
-§3), and after ``set_payload`` the kernel sets CHECKSUM_NONE, so every packet a
-model returns must carry correct IP and TCP checksums. Editing raw bytes instead of
-re-encoding through scapy costs about 50 us instead of about 300 us per packet (docs/platform.md §3)
-and, more important for a middlebox model, never re-encodes options it did not mean to
-touch: the header and option bytes a model leaves alone go out byte for byte.
+Reading, building, checksums and the option walk are the packet layer's (testbed/packet.py);
+this module adds what a model edits: ``TcpPacket`` (an immutable value a model copies with
+changes), SACK edges rewritten by an offset, 32-bit sequence arithmetic, and forged resets.
+
+NFQUEUE hands userspace a complete, checksummed IPv4 packet and, after ``set_payload``, the
+kernel sets CHECKSUM_NONE (docs/platform.md §3), so ``to_bytes`` recomputes lengths and both
+checksums. Raw bytes, not scapy: the header and option bytes a model leaves alone go out byte
+for byte, and it costs about 50 us instead of about 300 us per packet (docs/platform.md §3).
 
 Only IPv4 is handled (the testbed's networks run with IPv6 off); ``parse`` returns None
 for anything that is not an unfragmented IPv4 TCP segment and the runner passes those
@@ -19,22 +20,29 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
-FIN, SYN, RST, PSH, ACK, URG = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
-IPPROTO_TCP = 6
-KIND_EOL, KIND_NOP, KIND_SACK = 0, 1, 5
-MAX_OPTIONS = 40  # data offset is 4 bits of 32-bit words: 60 - 20 (RFC 9293 section 3.1)
+from testbed.packet import (  # noqa: F401  (the flags: models read them as p.SYN etc.)
+    ACK,
+    FIN,
+    IPPROTO_TCP,
+    KIND_EOL,
+    KIND_NOP,
+    MAX_OPTIONS,
+    PSH,
+    RST,
+    SYN,
+    TCP_MIN_HEADER,
+    URG,
+    PacketError,
+    Tcp,
+    build_tcp,
+    pad_options,
+    parse_ipv4_tcp,
+    walk_options,
+)
+
+KIND_SACK = 5  # RFC 2018 §3
 
 Flow = tuple[str, int, str, int]  # (src ip, src port, dst ip, dst port)
-
-
-def checksum(data: bytes) -> int:
-    """The Internet checksum (RFC 1071): one's complement of the one's complement sum."""
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
 
 
 def _ip_str(raw: bytes) -> str:
@@ -97,47 +105,27 @@ class TcpPacket:
         return replace(self, ip_header=head)
 
     def to_bytes(self) -> bytes:
-        """The packet on the wire: lengths, data offset and both checksums recomputed."""
-        if len(self.options) % 4 or len(self.options) > MAX_OPTIONS:
-            raise ValueError(f"TCP options must be a multiple of 4 up to 40, got "
-                             f"{len(self.options)}")
-        doff = (20 + len(self.options)) // 4
-        tcp = struct.pack(
-            "!HHIIBBHHH", self.sport, self.dport, self.seq & 0xFFFFFFFF,
-            self.ack & 0xFFFFFFFF, (doff << 4) | (self.reserved & 0x0F), self.flags & 0xFF,
-            self.window, 0, self.urgent,
-        ) + self.options + self.payload
-        total = len(self.ip_header) + len(tcp)
-        head = bytearray(self.ip_header)
-        head[2:4] = struct.pack("!H", total)
-        head[10:12] = b"\0\0"
-        head[10:12] = struct.pack("!H", checksum(bytes(head)))
-        pseudo = head[12:20] + struct.pack("!BBH", 0, IPPROTO_TCP, len(tcp))
-        tcp_sum = checksum(bytes(pseudo) + tcp)
-        return bytes(head) + tcp[:16] + struct.pack("!H", tcp_sum) + tcp[18:]
+        """The packet on the wire: lengths, data offset and both checksums recomputed.
+
+        Raises ValueError (the layer's PacketError) for an options block that is not 0..40
+        bytes in 4-byte units."""
+        tcp: Tcp = (self.sport, self.dport, self.seq, self.ack, 0, self.reserved, self.flags,
+                    self.window, 0, self.urgent)
+        return build_tcp(self.ip_header, tcp, self.options, self.payload)
 
 
 def parse(data: bytes) -> TcpPacket | None:
     """Split an IPv4 TCP packet; None for other protocols, fragments and runts."""
-    if len(data) < 40 or data[0] >> 4 != 4 or data[9] != IPPROTO_TCP:
+    try:
+        (ihl, end, *_), tcp = parse_ipv4_tcp(data, exact=False)
+    except PacketError:
         return None
-    ihl = (data[0] & 0x0F) * 4
-    total = int.from_bytes(data[2:4], "big")
-    frag = int.from_bytes(data[6:8], "big")
-    if ihl < 20 or total > len(data) or frag & 0x3FFF:  # MF set or offset non-zero
-        return None
-    tcp = data[ihl:total]
-    if len(tcp) < 20:
-        return None
-    sport, dport, seq, ack, off, flags, window, _sum, urgent = struct.unpack(
-        "!HHIIBBHHH", tcp[:20])
-    doff = (off >> 4) * 4
-    if doff < 20 or doff > len(tcp):
-        return None
+    sport, dport, seq, ack, doff, reserved, flags, window, _sum, urgent = tcp
+    start = ihl + doff
     return TcpPacket(
-        ip_header=bytes(data[:ihl]), sport=sport, dport=dport, seq=seq, ack=ack,
-        flags=flags, window=window, urgent=urgent, options=bytes(tcp[20:doff]),
-        payload=bytes(tcp[doff:]), reserved=off & 0x0F,
+        ip_header=bytes(data[:ihl]), sport=sport, dport=dport, seq=seq, ack=ack, flags=flags,
+        window=window, urgent=urgent, options=bytes(data[ihl + TCP_MIN_HEADER : start]),
+        payload=bytes(data[start:end]), reserved=reserved,
     )
 
 
@@ -145,37 +133,14 @@ def parse(data: bytes) -> TcpPacket | None:
 
 
 def iter_options(options: bytes) -> Iterator[tuple[int, int, int]]:
-    """(kind, start, end) of each option, read leniently as a middlebox does.
-
-    EOL ends the list (the rest is padding); a length below 2 or running past the block
-    ends it too, and the malformed tail is reported as one item of its own kind so a
-    caller that rewrites options can keep it verbatim.
-    """
-    i = 0
-    while i < len(options):
-        kind = options[i]
-        if kind == KIND_EOL:
-            yield kind, i, len(options)
-            return
-        if kind == KIND_NOP:
-            yield kind, i, i + 1
-            i += 1
-            continue
-        length = options[i + 1] if i + 1 < len(options) else 0
-        if length < 2 or i + length > len(options):
-            yield kind, i, len(options)
-            return
-        yield kind, i, i + length
-        i += length
+    """(kind, start, end) of each option, read leniently as a middlebox does: a malformed
+    tail is one item of its own kind, so a caller that rewrites options keeps it verbatim."""
+    for kind, start, end, _error in walk_options(options):
+        yield kind, start, end
 
 
 def option_kinds(options: bytes) -> list[int]:
     return [kind for kind, _, _ in iter_options(options) if kind not in (KIND_EOL, KIND_NOP)]
-
-
-def pad_options(options: bytes) -> bytes:
-    """Pad with EOL bytes to a multiple of 4 (RFC 9293 section 3.1)."""
-    return options + b"\0" * (-len(options) % 4)
 
 
 def add_option(options: bytes, kind: int, data: bytes) -> bytes:

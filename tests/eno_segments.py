@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from scapy.all import IP, TCP, Raw, raw  # type: ignore[attr-defined]
 
-from testbed.eno.packet import parse_segment, with_options
 from testbed.eno.tcp_options import remove_eno
+from testbed.packet import parse_segment, with_options
 
 # What Linux puts in a SYN / SYN-ACK (MSS, SACK-permitted, timestamps, NOP, window scale: 20
 # bytes) and in later segments (NOP, NOP, timestamps: 12 bytes).
@@ -33,7 +33,7 @@ def strip_eno(packet: bytes) -> bytes:
 
 
 def scapy_checksums_ok(packet: bytes) -> bool:
-    """Checksums as scapy computes them independently of testbed.eno.packet."""
+    """Checksums as scapy computes them independently of testbed.packet."""
     parsed = IP(packet)
     ip_sum, tcp_sum = parsed.chksum, parsed[TCP].chksum
     del parsed.chksum

@@ -36,8 +36,9 @@ offer still does not fit, its least preferred TEPs without data are left out (RF
 they are optional, and a resumption suboption already offers its TEP fresh).
 
 Kernel options (MSS, SACK-permitted, timestamps, window scale, TFO) are copied byte for byte:
-only the ENO option is appended behind them and the checksums are recomputed (packet.py); the
-one exception, NOP padding in a SYN that ENO would not fit beside, is described above.
+only the ENO option is appended behind them and the checksums are recomputed
+(testbed/packet.py); the one exception, NOP padding in a SYN that ENO would not fit beside, is
+described above.
 Anything the engine cannot read, or a core error, leaves the segment untouched and is counted;
 nothing a peer sends can raise out of ``handle``.
 
@@ -69,8 +70,8 @@ from testbed.eno.events import (
 )
 from testbed.eno.negotiation import EnoNegotiator, State, Trigger, allowed_targets
 from testbed.eno.option import TepSuboption
-from testbed.eno.packet import PacketError, Segment, parse_segment, with_options, without_payload
 from testbed.eno.selection import active_syn_option
+from testbed.packet import PacketError, Segment, parse_segment, with_options, without_payload
 
 logger = logging.getLogger(__name__)
 

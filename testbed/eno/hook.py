@@ -58,6 +58,7 @@ from testbed.eno.control import (
 )
 from testbed.eno.ctzero import CounterZeroer
 from testbed.eno.engine import HookEngine, Key
+from testbed.packet import PacketError, Segment, parse_segment
 
 logger = logging.getLogger("tcpinc.eno.hook")
 
@@ -361,15 +362,12 @@ def make_callback(
     return callback
 
 
-_SYN, _SYN_ACK = 0x02, 0x12  # TCP flag bits
-
-
-def _tcp_offset(raw: bytes) -> int | None:
-    """Where the TCP header of an IPv4 packet starts, or None if there is no whole one."""
-    if len(raw) < 40 or raw[0] >> 4 != 4:
+def _segment(raw: bytes) -> Segment | None:
+    """The segment's headers, or None for what is not a whole IPv4 TCP segment (passed on)."""
+    try:
+        return parse_segment(raw)
+    except PacketError:
         return None
-    ihl = (raw[0] & 0x0F) * 4
-    return ihl if len(raw) >= ihl + 20 else None
 
 
 def _zero_for_listener(engine: HookEngine, zeroer: CounterZeroer, raw: bytes) -> None:
@@ -377,23 +375,17 @@ def _zero_for_listener(engine: HookEngine, zeroer: CounterZeroer, raw: bytes) ->
     yet (not a retransmission): zero a reopened conntrack entry's counters before ACCEPT.
     Once accepted, a new connection's entry is confirmed and zeroing it would widen the
     rules' windows; active opens are zeroed from ``HookEngine.on_active_open``."""
-    tcp = _tcp_offset(raw)
-    if tcp is None or raw[tcp + 13] & _SYN_ACK != _SYN:
+    seg = _segment(raw)
+    if seg is None or not seg.is_syn or seg.is_ack or seg.dport not in engine.listeners:
         return
-    sport, dport = struct.unpack_from("!HH", raw, tcp)
-    if dport not in engine.listeners:
-        return
-    src, dst = socket.inet_ntoa(raw[12:16]), socket.inet_ntoa(raw[16:20])
-    if (dst, dport, src, sport) not in engine.conns:
-        zeroer.zero((src, sport, dst, dport))
+    if (seg.dst, seg.dport, seg.src, seg.sport) not in engine.conns:
+        zeroer.zero((seg.src, seg.sport, seg.dst, seg.dport))
 
 
 def _syn_with_data(raw: bytes) -> bool:
     """An IPv4 TCP SYN carrying payload (the only incoming segment the hook may rewrite)."""
-    tcp = _tcp_offset(raw)
-    if tcp is None:
-        return False
-    return bool(raw[tcp + 13] & _SYN) and len(raw) > tcp + (raw[tcp + 12] >> 4) * 4
+    seg = _segment(raw)
+    return seg is not None and seg.is_syn and seg.payload_len > 0
 
 
 def serve(nfq: Any, server: ControlServer, engine: HookEngine) -> None:

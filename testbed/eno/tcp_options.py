@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from testbed.eno import constants as c
 from testbed.eno.errors import EnoEncodeError, EnoParseError, OptionSpaceError
 from testbed.eno.option import EnoOption, LenientEno, parse_eno, parse_eno_lenient
+from testbed.packet import walk_options
 
 
 class TcpOption:
@@ -221,37 +222,30 @@ CODECS: dict[int, Callable[[bytes], TcpOption]] = {
 def _scan(raw: bytes, strict: bool) -> list[tuple[int, TcpOption]]:
     """(offset, option) pairs; strict raises EnoParseError, lenient records the damage."""
     out: list[tuple[int, TcpOption]] = []
-    i, n = 0, len(raw)
-    if strict and n > c.MAX_TCP_OPTIONS_LEN:
-        raise EnoParseError(f"{n} option bytes exceed the 40-byte TCP maximum")
-    while i < n:
-        kind = raw[i]
-        if kind == c.KIND_EOL:
-            padding = raw[i + 1 :]
-            if strict and any(padding):
+    if strict and len(raw) > c.MAX_TCP_OPTIONS_LEN:
+        raise EnoParseError(f"{len(raw)} option bytes exceed the 40-byte TCP maximum")
+    for kind, start, end, error in walk_options(raw):
+        option: TcpOption
+        if error is not None:
+            if strict:
+                raise EnoParseError(error)
+            option = MalformedTail(raw[start:])
+        elif kind == c.KIND_EOL:
+            if strict and any(raw[start + 1 :]):
                 raise EnoParseError("non-zero bytes after End of Option List (RFC 9293 §3.1)")
-            out.append((i, EndOfOptionList(padding)))
-            return out
-        if kind == c.KIND_NOP:
-            out.append((i, NoOperation()))
-            i += 1
-            continue
-        length = raw[i + 1] if i + 1 < n else 0
-        if length < c.OPTION_HEADER_LEN or i + length > n:
-            if strict:
-                raise EnoParseError(f"option kind {kind} at offset {i}: bad length {length}")
-            out.append((i, MalformedTail(raw[i:])))
-            return out
-        data = raw[i + c.OPTION_HEADER_LEN : i + length]
-        decoder = CODECS.get(kind)
-        try:
-            option = decoder(data) if decoder else RawOption(kind, data)
-        except _BadLength as exc:
-            if strict:
-                raise EnoParseError(f"option kind {kind} at offset {i}: {exc}") from None
-            option = RawOption(kind, data)
-        out.append((i, option))
-        i += length
+            option = EndOfOptionList(raw[start + 1 :])
+        elif kind == c.KIND_NOP:
+            option = NoOperation()
+        else:
+            data = raw[start + c.OPTION_HEADER_LEN : end]
+            decoder = CODECS.get(kind)
+            try:
+                option = decoder(data) if decoder else RawOption(kind, data)
+            except _BadLength as exc:
+                if strict:
+                    raise EnoParseError(f"option kind {kind} at offset {start}: {exc}") from None
+                option = RawOption(kind, data)
+        out.append((start, option))
     return out
 
 

@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 Measurements count handshake round trips and check what crossed the wire from the pcap
-of the client interface (DESIGN.md, "How one measurement flows"). Two layers:
+of the client interface (docs/architecture.md, the data path of one measurement). Two layers:
 
 1. ``PcapReader`` walks a classic libpcap file (magic 0xa1b2c3d4 for microseconds,
    0xa1b23c4d for nanoseconds, either byte order) with precompiled ``struct`` formats over
@@ -30,6 +30,18 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Literal
 
+from testbed.packet import (
+    IPPROTO_TCP,
+    KIND_EOL,
+    KIND_NOP,
+    TCP_MIN_HEADER,
+    PacketError,
+    ipv4_header,
+    is_fragment,
+    tcp_header,
+    walk_options,
+)
+
 MAGIC_MICRO = 0xA1B2C3D4
 MAGIC_NANO = 0xA1B23C4D
 MAGIC_PCAPNG = 0x0A0D0D0A
@@ -42,7 +54,6 @@ LINKTYPE_LINUX_SLL2 = 276
 ETH_P_IP = 0x0800
 ETH_P_IPV6 = 0x86DD
 _VLAN_TPIDS = (0x8100, 0x88A8, 0x9100)
-_IPPROTO_TCP = 6
 # IPv6 extension headers that may precede TCP; their length unit differs (RFC 8200 4.3-4.6).
 _IPV6_EXT_8 = (0, 43, 60)  # hop-by-hop, routing, destination options: (len + 1) * 8
 _IPV6_AH = 51  # authentication header: (len + 2) * 4 (RFC 4302 section 2.2)
@@ -51,9 +62,7 @@ _IPV6_FRAGMENT = 44
 # A caplen beyond this is a corrupt record header, not a packet (BIG TCP frames stay < 1 MiB).
 _MAX_CAPLEN = 64 * 1024 * 1024
 
-_IPV4 = struct.Struct("!BBHHHBBH4s4s")
 _IPV6 = struct.Struct("!IHBB16s16s")
-_TCP = struct.Struct("!HHIIBBHHH")
 _U16 = struct.Struct("!H")
 
 OptionKind = int
@@ -195,28 +204,17 @@ def parse_options(raw: bytes) -> tuple[tuple[TcpOption, ...], str | None]:
     """
     out: list[TcpOption] = []
     error: str | None = None
-    i, n = 0, len(raw)
-    while i < n:
-        kind = raw[i]
-        if kind == 0:  # EOL: the rest is padding (RFC 9293 3.2)
-            out.append((0, b""))
-            break
-        if kind == 1:
-            out.append((1, b""))
-            i += 1
+    for kind, start, end, malformed in walk_options(raw):
+        if malformed is not None:
+            return tuple(out), malformed
+        if kind in (KIND_EOL, KIND_NOP):  # EOL: the rest is padding (RFC 9293 3.2)
+            out.append((kind, b""))
             continue
-        if i + 1 >= n:
-            return tuple(out), f"option kind {kind} at offset {i} has no length byte"
-        length = raw[i + 1]
-        if length < 2 or i + length > n:
-            return tuple(out), (
-                f"option kind {kind} at offset {i} has length {length}, {n - i} bytes remain"
-            )
         expected = _FIXED_OPTION_LEN.get(kind)
-        if expected is not None and expected != length and error is None:
-            error = f"option kind {kind} at offset {i} has length {length}, expected {expected}"
-        out.append((kind, bytes(raw[i + 2 : i + length])))
-        i += length
+        if expected is not None and expected != end - start and error is None:
+            error = (f"option kind {kind} at offset {start} has length {end - start}, "
+                     f"expected {expected}")
+        out.append((kind, bytes(raw[start + 2 : end])))
     return tuple(out), error
 
 
@@ -311,7 +309,7 @@ class PcapReader:
         if ip is None:
             self.stats.skipped_fragments += 1
             return None
-        if ip[1] != _IPPROTO_TCP:
+        if ip[1] != IPPROTO_TCP:
             self.stats.skipped_non_tcp += 1
             return None
         ts = sec + frac * self._frac_scale
@@ -369,17 +367,15 @@ def _ipv4(
     buf: bytes | mmap.mmap, l3: int, end: int, wire_end: int, record: int, offset: int
 ) -> _IpInfo | None:
     """Parse an IPv4 header; None for a fragment (no TCP header to read, or not first)."""
-    if l3 + 20 > end:
-        raise PcapError(f"record {record}: IPv4 header truncated", offset)
-    vihl, _tos, total, _id, frag, _ttl, proto, _csum, src, dst = _IPV4.unpack_from(buf, l3)
-    ihl = (vihl & 0x0F) * 4
-    if vihl >> 4 != 4 or ihl < 20:
-        raise PcapError(f"record {record}: bad IPv4 version/IHL byte 0x{vihl:02x}", offset)
+    try:
+        ihl, total, _ident, frag, proto, src, dst = ipv4_header(buf, l3, end)
+    except PacketError as exc:
+        raise PcapError(f"record {record}: {exc}", offset) from None
     if total == 0:
         total = wire_end - l3
-    if total < ihl or l3 + ihl > end:
+    if total < ihl:
         raise PcapError(f"record {record}: IPv4 total length {total}, IHL {ihl}", offset)
-    if frag & 0x3FFF:  # MF set or non-zero offset (RFC 791 3.1)
+    if is_fragment(frag):
         return None
     return 4, proto, socket.inet_ntop(socket.AF_INET, src), socket.inet_ntop(
         socket.AF_INET, dst), l3 + ihl, l3 + total
@@ -412,14 +408,15 @@ def _tcp(
     ip: _IpInfo, l3: int, end: int,
 ) -> Segment:
     version, _proto, src, dst, l4, ip_end = ip
-    if l4 + 20 > end:
+    if l4 + TCP_MIN_HEADER > end:
         raise PcapError(f"record {record}: TCP header truncated (snaplen too small?)", offset)
-    sport, dport, seq, ack, off_byte, flag_byte, window, _csum, _urg = _TCP.unpack_from(buf, l4)
-    thl = (off_byte >> 4) * 4
-    if thl < 20 or l4 + thl > ip_end:
-        raise PcapError(f"record {record}: bad TCP data offset {thl} bytes", offset)
+    try:  # the data offset is checked against the IP length: the snaplen may cut the options
+        sport, dport, seq, ack, thl, reserved, flag_byte, window, _sum, _urg = tcp_header(
+            buf, l4, ip_end)
+    except PacketError as exc:
+        raise PcapError(f"record {record}: {exc}", offset) from None
     opt_end = l4 + thl
-    options_raw = bytes(buf[l4 + 20 : min(opt_end, end)])
+    options_raw = bytes(buf[l4 + TCP_MIN_HEADER : min(opt_end, end)])
     options, error = parse_options(options_raw)
     if opt_end > end:  # headers longer than the snaplen: keep what we have, say so
         error = f"options truncated by snaplen: {len(options_raw)} of {thl - 20} bytes"
@@ -427,7 +424,7 @@ def _tcp(
     return Segment(
         record=record, ts=ts, ts_ns=ts_ns, ip_version=version,
         src=src, sport=sport, dst=dst, dport=dport, seq=seq, ack=ack,
-        flags=((off_byte & 1) << 8) | flag_byte, window=window,
+        flags=((reserved & 1) << 8) | flag_byte, window=window,
         options_raw=options_raw, options=options, options_error=error,
         payload_len=ip_end - opt_end, payload=payload,
         ip_header_len=l4 - l3, tcp_header_len=thl,

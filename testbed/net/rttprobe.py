@@ -17,16 +17,9 @@ import struct
 import sys
 import time
 
+from testbed.packet import internet_checksum, ipv4_header
+
 _ICMP_HDR = struct.Struct("!BBHHH")
-
-
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    total = (total >> 16) + (total & 0xFFFF)
-    total += total >> 16
-    return ~total & 0xFFFF
 
 
 def connect_times(host: str, port: int, count: int, gap_s: float) -> list[float]:
@@ -50,7 +43,7 @@ def icmp_times(host: str, count: int, gap_s: float, timeout_s: float = 2.0) -> l
     try:
         for seq in range(count):
             body = _ICMP_HDR.pack(8, 0, 0, ident, seq) + b"tcpinc-rtt-probe"
-            packet = body[:2] + struct.pack("!H", _checksum(body)) + body[4:]
+            packet = body[:2] + struct.pack("!H", internet_checksum(body)) + body[4:]
             start = time.perf_counter()
             sock.sendto(packet, (host, 0))
             deadline = start + timeout_s
@@ -58,7 +51,9 @@ def icmp_times(host: str, count: int, gap_s: float, timeout_s: float = 2.0) -> l
                 if not select.select([sock], [], [], left)[0]:
                     break
                 data = sock.recv(2048)
-                ihl = (data[0] & 0x0F) * 4
+                ihl = ipv4_header(data)[0]  # a raw ICMP socket reads the IP header too
+                if len(data) < ihl + _ICMP_HDR.size:
+                    continue
                 kind, _, _, rid, rseq = _ICMP_HDR.unpack_from(data, ihl)
                 if kind == 0 and rid == ident and rseq == seq:
                     out.append((time.perf_counter() - start) * 1e3)

@@ -99,7 +99,7 @@ s.close()
 RAW_PEER = r'''
 import json, socket, sys, time
 from tests.eno_segments import segment
-from testbed.eno.packet import PacketError, parse_segment
+from testbed.packet import PacketError, parse_segment
 server, me, cases = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 tx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
 rx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)

@@ -14,8 +14,8 @@ import pytest
 
 from testbed.eno.control import Settings
 from testbed.eno.engine import HookEngine
-from testbed.eno.packet import parse_segment
 from testbed.eno.tcp_options import find_eno
+from testbed.packet import parse_segment
 from tests.eno_segments import (
     KERNEL_ACK_OPTIONS,
     KERNEL_SYN_OPTIONS,

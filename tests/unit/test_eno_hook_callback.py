@@ -5,7 +5,7 @@ from __future__ import annotations
 from testbed.eno.control import Settings
 from testbed.eno.engine import HookEngine
 from testbed.eno.hook import NF_INET_LOCAL_OUT, PacketTimer, _syn_with_data, make_callback
-from testbed.eno.packet import parse_segment
+from testbed.packet import parse_segment
 from tests.eno_segments import segment
 
 A, B = ("10.0.1.1", 40000), ("10.0.2.1", 5000)

@@ -1,4 +1,4 @@
-"""Raw segment parsing and rewriting (testbed/eno/packet.py), checked against scapy."""
+"""Raw segment parsing and rewriting (testbed/packet.py), checked against scapy."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import struct
 
 import pytest
 
-from testbed.eno.packet import (
+from testbed.eno.tcp_options import append_eno
+from testbed.packet import (
     PacketError,
     checksums_ok,
     ones_complement_sum,
@@ -15,7 +16,6 @@ from testbed.eno.packet import (
     with_options,
     without_payload,
 )
-from testbed.eno.tcp_options import append_eno
 from tests.eno_segments import KERNEL_SYN_OPTIONS, scapy_checksums_ok, segment
 
 A, B = ("10.0.1.1", 40000), ("10.0.1.2", 5000)

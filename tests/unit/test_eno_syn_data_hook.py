@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from testbed.eno.control import Settings
 from testbed.eno.engine import HookEngine
-from testbed.eno.packet import parse_segment
 from testbed.eno.tcp_options import find_eno
+from testbed.packet import parse_segment
 from tests.eno_segments import scapy_checksums_ok, segment
 from tests.unit.test_eno_engine import ISN_A, ISN_B, TEST_TEP, A, B, Pair
 

@@ -15,8 +15,8 @@ import pytest
 from testbed.eno.control import ControlError, Settings
 from testbed.eno.engine import HookEngine
 from testbed.eno.hook import ControlServer
-from testbed.eno.packet import parse_segment
 from testbed.eno.tcp_options import find_eno
+from testbed.packet import parse_segment
 from tests.eno_segments import KERNEL_SYN_OPTIONS, scapy_checksums_ok, segment
 
 A, B = ("10.0.1.1", 40000), ("10.0.2.1", 5000)
