@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,22 @@ class Measurement:
     # Client and server under SCHED_FIFO below the delay line (testbed/apps/priority.py):
     # the machine's other load does not end up in the endpoints' host time.
     rt_priority: int = ENDPOINT_RT_PRIORITY
+
+
+def rtt_grid(rtts: Iterable[float], protos: Iterable[str], **axes: Iterable[str]
+             ) -> list[dict[str, Any]]:
+    """The points of an RTT sweep: per RTT, per protocol, per value of each further axis
+    (in the order given), e.g. ``{"proto": "tls", "datapath": "bpf", "rtt_ms": 10}``. The arms
+    of one RTT follow each other, so a ``NetworkPool`` can reuse one network for them."""
+    names = list(axes)
+    return [{"proto": proto, **dict(zip(names, values, strict=True)), "rtt_ms": rtt}
+            for rtt, proto, *values in itertools.product(rtts, protos, *axes.values())]
+
+
+def rtt_measurement(point: dict[str, Any], connections: int, **options: Any) -> Measurement:
+    """The measurement of one ``rtt_grid`` point on the direct topology."""
+    return Measurement(proto=point["proto"], path=PathShape(rtt_ms=float(point["rtt_ms"])),
+                       connections=connections, **options)
 
 
 class NetworkPool:

@@ -26,18 +26,18 @@ import pandas as pd  # noqa: E402
 
 from experiments import timing  # noqa: E402
 from experiments.common import (  # noqa: E402
-    Measurement,
     counts_for_arm,
     find_connection,
     measure,
     reordered,
+    rtt_grid,
+    rtt_measurement,
 )
 from experiments.runner import RunContext  # noqa: E402
 from experiments.theory import ttfb_ms  # noqa: E402
 from testbed.eno.bpf.attach import support_problem  # noqa: E402
 from testbed.net.flows import connections  # noqa: E402
 from testbed.net.pcap import read_segments  # noqa: E402
-from topologies import PathShape  # noqa: E402
 
 NAME = "datapath"
 PROFILES: dict[str, dict[str, Any]] = {
@@ -53,14 +53,12 @@ def datapaths() -> list[str]:
 
 def points(profile: str) -> list[dict[str, Any]]:
     grid = PROFILES[profile]
-    return [{"proto": p, "datapath": d, "rtt_ms": r}
-            for r in grid["rtts"] for p in grid["arms"] for d in datapaths()]
+    return rtt_grid(grid["rtts"], grid["arms"], datapath=datapaths())
 
 
 def run_point(point: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
     repeat = ctx.repeat or PROFILES[ctx.profile]["repeat"]
-    m = Measurement(proto=point["proto"], path=PathShape(rtt_ms=float(point["rtt_ms"])),
-                    connections=repeat, eno_datapath=point["datapath"])
+    m = rtt_measurement(point, repeat, eno_datapath=point["datapath"])
     return measure(m, ctx, f"{point['proto']}-{point['datapath']}-{point['rtt_ms']}ms")
 
 

@@ -27,16 +27,16 @@ import pandas as pd
 
 from experiments import plotting, timing
 from experiments.common import (
-    Measurement,
     NetworkPool,
     counts_for_arm,
     measure,
     pooled_applied_rtt,
+    rtt_grid,
+    rtt_measurement,
 )
 from experiments.runner import RunContext
 from experiments.theory import THEORY_RTTS, ttfb_ms
 from testbed.apps.transport import TRANSPORTS
-from topologies import PathShape
 
 NAME = "latency"
 PROFILES: dict[str, dict[str, Any]] = {
@@ -61,7 +61,7 @@ def protocols(profile: str = "full") -> list[str]:
 
 def points(profile: str) -> list[dict[str, Any]]:
     grid = PROFILES[profile]
-    return [{"proto": p, "rtt_ms": r} for r in grid["rtts"] for p in protocols(profile)]
+    return rtt_grid(grid["rtts"], protocols(profile))
 
 
 # The arms of one RTT share one network (points() lists them one after the other); each arm
@@ -76,9 +76,7 @@ def tag(point: dict[str, Any]) -> str:
 
 def run_point(point: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
     repeat = ctx.repeat or PROFILES[ctx.profile]["repeat"]
-    m = Measurement(proto=point["proto"], path=PathShape(rtt_ms=float(point["rtt_ms"])),
-                    connections=repeat)
-    return measure(m, ctx, tag(point), POOL)
+    return measure(rtt_measurement(point, repeat), ctx, tag(point), POOL)
 
 
 def close_run(ctx: RunContext) -> None:
