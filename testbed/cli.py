@@ -224,7 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tcpinc", description=__doc__)
     parser.add_argument("-v", "--verbose", action="count", default=0)
     sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_probe, _add_run, _add_analysis, _add_bench, _add_tools):
+        add(sub)
+    return parser
 
+
+def _add_probe(sub: Any) -> None:
+    """`tcpinc probe`."""
     p = sub.add_parser("probe", help="measure N connections over one emulated path")
     p.add_argument("--topology", default=None,
                    help="direct, middlebox, chain, fanin (fanin:clients=N)")
@@ -251,6 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
     _path_args(p)
     p.set_defaults(func=cmd_probe)
 
+
+def _add_run(sub: Any) -> None:
+    """`tcpinc run`."""
     p = sub.add_parser("run", help="run an experiment into results/")
     p.add_argument("experiment", help="latency, or all")
     profile = p.add_mutually_exclusive_group()
@@ -283,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --dry-run: project the wall time on this many workers")
     p.set_defaults(func=cmd_run)
 
+
+def _add_analysis(sub: Any) -> None:
+    """`tcpinc merge`, `report`, `analyse`."""
     p = sub.add_parser("merge", help="combine shard run directories of one experiment")
     p.add_argument("run_dirs", nargs="+")
     p.add_argument("--out", required=True)
@@ -296,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.set_defaults(func=cmd_analyse)
 
+
+def _add_bench(sub: Any) -> None:
+    """`tcpinc bench`."""
     p = sub.add_parser("bench", help="benchmarks that print measured figures")
     p.add_argument("target", choices=["emulator", "endpoints", "eno-hook", "handshake",
                                       "replay", "scheduling", "throughput", "transparent",
@@ -310,6 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "comma-separated N, or none")
     p.set_defaults(func=cmd_bench)
 
+
+def _add_tools(sub: Any) -> None:
+    """`tcpinc ladder`, `clean`, `sid`, `topologies`, `middleboxes`."""
     p = sub.add_parser("ladder", help="draw a message sequence chart of one connection")
     p.add_argument("pcap")
     p.add_argument("--conn", type=int, default=0, help="which TCP connection (0 = first)")
@@ -330,7 +348,6 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("middleboxes", help="list middlebox models").set_defaults(
         func=cmd_middleboxes
     )
-    return parser
 
 
 class Terminated(Exception):
