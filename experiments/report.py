@@ -317,11 +317,20 @@ def _outcome_ms(fb: pd.DataFrame | None, proto: str, box: str) -> str:
 
 
 def section_questions(runs: dict[str, Path], root: Path) -> list[str]:
-    lat = pd.read_csv(runs["latency"] / "summary.csv") if "latency" in runs else None
-    fb = pd.read_csv(runs["fallback"] / "fallback_matrix.csv") if "fallback" in runs else None
-    cost = pd.read_csv(runs["cost"] / "handshake_cost.csv") if "cost" in runs else None
-    rtt = 100.0
     src = {k: f"`{_rel(v, root)}`" for k, v in runs.items()}
+    lines = _questions_latency(runs, src)
+    if "fallback" in runs:
+        lines += _questions_middleboxes(pd.read_csv(runs["fallback"] / "fallback_matrix.csv"),
+                                        src)
+    if "cost" in runs:
+        lines += _questions_cost(pd.read_csv(runs["cost"] / "handshake_cost.csv"), src)
+    return lines
+
+
+def _questions_latency(runs: dict[str, Path], src: dict[str, str]) -> list[str]:
+    """The latency questions (IETF 93): tcpcrypt vs TLS 1.3, and TFO."""
+    lat = pd.read_csv(runs["latency"] / "summary.csv") if "latency" in runs else None
+    rtt = 100.0
     # Protocol latency (TTFB minus host time) answers questions about the designs; runs made
     # before the time split fall back to the TTFB.
     column = "protocol_latency_ms" if lat is not None and "protocol_latency_ms" in lat \
@@ -353,48 +362,56 @@ def section_questions(runs: dict[str, Path], root: Path) -> list[str]:
              "saves one round trip against its twin, and only 0-RTT data on the SYN reaches one "
              "RTT, with TLS 0-RTT's costs (no forward secrecy, replay unless the server keeps "
              "tickets single-use).", ""]
-    if fb is not None:
-        lines += ["**Middlebox friendliness** (fallback matrix, "
-                  f"{src['fallback']}; number of middlebox models per outcome):", ""]
-        for proto in ("tcpcrypt", "tls"):
-            for policy in ("opportunistic", "required"):
-                got = _outcomes(fb, proto, policy)
-                text = ", ".join(f"{n} {outcome}" for outcome, n in got.items())
-                lines.append(f"- {proto} / {policy}: {text or 'not measured'}")
-
-        def box(proto: str, name: str) -> str:
-            return f"`{_box(fb, proto, 'opportunistic', name)}`"
-
-        lines += ["", "**\"It doesn't look like TLS\" / \"a bunch of hardware recognizes "
-                  f"TLS\".** On port 443: dpi-443 gives tcpcrypt {box('tcpcrypt', 'dpi-443')} "
-                  f"and TCP-use-TLS {box('tls', 'dpi-443')}; the strict TLS 1.2 box gives "
-                  f"tcpcrypt {box('tcpcrypt', 'tls12-strict')} and TCP-use-TLS "
-                  f"{box('tls', 'tls12-strict')} (compatibility mode on). A TLS-intercepting "
-                  f"proxy gives ordinary TLS without ENO {_box(fb, 'tls-noeno', '-', 'tls-mitm')}"
-                  " (both ends complete a handshake; only comparing session IDs reveals the "
-                  f"interception), while TCP-use-TLS gets {box('tls', 'tls-mitm')}: the proxy "
-                  "terminates TCP, so ENO never reaches the server. A box that silently drops "
-                  "SYNs with unknown options gives tcpcrypt "
-                  f"{box('tcpcrypt', 'drop-syn-unknown-option')} and TCP-use-TLS "
-                  f"{box('tls', 'drop-syn-unknown-option')} after "
-                  f"{_outcome_ms(fb, 'tls', 'drop-syn-unknown-option')}: an opportunistic active "
-                  "opener leaves ENO out of its third SYN retransmission (RFC 8547 §4.6 "
-                  "exception; two unanswered retransmissions, as Linux MPTCP does for "
-                  "MP_CAPABLE), while `required` keeps ENO and gets "
-                  f"`{_box(fb, 'tls', 'required', 'drop-syn-unknown-option')}`.", ""]
-    if cost is not None:
-        def cpu(tep: str, variant: str) -> float | None:
-            row = cost[(cost["tep"].str.startswith(tep)) & (cost["variant"] == variant)]
-            return None if row.empty else float(row["server_cpu_ms"].iloc[0])
-        fresh, tls_full = cpu("tcpcrypt-x25519", "fresh"), cpu("tls", "full")
-        ratio = f"{tls_full / fresh:.1f}x" if fresh and tls_full else "not measured"
-        lines += [f"**Cost** ({src['cost']}): server CPU per handshake tcpcrypt-x25519 "
-                  f"{_fmt3(fresh)}, resumed {_fmt3(cpu('tcpcrypt-x25519', 'resumed'))}; "
-                  f"TCP-use-TLS full {_fmt3(tls_full)}, resumed "
-                  f"{_fmt3(cpu('tls', 'resumed (beyond the draft)'))}. The tcpcrypt paper "
-                  "(2010) reported 36x the connections per second of an SSL server; against "
-                  f"TLS 1.3 on OpenSSL the server-CPU gap measured here is {ratio}.", ""]
     return lines
+
+
+def _questions_middleboxes(fb: pd.DataFrame, src: dict[str, str]) -> list[str]:
+    """The middlebox questions (IETF 93), from the fallback matrix."""
+    lines = ["**Middlebox friendliness** (fallback matrix, "
+             f"{src['fallback']}; number of middlebox models per outcome):", ""]
+    for proto in ("tcpcrypt", "tls"):
+        for policy in ("opportunistic", "required"):
+            got = _outcomes(fb, proto, policy)
+            text = ", ".join(f"{n} {outcome}" for outcome, n in got.items())
+            lines.append(f"- {proto} / {policy}: {text or 'not measured'}")
+
+    def box(proto: str, name: str) -> str:
+        return f"`{_box(fb, proto, 'opportunistic', name)}`"
+
+    lines += ["", "**\"It doesn't look like TLS\" / \"a bunch of hardware recognizes "
+              f"TLS\".** On port 443: dpi-443 gives tcpcrypt {box('tcpcrypt', 'dpi-443')} "
+              f"and TCP-use-TLS {box('tls', 'dpi-443')}; the strict TLS 1.2 box gives "
+              f"tcpcrypt {box('tcpcrypt', 'tls12-strict')} and TCP-use-TLS "
+              f"{box('tls', 'tls12-strict')} (compatibility mode on). A TLS-intercepting "
+              f"proxy gives ordinary TLS without ENO {_box(fb, 'tls-noeno', '-', 'tls-mitm')}"
+              " (both ends complete a handshake; only comparing session IDs reveals the "
+              f"interception), while TCP-use-TLS gets {box('tls', 'tls-mitm')}: the proxy "
+              "terminates TCP, so ENO never reaches the server. A box that silently drops "
+              "SYNs with unknown options gives tcpcrypt "
+              f"{box('tcpcrypt', 'drop-syn-unknown-option')} and TCP-use-TLS "
+              f"{box('tls', 'drop-syn-unknown-option')} after "
+              f"{_outcome_ms(fb, 'tls', 'drop-syn-unknown-option')}: an opportunistic active "
+              "opener leaves ENO out of its third SYN retransmission (RFC 8547 §4.6 "
+              "exception; two unanswered retransmissions, as Linux MPTCP does for "
+              "MP_CAPABLE), while `required` keeps ENO and gets "
+              f"`{_box(fb, 'tls', 'required', 'drop-syn-unknown-option')}`.", ""]
+    return lines
+
+
+def _questions_cost(cost: pd.DataFrame, src: dict[str, str]) -> list[str]:
+    """The cost question (IETF 93): server CPU per handshake."""
+
+    def cpu(tep: str, variant: str) -> float | None:
+        row = cost[(cost["tep"].str.startswith(tep)) & (cost["variant"] == variant)]
+        return None if row.empty else float(row["server_cpu_ms"].iloc[0])
+    fresh, tls_full = cpu("tcpcrypt-x25519", "fresh"), cpu("tls", "full")
+    ratio = f"{tls_full / fresh:.1f}x" if fresh and tls_full else "not measured"
+    return [f"**Cost** ({src['cost']}): server CPU per handshake tcpcrypt-x25519 "
+            f"{_fmt3(fresh)}, resumed {_fmt3(cpu('tcpcrypt-x25519', 'resumed'))}; "
+            f"TCP-use-TLS full {_fmt3(tls_full)}, resumed "
+            f"{_fmt3(cpu('tls', 'resumed (beyond the draft)'))}. The tcpcrypt paper "
+            "(2010) reported 36x the connections per second of an SSL server; against "
+            f"TLS 1.3 on OpenSSL the server-CPU gap measured here is {ratio}.", ""]
 
 
 def write_report(root: Path) -> Path:
