@@ -79,12 +79,9 @@ def default_eno_datapath(requested: str) -> Iterator[str]:
 
 
 def needs_hook(proto: str) -> str | None:
-    """Why ``proto`` needs the NFQUEUE hook, or None. tcpcrypt resumption: the passive end's
-    single-use answers (RFC 8548 §3.5) are pushed to the hook, while the bpf program answers
-    every SYN with a fresh key exchange. SYN data (RFC 8547 §4.7): the bpf program does not
-    judge it."""
-    if proto.startswith("tcpcrypt") and proto.endswith("-resume"):
-        return "resumption answers"
+    """Why ``proto`` needs the NFQUEUE hook, or None. SYN data (RFC 8547 §4.7): the bpf
+    program does not judge it. (tcpcrypt resumption runs on both: the bpf program answers
+    from single-use answers pushed into a map, testbed/eno/bpf/datapath.py.)"""
     if proto in SYN_ARMS:
         return "SYN data, RFC 8547 §4.7"
     return None

@@ -49,6 +49,15 @@ change every arm. So the hook drops the kernel's one NOP (it only pads window sc
 boundary; options may start on any octet, RFC 9293 §3.1) when, and only when, ENO does not fit
 otherwise: the resumed SYN-ACK carries 19 + 21 = 40 option bytes. Cost: an unaligned window
 scale option in that one segment and no option space left for anything else in it.
+
+On the bpf datapath (testbed/eno/bpf) the answers go into the kernel program's answer map
+instead, and the kernel, not a hook, writes the SYN-ACK: Linux gives a BPF program only the
+20 option bytes its own options leave and cannot drop the NOP, so B's answer there carries a
+7-byte nonce (``HookPublisher.data_room``): 20 + 20 option bytes. §3.5 allows 0..8 bytes and
+asks for 8 by default where secret reuse cannot be ruled out; here a cached secret lives in
+one process's memory, is taken once and never written out, so it cannot be reused, and A's
+nonce stays 8 bytes (sn[i] = nonce_a | nonce_b has 15 random bytes). ``resume_nonce_len`` in
+records is the configured length; ``eno_option_bytes`` shows what was sent.
 """
 
 from __future__ import annotations
@@ -65,6 +74,7 @@ from typing import Any, NamedTuple
 
 from testbed import stream as eno_stream
 from testbed.apps.transport import EnoConn, EnoTransport, register_transport
+from testbed.eno.bpf import datapath
 from testbed.eno.control import DEFAULT_NAME, HookClient, HookUnavailableError, Result
 from testbed.errors import ConfigError
 from testbed.teps import tcpcrypt
@@ -116,7 +126,9 @@ class PassivePeer(NamedTuple):
 
 
 class HookPublisher:
-    """One-way answer pushes to this host's hook; thread-safe, (re)connects when needed."""
+    """Answer pushes to this host's ENO datapath: one-way messages to the hook, or updates
+    of the bpf program's answer map (testbed/eno/bpf/datapath.py) where this process runs
+    on the bpf datapath; thread-safe, (re)connects to the hook when needed."""
 
     def __init__(self, hook_name: str = DEFAULT_NAME) -> None:
         self.hook_name = hook_name
@@ -124,11 +136,31 @@ class HookPublisher:
         self._client: HookClient | None = None
         self._lock = threading.Lock()
 
+    def data_room(self) -> int | None:
+        """The most answer data a SYN-ACK carries here, or None (the hook makes room)."""
+        return None if datapath.current() is None else datapath.ANSWER_DATA_ROOM
+
     def answer(self, port: int, tep_id: int, key: bytes, data: bytes, ttl: float) -> None:
+        host = datapath.current()
+        if host is not None:
+            self._push(lambda: host.answer(port, tep_id, key, data, ttl))
+            return
         self._send(lambda c: c.answer(port, tep_id, key, data, ttl))
 
     def withdraw(self, port: int, tep_id: int, key: bytes) -> None:
+        host = datapath.current()
+        if host is not None:
+            self._push(lambda: host.unanswer(port, tep_id, key))
+            return
         self._send(lambda c: c.unanswer(port, tep_id, key))
+
+    def _push(self, action: Any) -> None:
+        try:
+            action()
+        except (OSError, ValueError, datapath.BpfDatapathError) as exc:
+            # No listener (closed), or the map refused: later offers get a fresh exchange.
+            self.failures += 1
+            logger.warning("tcpcrypt: cannot push a resumption answer to the kernel: %s", exc)
 
     def _send(self, action: Any) -> None:
         with self._lock:
@@ -165,7 +197,11 @@ class HostCache(ResumptionCache):
                                   original_a=original_a, aead_id=aead_id, now=now)
         if self.publisher is not None and isinstance(peer, PassivePeer):
             # B's answer: the other half of resume[i+1] and our nonce (§3.5 Figs. 2, 3).
-            data = entry.own_half + os.urandom(self.nonce_len)
+            # The nonce may be 0..8 bytes (§3.5); on the bpf datapath 7 fit (module doc).
+            room = self.publisher.data_room()
+            nonce_len = self.nonce_len if room is None else min(
+                self.nonce_len, room - RESUME_HALF_LEN)
+            data = entry.own_half + os.urandom(nonce_len)
             ttl = max(self.lifetime - ANSWER_MARGIN, self.lifetime / 2)
             self.publisher.answer(peer.listen_port, entry.tep_id, entry.peer_half, data, ttl)
         return entry

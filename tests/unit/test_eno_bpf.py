@@ -47,14 +47,14 @@ def test_record_layout_round_trips_and_matches_the_c_struct_size() -> None:
                               0, 1, 0, 0, 7, 0, 0, 0])
     assert raw[12 + 4] == 0b00001010  # ids 0x21 and 0x23: byte 4, bits 1 and 3
     assert maps.SockRecord.unpack(raw) == record
-    assert maps.LISTEN_SIZE == 4 + 8 * 66  # sizeof(struct eno_listen)
+    assert maps.LISTEN_SIZE == 8 + 8 * 66  # sizeof(struct eno_listen)
 
 
 def test_listen_value_lists_the_prepared_synack_options_best_first() -> None:
     raw = maps.pack_listen([(0x21, B_SYNACK_21), (0x23, bytes.fromhex("45040123"))], True)
-    assert raw[:4] == bytes([2, 1, 0, 0])
-    assert raw[4:10] == bytes([0x21, 4]) + B_SYNACK_21
-    assert raw[70:76] == bytes([0x23, 4, 0x45, 4, 1, 0x23])
+    assert raw[:8] == bytes([2, 1, 0, 0, 0, 0, 0, 0])  # count, need_a, pad, key_lens
+    assert raw[8:14] == bytes([0x21, 4]) + B_SYNACK_21
+    assert raw[74:80] == bytes([0x23, 4, 0x45, 4, 1, 0x23])
     assert len(raw) == maps.LISTEN_SIZE
     with pytest.raises(ValueError, match="at most 8"):
         maps.pack_listen([(0x20 + i, B_SYNACK_21) for i in range(9)], False)
@@ -184,9 +184,10 @@ def test_arms_the_program_cannot_serve_run_on_the_hook(monkeypatch: pytest.Monke
 
     monkeypatch.setattr(attach, "support_problem", lambda: None)
     assert eno_datapath(Workload(proto="tcpcrypt", eno_datapath="auto")) == "bpf"
-    assert eno_datapath(Workload(proto="tcpcrypt-resume", eno_datapath="auto")) == "nfqueue"
+    assert eno_datapath(Workload(proto="tcpcrypt-resume", eno_datapath="auto")) == "bpf"
+    assert eno_datapath(Workload(proto="tcpcrypt-syn", eno_datapath="auto")) == "nfqueue"
     with pytest.raises(ConfigError) as info:
-        eno_datapath(Workload(proto="tcpcrypt-resume", eno_datapath="bpf"))
+        eno_datapath(Workload(proto="tcpcrypt-syn", eno_datapath="bpf"))
     assert "--eno-datapath nfqueue" in info.value.one_line()
 
 

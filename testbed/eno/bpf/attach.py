@@ -163,7 +163,8 @@ class HostAttachment:
                       "pinmaps", str(self.pins)])
             _bpftool(["cgroup", "attach", str(self.cgroup), "sock_ops", "pinned",
                       str(self.pins / "prog")])
-            ids = {name: _map_id(self.pins / name) for name in ("eno_sk", "eno_listen")}
+            ids = {name: _map_id(self.pins / name)
+                   for name in ("eno_sk", "eno_listen", "eno_answers")}
             MAP_IDS.mkdir(parents=True, exist_ok=True)
             ids_file(self.cgroup).write_text(json.dumps(ids))
         except BaseException:

@@ -13,6 +13,9 @@
  *   eno_listen  HASH port -> the SYN-ACK options a listener may answer with, best first
  *   eno_synack  LRU HASH 4-tuple -> what a request socket sent and received, moved into
  *               the child's eno_sk when the connection is established
+ *   eno_answers LRU HASH (port, TEP, key) -> a single-use SYN-ACK option answering a SYN
+ *               whose suboption data for that TEP begins with the key (RFC 8548 §3.5
+ *               resumption: key = the identifier half the peer will send, answer = ours)
  */
 #include <linux/bpf.h>
 #include <linux/types.h>
@@ -40,6 +43,7 @@ static __always_inline void store(struct bpf_sock_ops *skops, const __u8 *buf, _
 	bpf_store_hdr_opt(skops, buf, len, 0);
 }
 #define MAX_CANDS 8
+#define KEY_MAX 16		/* longest answer key (tcpcrypt's identifier half: 9, §3.5) */
 
 #define V_BIT 0x80		/* §4.1 Table 1 */
 #define GLT_MASK 0x7f
@@ -92,7 +96,23 @@ struct eno_listen {
 	__u8 count;
 	__u8 need_a;		/* §4.2 mandatory application-aware: peer must send a = 1 */
 	__u8 pad[2];
+	__u32 key_lens;		/* bit n: eno_answers holds answers with n-byte keys */
 	struct eno_cand cands[MAX_CANDS];
+};
+
+struct answer_key {
+	__u32 port;		/* listener port, host order */
+	__u8 tep;		/* TEP id (v bit clear) */
+	__u8 len;		/* key bytes used; the rest of key[] is zero */
+	__u8 pad[2];
+	__u8 key[KEY_MAX];	/* prefix of the peer's suboption data */
+};
+
+struct eno_answer {
+	__u64 deadline_ns;	/* CLOCK_MONOTONIC (bpf_ktime_get_ns); unusable from then on */
+	__u8 len;
+	__u8 pad[7];
+	__u8 opt[BUF];		/* the SYN-ACK option the pure core sends with this answer */
 };
 
 struct conn_key {
@@ -132,10 +152,18 @@ struct {
 	__type(value, struct eno_rec);
 } eno_synack SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);	/* full: the least recently pushed goes first */
+	__uint(max_entries, 8192);
+	__type(key, struct answer_key);
+	__type(value, struct eno_answer);
+} eno_answers SEC(".maps");
+
 /* Scratch space: a TCP header copy does not fit beside the rest on the 512-byte stack. */
 struct scratch {
 	__u8 hdr[BUF];
 	struct eno_rec rec;
+	struct answer_key key;
 };
 
 struct {
@@ -212,15 +240,23 @@ static __always_inline int find_eno(const __u8 *hdr, __u32 hdr_len, __u8 *out, _
 struct scan_ctx {
 	__u8 opt[BUF];
 	__u8 ids[16];		/* out: TEP ids seen */
+	__u8 dups[16];		/* out: TEP ids seen more than once */
 	__u8 want[16];		/* in: ids whose last occurrence is reported */
+	/* out: where the data of TEP id t's suboption starts, at pos[t & 63] (0: none),
+	 * | POS_LB when a length byte gives its length (else it runs to the end, §4.4).
+	 * Indexed by a value from the network, so the verifier tracks no contents (no
+	 * state per position); ids t and t + 64 share a slot, which the reader checks. */
+	__u8 pos[64];
 	__u32 i, len;
 	__u8 glob, last, bad, pad;
 };
+#define POS_LB 0x80
 
 static long scan_step(__u32 n, void *c)
 {
 	struct scan_ctx *x = c;
-	__u8 first, glt, tep;
+	__u32 at = 0, size;
+	__u8 first, glt, tep, bit;
 
 	if (x->i >= x->len)
 		return 1;
@@ -235,10 +271,10 @@ static long scan_step(__u32 n, void *c)
 		tep = glt;
 	} else if (glt >= TEP_MIN) {
 		tep = glt;		/* data runs to the end of the option (§4.4) */
+		at = x->i + 1;
 		x->i = x->len;
 	} else {
-		__u32 size = (first & LEN_MASK) + 1;
-
+		size = (first & LEN_MASK) + 1;
 		/* §4.4: a length byte needs a v = 1 TEP id after it and its data inside */
 		if (x->i + 1 >= x->len || x->opt[AT(x->i + 1)] < AFTER_LEN_MIN ||
 		    x->i + 2 + size > x->len) {
@@ -246,11 +282,16 @@ static long scan_step(__u32 n, void *c)
 			return 1;
 		}
 		tep = x->opt[AT(x->i + 1)] & GLT_MASK;
+		at = (x->i + 2) | POS_LB;
 		x->i += 2 + size;
 	}
-	x->ids[(tep >> 3) & 15] |= 1 << (tep & 7);
-	if (x->want[(tep >> 3) & 15] & (1 << (tep & 7)))
+	bit = 1 << (tep & 7);
+	x->dups[(tep >> 3) & 15] |= x->ids[(tep >> 3) & 15] & bit;	/* §4.5 condition 3 */
+	x->ids[(tep >> 3) & 15] |= bit;
+	if (x->want[(tep >> 3) & 15] & bit)
 		x->last = tep;
+	if (at)
+		x->pos[tep & 63] = at;
 	return 0;
 }
 
@@ -295,6 +336,56 @@ static __always_inline struct scratch *scratch(void)
 
 /* -- passive opener ------------------------------------------------------------------ */
 
+/* RFC 8548 §3.5 passive resumption: a pushed answer whose key begins A's suboption data
+ * for @tep (at @x->data_at in @peer) replaces the fresh answer in @rec, and is used up.
+ * Keys are tried shortest first, as the NFQUEUE hook does (testbed/eno/engine.py).
+ * Data shorter than every key never matches: §3.5 reads it as a fresh offer. */
+static __always_inline void take_answer(struct eno_listen *l, struct scan_ctx *x,
+					 struct scratch *s, __u32 port, __u8 tep)
+{
+	struct answer_key *key = &s->key;
+	struct eno_rec *rec = &s->rec;
+	struct eno_answer *ans;
+	__u8 len;
+	__u32 lens = l->key_lens, pos = x->pos[tep & 63], at = pos & ~POS_LB, size;
+
+	/* v = 0 (a fresh offer), or the slot holds the data of TEP id tep +/- 64: answer
+	 * fresh, as §3.5 allows */
+	if (!at || (rec->peer[AT(at - 1)] & GLT_MASK) != tep)
+		return;
+	__builtin_memset(key, 0, sizeof(*key));
+	key->port = port;
+	key->tep = tep;
+	if (pos & POS_LB)
+		size = (rec->peer[AT(at - 2)] & LEN_MASK) + 1;
+	else
+		size = x->len - at;
+	for (int n = 1; n <= KEY_MAX; n++) {
+		if (n > size)
+			break;
+		key->key[(n - 1) & (KEY_MAX - 1)] = rec->peer[AT(at + n - 1)];
+		if (!(lens & (1U << n)))
+			continue;
+		key->len = n;
+		ans = bpf_map_lookup_elem(&eno_answers, key);
+		if (!ans)
+			continue;
+		len = ans->len;
+		if (ans->deadline_ns <= bpf_ktime_get_ns() || len < 2 || len > OPT_MAX) {
+			bpf_map_delete_elem(&eno_answers, key);	/* expired: fresh exchange */
+			return;
+		}
+		__builtin_memcpy(s->hdr, ans->opt, BUF);	/* the SYN header is read */
+		/* Single use: of two SYNs racing for one answer, only the one whose delete
+		 * succeeds sends it; the other keeps the fresh answer. */
+		if (bpf_map_delete_elem(&eno_answers, key) == 0) {
+			__builtin_memcpy(rec->mine, s->hdr, BUF);
+			rec->mine_len = len;
+		}
+		return;
+	}
+}
+
 /* Decide B's SYN-ACK option from A's SYN (§4.5: B's most preferred TEP that A offered)
  * and remember both options for the child socket. Returns the length to write, or 0. */
 static int synack_decide(struct bpf_sock_ops *skops)
@@ -305,6 +396,7 @@ static int synack_decide(struct bpf_sock_ops *skops)
 	struct conn_key key = {};
 	__u32 port = skops->local_port;
 	int got, status;
+	__u8 chosen = 0;
 
 	if (!s)
 		return 0;
@@ -324,18 +416,24 @@ static int synack_decide(struct bpf_sock_ops *skops)
 	if (status == PEER_OK && !(x.glob & GLOBAL_B) && (!l->need_a || (x.glob & GLOBAL_A))) {
 		for (int c = 0; c < MAX_CANDS; c++) {
 			struct eno_cand *cand = &l->cands[c];
+			__u8 byte = (cand->tep >> 3) & 15, bit = 1 << (cand->tep & 7);
 
 			if (c >= l->count)
 				break;
-			if (!(x.ids[(cand->tep >> 3) & 15] & (1 << (cand->tep & 7))))
+			/* §4.5: B's most preferred TEP that A offered exactly once */
+			if (!(x.ids[byte] & bit) || (x.dups[byte] & bit))
 				continue;
 			if (cand->len < 2 || cand->len > OPT_MAX)
 				break;
 			__builtin_memcpy(s->rec.mine, cand->opt, BUF);
 			s->rec.mine_len = cand->len;
+			chosen = cand->tep;
 			break;
 		}
 	}
+	/* Outside the loop: the verifier then checks it once, not per candidate. */
+	if (chosen && l->key_lens)
+		take_answer(l, &x, s, port, chosen);
 	bpf_map_update_elem(&eno_synack, &key, &s->rec, BPF_ANY);
 	return s->rec.mine_len;
 }
@@ -472,6 +570,22 @@ static int reserve(struct bpf_sock_ops *skops, __u32 len)
 	return 1;
 }
 
+/* A SYN-ACK whose option does not fit goes without ENO: the record says so, so that
+ * userspace judges what was sent. */
+static int reserve_synack(struct bpf_sock_ops *skops, __u32 len)
+{
+	struct conn_key key = {};
+	struct eno_rec *rec;
+
+	if (len < 2 || len > OPT_MAX || bpf_reserve_hdr_opt(skops, len, 0) == 0)
+		return 1;
+	key_of(skops, &key);
+	rec = bpf_map_lookup_elem(&eno_synack, &key);
+	if (rec)
+		rec->mine_len = 0;
+	return 1;
+}
+
 SEC("sockops")
 int eno_sockops(struct bpf_sock_ops *skops)
 {
@@ -492,7 +606,7 @@ int eno_sockops(struct bpf_sock_ops *skops)
 		return 1;
 	case BPF_SOCK_OPS_HDR_OPT_LEN_CB:
 		if ((skops->skb_tcp_flags & 0x12) == 0x12)	/* SYN-ACK: skops->sk is a request */
-			return reserve(skops, synack_decide(skops));
+			return reserve_synack(skops, synack_decide(skops));
 		st = storage(skops, 0);
 		return st ? reserve(skops, active_len(skops, st)) : 1;
 	case BPF_SOCK_OPS_WRITE_HDR_OPT_CB:

@@ -2,7 +2,8 @@
 
 Layouts mirror the C structs of eno.bpf.c (little-endian x86-64, no implicit padding):
 ``struct eno_sk`` (per socket, SK_STORAGE keyed by the socket's fd), ``struct eno_listen``
-(per listener port). Maps are pinned by the loader (testbed/eno/bpf/attach.py) under the
+(per listener port), ``struct answer_key`` and ``struct eno_answer`` (single-use resumption
+answers, RFC 8548 §3.5). Maps are pinned by the loader (testbed/eno/bpf/attach.py) under the
 host's pin directory; processes in the host, whose mount namespace has its own /sys,
 open them by id (``fd_by_id``).
 """
@@ -23,13 +24,16 @@ ATTR_SIZE = 128
 BUF = 64  # option buffers in the C structs
 OPT_MAX = 40
 MAX_CANDS = 8
+KEY_MAX = 16  # longest answer key
 
 # struct eno_sk: state, mine_len, peer_len, flags, syn_limit, syns, peer_status, pad,
 # segs_in, offered[16], mine[64], peer[64]
 SK_FMT = struct.Struct(f"<8BI16s{BUF}s{BUF}s")
 CAND_FMT = struct.Struct(f"<BB{BUF}s")
-LISTEN_HEAD = struct.Struct("<BB2x")
+LISTEN_HEAD = struct.Struct("<BB2xI")  # count, need_a, pad, key_lens
 LISTEN_SIZE = LISTEN_HEAD.size + MAX_CANDS * CAND_FMT.size
+ANSWER_KEY_FMT = struct.Struct(f"<IBB2x{KEY_MAX}s")  # port, tep, len, pad, key
+ANSWER_FMT = struct.Struct(f"<QB7x{BUF}s")  # deadline_ns, len, pad, opt
 
 ST_OFFER, ST_ECHO, ST_DONE, ST_PASSIVE = 1, 2, 3, 4
 F_ACK_ENO, F_ENO_LATER, F_SYN_DROPPED, F_SYNACK_ENO = 0x01, 0x02, 0x04, 0x08
@@ -134,12 +138,28 @@ def id_bitmap(tep_ids: list[int]) -> bytes:
     return bytes(out)
 
 
-def pack_listen(cands: list[tuple[int, bytes]], need_a: bool) -> bytes:
-    """``struct eno_listen``: the SYN-ACK option for each TEP, the listener's best first."""
+def pack_listen(cands: list[tuple[int, bytes]], need_a: bool, key_lens: int = 0) -> bytes:
+    """``struct eno_listen``: the SYN-ACK option for each TEP, the listener's best first;
+    ``key_lens`` has bit n set when answers with n-byte keys exist."""
     if len(cands) > MAX_CANDS:
         raise ValueError(f"at most {MAX_CANDS} TEPs per listener on the bpf datapath")
-    out = bytearray(LISTEN_HEAD.pack(len(cands), int(need_a)))
+    out = bytearray(LISTEN_HEAD.pack(len(cands), int(need_a), key_lens))
     for tep, option in cands:
         out += CAND_FMT.pack(tep, len(option), option)
     out += bytes(LISTEN_SIZE - len(out))
     return bytes(out)
+
+
+def answer_key(port: int, tep_id: int, key: bytes) -> bytes:
+    """``struct answer_key``: listener port, TEP id, the key (zero-padded)."""
+    if not 1 <= len(key) <= KEY_MAX:
+        raise ValueError(f"an answer key has 1 to {KEY_MAX} bytes, not {len(key)}")
+    return ANSWER_KEY_FMT.pack(port, tep_id, len(key), key)
+
+
+def pack_answer(deadline_ns: int, option: bytes) -> bytes:
+    """``struct eno_answer``: the SYN-ACK option to send, usable until ``deadline_ns``
+    (CLOCK_MONOTONIC, the clock of the program's bpf_ktime_get_ns)."""
+    if not 2 <= len(option) <= OPT_MAX:
+        raise ValueError(f"an ENO option has 2 to {OPT_MAX} bytes, not {len(option)}")
+    return ANSWER_FMT.pack(deadline_ns, len(option), option)
