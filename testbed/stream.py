@@ -517,8 +517,20 @@ def _bpf_connect(
         result = host.result(sock, settings, active=True, remote=address)
         raise _reset_in_connect(result, sock, config, exc) from exc
     info.phases["tcp_connected"] = time.perf_counter()
-    result = host.result(sock, settings, active=True)
+    result = _agreed(sock, host.result(sock, settings, active=True))
     return establish(sock, result, config, info, active=True, early=early)
+
+
+def _agreed(sock: socket.socket, result: Result | None) -> Result | None:
+    """The bpf datapath's result, unless the kernel did what the pure core would not have
+    (testbed/eno/bpf/datapath.py): the two ends may then disagree about encryption, so the
+    connection is reset before anything is sent."""
+    if result is None or result.error is None or result.outcome is None:
+        return result
+    error = StreamError(f"{result.error}; connection reset")
+    error.local_port = _port_of(sock)
+    reset(sock)
+    raise error
 
 
 def _local_after_reset(sock: socket.socket) -> Addr:
@@ -632,7 +644,7 @@ class Listener:
     def _wrap_bpf(self, sock: socket.socket, peer: Addr | None, info: StreamInfo) -> Stream:
         assert self._bpf is not None
         host, settings = self._bpf
-        result = host.result(sock, settings, active=False, remote=peer)
+        result = _agreed(sock, host.result(sock, settings, active=False, remote=peer))
         return establish(sock, result, self.config, info, active=False,
                          split_check=lambda: host.peer_eno_after_fallback(sock))
 
