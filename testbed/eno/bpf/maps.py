@@ -19,6 +19,7 @@ from pathlib import Path
 SYS_BPF = 321  # x86-64
 BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_ELEM, BPF_MAP_DELETE_ELEM, BPF_OBJ_GET = 1, 2, 3, 7
 BPF_MAP_GET_FD_BY_ID = 14
+BPF_ENABLE_STATS, BPF_STATS_RUN_TIME = 32, 0
 BPF_ANY = 0
 ATTR_SIZE = 128
 BUF = 64  # option buffers in the C structs
@@ -61,6 +62,14 @@ def obj_get(path: Path) -> int:
     attr = ctypes.create_string_buffer(ATTR_SIZE)
     struct.pack_into("<Q", attr, 0, ctypes.addressof(name))
     return _bpf(BPF_OBJ_GET, attr)
+
+
+def enable_stats() -> int:
+    """Turn on the kernel's run count and run time of every BPF program (``run_cnt``,
+    ``run_time_ns`` in ``bpftool prog show``) until the returned fd is closed."""
+    attr = ctypes.create_string_buffer(ATTR_SIZE)
+    struct.pack_into("<I", attr, 0, BPF_STATS_RUN_TIME)
+    return _bpf(BPF_ENABLE_STATS, attr)
 
 
 def fd_by_id(map_id: int) -> int:
