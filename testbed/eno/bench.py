@@ -155,7 +155,7 @@ def measure(rounds: int = 500, warmup: int = 50, datapath: str = "nfqueue") -> d
         try:
             with _program_stats(progs) as programs:
                 out, before, after = _run_arms(net, hooks, rounds, warmup)
-            queued = {node: _nfqueue_rules(net, node) for node in ("client", "server")}
+            queued = {node: nfqueue_rules(net, node) for node in ("client", "server")}
         finally:
             for node, hook in hooks:
                 stop_hook(net, node, hook)
@@ -240,7 +240,7 @@ def _run_arms(net: Network, hooks: list[tuple[str, Any]], rounds: int, warmup: i
     return out, before, after
 
 
-def _nfqueue_rules(net: Network, node: str) -> int:
+def nfqueue_rules(net: Network, node: str) -> int:
     """NFQUEUE rules in the host: 0 means no segment can reach a userspace hook."""
     return sum("NFQUEUE" in line for line in net.run(node, ["iptables-save"]).splitlines())
 

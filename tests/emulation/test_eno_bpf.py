@@ -19,6 +19,7 @@ import pytest
 
 import topologies
 from experiments.common import reordered
+from testbed.eno.bench import nfqueue_rules
 from testbed.eno.bpf.attach import ids_file, support_problem
 from testbed.net.capture import Capture
 from testbed.net.network import Network
@@ -36,6 +37,16 @@ from tests.emulation.test_eno_hook import (
     syn_options,
 )
 
+NO_HOOK = r'''
+import json
+from testbed.eno.control import HookClient, HookUnavailableError
+try:
+    HookClient().close()
+except HookUnavailableError:
+    print(json.dumps("no hook"))
+else:
+    print(json.dumps("a hook"))
+'''
 pytestmark = pytest.mark.skipif(support_problem() is not None,
                                 reason=f"no bpf datapath here: {support_problem()}")
 SACK_KIND = 5
@@ -48,6 +59,11 @@ def test_fresh_teps_negotiate_in_the_kernel(tmp_path: Path, proto: str) -> None:
         records = run_workload(net, Workload(proto=proto, connections=2, eno_datapath="bpf"),
                                pcap=pcap)
         assert set(net.eno_bpf) == {"client", "server"}
+        # No handshake or data segment leaves the kernel: no NFQUEUE rule could queue one,
+        # and no hook listens on either host's control socket.
+        assert [nfqueue_rules(net, node) for node in ("client", "server")] == [0, 0]
+        for node in ("client", "server"):
+            assert run_script(net, node, NO_HOOK) == "no hook", node
     for r in records:
         assert (r["eno"], r["peer_eno"], r["eno_datapath"]) == (
             "negotiated", "negotiated", "bpf"), r
