@@ -337,9 +337,10 @@ def make_callback(
         try:
             raw = packet.get_payload()
             outgoing = packet.hook == NF_INET_LOCAL_OUT
-            if zeroer is not None and not outgoing:
-                _zero_for_listener(engine, zeroer, raw)
-            if not outgoing and not _syn_with_data(raw):
+            seg = None if outgoing else _segment(raw)  # read once for both checks below
+            if zeroer is not None and seg is not None:
+                _zero_for_listener(engine, zeroer, seg)
+            if not outgoing and not _carries_syn_data(seg):
                 # Incoming segments are only read (the one rewrite is discarding SYN data,
                 # RFC 8547 §4.7), so the kernel may go on while the core reads them.
                 packet.accept()
@@ -370,22 +371,25 @@ def _segment(raw: bytes) -> Segment | None:
         return None
 
 
-def _zero_for_listener(engine: HookEngine, zeroer: CounterZeroer, raw: bytes) -> None:
+def _zero_for_listener(engine: HookEngine, zeroer: CounterZeroer, seg: Segment) -> None:
     """An incoming SYN-only to a registered listener, for a 4-tuple the engine does not follow
     yet (not a retransmission): zero a reopened conntrack entry's counters before ACCEPT.
     Once accepted, a new connection's entry is confirmed and zeroing it would widen the
     rules' windows; active opens are zeroed from ``HookEngine.on_active_open``."""
-    seg = _segment(raw)
-    if seg is None or not seg.is_syn or seg.is_ack or seg.dport not in engine.listeners:
+    if not seg.is_syn or seg.is_ack or seg.dport not in engine.listeners:
         return
     if (seg.dst, seg.dport, seg.src, seg.sport) not in engine.conns:
         zeroer.zero((seg.src, seg.sport, seg.dst, seg.dport))
 
 
-def _syn_with_data(raw: bytes) -> bool:
-    """An IPv4 TCP SYN carrying payload (the only incoming segment the hook may rewrite)."""
-    seg = _segment(raw)
+def _carries_syn_data(seg: Segment | None) -> bool:
+    """A SYN carrying payload (the only incoming segment the hook may rewrite)."""
     return seg is not None and seg.is_syn and seg.payload_len > 0
+
+
+def _syn_with_data(raw: bytes) -> bool:
+    """An IPv4 TCP SYN carrying payload."""
+    return _carries_syn_data(_segment(raw))
 
 
 def serve(nfq: Any, server: ControlServer, engine: HookEngine) -> None:
