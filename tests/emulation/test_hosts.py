@@ -3,6 +3,7 @@ hosts, and stopping them removes every namespace."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -19,6 +20,10 @@ def test_hosts_have_their_own_namespaces_and_go_with_stop(holder: str) -> None:
         pytest.skip("tcpinc-nshold not built (make setup)")
     launcher = LAUNCHER if holder == "nshold" else Path("/nonexistent/tcpinc-nshold")
     hosts = spawn_hosts(["a", "b", "c"], launcher=launcher)
+    # An fd on each namespace until the checks: the kernel reuses a gone namespace's inode
+    # number at once, so a parallel test's new namespace could otherwise pass for ours.
+    held = [os.open(f"/proc/{h.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            for h in hosts.nodes.values()]
     try:
         assert (hosts.launcher is not None) == (holder == "nshold")
         inodes = {netns_inode(h.pid) for h in hosts.nodes.values()}
@@ -34,9 +39,13 @@ def test_hosts_have_their_own_namespaces_and_go_with_stop(holder: str) -> None:
     # The background sleep (not a process the holders know) keeps a's namespace, as a process
     # a test leaves behind would: it is found and ended through the namespace, as `tcpinc
     # clean` does; the other two went with their holders.
-    assert mine is not None and pids_in_netns(mine)
-    _kill_and_wait(pids_in_netns(mine))
-    assert not inodes & namespaces()
+    try:
+        assert mine is not None and pids_in_netns(mine)
+        _kill_and_wait(pids_in_netns(mine))
+        assert not inodes & namespaces()
+    finally:
+        for fd in held:
+            os.close(fd)
 
 
 def test_holder_refuses_a_bad_count() -> None:
