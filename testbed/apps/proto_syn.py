@@ -43,7 +43,7 @@ from typing import Any
 from testbed import stream as eno_stream
 from testbed import synstream
 from testbed.apps import proto_tcpcrypt, proto_tls
-from testbed.apps.transport import ConnInfo, conn_info, register_transport
+from testbed.apps.registry import ConnInfo, conn_info, register_transport
 from testbed.errors import ConfigError
 from testbed.teps.tcpcrypt.constants import TEPS, TepId
 from testbed.teps.tls.constants import TEP_NAME as TLS_TEP

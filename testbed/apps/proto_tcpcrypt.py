@@ -73,7 +73,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from testbed import stream as eno_stream
-from testbed.apps.transport import EnoConn, EnoTransport, register_transport
+from testbed.apps.registry import EnoConn, EnoTransport, register_transport
 from testbed.eno.bpf import datapath
 from testbed.eno.control import DEFAULT_NAME, HookClient, HookUnavailableError, Result
 from testbed.errors import ConfigError

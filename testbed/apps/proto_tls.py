@@ -54,7 +54,7 @@ from typing import Any
 from OpenSSL import SSL
 
 from testbed import stream as eno_stream
-from testbed.apps.transport import (
+from testbed.apps.registry import (
     TCP_FASTOPEN,
     TCP_FASTOPEN_CONNECT,
     TFO_QUEUE,
