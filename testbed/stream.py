@@ -65,6 +65,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from testbed.earlytep import EarlyTep, connect_preparing
@@ -234,11 +235,29 @@ class Stream:
             self._closed_write = True
             if self._driver is not None:
                 driver = self._driver
-                self._guard(driver.close_write)
+                self._corked(lambda: self._guard(driver.close_write))
             else:
                 self.sock.shutdown(socket.SHUT_WR)
         if how in (socket.SHUT_RD, socket.SHUT_RDWR):
             self.sock.shutdown(socket.SHUT_RD)
+
+    def _corked(self, write_and_fin: Callable[[], object]) -> None:
+        """Send the TEP's last frame and the FIN in one segment (TCP_CORK holds the frame
+        until the FIN is queued, and the kernel puts a FIN on an unsent tail segment).
+
+        Apart, a peer that reads the frame and the FIN in one batch can acknowledge the FIN
+        twice; the first ACK takes the closing end from LAST-ACK to CLOSED, and the kernel
+        answers the second with a RST (RFC 9293 §3.10.7.1) on an otherwise clean close."""
+        try:
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+        except OSError:
+            write_and_fin()  # the peer is gone: the write reports it
+            return
+        try:
+            write_and_fin()
+        finally:
+            with contextlib.suppress(OSError):
+                self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
 
     def close(self) -> None:
         """Close gracefully: the TEP's end of stream, then FIN, then read to the peer's end.
