@@ -398,19 +398,7 @@ def _run_tep(sock: socket.socket, config: StreamConfig, info: StreamInfo, spec: 
         else:
             done = driver.run_handshake(config.handshake_timeout)
     except (TepError, OSError) as exc:
-        refused = driver.received == 0 and isinstance(
-            exc, base.TruncationError | ConnectionError)
-        port = _port_of(sock)
-        reset(sock)
-        failure: TepFailure
-        if refused:
-            failure = PeerRefusedTep(f"{spec.name}: peer refused the TEP handshake: {exc}")
-        elif isinstance(exc, base.IntegrityError):
-            failure = IntegrityFailure(f"{spec.name} handshake failed: {exc}")
-        else:
-            failure = TepFailure(f"{spec.name} handshake failed: {exc}")
-        failure.local_port = port
-        raise failure from exc
+        raise handshake_failure(sock, driver, spec, exc) from exc
     if done is not None:
         note_handshake(info, done)
         # A core that resumes has its keys at start(), before any event could be read.
@@ -593,6 +581,24 @@ def _cancel(name: str, sock: socket.socket) -> None:
 def _result(config: StreamConfig, sock: socket.socket) -> Result | None:
     return _query(config, sock.getsockname(), sock.getpeername())
 
+
+
+def handshake_failure(sock: socket.socket, driver: TepDriver, spec: base.TepSpec,
+                      exc: Exception) -> TepFailure:
+    """Reset a connection whose TEP handshake failed and name the failure: refused (nothing
+    received, then EOF or reset), tampered (integrity), or any other TEP error."""
+    refused = driver.received == 0 and isinstance(exc, base.TruncationError | ConnectionError)
+    port = _port_of(sock)
+    reset(sock)
+    failure: TepFailure
+    if refused:
+        failure = PeerRefusedTep(f"{spec.name}: peer refused the TEP handshake: {exc}")
+    elif isinstance(exc, base.IntegrityError):
+        failure = IntegrityFailure(f"{spec.name} handshake failed: {exc}")
+    else:
+        failure = TepFailure(f"{spec.name} handshake failed: {exc}")
+    failure.local_port = port
+    return failure
 
 def _query(config: StreamConfig, local: Addr, remote: Addr) -> Result | None:
     try:

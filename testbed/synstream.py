@@ -56,9 +56,7 @@ from testbed.eno.control import HookUnavailableError, Result
 from testbed.stream import (
     Addr,
     EncryptionRequiredError,
-    IntegrityFailure,
     Listener,
-    PeerRefusedTep,
     Policy,
     Stream,
     StreamConfig,
@@ -71,6 +69,7 @@ from testbed.stream import (
     _port_of,
     _query,
     _tcp_socket,
+    handshake_failure,
     note_handshake,
     reset,
 )
@@ -277,19 +276,7 @@ def _handshake(sock: socket.socket, driver: TepDriver, config: StreamConfig, inf
         done = (driver.run_until_data(config.handshake_timeout) if early
                 else driver.run_handshake(config.handshake_timeout))
     except (TepError, OSError) as exc:
-        refused = driver.received == 0 and isinstance(
-            exc, base.TruncationError | ConnectionError)
-        port = _port_of(sock)
-        reset(sock)
-        failure: TepFailure
-        if refused:
-            failure = PeerRefusedTep(f"{spec.name}: peer refused the TEP handshake: {exc}")
-        elif isinstance(exc, base.IntegrityError):
-            failure = IntegrityFailure(f"{spec.name} handshake failed: {exc}")
-        else:
-            failure = TepFailure(f"{spec.name} handshake failed: {exc}")
-        failure.local_port = port
-        raise failure from exc
+        raise handshake_failure(sock, driver, spec, exc) from exc
     if done is not None:
         note_handshake(info, done)
     info.encrypted = True
