@@ -38,8 +38,12 @@ SYN retransmission (the §4.6 exception; ``syn_retransmission``, StreamConfig
 ``syn_retries_with_eno``), and reconnects once without ENO when its SYN with ENO is answered
 by a RST (``syn_reset``). A required A does neither.
 
-The configuration types (``Policy``, ``StreamConfig``, ``StreamInfo``, the errors,
-``TepProvider``) live in testbed/streamconfig.py and are re-exported here.
+Layout: this module opens connections (``connect``, ``Listener``); testbed/establish.py turns
+the datapath's result into a stream (fallback, fail closed, or the TEP handshake);
+testbed/streamio.py is the established ``Stream`` (reads, writes, close). The configuration
+types (``Policy``, ``StreamConfig``, ``StreamInfo``, the errors, ``TepProvider``) live in
+testbed/streamconfig.py. ``Stream``, ``reset``, ``establish`` and the configuration types are
+re-exported here.
 
 Per-host TEP state (a TLS ``ServerIdentity``, a tcpcrypt ``ResumptionCache``) comes from
 ``TepProvider`` objects registered per TEP name (``register_provider``) or given per stream
@@ -60,17 +64,20 @@ its phase time. ``Stream.session_id`` raises ``NoSessionIdError`` while there is
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
-import struct
-import threading
 import time
-from collections.abc import Callable
-from typing import Any
 
-from testbed.earlytep import EarlyTep, connect_preparing
+from testbed.earlytep import connect_preparing
 from testbed.eno.bpf import datapath
 from testbed.eno.control import HookClient, HookUnavailableError, Result, Settings
+from testbed.establish import (
+    establish,
+    forget_hook,
+    hook_client,
+    port_of,
+    query,
+    tcp_socket,
+)
 from testbed.streamconfig import (  # re-exported: the stream API
     UNENCRYPTED_TEPS,
     Addr,
@@ -89,9 +96,7 @@ from testbed.streamconfig import (  # re-exported: the stream API
     note_handshake,
     register_provider,
 )
-from testbed.tepio import TepDriver
-from testbed.teps import base
-from testbed.teps.base import Role, TepContext, TepError
+from testbed.streamio import Stream, reset  # re-exported: the stream API
 
 __all__ = [
     "UNENCRYPTED_TEPS", "Addr", "EncryptionRequiredError", "IntegrityFailure", "Listener",
@@ -100,311 +105,6 @@ __all__ = [
     "UndecidedEnoError", "connect", "establish", "listen", "note_handshake",
     "register_provider", "reset",
 ]
-
-_local = threading.local()
-
-
-def _hook(name: str) -> HookClient:
-    """A per-thread control connection (connecting costs a syscall round per stream)."""
-    clients: dict[str, HookClient] = _local.__dict__.setdefault("clients", {})
-    client = clients.get(name)
-    if client is None:
-        client = clients[name] = HookClient(name)
-    return client
-
-
-def _forget_hook(name: str) -> None:
-    client = _local.__dict__.get("clients", {}).pop(name, None)
-    if client is not None:
-        client.close()
-
-
-def reset(sock: socket.socket) -> None:
-    """Abort the connection with a RST (SO_LINGER 0) instead of a FIN."""
-    # OSError: the peer already reset the connection; close() is then all there is to do.
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    sock.close()
-
-
-CLOSE_DRAIN_S = 2.0  # how long close() waits for the peer's end of stream
-_DRAIN_READ = 1 << 16
-
-
-class Stream:
-    """A connected stream: plain TCP after fallback, or TEP-protected."""
-
-    def __init__(self, sock: socket.socket, info: StreamInfo, driver: TepDriver | None = None,
-                 split_check: Any = None) -> None:
-        self.sock = sock
-        self.info = info
-        self._driver = driver
-        self._split_check = split_check  # callable -> bool, run before the first delivery
-        self._closed_write = False
-
-    # -- what the stream says -----------------------------------------------------------
-
-    @property
-    def encrypted(self) -> bool:
-        return self.info.encrypted
-
-    @property
-    def tep(self) -> str | None:
-        return self.info.tep
-
-    @property
-    def fallback_reason(self) -> str | None:
-        return self.info.fallback_reason
-
-    @property
-    def session_id(self) -> bytes:
-        """RFC 8547 §5.1: the session ID, or an error while there is none."""
-        if self.info.session_id is None:
-            raise NoSessionIdError(f"no session ID ({self.info.fallback_reason or 'no TEP'})")
-        return self.info.session_id
-
-    @property
-    def local_port(self) -> int:
-        return int(self.sock.getsockname()[1])
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
-
-    @property
-    def tep_driver(self) -> TepDriver | None:
-        """The TEP driver (None after a fallback), for callers that run their own event loop
-        (testbed/transparent/relay.py) and drive its sans-IO core themselves."""
-        return self._driver
-
-    @property
-    def has_split_check(self) -> bool:
-        return self._split_check is not None
-
-    def run_split_check(self) -> None:
-        """The split-negotiation check ``recv`` runs first, for event loops (the socket must
-        be readable and blocking: it peeks one byte)."""
-        if self._split_check is not None:
-            self._run_split_check()
-
-    def settimeout(self, timeout: float | None) -> None:
-        self.sock.settimeout(timeout)
-
-    # -- data ---------------------------------------------------------------------------
-
-    def sendall(self, data: bytes) -> None:
-        if self._driver is None:
-            self.sock.sendall(data)
-            return
-        driver = self._driver
-        self._guard(lambda: driver.send(data))
-
-    def recv(self, size: int) -> bytes:
-        if self._split_check is not None:
-            self._run_split_check()
-        if self._driver is None:
-            return self.sock.recv(size)
-        driver = self._driver
-        data: bytes = self._guard(lambda: driver.recv(size))
-        if self.info.session_id is None:
-            done = driver.completed()  # an early handoff's handshake ended in this recv
-            if done is not None:
-                note_handshake(self.info, done)
-        return data
-
-    def _run_split_check(self) -> None:
-        check, self._split_check = self._split_check, None
-        if not self.sock.recv(1, socket.MSG_PEEK):
-            return  # the peer closed without sending: nothing to misinterpret
-        if check():
-            self.abort()
-            raise SplitNegotiationError(
-                "ENO was stripped from the peer's first ACK only: the peer enabled encryption "
-                "while this end fell back (RFC 8547 §4.6); connection reset"
-            )
-
-    def _guard(self, action: Any) -> Any:
-        try:
-            return action()
-        except TepError as exc:
-            self.abort()
-            kind = IntegrityFailure if isinstance(exc, base.IntegrityError) else TepFailure
-            raise kind(f"{self.info.tep}: {exc}") from exc
-
-    def shutdown(self, how: int) -> None:
-        if how in (socket.SHUT_WR, socket.SHUT_RDWR) and not self._closed_write:
-            self._closed_write = True
-            if self._driver is not None:
-                driver = self._driver
-                self._corked(lambda: self._guard(driver.close_write))
-            else:
-                self.sock.shutdown(socket.SHUT_WR)
-        if how in (socket.SHUT_RD, socket.SHUT_RDWR):
-            self.sock.shutdown(socket.SHUT_RD)
-
-    def _corked(self, write_and_fin: Callable[[], object]) -> None:
-        """Send the TEP's last frame and the FIN in one segment (TCP_CORK holds the frame
-        until the FIN is queued, and the kernel puts a FIN on an unsent tail segment).
-
-        Apart, a peer that reads the frame and the FIN in one batch can acknowledge the FIN
-        twice; the first ACK takes the closing end from LAST-ACK to CLOSED, and the kernel
-        answers the second with a RST (RFC 9293 §3.10.7.1) on an otherwise clean close."""
-        try:
-            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
-        except OSError:
-            write_and_fin()  # the peer is gone: the write reports it
-            return
-        try:
-            write_and_fin()
-        finally:
-            with contextlib.suppress(OSError):
-                self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
-
-    def close(self) -> None:
-        """Close gracefully: the TEP's end of stream, then FIN, then read to the peer's end.
-
-        A TEP peer answers our end of stream with its own (TLS close_notify, RFC 8446 §6.1;
-        tcpcrypt's FIN after its last frame). Arriving at a socket already closed, those bytes
-        make the kernel reset the connection (RFC 9293 §3.10.7.1: data for a closed
-        connection is answered with RST), so the stream reads them, and whatever else the
-        peer still had in flight (a TLS NewSessionTicket), before it lets go of the socket.
-        """
-        if self.sock.fileno() < 0:
-            return
-        # OSError / StreamError: the peer is gone or the TEP failed (the connection was reset);
-        # closing the socket is then all that is left to do.
-        with contextlib.suppress(OSError, StreamError):
-            if self._driver is not None:
-                if not self._closed_write:
-                    self.shutdown(socket.SHUT_WR)
-                self._drain(CLOSE_DRAIN_S)
-        if self.sock.fileno() >= 0:
-            self.sock.close()
-
-    def _drain(self, limit: float) -> None:
-        """Read and drop the peer's remaining bytes until its end of stream, for ``limit``
-        seconds at most (a peer that never closes is then left to our close)."""
-        driver = self._driver
-        assert driver is not None
-        deadline = time.monotonic() + limit
-        while (left := deadline - time.monotonic()) > 0:
-            self.sock.settimeout(left)
-            if not self._guard(lambda: driver.recv(_DRAIN_READ)):
-                return
-
-    def abort(self) -> None:
-        """Reset the connection (RST)."""
-        if self.sock.fileno() >= 0:
-            reset(self.sock)
-
-
-# ---------------------------------------------------------------------------
-# Establishing a stream from the hook's result
-# ---------------------------------------------------------------------------
-
-
-def _tcp_socket(timeout: float | None) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.settimeout(timeout)
-    return sock
-
-
-def _fail_closed(sock: socket.socket, reason: str, detail: str = "") -> EncryptionRequiredError:
-    error = EncryptionRequiredError(reason, detail)
-    error.local_port = _port_of(sock)
-    reset(sock)
-    return error
-
-
-def _port_of(sock: socket.socket) -> int | None:
-    try:
-        return int(sock.getsockname()[1])
-    except OSError:
-        return None
-
-
-def establish(
-    sock: socket.socket, result: Result | None, config: StreamConfig, info: StreamInfo,
-    *, active: bool, split_check: Any = None, early: EarlyTep | None = None,
-) -> Stream:
-    """Turn a connected socket and the hook's result into a stream (or reset and raise)."""
-    info.phases["eno_result"] = time.perf_counter()
-    required = config.policy is Policy.REQUIRED
-    if result is None or result.outcome is None:
-        why = "hook_error" if result is not None and result.error else "no_eno_result"
-        detail = (result.error or "") if result is not None else ""
-        if required:
-            raise _fail_closed(sock, why, detail)
-        if not active and result is not None and result.state == "synack_sent":
-            undecided = UndecidedEnoError(f"ENO sent in the SYN-ACK, no verdict on the first "
-                                          f"ACK segment ({result.packets} segments seen)")
-            undecided.local_port = _port_of(sock)
-            reset(sock)
-            raise undecided
-        info.fallback_reason, info.detail = why, detail
-        return Stream(sock, info)
-    info.eno = result.outcome
-    if result.outcome == "aborted":
-        raise _fail_closed(sock, result.fallback or result.reason or "aborted", result.detail)
-    if result.outcome == "fallback":
-        if required:
-            raise _fail_closed(sock, result.reason or "fallback", result.detail)
-        info.fallback_reason, info.detail = result.reason, result.detail
-        check = split_check if result.reason == "no_eno_in_ack" and not active else None
-        return Stream(sock, info, split_check=check)
-    return _start_tep(sock, result, config, info, early)
-
-
-def _start_tep(
-    sock: socket.socket, result: Result, config: StreamConfig, info: StreamInfo,
-    early: EarlyTep | None = None,
-) -> Stream:
-    assert result.tep_id is not None and result.role is not None
-    spec = base.by_id(result.tep_id)
-    if spec is None:  # the hook negotiated an id this process never offered
-        raise _fail_closed(sock, "unknown_tep", f"{result.tep_id:#x}")
-    role = Role(result.role)
-    info.tep, info.tep_id, info.role = spec.name, spec.tep_id, role.value
-    info.tep_label = spec.label or None
-    info.transcript = result.transcript_bytes
-    info.peer_application_aware = result.peer_a
-    if early is not None and early.fits(spec, role, result):
-        early.ctx.transcript = info.transcript  # before any key is derived from it (§4.8)
-        return _run_tep(sock, config, info, spec, early.driver)
-    options: dict[str, Any] = {}
-    provider = config.provider(spec.name)
-    if provider is not None:
-        try:
-            options.update(provider.context_options(spec, role=role, peer=result.remote,
-                                                    result=result))
-        except TepError as exc:  # e.g. a resumption secret gone: no TEP byte sent yet
-            refusal = TepFailure(f"{spec.name}: {exc}")
-            refusal.local_port = _port_of(sock)
-            reset(sock)
-            raise refusal from exc
-    options.update(config.tep_options.get(spec.name, {}))
-    ctx = TepContext(role=role, transcript=info.transcript, random=os.urandom,
-                     now=time.monotonic(), peer_suboption_data=result.peer_data_bytes,
-                     options=options)
-    return _run_tep(sock, config, info, spec, TepDriver(sock, spec.factory(ctx)))
-
-
-def _run_tep(sock: socket.socket, config: StreamConfig, info: StreamInfo, spec: base.TepSpec,
-             driver: TepDriver) -> Stream:
-    """The TEP handshake on the negotiated connection (or reset and raise)."""
-    try:
-        if config.early_handoff:
-            done = driver.run_until_data(config.handshake_timeout)
-        else:
-            done = driver.run_handshake(config.handshake_timeout)
-    except (TepError, OSError) as exc:
-        raise handshake_failure(sock, driver, spec, exc) from exc
-    if done is not None:
-        note_handshake(info, done)
-        # A core that resumes has its keys at start(), before any event could be read.
-        info.resumed = bool(info.resumed or getattr(driver.core, "resumed", False))
-    info.encrypted = spec.name not in UNENCRYPTED_TEPS
-    return Stream(sock, info, driver)
 
 
 def connect(
@@ -419,7 +119,7 @@ def connect(
     required policy raises instead."""
     config = config or StreamConfig()
     if config.policy is Policy.OFF:
-        return _plain_connect(address, config, timeout, local_address, "disabled_by_config")
+        return plain_connect(address, config, timeout, local_address, "disabled_by_config")
     try:
         return _eno_connect(address, config, timeout, local_address)
     except ConnectionRefusedError as exc:
@@ -428,7 +128,7 @@ def connect(
         # A RST to our SYN with ENO: a box that rejects unknown options, or a closed port.
         # Opportunistic: one more SYN without ENO tells them apart (RFC 3168 §6.1.1.1 lets
         # an ECN-setup SYN be retried the same way); a closed port refuses it again.
-        stream = _plain_connect(address, config, timeout, local_address, "syn_reset")
+        stream = plain_connect(address, config, timeout, local_address, "syn_reset")
         stream.info.detail = f"the SYN with ENO was reset ({exc}); reconnected without ENO"
         return stream
     except PeerRefusedTep as exc:
@@ -439,17 +139,17 @@ def connect(
             raise error from exc
         if not config.retry_plain:
             raise
-        stream = _plain_connect(address, config, timeout, local_address, "peer_refused_tep")
+        stream = plain_connect(address, config, timeout, local_address, "peer_refused_tep")
         stream.info.detail = str(exc)
         return stream
 
 
-def _plain_connect(
+def plain_connect(
     address: Addr, config: StreamConfig, timeout: float | None, local_address: Addr | None,
     reason: str,
 ) -> Stream:
     info = StreamInfo(policy=config.policy.value, fallback_reason=reason)
-    sock = _tcp_socket(timeout)
+    sock = tcp_socket(timeout)
     try:
         if local_address is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -470,8 +170,8 @@ def _eno_connect(
     if not settings.teps:
         if config.policy is Policy.REQUIRED:
             raise EncryptionRequiredError("no_tep_configured")
-        return _plain_connect(address, config, timeout, local_address, "no_tep_configured")
-    sock = _tcp_socket(timeout)
+        return plain_connect(address, config, timeout, local_address, "no_tep_configured")
+    sock = tcp_socket(timeout)
     try:
         if local_address is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -480,11 +180,11 @@ def _eno_connect(
         if host is not None:
             return _bpf_connect(host, sock, address, settings, config, info)
         try:
-            hook = _hook(config.hook_name)
+            hook = hook_client(config.hook_name)
             hook.announce(sock.getsockname()[1], settings, wait=False)
             info.phases["eno_announced"] = time.perf_counter()
         except HookUnavailableError as exc:
-            _forget_hook(config.hook_name)
+            forget_hook(config.hook_name)
             if config.policy is Policy.REQUIRED:
                 raise EncryptionRequiredError("hook_unavailable", str(exc)) from None
             sock.connect(address)
@@ -494,7 +194,7 @@ def _eno_connect(
         try:
             early = connect_preparing(sock, address, config)
         except ConnectionResetError as exc:  # the handshake completed: the hook followed it
-            raise _reset_in_connect(_query(config, _local_after_reset(sock), address), sock,
+            raise _reset_in_connect(query(config, _local_after_reset(sock), address), sock,
                                     config, exc) from exc
         except OSError:
             _cancel(config.hook_name, sock)  # no SYN used it: a later socket may get the port
@@ -535,7 +235,7 @@ def _agreed(sock: socket.socket, result: Result | None) -> Result | None:
     if result is None or result.error is None or result.outcome is None:
         return result
     error = StreamError(f"{result.error}; connection reset")
-    error.local_port = _port_of(sock)
+    error.local_port = port_of(sock)
     reset(sock)
     raise error
 
@@ -557,7 +257,7 @@ def _reset_in_connect(
     """The handshake completed and the peer reset the connection before connect() returned
     (a passive end that judged the first ACK before this process woke up). The datapath's
     result says what happened; the error is the one a slower peer causes."""
-    port = _port_of(sock)
+    port = port_of(sock)
     error: StreamError
     if result is None or result.outcome is None:
         return exc
@@ -575,37 +275,12 @@ def _reset_in_connect(
 def _cancel(name: str, sock: socket.socket) -> None:
     # The announcement stays if the hook is gone, but then no SYN is rewritten anyway.
     with contextlib.suppress(HookUnavailableError, OSError):
-        _hook(name).cancel(sock.getsockname()[1])
+        hook_client(name).cancel(sock.getsockname()[1])
 
 
 def _result(config: StreamConfig, sock: socket.socket) -> Result | None:
-    return _query(config, sock.getsockname(), sock.getpeername())
+    return query(config, sock.getsockname(), sock.getpeername())
 
-
-
-def handshake_failure(sock: socket.socket, driver: TepDriver, spec: base.TepSpec,
-                      exc: Exception) -> TepFailure:
-    """Reset a connection whose TEP handshake failed and name the failure: refused (nothing
-    received, then EOF or reset), tampered (integrity), or any other TEP error."""
-    refused = driver.received == 0 and isinstance(exc, base.TruncationError | ConnectionError)
-    port = _port_of(sock)
-    reset(sock)
-    failure: TepFailure
-    if refused:
-        failure = PeerRefusedTep(f"{spec.name}: peer refused the TEP handshake: {exc}")
-    elif isinstance(exc, base.IntegrityError):
-        failure = IntegrityFailure(f"{spec.name} handshake failed: {exc}")
-    else:
-        failure = TepFailure(f"{spec.name} handshake failed: {exc}")
-    failure.local_port = port
-    return failure
-
-def _query(config: StreamConfig, local: Addr, remote: Addr) -> Result | None:
-    try:
-        return _hook(config.hook_name).result(local, remote, wait=config.eno_wait)
-    except HookUnavailableError:
-        _forget_hook(config.hook_name)
-        return None
 
 
 class Listener:
@@ -658,10 +333,10 @@ class Listener:
             info.fallback_reason = self.unavailable or "disabled_by_config"
             return Stream(sock, info)
         local, remote = sock.getsockname(), peer or sock.getpeername()
-        result = _query(self.config, local, remote)
+        result = query(self.config, local, remote)
 
         def peer_enabled() -> bool:
-            again = _hook(self.config.hook_name).result(local, remote)
+            again = hook_client(self.config.hook_name).result(local, remote)
             return bool(again and again.peer_eno_after_fallback)
 
         return establish(sock, result, self.config, info, active=False, split_check=peer_enabled)

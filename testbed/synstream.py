@@ -53,6 +53,14 @@ from typing import Any
 
 from testbed.eno.bpf import datapath
 from testbed.eno.control import HookUnavailableError, Result
+from testbed.establish import (
+    forget_hook,
+    handshake_failure,
+    hook_client,
+    port_of,
+    query,
+    tcp_socket,
+)
 from testbed.stream import (
     Addr,
     EncryptionRequiredError,
@@ -63,14 +71,8 @@ from testbed.stream import (
     StreamError,
     StreamInfo,
     TepFailure,
-    _forget_hook,
-    _hook,
-    _plain_connect,
-    _port_of,
-    _query,
-    _tcp_socket,
-    handshake_failure,
     note_handshake,
+    plain_connect,
     reset,
 )
 from testbed.tepio import TepDriver
@@ -147,7 +149,7 @@ def connect(address: Addr, config: StreamConfig, *, timeout: float | None = 10.0
             raise error from exc
         if not config.retry_plain:
             raise
-        stream = _plain_connect(address, config, timeout, None, exc.reason)
+        stream = plain_connect(address, config, timeout, None, exc.reason)
         stream.info.detail = f"{exc}; reconnected without ENO"
         return stream
 
@@ -155,14 +157,14 @@ def connect(address: Addr, config: StreamConfig, *, timeout: float | None = 10.0
 def _connect_syn(address: Addr, config: StreamConfig, spec: base.TepSpec,
                  timeout: float | None, first: bytes) -> Stream:
     info = StreamInfo(policy=config.policy.value)
-    sock = _tcp_socket(timeout)
+    sock = tcp_socket(timeout)
     try:
         sock.bind(("0.0.0.0", 0))
         settings = config.settings(active=True, peer=address)
         try:
-            _hook(config.hook_name).announce(sock.getsockname()[1], settings, wait=False)
+            hook_client(config.hook_name).announce(sock.getsockname()[1], settings, wait=False)
         except HookUnavailableError as exc:
-            _forget_hook(config.hook_name)
+            forget_hook(config.hook_name)
             raise SynDataRefused("hook_unavailable", str(exc)) from None
         info.phases["eno_announced"] = time.perf_counter()
         offer = settings.teps[0][1] or b""
@@ -183,7 +185,7 @@ def _connect_syn(address: Addr, config: StreamConfig, spec: base.TepSpec,
         sock.sendall(flight)  # ... and carries it (no-cookie TFO, RFC 8547 §4.7)
         info.phases["syn_data_sent"] = time.perf_counter()
         _wait_connected(sock, address, timeout)
-        result = _query(config, sock.getsockname(), address)
+        result = query(config, sock.getsockname(), address)
         info.phases["tcp_connected"] = info.phases["eno_result"] = time.perf_counter()
         _check_outcome(sock, result)
         assert result is not None
@@ -191,7 +193,7 @@ def _connect_syn(address: Addr, config: StreamConfig, spec: base.TepSpec,
             # Our SYN data was protected under keys that assumed this very answer.
             error = SynDataRefused("resumption_refused", f"the peer answered "
                                    f"{result.peer_data or 'fresh'}, not the presumed answer")
-            error.local_port = _port_of(sock)
+            error.local_port = port_of(sock)
             reset(sock)
             raise error
         ctx.transcript, ctx.peer_suboption_data = result.transcript_bytes, result.peer_data_bytes
@@ -231,7 +233,7 @@ def _check_outcome(sock: socket.socket, result: Result | None) -> None:
     else:
         reason, detail = result.reason or "fallback", "after SYN data (§4.7)"
     error = SynDataRefused(reason, detail)
-    error.local_port = _port_of(sock)
+    error.local_port = port_of(sock)
     reset(sock)
     raise error
 
@@ -345,9 +347,9 @@ class SynListener(Listener):
         if self._registration is not None:
             local, remote = sock.getsockname(), peer or sock.getpeername()
             try:
-                early = _hook(self.config.hook_name).result(local, remote)
+                early = hook_client(self.config.hook_name).result(local, remote)
             except HookUnavailableError:
-                _forget_hook(self.config.hook_name)
+                forget_hook(self.config.hook_name)
                 early = None
             if early is not None and early.tentative:
                 return self._tentative(sock, early, local, remote)
@@ -368,7 +370,7 @@ class SynListener(Listener):
         role = Role(early.role)
 
         def confirm() -> None:
-            final = _query(self.config, local, remote)
+            final = query(self.config, local, remote)
             same = (final is not None and final.outcome == "negotiated"
                     and final.tep_id == early.tep_id and final.transcript == early.transcript)
             if not same:
