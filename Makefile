@@ -41,7 +41,7 @@ MYPY_FILES := experiments/__init__.py experiments/common.py experiments/cost.py 
     testbed/apps/registry.py testbed/apps/transport.py testbed/apps/wire.py testbed/bench_replay.py \
     testbed/bench_teps.py testbed/bench_wakeup.py \
     testbed/cli.py testbed/errors.py testbed/log.py testbed/net/__init__.py testbed/net/bench.py \
-    testbed/net/bench_scale.py testbed/net/capture.py testbed/net/delayhelper.py \
+    testbed/net/bench_scale.py testbed/net/bench_udp.py testbed/net/capture.py testbed/net/delayhelper.py \
     testbed/net/delayline.py testbed/net/delayline_sched.py \
     testbed/net/flows.py testbed/net/network.py testbed/net/pcap.py testbed/net/rttprobe.py \
     testbed/net/shaping.py testbed/net/state.py testbed/probe.py testbed/stream.py \

@@ -3,7 +3,17 @@
 ``--mode connect`` times ``connect()`` (SYN out, SYN-ACK in: one RTT) against a
 listening port; ``--mode icmp`` times ICMP echo request/reply on a raw socket
 with microsecond resolution (ping(8) prints whole milliseconds above 100 ms).
-Prints the times in milliseconds as one JSON list; lost probes are left out.
+
+Each probe is timed twice. ``app_ms``: the application's clock, from before the send
+to after the call that returns the answer, so it includes the time the kernel took
+to wake the probe once the answer arrived (on a VM whose idle vCPU sleeps, 0.1-0.3
+ms after an idle RTT: `tcpinc bench wakeup`). ``kernel_ms``: what the network did,
+without that wake-up: for ICMP the kernel's receive timestamp of the reply
+(SO_TIMESTAMPNS, as ping(8) does) minus the wall clock just before the send; for
+TCP the kernel's own RTT sample of the handshake (``tcpi_rtt`` of TCP_INFO right
+after ``connect()``: the SYN's send time to the SYN-ACK's processing, in
+microseconds, RFC 6298 section 2.2's first measurement).
+Prints ``{"app_ms": [...], "kernel_ms": [...]}``, one entry per answered probe.
 """
 
 from __future__ import annotations
@@ -20,48 +30,68 @@ import time
 from testbed.packet import internet_checksum, ipv4_header
 
 _ICMP_HDR = struct.Struct("!BBHHH")
+_TIMESPEC = struct.Struct("@qq")
+SO_TIMESTAMPNS = 35  # SO_TIMESTAMPNS_OLD: a struct timespec of two 64-bit fields here
+TCP_INFO_RTT_OFFSET = 68  # struct tcp_info: 8 bytes of u8 fields, then tcpi_rto... tcpi_rtt (us)
 
 
-def connect_times(host: str, port: int, count: int, gap_s: float) -> list[float]:
-    out = []
+def connect_times(host: str, port: int, count: int,
+                  gap_s: float) -> tuple[list[float], list[float]]:
+    app, kernel = [], []
     for _ in range(count):
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.settimeout(5.0)
         start = time.perf_counter()
         sock.connect((host, port))
-        out.append((time.perf_counter() - start) * 1e3)
+        app.append((time.perf_counter() - start) * 1e3)
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_RTT_OFFSET + 4)
+        kernel.append(struct.unpack_from("I", info, TCP_INFO_RTT_OFFSET)[0] / 1e3)
         sock.close()
         time.sleep(gap_s)
-    return out
+    return app, kernel
 
 
-def icmp_times(host: str, count: int, gap_s: float, timeout_s: float = 2.0) -> list[float]:
+def icmp_times(host: str, count: int, gap_s: float,
+               timeout_s: float = 2.0) -> tuple[list[float], list[float]]:
     """Echo requests one at a time; each reply is matched by identifier and sequence."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
     ident = os.getpid() & 0xFFFF
-    out = []
+    app: list[float] = []
+    kernel: list[float] = []
     try:
         for seq in range(count):
             body = _ICMP_HDR.pack(8, 0, 0, ident, seq) + b"tcpinc-rtt-probe"
             packet = body[:2] + struct.pack("!H", internet_checksum(body)) + body[4:]
+            wall = time.time()
             start = time.perf_counter()
             sock.sendto(packet, (host, 0))
             deadline = start + timeout_s
             while (left := deadline - time.perf_counter()) > 0:
                 if not select.select([sock], [], [], left)[0]:
                     break
-                data = sock.recv(2048)
+                data, anc, _flags, _addr = sock.recvmsg(2048, socket.CMSG_SPACE(16))
                 ihl = ipv4_header(data)[0]  # a raw ICMP socket reads the IP header too
                 if len(data) < ihl + _ICMP_HDR.size:
                     continue
                 kind, _, _, rid, rseq = _ICMP_HDR.unpack_from(data, ihl)
                 if kind == 0 and rid == ident and rseq == seq:
-                    out.append((time.perf_counter() - start) * 1e3)
+                    app.append((time.perf_counter() - start) * 1e3)
+                    kernel.append((_received(anc) - wall) * 1e3)
                     break
             time.sleep(gap_s)
     finally:
         sock.close()
-    return out
+    return app, kernel
+
+
+def _received(anc: list[tuple[int, int, bytes]]) -> float:
+    """The kernel's receive time (wall clock) from SO_TIMESTAMPNS."""
+    for level, kind, data in anc:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= 16:
+            sec, nsec = _TIMESPEC.unpack_from(data)
+            return float(sec + nsec * 1e-9)
+    raise OSError("an ICMP reply came without its kernel receive timestamp (SO_TIMESTAMPNS)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,10 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     gap = args.gap_ms / 1e3
     if args.mode == "icmp":
-        times = icmp_times(args.server, args.count, gap)
+        app, kernel = icmp_times(args.server, args.count, gap)
     else:
-        times = connect_times(args.server, args.port, args.count, gap)
-    print(json.dumps(times))
+        app, kernel = connect_times(args.server, args.port, args.count, gap)
+    print(json.dumps({"app_ms": app, "kernel_ms": kernel}))
     return 0
 
 

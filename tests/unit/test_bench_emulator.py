@@ -11,18 +11,20 @@ from testbed.net import bench
 
 
 def _rows(helper: str, err: float, p99: float, wire: float, gso: float,
-          sent: float, loss: float) -> list[dict[str, Any]]:
+          sent: float, loss: float, app_extra: float = 0.0) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = [
         {"metric": "rtt", "method": m, "configured_rtt_ms": rtt, "median_ms": rtt + err,
-         "median_err_ms": err if rtt else 0.9, "p99_err_ms": p99 if rtt else 9.0}
+         "kernel_median_err_ms": err if rtt else 0.9, "kernel_p99_err_ms": p99 if rtt else 9.0,
+         "median_err_ms": (err + app_extra) if rtt else 0.9,
+         "p99_err_ms": (p99 + app_extra) if rtt else 9.0}
         for rtt in (0, 10, 50, 200) for m in ("icmp-echo", "tcp-connect")]
     rows += [{"metric": "tcp-throughput", "method": "iperf3 (wire frames)", "gbit_s": wire,
               "configured_rtt_ms": 20.0, "retransmits": 0},
              {"metric": "tcp-throughput", "method": "iperf3 (gso frames)", "gbit_s": gso,
               "configured_rtt_ms": 20.0, "retransmits": 0},
-             {"metric": "udp-pps", "method": "iperf3 -u -l 64", "configured_rtt_ms": 20.0,
+             {"metric": "udp-pps", "method": "bench_udp 64 B", "configured_rtt_ms": 20.0,
               "offered_pps": 500_000, "sent_pps": sent, "received_pps": sent,
-              "loss_percent": loss}]
+              "loss_percent": loss, "send_calls_failed": 0}]
     for row in rows:
         row["delay_helper"] = helper
     return rows
@@ -30,25 +32,33 @@ def _rows(helper: str, err: float, p99: float, wire: float, gso: float,
 
 def test_targets_met_and_missed_per_helper() -> None:
     rows = _rows("c", 0.05, 0.2, 2.0, 10.0, 500_000, 0.5) + \
-        _rows("python", 0.06, 0.1, 1.9, 12.0, 499_999, 0.5)
+        _rows("python", 0.06, 0.1, 1.9, 12.0, 499_999, 0.5, app_extra=0.2)
     scale = [{"delay_helper": "c", "clients": 100, "start_s": 5.0, "stop_s": 2.1,
               "delayline_rss_mb": 170.0, "delay_lines": 101, "start_hosts_s": 1.25,
               "start_configure_s": 3.0},
              {"delay_helper": "python", "clients": 100, "skipped": "too slow"}]
     lines = bench.targets_summary(rows, scale)
     assert [line.rsplit(": ", 1)[-1] for line in lines] == [
-        "met", "met", "met", "met",              # c: the 0 ms row does not count
-        "NOT met", "NOT met", "met", "NOT met",  # python: median, wire, gso, pps
+        "met", "met", "met", "met", "met",  # c: kernel and app RTT; the 0 ms row does not count
+        "NOT met", "NOT met", "NOT met", "met", "NOT met",  # python: both RTTs, wire, gso, pps
         "NOT met",                               # c at 100 clients: stop 2.1 s > 2 s
         "skipped (too slow)",
     ]
-    assert "worst median +0.060 ms" in lines[4]
-    assert "start 5.0 s (hosts 1.2, configure 3.0), stop 2.1 s" in lines[8]
+    assert "(kernel clock, the link): worst median +0.060 ms" in lines[5]
+    assert "(application clock, link + end-host wake-up): worst median +0.260 ms" in lines[6]
+    assert "start 5.0 s (hosts 1.2, configure 3.0), stop 2.1 s" in lines[10]
 
 
 def test_lossy_packet_rates_do_not_count() -> None:
     lines = bench.targets_summary(_rows("c", 0, 0, 3, 11, 600_000, 1.0), [])
-    assert lines[3].startswith("[c] 64-byte UDP at < 1 % loss: 0k pps sent")
+    assert lines[4].startswith("[c] 64-byte UDP at < 1 % loss: 0k pps sent")
+
+
+def test_pps_row_counts_loss_on_the_interfaces() -> None:
+    row = bench.pps_row(500_000, {"seconds": 2.0, "failed_calls": 3}, 1_000_000, 995_000)
+    assert row["sent_pps"] == 500_000 and row["received_pps"] == 497_500
+    assert row["loss_percent"] == 0.5 and row["send_calls_failed"] == 3
+    assert bench.pps_row(1, {"seconds": 1.0, "failed_calls": 0}, 0, 0)["loss_percent"] == 100
 
 
 @pytest.mark.parametrize("text, sizes", [("10,100", [10, 100]), ("none", []), ("", []),
