@@ -10,6 +10,7 @@ import middleboxes
 import topologies
 from testbed.apps.transport import get_transport
 from testbed.errors import ConfigError
+from testbed.net.delayhelper import HelperChoice
 from testbed.net.network import NetConfig, Network
 from testbed.userinput import check_writable_dir
 from testbed.workload import Workload, eno_datapath, run_workload
@@ -57,16 +58,7 @@ def build_topology(cfg: ProbeConfig) -> topologies.Topology:
 
 def probe(cfg: ProbeConfig) -> list[dict[str, Any]]:
     """Run the probe; records carry PROBE_KEYS first, then the workload's details."""
-    if cfg.repeat < 1:
-        raise ConfigError(f"--repeat must be >= 1, got {cfg.repeat}")
-    if cfg.keylog and cfg.pcap_dir is None:
-        raise ConfigError("--keylog writes the key logs next to the capture",
-                          "add --pcap-dir DIR")
-    if not 1 <= cfg.response_size <= MAX_RESPONSE_SIZE:
-        raise ConfigError(f"--response-size {cfg.response_size} is out of range",
-                          f"give 1 to {MAX_RESPONSE_SIZE} bytes")
-    if cfg.pcap_dir is not None:
-        check_writable_dir(cfg.pcap_dir, "--pcap-dir")
+    _check_config(cfg)
     box = middleboxes.create(cfg.middlebox) if cfg.middlebox else None
     topo = build_topology(cfg)
     work = Workload(proto="plain" if cfg.transparent else cfg.proto, connections=cfg.repeat,
@@ -94,21 +86,38 @@ def probe(cfg: ProbeConfig) -> list[dict[str, Any]]:
                 box.remove()
         backend = net.backend
         helper = net.delay_helper
-    out = []
-    for record in records:
-        head: dict[str, Any] = {
-            "proto": cfg.proto, "topology": cfg.topology, "middlebox": cfg.middlebox,
-            "rtt_ms": cfg.path.rtt_ms, "link_backend": backend,
-            "delay_helper": helper.name,
-        }
-        if helper.note:
-            head["delay_helper_note"] = helper.note
-        head.update({k: record.get(k) for k in PROBE_KEYS if k not in head})
-        head.update({k: v for k, v in record.items() if k not in head})
-        if counters is not None:
-            head["middlebox_counters"] = counters
-        out.append(head)
-    return out
+    return [_probe_record(cfg, record, backend, helper, counters) for record in records]
+
+
+def _check_config(cfg: ProbeConfig) -> None:
+    """Refuse a probe configuration before anything is built."""
+    if cfg.repeat < 1:
+        raise ConfigError(f"--repeat must be >= 1, got {cfg.repeat}")
+    if cfg.keylog and cfg.pcap_dir is None:
+        raise ConfigError("--keylog writes the key logs next to the capture",
+                          "add --pcap-dir DIR")
+    if not 1 <= cfg.response_size <= MAX_RESPONSE_SIZE:
+        raise ConfigError(f"--response-size {cfg.response_size} is out of range",
+                          f"give 1 to {MAX_RESPONSE_SIZE} bytes")
+    if cfg.pcap_dir is not None:
+        check_writable_dir(cfg.pcap_dir, "--pcap-dir")
+
+
+def _probe_record(cfg: ProbeConfig, record: dict[str, Any], backend: str,
+                  helper: HelperChoice, counters: Any) -> dict[str, Any]:
+    """One probe record: PROBE_KEYS first, then the workload record's other keys."""
+    head: dict[str, Any] = {
+        "proto": cfg.proto, "topology": cfg.topology, "middlebox": cfg.middlebox,
+        "rtt_ms": cfg.path.rtt_ms, "link_backend": backend,
+        "delay_helper": helper.name,
+    }
+    if helper.note:
+        head["delay_helper_note"] = helper.note
+    head.update({k: record.get(k) for k in PROBE_KEYS if k not in head})
+    head.update({k: v for k, v in record.items() if k not in head})
+    if counters is not None:
+        head["middlebox_counters"] = counters
+    return head
 
 
 def transparent_workload(net: Network, cfg: ProbeConfig, work: Workload,

@@ -52,7 +52,7 @@ from collections.abc import Callable
 from typing import Any
 
 from testbed.eno.bpf import datapath
-from testbed.eno.control import HookUnavailableError, Result
+from testbed.eno.control import HookUnavailableError, Result, Settings
 from testbed.establish import (
     forget_hook,
     handshake_failure,
@@ -161,12 +161,7 @@ def _connect_syn(address: Addr, config: StreamConfig, spec: base.TepSpec,
     try:
         sock.bind(("0.0.0.0", 0))
         settings = config.settings(active=True, peer=address)
-        try:
-            hook_client(config.hook_name).announce(sock.getsockname()[1], settings, wait=False)
-        except HookUnavailableError as exc:
-            forget_hook(config.hook_name)
-            raise SynDataRefused("hook_unavailable", str(exc)) from None
-        info.phases["eno_announced"] = time.perf_counter()
+        _announce(config, sock, settings, info)
         offer = settings.teps[0][1] or b""
         presumed = _presumed_answer(config, spec, settings)
         pre = Result(local=("0.0.0.0", sock.getsockname()[1]), remote=address, active=True,
@@ -187,15 +182,8 @@ def _connect_syn(address: Addr, config: StreamConfig, spec: base.TepSpec,
         _wait_connected(sock, address, timeout)
         result = query(config, sock.getsockname(), address)
         info.phases["tcp_connected"] = info.phases["eno_result"] = time.perf_counter()
-        _check_outcome(sock, result)
-        assert result is not None
-        if presumed is not None and result.peer_data_bytes != presumed:
-            # Our SYN data was protected under keys that assumed this very answer.
-            error = SynDataRefused("resumption_refused", f"the peer answered "
-                                   f"{result.peer_data or 'fresh'}, not the presumed answer")
-            error.local_port = port_of(sock)
-            reset(sock)
-            raise error
+        result = _check_outcome(sock, result)
+        _check_presumed(sock, result, presumed)
         ctx.transcript, ctx.peer_suboption_data = result.transcript_bytes, result.peer_data_bytes
         _describe(info, spec, result)
         acked = syn_data_acked(sock)
@@ -210,6 +198,28 @@ def _connect_syn(address: Addr, config: StreamConfig, spec: base.TepSpec,
         raise
 
 
+def _announce(config: StreamConfig, sock: socket.socket, settings: Settings,
+              info: StreamInfo) -> None:
+    """The offer goes to the hook before the SYN (one-way; no hook, no SYN data)."""
+    try:
+        hook_client(config.hook_name).announce(sock.getsockname()[1], settings, wait=False)
+    except HookUnavailableError as exc:
+        forget_hook(config.hook_name)
+        raise SynDataRefused("hook_unavailable", str(exc)) from None
+    info.phases["eno_announced"] = time.perf_counter()
+
+
+def _check_presumed(sock: socket.socket, result: Result, presumed: bytes | None) -> None:
+    """Reset and raise if the peer's answer is not the one our SYN data presumed."""
+    if presumed is not None and result.peer_data_bytes != presumed:
+        # Our SYN data was protected under keys that assumed this very answer.
+        error = SynDataRefused("resumption_refused", f"the peer answered "
+                               f"{result.peer_data or 'fresh'}, not the presumed answer")
+        error.local_port = port_of(sock)
+        reset(sock)
+        raise error
+
+
 def _wait_connected(sock: socket.socket, address: Addr, timeout: float | None) -> None:
     """Block until the TCP handshake ends (writable) or fails; the socket stays blocking."""
     poller = select.poll()  # not select(): descriptors above 1023 are fine
@@ -221,10 +231,11 @@ def _wait_connected(sock: socket.socket, address: Addr, timeout: float | None) -
         raise OSError(err, f"connect to {address[0]}:{address[1]}: {os.strerror(err)}")
 
 
-def _check_outcome(sock: socket.socket, result: Result | None) -> None:
-    """Reset and raise unless ENO negotiated the SYN TEP (module docstring)."""
+def _check_outcome(sock: socket.socket, result: Result | None) -> Result:
+    """The hook's result if ENO negotiated the SYN TEP; else reset and raise (module
+    docstring)."""
     if result is not None and result.outcome == "negotiated":
-        return
+        return result
     if result is None or result.outcome is None:
         reason = "hook_error" if result is not None and result.error else "no_eno_result"
         detail = (result.error or "") if result is not None else ""

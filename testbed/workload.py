@@ -102,12 +102,8 @@ def eno_datapath(work: Workload) -> str:
 
 
 def run_workload(
-    net: Network,
-    work: Workload,
-    pcap: Path | None = None,
-    client: str | None = None,
-    port: int = SERVER_PORT,
-    eno_hooks: bool = True,
+    net: Network, work: Workload, pcap: Path | None = None, client: str | None = None,
+    port: int = SERVER_PORT, eno_hooks: bool = True,
 ) -> list[dict[str, Any]]:
     """Run ``work`` from ``client`` (default: the first client) to the server.
 
@@ -120,16 +116,11 @@ def run_workload(
     # Protocols with session IDs but no ENO (ordinary TLS) also report the server's view.
     peer_view = eno or bool(getattr(transport, "session_ids", False))
     nodes = (client, server) if eno and eno_hooks else ()
-    datapath = eno_datapath(work) if eno else None
-    for node in nodes:
-        # Only the datapath asked for: a process in a host with the program attached
-        # would take the bpf path whatever the run says. Before the server starts.
-        net.set_eno_bpf(node, datapath == "bpf")
+    datapath = _choose_datapath(net, work, nodes) if eno else None
     hook_nodes = nodes if datapath == "nfqueue" else ()
     spec = HookSpec()
     hooks: list[tuple[str, Popen[str]]] = []
     installed: set[str] = set()  # hooks whose rules are in place
-
     hook_policy: list[str] = []
 
     def ready_hooks() -> None:
@@ -154,6 +145,26 @@ def run_workload(
             net.set_sysctls(node, values)
     if died:
         _mark_helper_failure(records, died)
+    _annotate(records, pcap, datapath, hook_policy, wanted, stats)
+    if peer_view:
+        merge_server_views(sorted(records, key=lambda r: r["t_start_wall"]), server_view)
+    return records
+
+
+def _choose_datapath(net: Network, work: Workload, nodes: tuple[str, ...]) -> str:
+    """The run's ENO datapath, set on each host that runs a hook (before the server starts)."""
+    datapath = eno_datapath(work)
+    for node in nodes:
+        # Only the datapath asked for: a process in a host with the program attached
+        # would take the bpf path whatever the run says.
+        net.set_eno_bpf(node, datapath == "bpf")
+    return datapath
+
+
+def _annotate(records: list[dict[str, Any]], pcap: Path | None, datapath: str | None,
+              hook_policy: list[str], wanted: dict[str, dict[str, str]] | None,
+              stats: dict[str, CaptureStats]) -> None:
+    """What every record of the run says about the run: captures, datapath, hook policy."""
     for record in records:
         record["pcap"] = str(pcap) if pcap else None
         record["pcap_server"] = str(server_pcap(pcap)) if pcap else None
@@ -165,9 +176,6 @@ def run_workload(
         for end in ("client", "server"):
             got = stats.get(end)
             record[f"capture_dropped_{end}"] = got.dropped if got else None
-    if peer_view:
-        merge_server_views(sorted(records, key=lambda r: r["t_start_wall"]), server_view)
-    return records
 
 
 def set_host_sysctls(net: Network, nodes: dict[str, str],

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from testbed import keylog
@@ -36,36 +37,52 @@ def eno_keys(info: Any, policy: str | None) -> dict[str, Any]:
             "policy": info.policy}
 
 
+@dataclass
+class _Exchange:
+    """What one request/response exchange measured (perf_counter times)."""
+
+    start: float
+    t_from: float | None = None
+    t_sent: float | None = None
+    t_first: float | None = None
+    t_done: float | None = None
+    received: int = 0
+    ok: bool = True
+
+
+def _exchange(conn: Any, args: argparse.Namespace, index: int, request: bytes, already: int,
+              ex: _Exchange) -> None:
+    """Send the rest of the request and read the response, timing each step."""
+    # A lower bound on when the request segment left (the pcap analysis finds it as the
+    # first client payload after this moment): taken before the send, so load can only
+    # make it earlier, never later than the segment. A request that rode connect (TFO,
+    # 0-RTT) left after ``start``.
+    ex.t_from = ex.start if already else time.perf_counter()
+    if already < len(request):
+        conn.sendall(request[already:])
+    ex.t_sent = time.perf_counter()
+    while ex.received < args.response_size:
+        chunk = conn.recv(min(1 << 16, args.response_size - ex.received))
+        if not chunk:
+            break
+        if ex.t_first is None:
+            ex.t_first = time.perf_counter()
+        ex.ok = ex.ok and chunk == pattern(index, len(chunk), ex.received)
+        ex.received += len(chunk)
+    ex.t_done = time.perf_counter()
+
+
 def one_connection(args: argparse.Namespace, index: int) -> dict[str, Any]:
     transport = get_transport(args.proto, args.policy)
     request = encode_request(index, args.response_size, args.request_size)
     record: dict[str, Any] = {"conn": index, "proto": args.proto, "error": None}
     t_wall = time.time()
-    start = time.perf_counter()
-    t_sent = t_first = t_done = t_from = None
-    received = 0
-    ok = True
+    ex = _Exchange(start=time.perf_counter())
     conn = None
     try:
         conn, already = transport.connect((args.server, args.port), args.timeout, request)
         record["local_port"] = conn.local_port
-        # A lower bound on when the request segment left (the pcap analysis finds it as the
-        # first client payload after this moment): taken before the send, so load can only
-        # make it earlier, never later than the segment. A request that rode connect (TFO,
-        # 0-RTT) left after ``start``.
-        t_from = start if already else time.perf_counter()
-        if already < len(request):
-            conn.sendall(request[already:])
-        t_sent = time.perf_counter()
-        while received < args.response_size:
-            chunk = conn.recv(min(1 << 16, args.response_size - received))
-            if not chunk:
-                break
-            if t_first is None:
-                t_first = time.perf_counter()
-            ok = ok and chunk == pattern(index, len(chunk), received)
-            received += len(chunk)
-        t_done = time.perf_counter()
+        _exchange(conn, args, index, request, already, ex)
     except (OSError, TimeoutError, StreamError) as exc:
         record["error"] = f"{type(exc).__name__}: {exc}"
         # A connection refused by policy says why, and which port it used (server records).
@@ -76,15 +93,23 @@ def one_connection(args: argparse.Namespace, index: int) -> dict[str, Any]:
         if conn is not None:
             conn.close()
         keylog.flush()  # after the connection's timed part (testbed/keylog.py, defer)
-    info = conn.info if conn is not None else None
+    record["t_start_wall"] = t_wall
+    _complete_record(record, args, transport.uses_eno, conn.info if conn is not None else None,
+                     ex)
+    return record
+
+
+def _complete_record(record: dict[str, Any], args: argparse.Namespace, uses_eno: bool,
+                     info: Any, ex: _Exchange) -> None:
+    """The connection's record from what the exchange measured and what the stream says."""
+    start, received = ex.start, ex.received
     phases = dict(info.phases) if info else {}
-    if t_from is not None:
-        phases["request_from"] = t_from
+    if ex.t_from is not None:
+        phases["request_from"] = ex.t_from
     # A transport that sent the request inside connect (TLS 0-RTT) says when it left.
-    t_sent = phases.get("request_sent", t_sent)
+    t_sent = phases.get("request_sent", ex.t_sent)
     complete = received == args.response_size and record["error"] is None
     record.update(
-        t_start_wall=t_wall,
         outcome=(info.outcome if info and complete else "failed"),
         tep=info.tep if info else None,
         fallback_reason=info.fallback_reason if info else record.get("fallback_reason"),
@@ -92,22 +117,21 @@ def one_connection(args: argparse.Namespace, index: int) -> dict[str, Any]:
         session_id_peer=info.session_id_peer if info else None,
         connect_ms=_ms(phases.get("connected"), start),
         request_ms=_ms(t_sent, start),
-        ttfb_ms=_ms(t_first, start),
-        total_ms=_ms(t_done, start),
+        ttfb_ms=_ms(ex.t_first, start),
+        total_ms=_ms(ex.t_done, start),
         bytes_expected=args.response_size,
         bytes_received=received,
-        bytes_ok=bool(complete and ok),
-        delivered_ok=ok,  # every byte the application got was right, also if it failed later
+        bytes_ok=bool(complete and ex.ok),
+        delivered_ok=ex.ok,  # every byte the application got was right, also if it failed later
         phases_ms={k: _ms(v, start) for k, v in phases.items()},
         sched_policy=getattr(args, "sched_policy", None),
     )
-    if transport.uses_eno:
+    if uses_eno:
         record.update(eno_keys(info, args.policy))
     if info is not None:
         record.update(info.extras)
     if record["error"] is None and not complete:
         record["error"] = f"short response: {received} of {args.response_size} bytes"
-    return record
 
 
 def main(argv: list[str] | None = None) -> int:

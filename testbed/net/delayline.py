@@ -151,18 +151,16 @@ class Direction:
         try:
             raw = self.rx.getsockopt(SOL_PACKET, PACKET_STATISTICS, _TPACKET_STATS.size)
         except OSError as exc:
-            self.rx_errors[f"PACKET_STATISTICS:{_errno_name(exc)}"] += 1
+            self._rx_error(f"PACKET_STATISTICS:{_errno_name(exc)}")
             return
         self.dropped_rcvbuf += _TPACKET_STATS.unpack(raw)[1]
 
     def drain(self, stop_at: float) -> float:
         """Read up to ``batch`` frames; stop early once a frame is due. Returns the new deadline.
 
-        A frame's arrival time is its kernel receive timestamp (SO_TIMESTAMPNS, CLOCK_REALTIME,
-        mapped to CLOCK_MONOTONIC), so the time it waited for us to wake up or to finish a batch is
-        part of its delay rather than added on top: it costs up to ~1 us per frame and removes a
-        systematic +0.1 ms per direction on a VM, where waking an idle process is slow.
-        """
+        A frame arrives at its kernel receive timestamp (SO_TIMESTAMPNS, CLOCK_REALTIME mapped to
+        CLOCK_MONOTONIC): the time it waited for our wake-up or batch is part of its delay, not
+        added on top (up to ~1 us per frame; removes +0.1 ms per direction on a slow-waking VM)."""
         recvmsg_into, admit, fifo = self.rx.recvmsg_into, self.sched.admit, self.fifo
         bufs, view, clock, unpack = [self._buf], self._view, time.monotonic, _TIMESPEC.unpack
         size = len(self._buf)
@@ -175,7 +173,7 @@ class Direction:
             except BlockingIOError:
                 break
             except OSError as exc:  # e.g. ENETDOWN on a link flap: count it, the socket lives on
-                self.rx_errors[_errno_name(exc)] += 1
+                self._rx_error(_errno_name(exc))
                 break
             now = arrived = clock()
             if anc:
@@ -204,13 +202,20 @@ class Direction:
                 stop_at = due
             if now >= stop_at:
                 break
+        self._count_batch(frames, nbytes, nwire, gso)
+        return stop_at
+
+    def _count_batch(self, frames: int, nbytes: int, nwire: int, gso: int) -> None:
+        """Add one ``drain`` batch's counts (kept in locals inside its per-frame loop)."""
         self.frames_in += frames
         self.bytes_in += nbytes
         self.wire_bytes_in += nwire
         self.gso_frames += gso
         if self.sched.shape.loss > 0.0:
             self.gso_frames_lossy += gso
-        return stop_at
+
+    def _rx_error(self, label: str) -> None:
+        self.rx_errors[label] += 1
 
     def release(self, now: float) -> float:
         """Send every frame due by ``now`` (re-reading the clock after each send)."""
