@@ -87,6 +87,13 @@ def _addr(pair: Any) -> str:
     return f"{pair[0]}:{pair[1]}"
 
 
+def _phase(record: dict[str, Any], name: str, at: float | None = None) -> None:
+    """Note in the record when a step of the connection's set-up happened: ``phases_ms``,
+    milliseconds since the proxy accepted it (perf_counter, as ``StreamInfo.phases``)."""
+    moment = time.perf_counter() if at is None else at
+    record.setdefault("phases_ms", {})[name] = round((moment - record["t0"]) * 1e3, 3)
+
+
 class Proxy:
     """Listeners, worker pool, relay and the session table of one host."""
 
@@ -95,7 +102,12 @@ class Proxy:
         self.args = args
         self.out_config, self.in_config = out_config, in_config
         self.relay = Relay(self._ended)
-        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=args.workers)
+        # Worker threads start under SCHED_OTHER (SCHED_RESET_ON_FORK applies to threads
+        # too): each takes the loop's priority itself, or every handshake step of a new
+        # connection would wait in the run queue behind ordinary processes while the loop,
+        # at real-time priority, waits for it (options.set_realtime).
+        self.pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=args.workers, initializer=set_realtime, initargs=(args.rt_priority,))
         self.ready: queue.SimpleQueue[tuple[socket.socket, Stream, dict[str, Any]]] = (
             queue.SimpleQueue())
         self.wake_r, self.wake_w = socket.socketpair()
@@ -189,6 +201,7 @@ class Proxy:
 
     def _establish(self, job: Any, sock: socket.socket, peer: Addr,
                    record: dict[str, Any]) -> None:
+        _phase(record, "worker")
         try:
             result = job(sock, peer, record)
         except Exception as exc:  # noqa: BLE001 - any failure refuses this connection only
@@ -207,6 +220,7 @@ class Proxy:
             self.wake_r.recv(4096)
         while not self.ready.empty():
             app, stream, record = self.ready.get()
+            _phase(record, "relaying")
             pair = Pair.create(app, stream, record)
             self.relay.add(pair)
 
@@ -267,6 +281,7 @@ class Proxy:
             reset(dial.sock)
             self._failed(dial.held, dial.record, exc)
             return
+        _phase(dial.record, "relaying")
         self.relay.add(Pair.create(app, stream, dial.record))
 
     def _failed(self, sock: socket.socket, record: dict[str, Any], exc: OSError,
@@ -359,6 +374,8 @@ class Proxy:
             fallback_reason=info.fallback_reason, role=info.role, policy=info.policy,
             established_ms=(time.perf_counter() - record["t0"]) * 1e3,
         )
+        for name, at in info.phases.items():  # the stream's own steps (ENO, TEP handshake)
+            _phase(record, name, at)
         with self.lock:
             self.sessions[control.key(local, remote)] = record
             app_local, app_remote = record["app_local"], record["app_remote"]
