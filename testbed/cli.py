@@ -137,6 +137,14 @@ def cmd_analyse(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from experiments import compare
+
+    result = compare.compare_runs(Path(args.run_a), Path(args.run_b), args.tolerance)
+    print(json.dumps(result) if args.json else compare.format_comparison(result))
+    return 0 if result["repeats"] else 1
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.target == "eno-hook":
         from testbed.eno import bench as eno_bench
@@ -294,7 +302,7 @@ def _add_run(sub: Any) -> None:
 
 
 def _add_analysis(sub: Any) -> None:
-    """`tcpinc merge`, `report`, `analyse`."""
+    """`tcpinc merge`, `report`, `analyse`, `compare`."""
     p = sub.add_parser("merge", help="combine shard run directories of one experiment")
     p.add_argument("run_dirs", nargs="+")
     p.add_argument("--out", required=True)
@@ -307,6 +315,15 @@ def _add_analysis(sub: Any) -> None:
     p = sub.add_parser("analyse", help="redo the analysis of a run directory")
     p.add_argument("run_dir")
     p.set_defaults(func=cmd_analyse)
+
+    p = sub.add_parser("compare", help="does a rerun repeat a run? per-point median TTFB "
+                                       "differences and the noisy verdicts (exit 1: it does not)")
+    p.add_argument("run_a")
+    p.add_argument("run_b")
+    p.add_argument("--tolerance", type=float, default=2.0,
+                   help="largest difference of a point's median, in %% of run A's (default 2)")
+    p.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    p.set_defaults(func=cmd_compare)
 
 
 def _add_bench(sub: Any) -> None:
