@@ -1,45 +1,89 @@
-"""Tests for the server's connection threads (testbed/apps/server.py, Workers)."""
+"""Tests for the server's connection threads (testbed/apps/server.py, Acceptors)."""
 
 from __future__ import annotations
 
 import socket
 import threading
 
-from testbed.apps.server import Workers
+from testbed.apps.server import Acceptors
 
 
-def test_workers_serve_concurrently_reuse_threads_and_survive_a_failure(capsys) -> None:
+def _listener() -> socket.socket:
+    lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(16)
+    return lsock
+
+
+def test_acceptors_serve_concurrently_reuse_threads_and_survive_a_failure(capsys) -> None:
     release = threading.Event()
     started: list[int] = []
     all_in = threading.Semaphore(0)
 
     def work(sock: socket.socket, addr: tuple[str, int]) -> None:
-        started.append(addr[1])
+        index = sock.recv(1)[0]  # the client names its connection in one byte
+        started.append(index)
         all_in.release()
         sock.close()
-        if addr[1] == 3:
+        if index == 3:
             raise RuntimeError("boom")
-        if addr[1] < 3:
+        if index < 3:
             release.wait(5)  # three connections stay busy: the others must not wait
 
-    workers = Workers(work, spare=2)
-    pairs = [socket.socketpair() for _ in range(6)]
-    for i, (a, _) in enumerate(pairs):
-        workers.submit(a, ("peer", i))
+    lsock = _listener()
+    acceptors = Acceptors(lsock, work, spare=2)
+    clients = []
+    for i in range(6):
+        c = socket.create_connection(lsock.getsockname())
+        c.sendall(bytes([i]))
+        clients.append(c)
     for _ in range(6):
         assert all_in.acquire(timeout=5)
     assert sorted(started) == list(range(6))
     release.set()
-    for _, b in pairs:
-        b.close()
-    # The pool still serves after a failure and after its threads went back to waiting.
+    for c in clients:
+        c.close()
+    # The pool still serves after a failure.
     again = threading.Event()
-    workers.work = lambda sock, addr: (sock.close(), again.set())  # type: ignore[assignment]
-    a, b = socket.socketpair()
-    workers.submit(a, ("peer", 9))
+    def work_again(sock: socket.socket, addr: tuple[str, int]) -> None:
+        sock.close()
+        again.set()
+
+    acceptors.work = work_again  # type: ignore[assignment]
+    c = socket.create_connection(lsock.getsockname())
     assert again.wait(5)
-    b.close()
+    c.close()
+    lsock.close()
     assert "connection thread failed: RuntimeError: boom" in capsys.readouterr().err
+
+
+def test_accepting_thread_serves_the_connection_itself() -> None:
+    # No hand-off: the thread that returned from accept() runs the connection's work.
+    lsock = _listener()
+    seen: list[tuple[int, str]] = []
+    done = threading.Event()
+    real_accept = socket.socket.accept
+
+    class Listener(socket.socket):
+        def accept(self):  # type: ignore[override]
+            pair = real_accept(self)
+            seen.append((threading.get_ident(), "accept"))
+            return pair
+
+    wrapped = Listener(fileno=lsock.detach())
+
+    def work(sock: socket.socket, addr: tuple[str, int]) -> None:
+        seen.append((threading.get_ident(), "work"))
+        sock.close()
+        done.set()
+
+    Acceptors(wrapped, work, spare=1)
+    c = socket.create_connection(wrapped.getsockname())
+    assert done.wait(5)
+    c.close()
+    wrapped.close()
+    work_thread = [t for t, what in seen if what == "work"][0]
+    assert (work_thread, "accept") in seen
 
 
 def test_records_wait_until_the_response_left() -> None:
