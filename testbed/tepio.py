@@ -46,6 +46,9 @@ class TepDriver:
         self.core = core
         self.clock = clock
         self.received = 0  # bytes read from the peer, handshake included
+        # perf_counter when the first bytes from the peer were read: after our first flight
+        # left, so a lower bound on when anything sent in answer to them left.
+        self.first_read_at: float | None = None
         self.eof = False  # the peer's authenticated end of stream arrived
         self.handshake: HandshakeComplete | None = None
         self.early_received = False  # the core delivered 0-RTT data (DataReceived.early)
@@ -84,6 +87,8 @@ class TepDriver:
             if not self.eof:
                 raise TruncationError("TCP ended before the TEP's end of stream")
             return
+        if not self.received:
+            self.first_read_at = time.perf_counter()
         self.received += len(data)
         self._absorb(self.core.receive_data(data, self.clock()))
         self._flush()

@@ -56,8 +56,10 @@ def _exchange(conn: Any, args: argparse.Namespace, index: int, request: bytes, a
     # A lower bound on when the request segment left (the pcap analysis finds it as the
     # first client payload after this moment): taken before the send, so load can only
     # make it earlier, never later than the segment. A request that rode connect (TFO,
-    # 0-RTT) left after ``start``.
-    ex.t_from = ex.start if already else time.perf_counter()
+    # 0-RTT) left after ``start``, or after the moment the transport names (a TLS request
+    # behind the client's Finished: once the server's first flight was read).
+    ex.t_from = (conn.info.phases.get("request_from", ex.start) if already
+                 else time.perf_counter())
     if already < len(request):
         conn.sendall(request[already:])
     ex.t_sent = time.perf_counter()

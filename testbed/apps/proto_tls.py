@@ -102,8 +102,11 @@ class TlsArm:
     def server_profile(self) -> str:
         return "0rtt" if self.early_data else "resume" if self.resume else "draft"
 
-    def client_options(self, peer: Addr, first: bytes) -> dict[str, Any]:
-        """``TepContext.options`` of the TLS client (testbed/teps/tls/core.py lists them)."""
+    def client_options(self, peer: Addr, first: bytes, *,
+                       with_finished: bool = False) -> dict[str, Any]:
+        """``TepContext.options`` of the TLS client (testbed/teps/tls/core.py lists them).
+        ``with_finished``: arms without 0-RTT send ``first`` in the flight of the client's
+        Finished (``first_data``), as an HTTPS client writes its request behind it."""
         options: dict[str, Any] = {"mode": "eno" if self.eno else "plain"}
         if not self.compat:
             options["middlebox_compat"] = False
@@ -113,6 +116,8 @@ class TlsArm:
         if self.early_data and first:
             # Sent as 0-RTT data if the offered ticket allows it, else after the handshake.
             options["early_data"] = first
+        elif with_finished and first:
+            options["first_data"] = first
         return options
 
     def server_options(self) -> dict[str, Any]:
@@ -171,7 +176,8 @@ class TlsProvider:
     """The TLS TEP's per-host state for one ENO arm (``testbed.stream.TepProvider``)."""
 
     arm: TlsArm
-    early_data: bytes = b""  # the client's first request, for 0-RTT arms
+    early_data: bytes = b""  # the client's first request (0-RTT, or behind the Finished)
+    with_finished: bool = False  # arms without 0-RTT: send it with the client's Finished
 
     def suboption_data(self, spec: TepSpec, *, active: bool, peer: Addr | None) -> bytes | None:
         return None  # use-tls-00: a one-byte suboption (v = 0) in both SYNs
@@ -181,13 +187,14 @@ class TlsProvider:
     ) -> dict[str, Any]:
         # ENO role A is the TLS client (use-tls-00).
         if role is Role.A:
-            return self.arm.client_options(peer, self.early_data)
+            return self.arm.client_options(peer, self.early_data,
+                                           with_finished=self.with_finished)
         return self.arm.server_options()
 
     def early_options(self, spec: TepSpec, *, peer: Addr) -> dict[str, Any]:
         """The client's options before the ENO result (testbed/earlytep.py): the ClientHello
         depends on none of it; the transcript enters only the session ID's exporter context."""
-        return self.arm.client_options(peer, self.early_data)
+        return self.arm.client_options(peer, self.early_data, with_finished=self.with_finished)
 
 
 # --- connections ------------------------------------------------------------------------------
@@ -196,10 +203,12 @@ class TlsProvider:
 class TlsConn:
     """A TLS stream behind the workload's connection interface; ``info`` is read live."""
 
-    def __init__(self, stream: eno_stream.Stream, arm: TlsArm, *, client: bool) -> None:
+    def __init__(self, stream: eno_stream.Stream, arm: TlsArm, *, client: bool,
+                 request_in_tls: bool = False) -> None:
         self.stream = stream
         self.arm = arm
         self.client = client
+        self.request_in_tls = request_in_tls  # the TLS core sent the client's request
 
     @property
     def info(self) -> ConnInfo:
@@ -217,7 +226,20 @@ class TlsConn:
                 started = raw.phases.get("eno_result", raw.phases.get("tcp_connected"))
                 if started is not None:
                     info.phases["request_sent"] = started
+            elif self.request_in_tls:
+                self._request_behind_finished(info)
         return info
+
+    def _request_behind_finished(self, info: ConnInfo) -> None:
+        """The request left with the client's Finished: after the server's first bytes
+        were read (the lower bound the capture analysis finds it from), and by the end of
+        the handshake."""
+        driver = self.stream.tep_driver
+        if driver is not None and driver.first_read_at is not None:
+            info.phases["request_from"] = driver.first_read_at
+        done = self.stream.info.phases.get("tep_handshake_done")
+        if done is not None:
+            info.phases["request_sent"] = done
 
     def sendall(self, data: bytes) -> None:
         self.stream.sendall(data)
@@ -273,18 +295,20 @@ class TlsEnoTransport:
     ) -> eno_stream.StreamConfig:
         return eno_stream.StreamConfig(
             policy=eno_stream.Policy(self.policy), teps=(TEP_NAME,),
-            providers={TEP_NAME: TlsProvider(self.arm, first)},
+            providers={TEP_NAME: TlsProvider(self.arm, first, with_finished=not server)},
             early_handoff=server and self.arm.early_data, handshake_timeout=timeout,
         )
 
     def connect(self, addr: Addr, timeout: float, first: bytes) -> tuple[TlsConn, int]:
-        """Open a stream; 0-RTT arms hand the request to TLS (early data when a ticket
-        allows it). Nothing rides on the SYN: ENO bans SYN data for this TEP (RFC 8547 §4.7)."""
+        """Open a stream; the request goes to TLS (0-RTT arms: early data when a ticket
+        allows it; the others: in the flight of the client's Finished). Nothing rides on the
+        SYN: ENO bans SYN data for this TEP (RFC 8547 §4.7)."""
         config = self.config(server=False, first=first, timeout=timeout)
         stream = eno_stream.connect(addr, config, timeout=timeout)
         # After a fallback the stream is plain TCP and the request is still to be sent.
-        taken = self.arm.early_data and stream.info.tep == TEP_NAME
-        return TlsConn(stream, self.arm, client=True), len(first) if taken else 0
+        taken = stream.info.tep == TEP_NAME
+        conn = TlsConn(stream, self.arm, client=True, request_in_tls=bool(first) and taken)
+        return conn, len(first) if taken else 0
 
     def listen(self, sock: socket.socket) -> None:
         server_identity(self.arm.server_profile)  # key and certificate before the first SYN
@@ -319,7 +343,7 @@ class TlsPlainTransport:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         info = _plain_info()
-        options = self.arm.client_options(addr, first)
+        options = self.arm.client_options(addr, first, with_finished=True)
         made: list[TepDriver] = []
 
         def prepare() -> None:
@@ -348,8 +372,7 @@ class TlsPlainTransport:
         info.phases["tcp_connected"] = time.perf_counter()
         stream = run_tls(sock, Role.A, options, info, timeout, early_handoff=False,
                          driver=made[0])
-        sent = len(first) if self.arm.early_data else 0
-        return TlsConn(stream, self.arm, client=True), sent
+        return TlsConn(stream, self.arm, client=True, request_in_tls=bool(first)), len(first)
 
     def listen(self, sock: socket.socket) -> None:
         server_identity(self.arm.server_profile)  # key and certificate before the first SYN

@@ -63,6 +63,24 @@ def test_full_handshake_data_both_ways_and_close(identity: ServerIdentity) -> No
     assert a.peer_closed() == [] and b.peer_closed() == []
 
 
+def test_first_data_leaves_in_the_flight_of_the_clients_finished(
+    identity: ServerIdentity,
+) -> None:
+    # RFC 8446 §2: the client sends application data right after its Finished; with
+    # first_data both leave in one data_to_send (one segment on the wire).
+    link, a, b = tls_pair(client={"first_data": b"GET /"}, server={"server_identity": identity})
+    link.start()
+    link.step()  # ClientHello -> server; server's flight -> client
+    assert a.handshake_complete and not b.handshake_complete
+    flight = a.data_to_send()
+    assert flight
+    events = b.receive_data(flight, 0.0)
+    assert completes(events) and data_of(events) == b"GET /"
+    assert a.data_to_send() == b""  # nothing was held back for a second write
+    link.pump()
+    assert data_of(link.b_events) == b""  # sent once, not again
+
+
 def test_session_ids_equal_33_bytes_and_start_with_tep_byte(identity: ServerIdentity) -> None:
     link, a, b = tls_pair(server={"server_identity": identity})
     assert a.session_id is None and b.session_id is None  # RFC 8547 §5.1: none before
@@ -189,6 +207,9 @@ def test_unknown_option_refused() -> None:
         (Role.A, {"mode": "dtls"}),
         (Role.A, {"early_data": b"needs a cache"}),
         (Role.B, {"half_rtt_data": True}),
+        (Role.B, {"first_data": b"client only"}),
+        (Role.A, {"first_data": "not bytes"}),
+        (Role.A, {"first_data": b"x", "early_data": b"y", "session_cache": TlsSessionCache()}),
     ],
 )
 def test_bad_options_refused(role: Role, options: dict[str, object]) -> None:

@@ -26,6 +26,7 @@ class TlsOptions:
     session_cache: TlsSessionCache | None = None
     session_peer: str = ""
     early_data: bytes = b""
+    first_data: bytes = b""
     pin_spki_sha256: frozenset[bytes] = frozenset()
     ciphersuites: tuple[str, ...] = CIPHERSUITES
     groups: tuple[str, ...] = GROUPS
@@ -51,8 +52,11 @@ class TlsOptions:
     def _validate(self) -> None:
         if self.mode not in MODES:
             raise TlsConfigError(f"mode {self.mode!r} not in {MODES}")
-        if not isinstance(self.early_data, bytes):
-            raise TlsConfigError("early_data must be bytes")
+        if not isinstance(self.early_data, bytes) or not isinstance(self.first_data, bytes):
+            raise TlsConfigError("early_data and first_data must be bytes")
+        if self.early_data and self.first_data:
+            raise TlsConfigError("first_data and early_data exclude each other (early_data "
+                                 "already goes out after the handshake when 0-RTT is refused)")
         if self.server_identity is not None and not isinstance(
             self.server_identity, ServerIdentity
         ):
@@ -70,8 +74,8 @@ class TlsOptions:
         if is_client:
             other = ("server_identity", "half_rtt_data")
         else:
-            other = ("session_cache", "session_peer", "early_data", "pin_spki_sha256",
-                     "ciphersuites", "groups")
+            other = ("session_cache", "session_peer", "early_data", "first_data",
+                     "pin_spki_sha256", "ciphersuites", "groups")
         defaults = TlsOptions()
         return [k for k in other if getattr(self, k) != getattr(defaults, k)]
 
