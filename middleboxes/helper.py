@@ -27,7 +27,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from middleboxes.iptables import IptablesBox
-from testbed.errors import ProcessDiedError
+from testbed.errors import ProcessDiedError, present
 
 if TYPE_CHECKING:
     import subprocess
@@ -150,9 +150,9 @@ class HelperBox(IptablesBox):
         raise NotImplementedError
 
     def _install(self) -> None:
-        assert self.net is not None
-        stats = self.net.workdir / f"{self.chain()}-{id(self):x}.json"
-        self.helper = HelperProcess(self.net, self.node, f"middlebox:{self.name}",
+        net = present(self.net, f"the network middlebox {self.name} is installed in")
+        stats = net.workdir / f"{self.chain()}-{id(self):x}.json"
+        self.helper = HelperProcess(net, self.node, f"middlebox:{self.name}",
                                     self.argv(stats), stats)
         try:
             super()._install()

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from middleboxes.base import Check, Middlebox, register, register_alias
-from testbed.errors import ConfigError
+from testbed.errors import ConfigError, present
 
 HOOKS = {"filter": "FORWARD", "mangle": "FORWARD", "nat": "PREROUTING"}
 KNOWN_DEFAULT = "2,3,4,5,8"  # MSS, window scale, SACK-permitted, SACK, timestamps
@@ -116,10 +116,10 @@ class IptablesBox(Middlebox):
         return "".join(f"*{t}\n" + "\n".join(body) + "\nCOMMIT\n" for t, body in tables.items())
 
     def _restore(self, script: str, what: str) -> None:
-        assert self.net is not None
-        path = self.net.workdir / f"{self.chain()}-{what}.rules"
+        net = present(self.net, f"the network middlebox {self.name} is installed in")
+        path = net.workdir / f"{self.chain()}-{what}.rules"
         path.write_text(script)
-        self.net.run(self.node, ["iptables-restore", "-w", "--noflush", str(path)])
+        net.run(self.node, ["iptables-restore", "-w", "--noflush", str(path)])
 
     def _install(self) -> None:
         self._restore(self.install_script(), "install")
@@ -129,9 +129,9 @@ class IptablesBox(Middlebox):
 
     def rule_packets(self, table: str, sub: str = "") -> list[int]:
         """Packet counters of one chain's rules, in order."""
-        assert self.net is not None
-        out = self.net.run(self.node, ["iptables", "-w", "-t", table, "-L", self.chain(sub),
-                                       "-n", "-v", "-x"])
+        net = present(self.net, f"the network middlebox {self.name} is installed in")
+        out = net.run(self.node, ["iptables", "-w", "-t", table, "-L", self.chain(sub),
+                                  "-n", "-v", "-x"])
         rows = [line.split() for line in out.splitlines()[2:] if line.strip()]
         return [int(row[0]) for row in rows]
 

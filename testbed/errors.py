@@ -6,6 +6,10 @@ library code never calls ``sys.exit``.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
+_T = TypeVar("_T")
+
 
 class TestbedError(Exception):
     """Base of the testbed's own errors; ``fix`` says what the user can do."""
@@ -44,3 +48,15 @@ class KernelFeatureError(TestbedError):
 
 class ProcessDiedError(TestbedError):
     """A helper process (delay line, middlebox, hook, app) exited during a run."""
+
+
+class InvariantError(TestbedError):
+    """The code broke one of its own invariants (a bug, not bad input). Raised where an
+    ``assert`` would vanish under ``python -O``."""
+
+
+def present(value: _T | None, what: str) -> _T:
+    """``value``; InvariantError naming ``what`` if it is None."""
+    if value is None:
+        raise InvariantError(f"{what} is missing")
+    return value

@@ -31,6 +31,7 @@ from testbed.streamconfig import (
     PeerRefusedTep,
     Policy,
     StreamConfig,
+    StreamError,
     StreamInfo,
     TepFailure,
     UndecidedEnoError,
@@ -120,15 +121,26 @@ def establish(
     return _start_tep(sock, result, config, info, early)
 
 
+def negotiated_tep(sock: socket.socket, result: Result) -> tuple[int, Role]:
+    """A negotiated result's TEP id and role. A result that names no TEP or role contradicts
+    itself: the connection is reset (StreamError) before any TEP byte is read."""
+    if result.tep_id is None or result.role is None:
+        error = StreamError(f"the ENO datapath reported {result.outcome or 'a result'} without "
+                            "a TEP or a role; connection reset")
+        error.local_port = port_of(sock)
+        reset(sock)
+        raise error
+    return result.tep_id, Role(result.role)
+
+
 def _start_tep(
     sock: socket.socket, result: Result, config: StreamConfig, info: StreamInfo,
     early: EarlyTep | None = None,
 ) -> Stream:
-    assert result.tep_id is not None and result.role is not None
-    spec = base.by_id(result.tep_id)
+    tep_id, role = negotiated_tep(sock, result)
+    spec = base.by_id(tep_id)
     if spec is None:  # the hook negotiated an id this process never offered
-        raise _fail_closed(sock, "unknown_tep", f"{result.tep_id:#x}")
-    role = Role(result.role)
+        raise _fail_closed(sock, "unknown_tep", f"{tep_id:#x}")
     info.tep, info.tep_id, info.role = spec.name, spec.tep_id, role.value
     info.tep_label = spec.label or None
     info.transcript = result.transcript_bytes

@@ -328,7 +328,7 @@ class Listener:
         info = StreamInfo(policy=self.config.policy.value)
         info.phases["tcp_connected"] = time.perf_counter()
         if self._bpf is not None:
-            return self._wrap_bpf(sock, peer, info)
+            return self._wrap_bpf(self._bpf, sock, peer, info)
         if self._registration is None:
             info.fallback_reason = self.unavailable or "disabled_by_config"
             return Stream(sock, info)
@@ -341,9 +341,9 @@ class Listener:
 
         return establish(sock, result, self.config, info, active=False, split_check=peer_enabled)
 
-    def _wrap_bpf(self, sock: socket.socket, peer: Addr | None, info: StreamInfo) -> Stream:
-        assert self._bpf is not None
-        host, settings = self._bpf
+    def _wrap_bpf(self, bpf: tuple[datapath.BpfHost, Settings], sock: socket.socket,
+                  peer: Addr | None, info: StreamInfo) -> Stream:
+        host, settings = bpf
         result = _agreed(sock, host.result(sock, settings, active=False, remote=peer))
         return establish(sock, result, self.config, info, active=False,
                          split_check=lambda: host.peer_eno_after_fallback(sock))

@@ -191,15 +191,13 @@ class Stream:
             if self._driver is not None:
                 if not self._closed_write:
                     self.shutdown(socket.SHUT_WR)
-                self._drain(CLOSE_DRAIN_S)
+                self._drain(self._driver, CLOSE_DRAIN_S)
         if self.sock.fileno() >= 0:
             self.sock.close()
 
-    def _drain(self, limit: float) -> None:
+    def _drain(self, driver: TepDriver, limit: float) -> None:
         """Read and drop the peer's remaining bytes until its end of stream, for ``limit``
         seconds at most (a peer that never closes is then left to our close)."""
-        driver = self._driver
-        assert driver is not None
         deadline = time.monotonic() + limit
         while (left := deadline - time.monotonic()) > 0:
             self.sock.settimeout(left)

@@ -57,6 +57,7 @@ from testbed.establish import (
     forget_hook,
     handshake_failure,
     hook_client,
+    negotiated_tep,
     port_of,
     query,
     tcp_socket,
@@ -370,15 +371,14 @@ class SynListener(Listener):
                    remote: Addr) -> Stream:
         info = StreamInfo(policy=self.config.policy.value)
         info.phases["tcp_connected"] = info.phases["eno_result"] = time.perf_counter()
-        assert early.tep_id is not None and early.role is not None
-        spec = base.by_id(early.tep_id)
+        tep_id, role = negotiated_tep(sock, early)
+        spec = base.by_id(tep_id)
         if spec is None or spec.name not in self.config.syn_data:
             reset(sock)
-            raise StreamError(f"the hook accepted SYN data for TEP {early.tep_id:#x}, which "
+            raise StreamError(f"the hook accepted SYN data for TEP {tep_id:#x}, which "
                               "this listener does not name")
         _describe(info, spec, early)
         info.syn_data = "accepted"
-        role = Role(early.role)
 
         def confirm() -> None:
             final = query(self.config, local, remote)

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import TypeVar
 
 from testbed.eno.config import EnoConfig
 from testbed.eno.errors import EnoError, EnoStateError, LocalProtocolError
@@ -79,6 +80,16 @@ logger = logging.getLogger(__name__)
 
 
 Step = tuple[State, bytes | None]
+_T = TypeVar("_T")
+
+
+def _known(value: _T | None, what: str) -> _T:
+    """``value``, which this state implies is known; EnoStateError if it is not (the
+    negotiator's error boundary then leaves it in ERROR, as for any illegal event)."""
+    if value is None:
+        raise EnoStateError(f"{what} is not known in this state")
+    return value
+
 Problem = tuple[FallbackReason, str]
 
 
@@ -280,8 +291,8 @@ class EnoNegotiator:
             return State.DISABLED, None
         if self._state in (State.SYNACK_SENT, State.SIMUL_SYNACK_SENT):
             return self._state, self._local_raw
-        assert self._local is not None  # set by receive_syn (passive) or send_syn (active)
-        problem = self._outgoing_syn_problem(self._local, options, payload_len, syn_only=False)
+        local = _known(self._local, "our SYN-form option")  # set by receive_syn or send_syn
+        problem = self._outgoing_syn_problem(local, options, payload_len, syn_only=False)
         if problem is not None:
             return self._fail(*problem), None
         self._sent_syn_data |= payload_len > 0
@@ -301,8 +312,7 @@ class EnoNegotiator:
         if not fits:
             return self._fail(FallbackReason.NO_OPTION_SPACE, "no room in the first ACK"), None
         # A has now sent and received an ACK segment with ENO: encryption MUST be on (§4.6).
-        assert self._chosen is not None
-        self._record(self._chosen)
+        self._record(_known(self._chosen, "the TEP the SYN exchange selected"))
         return State.ENABLED_ECHO, option
 
     # -- incoming handlers ---------------------------------------------------------
@@ -331,32 +341,33 @@ class EnoNegotiator:
 
     def _passive_problem(self) -> Problem | None:
         """Passive opener: choose the one TEP to answer with (§4.5) and build our option."""
-        assert self._peer is not None
+        peer = _known(self._peer, "the peer's SYN-form option")
         local_global = passive_global(self.config)
         probe = EnoOption.build([o.tep_id for o in self.config.offers], local_global)
-        reason = negotiation_problem(probe, self._peer, self.config)
+        reason = negotiation_problem(probe, peer, self.config)
         if reason is not None:
             return reason, ""
-        answer = passive_answer(self.config, self._peer)
+        answer = passive_answer(self.config, peer)
         if answer is None:
-            return FallbackReason.NO_COMMON_TEP, f"peer offered {self._peer.tep_ids}"
+            return FallbackReason.NO_COMMON_TEP, f"peer offered {peer.tep_ids}"
         self._local = EnoOption.build([answer], local_global)
         self._local_raw = self._local.encode()
         return self._decide_problem()
 
     def _decide_problem(self) -> Problem | None:
         """Both SYN-form options known: roles (§4.3) and the negotiated TEP (§4.5)."""
-        assert self._local is not None and self._peer is not None
-        reason = negotiation_problem(self._local, self._peer, self.config)
+        mine = _known(self._local, "our SYN-form option")
+        theirs = _known(self._peer, "the peer's SYN-form option")
+        reason = negotiation_problem(mine, theirs, self.config)
         if reason is not None:
             return reason, ""
-        role = Role.B if self._local.global_suboption.b else Role.A
-        a_opt, b_opt = (self._local, self._peer) if role is Role.A else (self._peer, self._local)
+        role = Role.B if mine.global_suboption.b else Role.A
+        a_opt, b_opt = (mine, theirs) if role is Role.A else (theirs, mine)
         chosen = select_tep(a_opt, b_opt, role, self.config)
         if chosen is None:
-            return FallbackReason.NO_COMMON_TEP, f"ours {self._local.tep_ids}, peer {b_opt.tep_ids}"
+            return FallbackReason.NO_COMMON_TEP, f"ours {mine.tep_ids}, peer {b_opt.tep_ids}"
         self._role = role
-        local, peer = (self._local, self._local_raw), (self._peer, self._peer_raw)
+        local, peer = (mine, self._local_raw), (theirs, self._peer_raw)
         self._chosen = make_negotiated(role, local, peer, chosen)
         return None
 
@@ -387,8 +398,7 @@ class EnoNegotiator:
         if self._state is State.SYN_SENT:
             return State.SYNACK_RECEIVED
         # Simultaneous open: sent our SYN-ACK, received theirs, both with ENO (§4.6).
-        assert self._chosen is not None
-        self._record(self._chosen)
+        self._record(_known(self._chosen, "the TEP the SYN exchange selected"))
         return State.ENABLED_ECHO
 
     def _syn_data_abort(
@@ -422,8 +432,7 @@ class EnoNegotiator:
             return abort
         if problem is not None:
             return self._fail(problem, "first ACK segment without ENO")
-        assert self._chosen is not None
-        self._record(self._chosen)
+        self._record(_known(self._chosen, "the TEP the SYN exchange selected"))
         return State.ENABLED  # a non-SYN segment arrived, so no more ENO (§4.6)
 
     def _on_disable(self) -> State:

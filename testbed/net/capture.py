@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import IO, Any, Protocol
 
-from testbed.errors import TestbedError
+from testbed.errors import TestbedError, present
 
 log = logging.getLogger(__name__)
 
@@ -274,8 +274,7 @@ class Capture:
 
     def _end_process(self) -> int:
         """SIGINT, then SIGTERM, then SIGKILL, each with a bounded wait; the exit code."""
-        proc = self._proc
-        assert proc is not None
+        proc = present(self._proc, "the tcpdump process")
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
             if proc.poll() is not None:
                 break

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from testbed.errors import CommandError, KernelFeatureError
+from testbed.errors import CommandError, KernelFeatureError, present
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 # Resolved once in the parent: the child between fork and exec only calls it (no dlopen there).
@@ -176,16 +176,16 @@ def _spawn_launched(hosts: HostSet, names: list[str], launcher: Path) -> None:
     proc = hosts.launcher = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
                                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                              text=True)
-    assert proc.stdout is not None
+    stdout = present(proc.stdout, "the host launcher's stdout pipe")
     lines: list[str] = []
     deadline = time.monotonic() + READY_TIMEOUT
     # Every child closes its copy of stdout after its line, the launcher after forking them.
     while len(lines) < len(names):
         remaining = deadline - time.monotonic()
-        if remaining <= 0 or not select.select([proc.stdout], [], [], remaining)[0]:
+        if remaining <= 0 or not select.select([stdout], [], [], remaining)[0]:
             raise KernelFeatureError(f"{len(names) - len(lines)} host(s) not up after "
                                      f"{READY_TIMEOUT:.0f}s", "the machine is overloaded?")
-        line = proc.stdout.readline()
+        line = stdout.readline()
         if not line:
             break
         lines.append(line.strip())

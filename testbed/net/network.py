@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from testbed.eno.bpf.attach import HostAttachment
-from testbed.errors import ConfigError, KernelFeatureError, ProcessDiedError
+from testbed.errors import ConfigError, KernelFeatureError, ProcessDiedError, present
 from testbed.log import LOG
 from testbed.net import delayhelper
 from testbed.net.hosts import HostSet, NsHost, die_with_parent, spawn_hosts
@@ -151,13 +151,13 @@ class Network(HostProcesses):
         self._step("plan")
         self._hosts = spawn_hosts(list(plan.hosts))
         self.nodes = self._hosts.nodes
-        assert self.state is not None
-        with self.state.deferred():
+        state = present(self.state, "the network's state file")
+        with state.deferred():
             launcher = self._hosts.launcher
             if launcher is not None:
-                self.state.add_proc(launcher.pid, "", self._hosts.launcher_argv)
+                state.add_proc(launcher.pid, "", self._hosts.launcher_argv)
             for name, host in self.nodes.items():
-                self.state.add_node(name, host.pid)
+                state.add_node(name, host.pid)
         self._step("hosts")
         # Every veth at once, made inside its two hosts' namespaces (no root-namespace names,
         # so networks built side by side never collide).
@@ -182,8 +182,7 @@ class Network(HostProcesses):
 
     def _configure_host(self, name: str) -> None:
         """The host's chain (plan.py ``HostPlan.script``) inside it, its ip lines on stdin."""
-        assert self.plan is not None
-        host = self.plan.hosts[name]
+        host = present(self.plan, "the network's plan").hosts[name]
         out = self.nodes[name].execute(["sh", "-c", host.script("-")], stdin=host.batch_text())
         self.sysctls[name] = {key: " ".join(value.split()) for key, value in
                               zip(host.readback, out.splitlines(), strict=True)}
@@ -232,8 +231,7 @@ class Network(HostProcesses):
             for link in shaped:
                 self._apply_netem(link)
             return
-        assert self.state is not None
-        with self.state.deferred():  # one state-file write for all the lines
+        with present(self.state, "the network's state file").deferred():  # one write for all
             started = [(link.name, self._start_delay_line(link)) for link in shaped]
         # All delay lines start at once; each must be ready before traffic.
         for name, proc in started:
@@ -275,9 +273,9 @@ class Network(HostProcesses):
         its own cgroup, to which the program is attached (raises KernelFeatureError)."""
         if node in self.eno_bpf:
             return self.eno_bpf[node]
-        assert self.state is not None, "the network is not started"
-        attachment = HostAttachment.for_host(self.state.network_id, node)
-        self.state.add_bpf(attachment.cgroup, attachment.pins)  # before anything exists
+        state = present(self.state, "the network's state file (is the network started?)")
+        attachment = HostAttachment.for_host(state.network_id, node)
+        state.add_bpf(attachment.cgroup, attachment.pins)  # before anything exists
         attachment.attach()
         self.eno_bpf[node] = attachment
         return attachment

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from testbed.errors import ConfigError
+from testbed.errors import ConfigError, present
 from topologies.base import LinkDesc, Topology
 
 # Read back into the metadata beside the ones the network sets. SYN retransmission timing
@@ -226,9 +226,9 @@ class _Builder:
         """Permanent ARP entries on a link, each end naming the other's address and MAC."""
         a, b = self.end(link.a, link.name), self.end(link.b, link.name)
         for mine, peer in ((a, b), (b, a)):
-            assert peer.ip is not None
+            ip = present(peer.ip, f"the address of {peer.node} on {link.name}")
             self.hosts[mine.node].ip_batch.append(
-                f"neigh replace {peer.ip.split('/')[0]} lladdr {peer.mac} dev {mine.name} "
+                f"neigh replace {ip.split('/')[0]} lladdr {peer.mac} dev {mine.name} "
                 "nud permanent")
 
     def routes(self, name: str) -> None:
@@ -250,13 +250,13 @@ class _Builder:
                 f"route add 10.0.{index + 1}.0/24 via {self.gateway(first.name, peer)}")
 
     def gateway(self, link: str, node: str) -> str:
-        ip = self.end(node, link).ip
-        assert ip is not None
+        ip = present(self.end(node, link).ip, f"the address of {node} on {link}")
         return ip.split("/")[0]
 
 
 def build_plan(topology: Topology, config: NetConfig, backend: str) -> NetworkPlan:
-    """The whole network as data (see the module docstring); raises nothing but ConfigError."""
+    """The whole network as data (see the module docstring); raises nothing but ConfigError
+    (and InvariantError on a bug)."""
     if len(topology.links) > 254:
         raise ConfigError(f"topology {topology.name} has {len(topology.links)} links",
                           "the addressing plan (10.0.<link>.0/24) allows at most 254")

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from testbed.eno.bpf.attach import HostAttachment
-from testbed.errors import CommandError, ProcessDiedError
+from testbed.errors import CommandError, ProcessDiedError, present
 from testbed.log import LOG
 from testbed.net.hosts import NsHost, die_with_parent
 from testbed.net.state import NetworkState
@@ -196,17 +196,17 @@ class HostProcesses:
 
 def wait_for_line(proc: subprocess.Popen[str], expected: str, timeout: float, what: str) -> None:
     """Block until ``proc`` prints ``expected`` on stdout; raise with its stderr otherwise."""
-    assert proc.stdout is not None
+    stdout = present(proc.stdout, f"{what}'s stdout pipe")
     deadline = time.monotonic() + timeout
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             proc.kill()
             raise ProcessDiedError(f"{what} not ready after {timeout:.0f}s")
-        readable, _, _ = select.select([proc.stdout], [], [], remaining)
+        readable, _, _ = select.select([stdout], [], [], remaining)
         if not readable:
             continue
-        line = proc.stdout.readline()
+        line = stdout.readline()
         if line.strip() == expected:
             return
         if line == "":

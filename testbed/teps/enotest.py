@@ -220,19 +220,20 @@ class EnoTestCore:
             raise RemoteProtocolError(f"bytes after the peer's END frame ({len(self._in)})")
         return False
 
-    def _derive(self, nonce_a: bytes, nonce_b: bytes) -> None:
+    def _derive(self, nonce_a: bytes, nonce_b: bytes) -> bytes:
+        """Derive the session ID and frame key; returns the session ID."""
         digest = hashlib.sha256(SID_LABEL + self._ctx.transcript + nonce_a + nonce_b).digest()
-        self._session_id = bytes((TEP_ID,)) + digest  # §5.1: TEP byte, then 32 bytes
-        self._key = hashlib.sha256(b"eno-test frame key " + self._session_id).digest()
+        session_id = self._session_id = bytes((TEP_ID,)) + digest  # §5.1: TEP byte, 32 bytes
+        self._key = hashlib.sha256(b"eno-test frame key " + session_id).digest()
+        return session_id
 
     def _on_hello(self, msg: bytes | None) -> bool:
         if msg is None:
             return False
         if msg[: len(MAGIC_HELLO)] != MAGIC_HELLO:
             raise RemoteProtocolError("not an eno-test HELLO")
-        self._derive(msg[len(MAGIC_HELLO) :], self._nonce)
-        assert self._session_id is not None
-        self._out += MAGIC_REPLY + self._nonce + _confirm(self._session_id, Role.B)
+        session_id = self._derive(msg[len(MAGIC_HELLO) :], self._nonce)
+        self._out += MAGIC_REPLY + self._nonce + _confirm(session_id, Role.B)
         self._transition(Trigger.HELLO)
         return True
 
@@ -242,25 +243,26 @@ class EnoTestCore:
         if msg[: len(MAGIC_REPLY)] != MAGIC_REPLY:
             raise RemoteProtocolError("not an eno-test REPLY")
         nonce_b = msg[len(MAGIC_REPLY) : len(MAGIC_REPLY) + NONCE_LEN]
-        self._derive(self._nonce, nonce_b)
-        assert self._session_id is not None
-        if msg[-CONFIRM_LEN:] != _confirm(self._session_id, Role.B):
+        session_id = self._derive(self._nonce, nonce_b)
+        if msg[-CONFIRM_LEN:] != _confirm(session_id, Role.B):
             raise IntegrityError("eno-test: peer computed another session ID (transcript?)")
-        self._out += MAGIC_CONFIRM + _confirm(self._session_id, Role.A)
+        self._out += MAGIC_CONFIRM + _confirm(session_id, Role.A)
         self._transition(Trigger.REPLY)
-        events.append(HandshakeComplete(self._session_id))
+        events.append(HandshakeComplete(session_id))
         return True
 
     def _on_confirm(self, msg: bytes | None, events: list[TepEvent]) -> bool:
         if msg is None:
             return False
-        assert self._session_id is not None
+        session_id = self._session_id
+        if session_id is None:  # WAIT_CONFIRM is reached only after HELLO derived it
+            raise LocalProtocolError("eno-test: CONFIRM awaited without a session ID")
         if msg[: len(MAGIC_CONFIRM)] != MAGIC_CONFIRM:
             raise RemoteProtocolError("not an eno-test CONFIRM")
-        if msg[len(MAGIC_CONFIRM) :] != _confirm(self._session_id, Role.A):
+        if msg[len(MAGIC_CONFIRM) :] != _confirm(session_id, Role.A):
             raise IntegrityError("eno-test: peer computed another session ID (transcript?)")
         self._transition(Trigger.CONFIRM)
-        events.append(HandshakeComplete(self._session_id))
+        events.append(HandshakeComplete(session_id))
         return True
 
     def _tag(self, sender: Role, number: int, header: bytes, payload: bytes) -> bytes:
@@ -280,8 +282,8 @@ class EnoTestCore:
         total = FRAME_HEADER.size + length + TAG_LEN
         if len(self._in) < total:
             return False
-        frame = self._take(total)
-        assert frame is not None
+        frame = bytes(self._in[:total])
+        del self._in[:total]
         header, payload = frame[: FRAME_HEADER.size], frame[FRAME_HEADER.size : -TAG_LEN]
         peer = Role.B if self._ctx.role is Role.A else Role.A
         if frame[-TAG_LEN:] != self._tag(peer, self._received_frames, header, payload):

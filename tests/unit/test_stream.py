@@ -25,6 +25,7 @@ from testbed.stream import (
     SplitNegotiationError,
     Stream,
     StreamConfig,
+    StreamError,
     StreamInfo,
     TepFailure,
     connect,
@@ -255,3 +256,18 @@ def test_a_reset_syn_with_eno_is_retried_without_it_only_when_opportunistic(monk
                 connect(addr, config, timeout=2)
     with pytest.raises(ConnectionRefusedError):
         connect(addr, OPPORTUNISTIC, timeout=2)  # closed now: refused without ENO as well
+
+
+def test_a_negotiated_result_without_a_tep_resets_the_connection():
+    """A datapath result that says negotiated but names no TEP or role contradicts itself: a
+    StreamError and a RST, never a TEP core started on guesses."""
+    broken = Result(local=("127.0.0.1", 1), remote=("127.0.0.1", 2), active=True,
+                    state="enabled", outcome="negotiated", role="A", tep_id=None,
+                    transcript=TRANSCRIPT)
+    sa, sb = tcp_pair()
+    with pytest.raises(StreamError, match="without a TEP or a role") as caught:
+        establish(sa, broken, OPPORTUNISTIC, StreamInfo(policy="opportunistic"), active=True)
+    assert caught.value.local_port is not None and sa.fileno() < 0
+    with pytest.raises(ConnectionResetError):
+        sb.recv(1)
+    sb.close()
