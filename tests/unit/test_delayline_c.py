@@ -187,6 +187,7 @@ def test_fuzzed_frames_are_never_reordered_duplicated_or_changed(binary: Path) -
     (["--a2b", "", "--b2a", "", "--batch", "0"], "need 1 <= --batch"),
     (["--a2b", "", "--b2a", "", "--if-a", "x", "--if-b", "x"], "must differ"),
     (["--a2b", "", "--b2a", "", "--if-a", "nosuch0", "--if-b", "nosuch1"], "unknown interface"),
+    (["--a2b", "", "--b2a", "", "--rx-ring", "auto"], "--rx-ring must be on or off"),
 ])
 def test_bad_arguments_are_one_line_exit_2(binary: Path, args: list[str], message: str) -> None:
     proc = subprocess.run([str(binary), *args], capture_output=True, text=True, timeout=10)
@@ -239,3 +240,12 @@ def test_shape_argument_and_spin_budget() -> None:
         "delay_ns=10000000,jitter_ns=250000,loss=0.01,rate_bps=100000000,queue_packets=50,"
         "queue_bytes=0")
     assert delayhelper.spin_budget(1) == 0.25 and delayhelper.spin_budget(101) == 0.005
+
+
+def test_rx_ring_only_in_a_network_of_few_lines(tmp_path: Path) -> None:
+    def ring(lines: int) -> str:
+        argv = delayhelper.c_argv("a", "b", LinkShape(), LinkShape(), 1, tmp_path / "s.json",
+                                  lines)
+        return argv[argv.index("--rx-ring") + 1]
+    assert [ring(n) for n in (1, delayhelper.RX_RING_MAX_LINES,
+                              delayhelper.RX_RING_MAX_LINES + 1, 101)] == ["on", "on", "off", "off"]

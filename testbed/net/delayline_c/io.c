@@ -30,7 +30,8 @@ uint64_t dl_now(void)
 	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
 }
 
-int dl_open_port(const char *ifname, char *err, size_t errlen)
+int dl_open_port(const char *ifname, struct dl_ring *ring, char *ring_err, size_t ring_errlen,
+		 char *err, size_t errlen)
 {
 	unsigned idx = if_nametoindex(ifname);
 	if (!idx) {
@@ -60,10 +61,14 @@ int dl_open_port(const char *ifname, char *err, size_t errlen)
 			return -1;
 		}
 	}
+	if (ring && dl_ring_open(ring, fd, ring_err, ring_errlen))
+		ring->map = NULL;  /* recorded by the caller; recvmmsg instead */
 	struct sockaddr_ll sll = {.sll_family = AF_PACKET, .sll_protocol = htons(ETH_P_ALL),
 				  .sll_ifindex = (int)idx};
 	if (bind(fd, (struct sockaddr *)&sll, sizeof(sll))) {
 		snprintf(err, errlen, "bind to %s: %s", ifname, strerror(errno));
+		if (ring)
+			dl_ring_close(ring);
 		close(fd);
 		return -1;
 	}
@@ -102,10 +107,22 @@ void dl_dir_free(struct dl_dir *d)
 	if (d->bufs)
 		munmap(d->bufs, (size_t)(DL_MAX_FRAME + 1) * d->batch);
 	d->bufs = NULL;
+	dl_ring_close(&d->ring);
 	dl_fifo_free(&d->fifo);
 	dl_sched_free(&d->sched);
 	dl_reservoir_free(&d->delay);
 	dl_reservoir_free(&d->lateness);
+}
+
+/* A kernel receive time (CLOCK_REALTIME ns) on CLOCK_MONOTONIC; now when it cannot be one (a
+ * clock step, a foreign timestamp, none at all: real_ns 0), counted in *fallback. */
+static uint64_t arrival_at(uint64_t real_ns, uint64_t now, int64_t offset, uint64_t *fallback)
+{
+	int64_t t = (int64_t)real_ns - offset;
+	if (real_ns && t <= (int64_t)now && t > (int64_t)now - MAX_RX_AGE_NS)
+		return (uint64_t)t;
+	(*fallback)++;
+	return now;
 }
 
 static uint64_t arrival(struct msghdr *m, uint64_t now, int64_t offset, uint64_t *fallback)
@@ -115,13 +132,10 @@ static uint64_t arrival(struct msghdr *m, uint64_t now, int64_t offset, uint64_t
 			continue;
 		struct timespec ts;
 		memcpy(&ts, CMSG_DATA(c), sizeof(ts));
-		int64_t t = (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec - offset;
-		if (t <= (int64_t)now && t > (int64_t)now - MAX_RX_AGE_NS)
-			return (uint64_t)t;
-		break;  /* a clock step or a foreign timestamp: not a receive time */
+		return arrival_at((uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec, now,
+				  offset, fallback);
 	}
-	(*fallback)++;
-	return now;
+	return arrival_at(0, now, offset, fallback);
 }
 
 static void admit_one(struct dl_dir *d, uint8_t *frame, unsigned n, uint64_t arrived)
@@ -149,7 +163,18 @@ static void admit_one(struct dl_dir *d, uint8_t *frame, unsigned n, uint64_t arr
 	d->dropped_overflow++;
 }
 
-int dl_drain(struct dl_dir *d, uint64_t now, int64_t offset)
+/* One frame as read: dropped when cut or too short, else admitted. */
+static void take(struct dl_dir *d, uint8_t *frame, unsigned n, unsigned full, uint64_t arrived)
+{
+	if (full > n || n > DL_MAX_FRAME)
+		d->dropped_trunc++;  /* never forward a cut frame */
+	else if (n <= VNET_HDR_LEN)
+		d->dropped_runt++;
+	else
+		admit_one(d, frame, n, arrived);
+}
+
+static int drain_queue(struct dl_dir *d, uint64_t now, int64_t offset)
 {
 	for (unsigned i = 0; i < d->batch; i++) {
 		d->rmsg[i].msg_hdr.msg_control = d->ctrl[i];
@@ -165,14 +190,56 @@ int dl_drain(struct dl_dir *d, uint64_t now, int64_t offset)
 	for (int i = 0; i < got; i++) {
 		unsigned n = d->rmsg[i].msg_len;
 		uint64_t arrived = arrival(&d->rmsg[i].msg_hdr, now, offset, &d->rx_ts_fallback);
-		if (n > DL_MAX_FRAME || (d->rmsg[i].msg_hdr.msg_flags & MSG_TRUNC))
-			d->dropped_trunc++;  /* never forward a cut frame */
-		else if (n <= VNET_HDR_LEN)
-			d->dropped_runt++;
-		else
-			admit_one(d, d->riov[i].iov_base, n, arrived);
+		int cut = (d->rmsg[i].msg_hdr.msg_flags & MSG_TRUNC) != 0;
+		take(d, d->riov[i].iov_base, n, cut ? n + 1 : n, arrived);
 	}
 	return got;
+}
+
+/* A frame too big for a ring slot: the whole of it is the next one on the socket's queue. */
+static void take_copied(struct dl_dir *d, uint64_t arrived)
+{
+	struct msghdr *m = &d->rmsg[0].msg_hdr;
+	m->msg_control = NULL;
+	m->msg_controllen = 0;
+	m->msg_flags = 0;
+	ssize_t n = recvmsg(d->rx, m, MSG_DONTWAIT | MSG_TRUNC);
+	if (n < 0) {
+		d->rx_errors++;  /* the slot said the frame was queued: it was not (counted) */
+		return;
+	}
+	d->ring_copied++;
+	take(d, d->riov[0].iov_base, (unsigned)n, (m->msg_flags & MSG_TRUNC) ? (unsigned)n + 1
+					       : (unsigned)n, arrived);
+}
+
+static int drain_ring(struct dl_dir *d, uint64_t now, int64_t offset)
+{
+	int got = 0;
+	uint8_t *frame;
+	uint32_t len, full;
+	int copied;
+	uint64_t ts;
+	void *slot;
+	while (got < 4 * DL_BATCH_MAX &&
+	       (slot = dl_ring_next(&d->ring, &frame, &len, &full, &copied, &ts))) {
+		uint64_t arrived = arrival_at(ts, now, offset, &d->rx_ts_fallback);
+		if (copied)
+			take_copied(d, arrived);
+		else if (!frame)
+			d->dropped_runt++;
+		else
+			take(d, frame, len, full, arrived);
+		dl_ring_release(&d->ring, slot);
+		got++;
+	}
+	d->ring_frames += (uint64_t)got;
+	return got;
+}
+
+int dl_drain(struct dl_dir *d, uint64_t now, int64_t offset)
+{
+	return d->ring.map ? drain_ring(d, now, offset) : drain_queue(d, now, offset);
 }
 
 static void account_sent(struct dl_dir *d, uint64_t now)

@@ -5,8 +5,10 @@
 #include <sys/socket.h>
 
 #include "model.h"
+#include "ring.h"
 
 #define DL_BATCH_MAX 64
+
 
 /* One direction: reads rx, holds the FIFO, writes tx, keeps counters. */
 struct dl_dir {
@@ -24,10 +26,16 @@ struct dl_dir {
 	uint64_t dropped_tx, dropped_trunc, dropped_runt, dropped_rcvbuf, dropped_overflow;
 	uint64_t rx_ts_fallback, tx_busy, rx_errors;
 	int tx_blocked;  /* the last send found the socket full: wait before retrying */
+	struct dl_ring ring;  /* map NULL: read with recvmmsg */
+	uint64_t ring_frames, ring_copied;
+	char ring_error[96];  /* why the ring could not be set up */
 	uint64_t tx_errno[4];  /* EINVAL, ENETDOWN, EMSGSIZE, other */
 };
 
-int dl_open_port(const char *ifname, char *err, size_t errlen);
+/* With ring: a PACKET_RX_RING is set up before the bind (so no frame is ever read twice or
+ * missed); if that fails the port reads with recvmmsg and ring_err says why. */
+int dl_open_port(const char *ifname, struct dl_ring *ring, char *ring_err, size_t ring_errlen,
+		 char *err, size_t errlen);
 int dl_dir_init(struct dl_dir *d, const char *name, int rx, int tx, const struct dl_shape *shape,
 		uint64_t seed, int direction, unsigned batch);
 void dl_dir_free(struct dl_dir *d);

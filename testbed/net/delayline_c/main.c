@@ -2,6 +2,7 @@
  *
  *   tcpinc-delayline --if-a IF0 --if-b IF1 --a2b SHAPE --b2a SHAPE [--seed N] [--stats PATH]
  *       [--spin-budget F] [--lead-us N] [--batch N] [--rt-priority N] [--parent-pid N]
+ *       [--rx-ring on|off]
  *   tcpinc-delayline --trace --a2b SHAPE --b2a SHAPE [--seed N] < events   (see trace.c)
  *   tcpinc-delayline --limits
  * SHAPE: delay_ns=N,jitter_ns=N,loss=F,rate_bps=N,queue_packets=N,queue_bytes=N (0 = none).
@@ -18,6 +19,12 @@
  * margin, so a machine that wakes idle processes slowly gets a longer spin, a quick one a short
  * one. Polling is capped to --spin-budget of wall time per 100 ms window (the endpoints share
  * the CPUs); past the cap frames go out at ppoll()'s precision until the window ends.
+ *
+ * --rx-ring on: read each port through a PACKET_RX_RING (ring.c: no system call per frame; 8 MB
+ * of slots per port, set up before the port is bound so no frame is missed or read twice); off
+ * (the default): recvmmsg. The network builder turns it on for a network of few lines
+ * (testbed/net/delayhelper.py): a hundred idle lines need no 16 MB each. A ring that cannot be
+ * set up is recorded in the stats and the port reads with recvmmsg.
  *
  * --parent-pid N: SIGTERM when process N (the network that started it, whose child it must be)
  * dies, even by SIGKILL (prctl PR_SET_PDEATHSIG); already gone: exit 1 at once. The starter then
@@ -98,6 +105,13 @@ static int parse_args(int argc, char **argv, struct dl_config *c, int *trace, ch
 		else if (!strcmp(k, "--batch")) c->batch = (unsigned)strtoul(v, &end, 10);
 		else if (!strcmp(k, "--rt-priority")) c->rt_priority = (int)strtol(v, &end, 10);
 		else if (!strcmp(k, "--parent-pid")) parent_pid = strtol(v, &end, 10);
+		else if (!strcmp(k, "--rx-ring")) {
+			c->rx_ring = !strcmp(v, "on") ? 1 : !strcmp(v, "off") ? 0 : -1;
+			if (c->rx_ring < 0) {
+				snprintf(err, errlen, "--rx-ring must be on or off, got '%s'", v);
+				return -1;
+			}
+		}
 		else {
 			snprintf(err, errlen, "unknown argument %s", k);
 			return -1;
@@ -311,6 +325,41 @@ static int serve(struct dl_line *l)
 	return 0;
 }
 
+/* Both ports (with their rings when asked) and both directions; 0, or the exit code. An unknown
+ * interface is bad input (exit 2); any other failure is the OS's (exit 1). */
+static int open_line(struct dl_line *l, char *err, size_t errlen)
+{
+	struct dl_config *c = &l->cfg;
+	struct dl_ring ring[2] = {{0}};
+	char ring_err[2][96] = {"", ""};
+	int fd[2] = {-1, -1};
+	const char *name[2] = {c->if_a, c->if_b};
+	for (int i = 0; i < 2; i++) {
+		fd[i] = dl_open_port(name[i], c->rx_ring ? &ring[i] : NULL, ring_err[i],
+				     sizeof(ring_err[i]), err, errlen);
+		if (fd[i] >= 0)
+			continue;
+		if (i) {
+			dl_ring_close(&ring[0]);
+			close(fd[0]);
+		}
+		if (fd[i] == -2)
+			return usage_error(err);
+		fprintf(stderr, "delayline: error: %s\n", err);
+		return 1;
+	}
+	if (dl_dir_init(&l->dir[0], "a2b", fd[0], fd[1], &c->a2b, c->seed, 0, c->batch) ||
+	    dl_dir_init(&l->dir[1], "b2a", fd[1], fd[0], &c->b2a, c->seed, 1, c->batch)) {
+		fprintf(stderr, "delayline: error: out of memory\n");
+		return 1;
+	}
+	for (int i = 0; i < 2; i++) {
+		l->dir[i].ring = ring[i];
+		memcpy(l->dir[i].ring_error, ring_err[i], sizeof(ring_err[i]));
+	}
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	struct dl_line line = {0};
@@ -320,6 +369,7 @@ int main(int argc, char **argv)
 	c->lead_ns = 300000;
 	c->batch = 32;
 	c->rt_priority = 10;
+	c->rx_ring = 0;
 	int trace = 0;
 	char err[256];
 	if (argc == 2 && !strcmp(argv[1], "--limits")) {
@@ -334,29 +384,18 @@ int main(int argc, char **argv)
 		return usage_error("--parent-pid must be a pid");
 	if (parent_pid && (prctl(PR_SET_PDEATHSIG, SIGTERM, 0, 0, 0) != 0 || getppid() != parent_pid))
 		return 1;
-	/* An unknown interface is bad input (exit 2); any other failure is the OS's (exit 1). */
-	int fa = dl_open_port(c->if_a, err, sizeof(err));
-	if (fa < 0)
-		return fa == -2 ? usage_error(err) : (fprintf(stderr, "delayline: error: %s\n", err), 1);
-	int fb = dl_open_port(c->if_b, err, sizeof(err));
-	if (fb < 0) {
-		close(fa);
-		return fb == -2 ? usage_error(err) : (fprintf(stderr, "delayline: error: %s\n", err), 1);
-	}
-	if (dl_dir_init(&line.dir[0], "a2b", fa, fb, &c->a2b, c->seed, 0, c->batch) ||
-	    dl_dir_init(&line.dir[1], "b2a", fb, fa, &c->b2a, c->seed, 1, c->batch)) {
-		fprintf(stderr, "delayline: error: out of memory\n");
-		return 1;
-	}
+	int rc = open_line(&line, err, sizeof(err));
+	if (rc)
+		return rc;
+	line.started = dl_now();
 	line.lead_ns = c->lead_ns;
 	dl_reservoir_init(&line.wake_late, c->seed * 4 + 3);
 	set_priority(&line);
-	line.started = dl_now();
-	int rc = serve(&line);
+	rc = serve(&line);
 	dl_dir_free(&line.dir[0]);
 	dl_dir_free(&line.dir[1]);
 	dl_reservoir_free(&line.wake_late);
-	close(fa);
-	close(fb);
+	close(line.dir[0].rx);
+	close(line.dir[1].rx);
 	return rc;
 }

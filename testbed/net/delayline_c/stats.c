@@ -21,6 +21,20 @@ static void shape_json(FILE *f, const struct dl_shape *s)
 	else fputs("\"queue_bytes\": null}", f);
 }
 
+/* "rx_ring": whether this direction's port reads through a ring, frames read from it and how
+ * many of them were too big for a slot (read from the socket's queue); why it could not be set up. */
+static void ring_json(FILE *f, const struct dl_dir *d)
+{
+	const char *state = d->ring.map ? "on" : d->ring_error[0] ? "failed" : "off";
+	fprintf(f, "\"rx_ring\": {\"state\": \"%s\", \"frames\": %llu, \"copied\": %llu, "
+		"\"error\": ", state, (unsigned long long)d->ring_frames,
+		(unsigned long long)d->ring_copied);
+	if (d->ring_error[0])
+		fprintf(f, "\"%s\"}}", d->ring_error);  /* strerror() text: no quotes */
+	else
+		fputs("null}}", f);
+}
+
 static void dir_json(FILE *f, struct dl_dir *d)
 {
 	char delay[320], late[320];
@@ -47,7 +61,7 @@ static void dir_json(FILE *f, struct dl_dir *d)
 		"\"other\": %llu}, \"dropped_trunc\": %llu, \"dropped_runt\": %llu, "
 		"\"dropped_rcvbuf\": %llu, \"dropped_overflow\": %llu, \"rx_errors\": %llu, "
 		"\"rx_ts_fallback\": %llu, \"tx_busy\": %llu, \"in_flight\": %zu, "
-		"\"delay_ms\": %s, \"lateness_us\": %s}",
+		"\"delay_ms\": %s, \"lateness_us\": %s, ",
 		(unsigned long long)d->frames_in, (unsigned long long)d->bytes_in,
 		(unsigned long long)d->wire_bytes_in, (unsigned long long)d->frames,
 		(unsigned long long)d->bytes, (unsigned long long)d->gso_frames,
@@ -59,6 +73,7 @@ static void dir_json(FILE *f, struct dl_dir *d)
 		(unsigned long long)d->dropped_rcvbuf, (unsigned long long)d->dropped_overflow,
 		(unsigned long long)d->rx_errors, (unsigned long long)d->rx_ts_fallback,
 		(unsigned long long)d->tx_busy, d->fifo.len, delay, late);
+	ring_json(f, d);
 }
 
 /* kB of a /proc/self/status field. Not getrusage's ru_maxrss: that survives exec and would

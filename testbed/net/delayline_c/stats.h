@@ -9,6 +9,7 @@ struct dl_config {
 	double spin_budget;
 	unsigned batch;
 	int rt_priority;
+	int rx_ring;  /* --rx-ring on: 1 */
 };
 
 struct dl_line {
