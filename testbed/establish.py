@@ -178,8 +178,6 @@ def _run_tep(sock: socket.socket, config: StreamConfig, info: StreamInfo, spec: 
         raise handshake_failure(sock, driver, spec, exc) from exc
     if done is not None:
         note_handshake(info, done)
-        # A core that resumes has its keys at start(), before any event could be read.
-        info.resumed = bool(info.resumed or getattr(driver.core, "resumed", False))
     info.encrypted = spec.name not in UNENCRYPTED_TEPS
     return Stream(sock, info, driver)
 

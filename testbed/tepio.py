@@ -61,7 +61,7 @@ class TepDriver:
         socket: a client may do this while its TCP handshake is still under way."""
         if not self.started:
             self.started = True
-            self.core.start(self.clock())
+            self._absorb(self.core.start(self.clock()))
 
     def _flush(self) -> None:
         out = self.core.data_to_send()
@@ -128,11 +128,7 @@ class TepDriver:
             self.sock.settimeout(saved)
 
     def completed(self) -> HandshakeComplete | None:
-        """The handshake's result once the core has its keys (None before)."""
-        if self.handshake is None and self.core.handshake_complete:
-            session_id = self.core.session_id
-            if session_id is not None:
-                self.handshake = HandshakeComplete(session_id)
+        """The core's HandshakeComplete once it has its keys (None before)."""
         return self.handshake
 
     def send(self, data: bytes) -> None:

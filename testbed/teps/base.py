@@ -138,8 +138,10 @@ class TepCore(Protocol):
     @property
     def session_id(self) -> bytes | None: ...
 
-    def start(self, now: float) -> None:
-        """Begin the handshake (role A produces its first flight here)."""
+    def start(self, now: float) -> list[TepEvent]:
+        """Begin the handshake (role A produces its first flight here); returns the events it
+        completes: a core that has its keys at once (a resumed tcpcrypt session, RFC 8548
+        §3.5) answers HandshakeComplete here, not with the next ``receive_data``."""
 
     def receive_data(self, data: bytes, now: float) -> list[TepEvent]:
         """Feed bytes read from TCP; returns the events they complete."""

@@ -152,7 +152,7 @@ class EnoTestCore:
 
     # -- TepCore -----------------------------------------------------------------------
 
-    def start(self, now: float) -> None:
+    def start(self, now: float) -> list[TepEvent]:
         self._check_usable()
         self._nonce = self._ctx.random(NONCE_LEN)
         if self._ctx.role is Role.A:
@@ -160,6 +160,7 @@ class EnoTestCore:
             self._out += MAGIC_HELLO + self._nonce
         else:
             self._transition(Trigger.START_B)
+        return []  # the handshake needs the peer's message
 
     def receive_data(self, data: bytes, now: float) -> list[TepEvent]:
         self._check_usable()

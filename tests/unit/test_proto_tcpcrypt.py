@@ -90,9 +90,7 @@ def run(opts_a: dict[str, Any], opts_b: dict[str, Any], syn: bytes, answer: byte
     rng = random.Random(7)
     pair = Pair(TcpcryptCore(ctx_a, SPEC.tep_id), TcpcryptCore(ctx_b, SPEC.tep_id),
                 FakeLink(rng), FakeLink(rng))
-    pair.a.start(now)
-    pair.b.start(now)
-    pair.collect(now)
+    pair.start(now)
     pair.pump(now)
     pair.a.send_data(message)
     pair.pump(now)

@@ -64,8 +64,8 @@ class _OneShotCore:
         self.handshake_complete = False
         self.session_id: bytes | None = None
 
-    def start(self, now: float) -> None:
-        return None
+    def start(self, now: float) -> list[TepEvent]:
+        return []
 
     def receive_data(self, data: bytes, now: float) -> list[TepEvent]:
         self.handshake_complete, self.session_id = True, b"\x20" + bytes(32)

@@ -265,3 +265,24 @@ def test_cache_arguments() -> None:
         TcpcryptCore(TepContext(Role.A, b"", options={"tcpcrypt.cache": {}}), TepId.X25519)
     with pytest.raises(ValueError):
         TcpcryptCore(TepContext(Role.A, b"", options={"tcpcrypt.nonce_len": 9}), TepId.X25519)
+
+
+def test_a_resumed_core_answers_handshake_complete_from_start(
+        caches: tuple[ResumptionCache, ResumptionCache]) -> None:
+    """start() returns the resumed session's HandshakeComplete (its keys exist at once, §3.5);
+    nothing waits for a later receive_data. A fresh start() returns no event."""
+    ca, cb = caches
+    session(opts(ca, "B"), opts(cb, "A"))
+    client, server = opts(ca, "B"), opts(cb, "A")
+    rand_a, rand_b = DeterministicRandom("sa"), DeterministicRandom("sb")
+    syn = local_suboption_data(client, TepId.X25519, rand_a, 0.0)
+    synack = local_suboption_data(server, TepId.X25519, rand_b, 0.0, peer_data=syn)
+    a = TcpcryptCore(TepContext(Role.A, b"", rand_a, 0.0, synack, client), TepId.X25519)
+    b = TcpcryptCore(TepContext(Role.B, b"", rand_b, 0.0, syn, server), TepId.X25519)
+    got_a, got_b = a.start(0.0), b.start(0.0)
+    assert got_a == [HandshakeComplete(a.session_id or b"", resumed=True)]
+    assert got_b == [HandshakeComplete(b.session_id or b"", resumed=True)]
+    assert a.session_id == b.session_id and a.receive_data(b"", 0.0) == []
+    fresh = TcpcryptCore(TepContext(Role.A, b"", DeterministicRandom("f"), 0.0, b"", {}),
+                         TepId.X25519)
+    assert fresh.start(0.0) == [] and fresh.data_to_send()  # Init1 queued, no event

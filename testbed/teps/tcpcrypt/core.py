@@ -205,7 +205,9 @@ class TcpcryptCore:
 
     # -- TepCore -------------------------------------------------------------------------
 
-    def start(self, now: float) -> None:
+    def start(self, now: float) -> list[TepEvent]:
+        """Fresh: Init1 queued (role A) or awaited (role B), no event. Resumed (§3.5): the
+        keys exist at once and HandshakeComplete(resumed=True) is returned here."""
         with self._guard():
             self._now = now
             pending = match_resumption(
@@ -221,6 +223,8 @@ class TcpcryptCore:
                 self._send_init1()
             else:
                 self._transition(Trigger.START_B)
+            events, self._events = self._events, []
+            return events
 
     def receive_data(self, data: bytes, now: float) -> list[TepEvent]:
         with self._guard():

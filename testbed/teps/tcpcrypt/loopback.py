@@ -117,10 +117,10 @@ class Pair:
                 self.events_a += self.a.receive_data(piece, now)
         raise RuntimeError("pump did not settle")
 
-    def collect(self, now: float = 0.0) -> None:
-        """Pick up events queued without input (HandshakeComplete of a resumed session)."""
-        self.events_a += self.a.receive_data(b"", now)
-        self.events_b += self.b.receive_data(b"", now)
+    def start(self, now: float = 0.0) -> None:
+        """Start both cores; a resumed session's HandshakeComplete comes from start()."""
+        self.events_a += self.a.start(now)
+        self.events_b += self.b.start(now)
 
 
 def connect(
@@ -151,7 +151,5 @@ def connect(
         FakeLink(rng, max_piece),
         FakeLink(rng, max_piece),
     )
-    pair.a.start(now)
-    pair.b.start(now)
-    pair.collect(now)
+    pair.start(now)
     return pair

@@ -202,8 +202,9 @@ class TlsCore:
 
     # --- TepCore calls -----------------------------------------------------------------------
 
-    def start(self, now: float) -> None:
+    def start(self, now: float) -> list[TepEvent]:
         self._run("start", self._start)
+        return []  # a TLS handshake completes only on the peer's flight (RFC 8446 §2)
 
     def receive_data(self, data: bytes, now: float) -> list[TepEvent]:
         return self._run("receive_data", lambda: self._receive(data))

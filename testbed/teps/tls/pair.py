@@ -33,8 +33,8 @@ class MemoryLink:
     wire: list[tuple[str, bytes]] = field(default_factory=list)  # what each side wrote
 
     def start(self, now: float = 0.0) -> None:
-        self.a.start(now)
-        self.b.start(now)
+        self.a_events.extend(self.a.start(now))
+        self.b_events.extend(self.b.start(now))
 
     def step(self, now: float = 0.0) -> bool:
         """Move what each side has to send once; True if anything moved."""
