@@ -139,9 +139,10 @@ def test_a_link_beyond_the_helper_limits_is_refused_before_building() -> None:
     assert proc.stderr.count("\n") == 1 and "rate 500 bit/s outside" in proc.stderr
 
 
-def test_compiled_line_exits_when_its_interface_is_gone(tmp_path: Path) -> None:
+@pytest.mark.parametrize("rx_ring", ["off", "on"])
+def test_compiled_line_exits_when_its_interface_is_gone(tmp_path: Path, rx_ring: str) -> None:
     """A line whose veth peer vanished (its namespace died with a killed run) must not spin on
-    the socket error: it exits on its own, with the reason in its stats."""
+    the socket error: it exits on its own, with the reason in its stats (ring or not)."""
     if not BINARY.exists():
         pytest.skip("compiled delay line not built")
     ns = f"tcpinc-dlgone-{os.getpid()}"
@@ -156,14 +157,17 @@ def test_compiled_line_exits_when_its_interface_is_gone(tmp_path: Path) -> None:
                 subprocess.run(["ip", "-n", ns, "link", "set", name, "up"], check=True)
         proc = subprocess.Popen(
             ["ip", "netns", "exec", ns, str(BINARY), "--if-a", "a0", "--if-b", "b0",
-             "--a2b", "delay_ns=1000000", "--b2a", "delay_ns=1000000", "--stats", str(stats)],
+             "--a2b", "delay_ns=1000000", "--b2a", "delay_ns=1000000", "--stats", str(stats),
+             "--rx-ring", rx_ring],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
         subprocess.run(["ip", "-n", ns, "link", "del", "a1"], check=True)
         # A liveness bound, not a timing figure: the line exits at its next turn.
         assert proc.wait(timeout=30) == 1
         assert "interface a0 or b0 is gone" in (proc.stderr.read() if proc.stderr else "")
-        assert json.loads(stats.read_text())["error"] == "interface a0 or b0 is gone"
+        report = json.loads(stats.read_text())
+        assert report["error"] == "interface a0 or b0 is gone"
+        assert report["directions"]["a2b"]["rx_ring"]["state"] == rx_ring
     finally:
         if proc is not None and proc.poll() is None:
             proc.kill()

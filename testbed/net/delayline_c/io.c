@@ -221,7 +221,7 @@ static int drain_ring(struct dl_dir *d, uint64_t now, int64_t offset)
 	int copied;
 	uint64_t ts;
 	void *slot;
-	while (got < 4 * DL_BATCH_MAX &&
+	while (got < (int)d->batch &&
 	       (slot = dl_ring_next(&d->ring, &frame, &len, &full, &copied, &ts))) {
 		uint64_t arrived = arrival_at(ts, now, offset, &d->rx_ts_fallback);
 		if (copied)
