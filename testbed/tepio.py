@@ -55,6 +55,11 @@ class TepDriver:
         self.started = False
         self._plain = bytearray()
         self._keys_logged: set[tuple[str, int]] = set()  # (direction, generation)
+        # Key logs (analysis runs only, testbed/keylog.py): only cores with keys of their own
+        # (tcpcrypt's ``key_log``) log here, and only when their keys changed.
+        self._key_log: Callable[[], object] | None = (
+            getattr(core, "key_log", None) if keylog.TCPCRYPT_ENV in os.environ else None)
+        self._keys_seen: object = None
 
     def start(self) -> None:
         """Start the core (its first flight is then ready to send) without touching the
@@ -67,8 +72,11 @@ class TepDriver:
         out = self.core.data_to_send()
         if out:
             self.sock.sendall(out)
-        if keylog.TCPCRYPT_ENV in os.environ:  # analysis runs only (testbed/keylog.py)
-            keylog.note_tep_keys(self.core, self.sock, self._keys_logged)
+        if self._key_log is not None:
+            keys = self._key_log()
+            if keys is not None and keys != self._keys_seen:
+                self._keys_seen = keys
+                keylog.note_tep_keys(self.core, self.sock, self._keys_logged)
 
     def _absorb(self, events: list[TepEvent]) -> None:
         for event in events:
