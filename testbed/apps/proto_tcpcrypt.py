@@ -62,6 +62,7 @@ records is the configured length; ``eno_option_bytes`` shows what was sent.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
@@ -90,6 +91,7 @@ from testbed.teps.tcpcrypt.errors import ResumptionError
 from testbed.teps.tcpcrypt.options import (
     OPT_CACHE,
     OPT_CACHE_SECRETS,
+    OPT_FIRST_DATA,
     OPT_LOCAL_DATA,
     OPT_NONCE_LEN,
     OPT_PEER,
@@ -323,9 +325,27 @@ FRESH_PROVIDER = TcpcryptProvider(None)
 class TcpcryptConn(EnoConn):
     """A stream of a tcpcrypt arm; its record says whether the session was resumed."""
 
-    def __init__(self, stream: eno_stream.Stream, nonce_len: int | None) -> None:
+    def __init__(self, stream: eno_stream.Stream, nonce_len: int | None,
+                 request_in_tep: bool = False) -> None:
         super().__init__(stream)
         self.info.extras = tcpcrypt_keys(stream.info, nonce_len)
+        if request_in_tep:
+            self._request_phases()
+
+    def _request_phases(self) -> None:
+        """The core sealed the request as soon as its keys existed (``first_data``): after
+        Init2 was read (fresh), or at start, after the ENO result (resumed). That moment is
+        the lower bound the capture analysis finds the request segment from."""
+        phases, driver = self.info.phases, self.stream.tep_driver
+        if self.info.extras["resumed"]:
+            start = phases.get("eno_result")
+        else:
+            start = driver.first_read_at if driver is not None else None
+        if start is not None:
+            phases["request_from"] = start
+        done = phases.get("tep_handshake_done")
+        if done is not None:
+            phases["request_sent"] = done
 
 
 def tcpcrypt_keys(info: eno_stream.StreamInfo, nonce_len: int | None) -> dict[str, Any]:
@@ -367,9 +387,18 @@ class TcpcryptTransport(EnoTransport):
 
     def connect(self, addr: Addr, timeout: float, first: bytes) -> tuple[TcpcryptConn, int]:
         """Open a stream; nothing of ``first`` rides on the SYN (RFC 8548 defines no SYN data,
-        RFC 8547 §4.7)."""
-        stream = eno_stream.connect(addr, self.config(), timeout=timeout)
-        return TcpcryptConn(stream, self.nonce_len), 0
+        RFC 8547 §4.7). The core seals it as soon as its keys exist (``first_data``), so the
+        request leaves from inside the handshake's last read instead of after connect()
+        returned; after a fallback it is still to be sent."""
+        config = self.config()
+        if first:
+            config = dataclasses.replace(config, tep_options={
+                name: {**config.tep_options.get(name, {}), OPT_FIRST_DATA: first}
+                for name in self.teps})
+        stream = eno_stream.connect(addr, config, timeout=timeout)
+        taken = stream.info.tep in self.teps and stream.info.session_id is not None
+        conn = TcpcryptConn(stream, self.nonce_len, request_in_tep=bool(first) and taken)
+        return conn, len(first) if taken else 0
 
     def accept(self, sock: socket.socket, addr: Addr | None = None) -> TcpcryptConn:
         if self.listener is None:

@@ -196,3 +196,29 @@ def test_arms_and_stream_settings() -> None:
     assert tep_id == SPEC.tep_id and data is not None and len(data) == 17
     assert settings.expect == ((SPEC.tep_id, hosts.client.expected_peer_data(SPEC, data)),)
     assert config.settings(active=False, peer=None).teps == ((SPEC.tep_id, None),)
+
+
+def test_a_resuming_client_seals_its_first_data_at_start() -> None:
+    # §3.5: a resumed A has its keys at start(), so first_data leaves in its first write.
+    from testbed.teps.tcpcrypt.options import OPT_FIRST_DATA
+
+    hosts = Hosts()
+    hosts.connect()  # fresh: both hosts cache the next secret
+    hosts.port += 1
+    syn = hosts.client.suboption_data(SPEC, active=True, peer=SERVER) or b""
+    answer = hosts.hook.syn(syn)
+    assert answer, "the server's hook holds an answer for the cached secret"
+    opts_a = hosts.client.context_options(SPEC, role=Role.A, peer=SERVER,
+                                          result=result(True, syn, answer, hosts.port))
+    opts_b = hosts.server.context_options(SPEC, role=Role.B, peer=(CLIENT[0], hosts.port),
+                                          result=result(False, answer, syn, hosts.port))
+    now = time.monotonic()
+    a = TcpcryptCore(TepContext(Role.A, b"t", now=now, peer_suboption_data=answer,
+                                options={**opts_a, OPT_FIRST_DATA: b"GET /"}), SPEC.tep_id)
+    b = TcpcryptCore(TepContext(Role.B, b"t", now=now, peer_suboption_data=syn,
+                                options=opts_b), SPEC.tep_id)
+    a.start(now)
+    b.start(now)
+    assert a.resumed and b.resumed
+    got = b.receive_data(a.data_to_send(), now)
+    assert [e.data for e in got if isinstance(e, DataReceived)] == [b"GET /"]

@@ -488,3 +488,31 @@ def test_transitions_are_logged(caplog: pytest.LogCaptureFixture) -> None:
     text = caplog.text
     assert "idle -> wait-init2" in text and "wait-init2 -> established" in text
     assert "idle -> wait-init1" in text and "wait-init1 -> established" in text
+
+
+def test_first_data_is_sealed_with_the_keys_and_leaves_with_no_further_call() -> None:
+    # Role A's first_data becomes a frame inside the receive_data that handles Init2 (§3.3:
+    # A has its keys then); nothing is queued before, and send_data still follows it.
+    a, b = core(Role.A, first_data=b"GET /"), core(Role.B)
+    a.start(0.0)
+    init1 = a.data_to_send()
+    b.start(0.0)
+    b.receive_data(init1, 0.0)
+    init2 = b.data_to_send()
+    assert a.data_to_send() == b""
+    events = a.receive_data(init2, 0.0)
+    assert any(isinstance(e, HandshakeComplete) for e in events)
+    frame = a.data_to_send()
+    assert frame
+    got = b.receive_data(frame, 0.0)
+    assert [e.data for e in got if isinstance(e, DataReceived)] == [b"GET /"]
+    a.send_data(b" more")
+    got = b.receive_data(a.data_to_send(), 0.0)
+    assert [e.data for e in got if isinstance(e, DataReceived)] == [b" more"]
+
+
+def test_first_data_is_for_role_a_and_must_be_bytes() -> None:
+    with pytest.raises(ValueError, match="role A"):
+        core(Role.B, first_data=b"x")
+    with pytest.raises(ValueError, match="first_data must be bytes"):
+        core(Role.A, first_data="x")

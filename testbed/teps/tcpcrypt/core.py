@@ -28,6 +28,9 @@ TepContext.options keys used by tcpcrypt (see options.py; other ``tcpcrypt.*`` k
 ``tcpcrypt.cache_secrets``  False: cache no secret from this connection (§3.5 policy 2).
 ``tcpcrypt.nonce_len``      resumption nonce length, 0..8, default 8 (§3.5).
 ``tcpcrypt.chunk_size``     largest application chunk per frame (default 16384, at most 65518).
+``tcpcrypt.first_data``     role A only: application bytes sealed as soon as the keys exist
+                            (after Init2, §3.3; at start when resuming, §3.5), so they leave
+                            with no further call; ``send_data`` before that is still refused.
 ``tcpcrypt.local_suboption_data``, ``tcpcrypt.pending_session``
                             written by ``options.local_suboption_data()`` when it builds our
                             SYN/SYN-ACK suboption; read here to decide on resumption.
@@ -112,6 +115,8 @@ class TcpcryptCore:
         self._ctx = context
         self._params = tep_params(tep_id)
         self._opts = TcpcryptOptions.from_dict(context.options)
+        if self._opts.first_data and context.role is not Role.A:
+            raise ValueError("tcpcrypt.first_data is for role A (the active opener) only")
         self._state = State.IDLE
         self._now = context.now
         self._in = bytearray()
@@ -244,13 +249,17 @@ class TcpcryptCore:
                 raise LocalProtocolError(f"cannot send data in state {self._state.value}")
             if urgent is not None and not 0 <= urgent < len(data):
                 raise LocalProtocolError("urgent index outside the data")
-            size = self._opts.chunk_size
-            if urgent is not None:
-                size = min(size, MAX_URGENT_CHUNK)
-            for start in range(0, len(data), size):
-                chunk = data[start : start + size]
-                mark = urgent - start if urgent is not None and 0 <= urgent - start < size else None
-                self._emit(Plaintext(bytes(chunk), urgent=mark))
+            self._seal(data, urgent)
+
+    def _seal(self, data: bytes, urgent: int | None = None) -> None:
+        """Queue ``data`` as frames of at most ``chunk_size`` bytes (§3.6)."""
+        size = self._opts.chunk_size
+        if urgent is not None:
+            size = min(size, MAX_URGENT_CHUNK)
+        for start in range(0, len(data), size):
+            chunk = data[start : start + size]
+            mark = urgent - start if urgent is not None and 0 <= urgent - start < size else None
+            self._emit(Plaintext(bytes(chunk), urgent=mark))
 
     def close(self) -> None:
         """Queue the authenticated end of stream: an empty frame with FINp (§3.7)."""
@@ -339,6 +348,7 @@ class TcpcryptCore:
         self._install(keys, msg.cipher, index=0, original_a=True, peer=self._opts.peer)
         self._transition(Trigger.INIT2_RECEIVED)
         events.append(HandshakeComplete(self._require_sid()))
+        self._seal(self._opts.first_data)
 
     def _start_resumed(self, entry: CachedSession) -> None:
         """Keys from the cached ss[i] and sn[i] = nonce_a | nonce_b (§3.5)."""
@@ -354,6 +364,7 @@ class TcpcryptCore:
                       peer=peer)
         self._transition(Trigger.START_RESUMED)
         self._events.append(HandshakeComplete(self._require_sid(), resumed=True))
+        self._seal(self._opts.first_data)
 
     def _install(
         self,

@@ -30,6 +30,7 @@ OPT_NONCE_LEN = PREFIX + "nonce_len"
 OPT_CHUNK_SIZE = PREFIX + "chunk_size"
 OPT_LOCAL_DATA = PREFIX + "local_suboption_data"
 OPT_PENDING = PREFIX + "pending_session"
+OPT_FIRST_DATA = PREFIX + "first_data"
 
 DEFAULT_CHUNK_SIZE = 16384
 
@@ -47,8 +48,11 @@ class TcpcryptOptions:
     chunk_size: int = DEFAULT_CHUNK_SIZE
     local_suboption_data: bytes = b""
     pending_session: CachedSession | None = None
+    first_data: bytes = b""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.first_data, bytes):
+            raise ValueError(f"{OPT_FIRST_DATA} must be bytes")
         if not self.ciphers or any(c not in AEADS for c in self.ciphers):
             raise ValueError(f"{OPT_CIPHERS} must list known AEAD ids (RFC 8548 §7 Table 5)")
         if len(set(self.ciphers)) != len(self.ciphers) or len(self.ciphers) > 0xFF:
