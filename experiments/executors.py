@@ -16,6 +16,7 @@ parameters fail the same way) and is a ``PointFailure`` too.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import importlib
 import importlib.metadata
@@ -24,7 +25,7 @@ import platform
 import socket
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -164,8 +165,12 @@ def _close_run(experiment: str, ctx: RunContext) -> None:
         close_run(ctx)
 
 
-def run_point_task(task: PointTask) -> PointResult:
-    """Run one point on this machine in a scratch directory and hand back all it wrote."""
+def run_point_task(task: PointTask, close_run: bool = True) -> PointResult:
+    """Run one point on this machine in a scratch directory and hand back all it wrote.
+
+    ``close_run=False`` keeps what the experiment pools (its network) open for the next
+    point of the same group in this process (``ConcurrentLocalExecutor``); a point that
+    raises closes it all the same."""
     here = code_identity()
     if here != task.code:
         raise ConfigError(f"worker {socket.gethostname()} runs {here}, the driver {task.code}",
@@ -184,10 +189,13 @@ def run_point_task(task: PointTask) -> PointResult:
         ctx = RunContext(scratch, task.profile, task.repeat, task.seed, backend, datapath)
         # A task is self-contained: nothing of it (a pooled network) outlives it on the
         # worker, so on a cluster each point builds and describes its own network.
+        ended = False
         try:
             records, seconds = _run_here(task, ctx)
+            ended = True
         finally:
-            _close_run(task.experiment, ctx)
+            if close_run or not ended:
+                _close_run(task.experiment, ctx)
         appended: dict[str, str] = {}
         files: dict[str, bytes] = {}
         for path in sorted(p for p in scratch.rglob("*") if p.is_file()):
@@ -234,6 +242,100 @@ class LocalExecutor:
 
     def close(self) -> None:
         return None
+
+
+class ConcurrentLocalExecutor:
+    """Groups of points at once on this machine, each group in its own worker process.
+
+    For experiments whose points mostly wait (a SYN black hole waits out retransmission
+    timeouts) and measure nothing a busy CPU moves (outcomes, round trips counted from
+    captures); an experiment opts in with ``CONCURRENCY`` (docs/measurement.md). A point's
+    network is its own set of namespaces, so networks built side by side never meet. The
+    points of one group (the experiment's ``group_key``, else contiguous chunks) run one
+    after another in one process, sharing what the experiment pools (one network); a
+    group's results come back when it ends, and the driver alone writes the run directory.
+    A point that raises is a ``PointFailure`` (recorded, resumable), as on a cluster."""
+
+    def __init__(self, backend: str, workers: int, group_key: GroupKey | None = None) -> None:
+        if workers < 2:
+            raise ConfigError(f"a concurrent executor needs 2 or more workers, not {workers}")
+        self.backend, self.size, self.group_key = backend, workers, group_key
+        self.identity = {**LocalExecutor(backend).identity, "address": "local"}
+        self.seen: list[dict[str, Any]] = []
+
+    def workers(self) -> list[dict[str, Any]]:
+        return self.seen or [self.identity]
+
+    def groups(self, tasks: list[PointTask]) -> list[list[PointTask]]:
+        """Tasks in groups, in the points' order within each group."""
+        if self.group_key is not None:
+            keyed: dict[str, list[PointTask]] = {}
+            for task in tasks:
+                keyed.setdefault(self.group_key(task.point), []).append(task)
+            return list(keyed.values())
+        size = -(-len(tasks) // self.size)  # ceiling: at most ``self.size`` chunks
+        return [tasks[i:i + size] for i in range(0, len(tasks), max(size, 1))]
+
+    def run(self, tasks: list[PointTask], ctx: RunContext) -> Iterator[Outcome]:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        # The worker uses what the driver resolved (a test's datapath, the run's backend).
+        tasks = [dataclasses.replace(t, link_backend=ctx.link_backend,
+                                     eno_datapath=ctx.eno_datapath) for t in tasks]
+        groups = self.groups(tasks)
+        if not groups:
+            return
+        # Forked: a worker starts with the driver's imports (the experiment, pandas,
+        # matplotlib), which a fresh interpreter would pay again on a busy machine.
+        context = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(max_workers=min(self.size, len(groups)), mp_context=context,
+                                 initializer=_worker_start, initargs=(os.getpid(),)) as pool:
+            futures = [pool.submit(run_point_group, group) for group in groups]
+            try:
+                for future in as_completed(futures):
+                    for outcome in future.result():
+                        if isinstance(outcome, PointResult):
+                            self._saw(outcome.worker)
+                        yield outcome
+            finally:
+                for future in futures:
+                    future.cancel()
+
+    def _saw(self, worker: dict[str, Any]) -> None:
+        if worker not in self.seen:
+            self.seen.append(worker)
+
+    def close(self) -> None:
+        return None
+
+
+GroupKey = Callable[[dict[str, Any]], str]
+
+
+def _worker_start(parent: int) -> None:
+    """A worker process ends with the driver, even one killed by SIGKILL (its helpers and
+    namespaces then go as after any killed run, testbed/net/hosts.py)."""
+    from testbed.net.hosts import die_with_parent
+
+    die_with_parent(parent)
+
+
+def run_point_group(tasks: list[PointTask]) -> list[Outcome]:
+    """Run a group of points one after another in this process; the experiment's pooled
+    network stays open between them and closes after the last (or a failed) point. Each
+    result names this process as its worker (``local:<pid>``)."""
+    out: list[Outcome] = []
+    for i, task in enumerate(tasks):
+        try:
+            result = run_point_task(task, close_run=i == len(tasks) - 1)
+        except Exception as exc:  # the point failed; the group goes on, as on a cluster
+            out.append(PointFailure(task.point, f"{type(exc).__name__}: {exc}", 1,
+                                    [f"local:{os.getpid()}"]))
+            continue
+        result.worker["address"] = f"local:{os.getpid()}"
+        out.append(result)
+    return out
 
 
 def make_executor(args: argparse.Namespace, names: list[str]) -> tuple[Executor, str]:

@@ -53,6 +53,11 @@ def datapaths(proto: str) -> list[str]:
 # Points on the same path share one network (experiments/common.py, NetworkPool); each
 # arm still gets its own server, hooks, client and warm-up.
 POOL = NetworkPool()
+# Round trips are counted from sequence and ACK numbers, never from time, and most of a
+# point's wall time is waiting on 50 ms round trips: two halves of the grid run side by side,
+# each on its own network (experiments/runner.py experiment_executor).
+CONCURRENCY = 2
+CONCURRENCY_REASON = "round trips counted from captures, not times"
 
 
 def close_run(ctx: RunContext) -> None:

@@ -211,7 +211,8 @@ def _run_experiment(name: str, ctx: RunContext, args: dict[str, Any],
 
     started = time.monotonic()
     module = importlib.import_module(EXPERIMENTS[name])
-    executor = executor or LocalExecutor(ctx.link_backend)
+    executor, concurrency = experiment_executor(
+        module, executor or LocalExecutor(ctx.link_backend), bool(args.get("serial")))
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
     meta_path = ctx.run_dir / "metadata.json"
     if meta_path.exists():
@@ -235,10 +236,38 @@ def _run_experiment(name: str, ctx: RunContext, args: dict[str, Any],
     meta["duration_s"] = round(meta.get("duration_s", 0.0) + time.monotonic() - started, 1)
     meta["analysis_s"] = round(meta.get("analysis_s", 0.0) + time.monotonic() - measured, 1)
     meta["points_total"] = len(points)
+    # How the points of this session ran (one at a time, or groups side by side).
+    meta.setdefault("concurrency", []).append(concurrency)
     meta["failed_points"] = failed
     meta.update(worker_summary(ctx.run_dir, meta.get("workers", []), executor.workers()))
     meta_path.write_text(json.dumps(meta, indent=2))
     return {**summary, "failed_points": failed} if failed else summary
+
+
+def experiment_executor(module: Any, executor: Executor, serial: bool = False
+                        ) -> tuple[Executor, dict[str, Any]]:
+    """The executor for one experiment's points, and how they run, for metadata.json.
+
+    Here, an experiment whose points mostly wait and measure no time a busy CPU moves
+    declares ``CONCURRENCY`` (workers) with its reason, and optionally ``group_key(point)``
+    (points with the same key run one after another in one worker, sharing its network);
+    its points then run side by side (experiments/executors.py ConcurrentLocalExecutor).
+    Every other experiment, and every one under ``--serial``, runs one point at a time."""
+    from experiments.executors import ConcurrentLocalExecutor, LocalExecutor
+
+    workers = int(getattr(module, "CONCURRENCY", 1))
+    if not isinstance(executor, LocalExecutor):
+        return executor, {"executor": type(executor).__name__, "workers": len(
+            executor.workers())}
+    if workers < 2 or serial:
+        return executor, {"executor": "local", "workers": 1,
+                          "reason": "--serial" if serial and workers > 1
+                          else "points run one at a time (timing needs a quiet CPU)"}
+    group_key = getattr(module, "group_key", None)
+    return ConcurrentLocalExecutor(executor.backend, workers, group_key), {
+        "executor": "local-concurrent", "workers": workers,
+        "grouped_by": getattr(module, "GROUPED_BY", "contiguous chunks"),
+        "reason": str(getattr(module, "CONCURRENCY_REASON", ""))}
 
 
 def run_points(name: str, todo: list[dict[str, Any]], ctx: RunContext, args: dict[str, Any],

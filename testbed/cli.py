@@ -286,6 +286,9 @@ def _add_run(sub: Any) -> None:
     _datapath_arg(p)
     p.add_argument("--executor", default="local", choices=["local", "dask"],
                    help="where points run: here, or on a Dask distributed cluster")
+    p.add_argument("--serial", action="store_true",
+                   help="local: one point at a time in every experiment (by default the "
+                        "experiments whose points mostly wait run several at once)")
     p.add_argument("--scheduler", default=None,
                    help="dask: the scheduler's address, tcp://HOST:8786")
     p.add_argument("--ssh", default=None,

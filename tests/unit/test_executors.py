@@ -290,3 +290,56 @@ def test_the_report_flags_workers_that_disagree() -> None:
         "userspace); each record names its worker, compare only points of one kind**")
     assert _workers_note({**mixed, "worker_mismatch": None}) == ", 2 workers on lab1, lab2"
     assert _workers_note({"workers": [{"host": "lab1"}]}) == ""
+
+
+def test_concurrent_executor_runs_each_group_in_order_in_its_own_process(
+        tmp_path: Path) -> None:
+    from experiments.executors import ConcurrentLocalExecutor
+    from experiments.runner import RunContext, run_points
+
+    executor = ConcurrentLocalExecutor("userspace", 2, group_key=lambda p: str(p["i"] % 2))
+    ctx = RunContext(tmp_path, "quick", None, 1, "userspace")
+    points = [{"i": i, "seconds": 0.0} for i in range(4)] + [{"i": 4, "seconds": "x"}]
+    failed = run_points("idle", points, ctx, {"link_backend": "userspace"}, executor)
+    assert failed == 1  # the point that raised is recorded; its group went on
+    (failure,) = [json.loads(x) for x in (tmp_path / "failed.jsonl").read_text().splitlines()]
+    assert failure["point"]["i"] == 4 and failure["reason"].startswith("ValueError")
+    records = [json.loads(x) for x in (tmp_path / "records.jsonl").read_text().splitlines()]
+    by_worker: dict[str, list[int]] = {}
+    for record in records:
+        by_worker.setdefault(record["worker"]["address"], []).append(record["i"])
+    assert sorted(by_worker.values()) == [[0, 2], [1, 3]]
+    assert f"local:{os.getpid()}" not in by_worker and all(
+        a.startswith("local:") for a in by_worker)
+    marks = (tmp_path / "points.jsonl").read_text().splitlines()
+    assert sorted(json.loads(k)["i"] for k in marks) == [0, 1, 2, 3]
+    tags = [json.loads(x)["tag"] for x in (tmp_path / "networks.jsonl").read_text().splitlines()]
+    assert sorted(tags) == ["idle-0", "idle-1", "idle-2", "idle-3"]
+    assert len(executor.workers()) == 2
+
+
+def test_without_a_group_key_points_run_in_contiguous_chunks() -> None:
+    from experiments.executors import ConcurrentLocalExecutor
+
+    tasks = [PointTask("idle", {"i": i}, "quick", None, 1, "userspace", "c") for i in range(5)]
+    groups = ConcurrentLocalExecutor("userspace", 2).groups(tasks)
+    assert [[t.point["i"] for t in g] for g in groups] == [[0, 1, 2], [3, 4]]
+    with pytest.raises(ConfigError, match="2 or more workers"):
+        ConcurrentLocalExecutor("userspace", 1)
+
+
+def test_only_experiments_that_declare_it_run_points_side_by_side() -> None:
+    from experiments import fallback, idle, latency
+    from experiments.executors import ConcurrentLocalExecutor, LocalExecutor
+    from experiments.runner import experiment_executor
+
+    local = LocalExecutor("userspace")
+    chosen, info = experiment_executor(latency, local)
+    assert chosen is local and info["workers"] == 1
+    chosen, info = experiment_executor(idle, local)
+    assert chosen is local and info["workers"] == 1
+    chosen, info = experiment_executor(fallback, local)
+    assert isinstance(chosen, ConcurrentLocalExecutor) and info["workers"] == fallback.CONCURRENCY
+    assert info["grouped_by"] == "middlebox" and chosen.group_key is fallback.group_key
+    chosen, info = experiment_executor(fallback, local, serial=True)
+    assert chosen is local and info == {"executor": "local", "workers": 1, "reason": "--serial"}
