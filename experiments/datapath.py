@@ -2,8 +2,8 @@
 
 The working group argued packet intercept against socket intercept ("tcpcrypt is great
 if it's inside the kernel"). Each point is one ENO arm on one ENO datapath at one RTT on
-the ``direct`` topology, measured like a latency point (experiments/common.py: a fresh
-network, a warm-up, ``repeat`` captured connections, the time split of
+the ``direct`` topology, measured like a latency point (experiments/common.py: one network
+per RTT shared by its points, a warm-up, ``repeat`` captured connections, the time split of
 testbed/net/timesplit.py). The analysis gives, per arm, datapath and RTT, the median TTFB
 against theory, the wait between the TCP handshake and the ENO verdict (``eno_query_ms``:
 a control round trip to the hook, or reading the socket's storage on bpf), the host time
@@ -26,6 +26,7 @@ import pandas as pd  # noqa: E402
 
 from experiments import timing  # noqa: E402
 from experiments.common import (  # noqa: E402
+    NetworkPool,
     counts_for_arm,
     find_connection,
     measure,
@@ -56,10 +57,20 @@ def points(profile: str) -> list[dict[str, Any]]:
     return rtt_grid(grid["rtts"], grid["arms"], datapath=datapaths())
 
 
+# The points of one RTT share one network, as in the latency experiment (rtt_grid lists them
+# one after another); each still gets its own hooks or bpf attachment, server and client.
+POOL = NetworkPool()
+
+
+def close_run(ctx: RunContext) -> None:
+    """End of the run (also an interrupted one): close the pooled network."""
+    POOL.close(ctx)
+
+
 def run_point(point: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
     repeat = ctx.repeat or PROFILES[ctx.profile]["repeat"]
     m = rtt_measurement(point, repeat, eno_datapath=point["datapath"])
-    return measure(m, ctx, f"{point['proto']}-{point['datapath']}-{point['rtt_ms']}ms")
+    return measure(m, ctx, f"{point['proto']}-{point['datapath']}-{point['rtt_ms']}ms", POOL)
 
 
 def reordering(records: pd.DataFrame, run_dir: Path) -> list[int | None]:
