@@ -204,7 +204,9 @@ def analyse(run_dir: Path) -> dict[str, Any]:
 def heatmap(matrix: pd.DataFrame, path: Path) -> None:
     matrix = matrix.assign(arm=matrix["proto"] + " / " + matrix["policy"])
     grid = matrix.pivot(index="arm", columns="middlebox", values="outcome")
-    codes = grid.apply(lambda col: col.map(CLASSES.index))
+    # A cell no point ran (the SYN-data arms meet only the boxes of SYN_BOXES) stays blank.
+    codes = grid.apply(lambda col: col.map(
+        lambda v: CLASSES.index(v) if isinstance(v, str) else float("nan")))
     colours = ["#1a9850", "#fdae61", "#91bfdb", "#542788", "#762a83", "#d73027", "#f46d43",
                "#fee090", "#999999"]
     cmap = matplotlib.colors.ListedColormap(colours)
@@ -213,8 +215,9 @@ def heatmap(matrix: pd.DataFrame, path: Path) -> None:
               aspect="auto")
     ax.set_xticks(range(len(grid.columns)), grid.columns, rotation=60, ha="right", fontsize=8)
     ax.set_yticks(range(len(grid.index)), grid.index, fontsize=8)
-    for (i, j), value in pd.DataFrame(codes.to_numpy()).stack().items():
-        ax.text(j, i, SHORT[CLASSES[int(value)]], ha="center", va="center", fontsize=6)
+    for (i, j), value in pd.DataFrame(codes.to_numpy(dtype=float)).stack().items():
+        if value == value:  # not NaN: a cell that ran
+            ax.text(j, i, SHORT[CLASSES[int(value)]], ha="center", va="center", fontsize=6)
     ax.set_title("What the application got, per protocol and middlebox")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -311,3 +311,21 @@ def test_fallback_client_timeout_follows_the_kernels_syn_timing(tmp_path, monkey
     assert fallback.client_timeout_s() == 5.0
     path.write_text("2\n")
     assert fallback.client_timeout_s() == 10.0
+
+
+def test_fallback_heatmap_leaves_cells_no_point_ran_blank(tmp_path):
+    """The quick matrix runs the SYN-data arms only against the SYN boxes: the other boxes'
+    cells of those arms are empty in the grid, not an error."""
+    import pandas as pd
+
+    from experiments.fallback import heatmap
+
+    matrix = pd.DataFrame([
+        {"proto": "tls", "policy": "required", "middlebox": "passthrough",
+         "outcome": "encrypted"},
+        {"proto": "tls", "policy": "required", "middlebox": "dpi-443", "outcome": "failed:reset"},
+        {"proto": "tls-syn", "policy": "required", "middlebox": "passthrough",
+         "outcome": "encrypted"},
+    ])
+    heatmap(matrix, tmp_path / "heatmap.png")
+    assert (tmp_path / "heatmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
