@@ -138,7 +138,9 @@ static uint64_t arrival(struct msghdr *m, uint64_t now, int64_t offset, uint64_t
 	return arrival_at(0, now, offset, fallback);
 }
 
-static void admit_one(struct dl_dir *d, uint8_t *frame, unsigned n, uint64_t arrived)
+/* Admit a frame: held in a copy, or (owned) in frame itself, a buffer from malloc that the
+ * line then frees when the frame leaves or is dropped. */
+static void admit_one(struct dl_dir *d, uint8_t *frame, unsigned n, uint64_t arrived, int owned)
 {
 	uint32_t wire, segs;
 	dl_wire_bytes(frame, n, &wire, &segs);
@@ -150,12 +152,16 @@ static void admit_one(struct dl_dir *d, uint8_t *frame, unsigned n, uint64_t arr
 		d->gso_frames_lossy += d->sched.shape.loss > 0.0;
 	}
 	uint64_t due;
-	if (dl_admit(&d->sched, arrived, wire, segs, &due) != DL_PASS)
+	if (dl_admit(&d->sched, arrived, wire, segs, &due) != DL_PASS) {
+		if (owned)
+			free(frame);
 		return;
+	}
 	struct dl_held h = {.due = due, .arrived = arrived, .len = n};
-	h.data = malloc(n);
+	h.data = owned ? frame : malloc(n);
 	if (h.data) {
-		memcpy(h.data, frame, n);
+		if (!owned)
+			memcpy(h.data, frame, n);
 		if (dl_fifo_push(&d->fifo, &h) == 0)
 			return;
 		free(h.data);
@@ -163,15 +169,20 @@ static void admit_one(struct dl_dir *d, uint8_t *frame, unsigned n, uint64_t arr
 	d->dropped_overflow++;
 }
 
-/* One frame as read: dropped when cut or too short, else admitted. */
-static void take(struct dl_dir *d, uint8_t *frame, unsigned n, unsigned full, uint64_t arrived)
+/* One frame as read: dropped when cut or too short, else admitted (owned: see admit_one). */
+static void take(struct dl_dir *d, uint8_t *frame, unsigned n, unsigned full, uint64_t arrived,
+		 int owned)
 {
-	if (full > n || n > DL_MAX_FRAME)
-		d->dropped_trunc++;  /* never forward a cut frame */
-	else if (n <= VNET_HDR_LEN)
-		d->dropped_runt++;
-	else
-		admit_one(d, frame, n, arrived);
+	if (full > n || n > DL_MAX_FRAME || n <= VNET_HDR_LEN) {
+		if (full > n || n > DL_MAX_FRAME)
+			d->dropped_trunc++;  /* never forward a cut frame */
+		else
+			d->dropped_runt++;
+		if (owned)
+			free(frame);
+		return;
+	}
+	admit_one(d, frame, n, arrived, owned);
 }
 
 static int drain_queue(struct dl_dir *d, uint64_t now, int64_t offset)
@@ -191,26 +202,33 @@ static int drain_queue(struct dl_dir *d, uint64_t now, int64_t offset)
 		unsigned n = d->rmsg[i].msg_len;
 		uint64_t arrived = arrival(&d->rmsg[i].msg_hdr, now, offset, &d->rx_ts_fallback);
 		int cut = (d->rmsg[i].msg_hdr.msg_flags & MSG_TRUNC) != 0;
-		take(d, d->riov[i].iov_base, n, cut ? n + 1 : n, arrived);
+		take(d, d->riov[i].iov_base, n, cut ? n + 1 : n, arrived, 0);
 	}
 	return got;
 }
 
-/* A frame too big for a ring slot: the whole of it is the next one on the socket's queue. */
+/* A frame too big for a ring slot: the whole of it is the next one on the socket's queue.
+ * Read straight into the buffer that holds it until its due time (no copy of a super-frame). */
 static void take_copied(struct dl_dir *d, uint64_t arrived)
 {
-	struct msghdr *m = &d->rmsg[0].msg_hdr;
-	m->msg_control = NULL;
-	m->msg_controllen = 0;
-	m->msg_flags = 0;
-	ssize_t n = recvmsg(d->rx, m, MSG_DONTWAIT | MSG_TRUNC);
+	size_t cap = DL_MAX_FRAME + 1;
+	uint8_t *buf = malloc(cap);
+	struct iovec iov = {buf, cap};
+	struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1};
+	ssize_t n = buf ? recvmsg(d->rx, &m, MSG_DONTWAIT | MSG_TRUNC) : -1;
 	if (n < 0) {
-		d->rx_errors++;  /* the slot said the frame was queued: it was not (counted) */
+		free(buf);
+		/* the slot said the frame was queued: it was not, or no memory (counted) */
+		d->rx_errors++;
 		return;
 	}
 	d->ring_copied++;
-	take(d, d->riov[0].iov_base, (unsigned)n, (m->msg_flags & MSG_TRUNC) ? (unsigned)n + 1
-					       : (unsigned)n, arrived);
+	unsigned len = (unsigned)n, full = (m.msg_flags & MSG_TRUNC) ? len + 1 : len;
+	if (len + 4096 < cap && len > 0) {  /* give back what a smaller frame left unused */
+		uint8_t *fit = realloc(buf, len);
+		buf = fit ? fit : buf;
+	}
+	take(d, buf, len, full, arrived, 1);
 }
 
 static int drain_ring(struct dl_dir *d, uint64_t now, int64_t offset)
@@ -229,7 +247,7 @@ static int drain_ring(struct dl_dir *d, uint64_t now, int64_t offset)
 		else if (!frame)
 			d->dropped_runt++;
 		else
-			take(d, frame, len, full, arrived);
+			take(d, frame, len, full, arrived, 0);
 		dl_ring_release(&d->ring, slot);
 		got++;
 	}
