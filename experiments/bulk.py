@@ -68,10 +68,30 @@ def run_point(point: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
                                      "-t", str(seconds), "-J"], timeout=seconds + 60)
             after = proxy_cpu(hosts)
             conns = proxy_outcomes(hosts)
+            if "server" in hosts:
+                hosts["server"].wait_idle()
+                reads = read_sizes(conns, hosts["server"].records())
+            else:
+                reads = {}
         finally:
             net.stop_helper(server)
     report = json.loads(out)
-    return [{**point, **summarise(report, before, after, conns), **describe(net)}]
+    return [{**point, **summarise(report, before, after, conns), **reads, **describe(net)}]
+
+
+def read_sizes(client: list[dict[str, Any]], server: list[dict[str, Any]]
+               ) -> dict[str, float | None]:
+    """KiB per read of the data connection (the one that carried the most) where each proxy
+    takes the bytes in: the client proxy from iperf3, the server proxy from the network.
+    Every read is one turn of the proxy's loop: what its per-call costs are spread over."""
+    def per_read(records: list[dict[str, Any]], side: str) -> float | None:
+        data = max(records, key=lambda r: r.get(f"{side}_bytes_in") or 0, default=None)
+        if not data or not data.get(f"{side}_reads"):
+            return None
+        return float(data[f"{side}_bytes_in"]) / data[f"{side}_reads"] / 1024
+
+    return {"sender_proxy_kib_per_read": per_read(client, "app"),
+            "receiver_proxy_kib_per_read": per_read(server, "net")}
 
 
 def summarise(report: dict[str, Any], before: dict[str, float], after: dict[str, float],
@@ -107,6 +127,7 @@ def analyse(run_dir: Path) -> dict[str, Any]:
         retransmits=("retransmits", "median"),
         sender_cpu_ns_per_byte=("sender_cpu_ns_per_byte", "median"),
         receiver_cpu_ns_per_byte=("receiver_cpu_ns_per_byte", "median"),
+        **_read_columns(frame),
         outcomes=("outcomes", outcomes_of),
     ).reset_index()
     summary["ratio_vs_plain"] = against_plain(summary, ["rtt_ms", "rate_mbit"],
@@ -116,6 +137,13 @@ def analyse(run_dir: Path) -> dict[str, Any]:
     ratios = summary[summary["proto"].isin(["tcpcrypt", "tls"])]["ratio_vs_plain"]
     return {"points": len(summary),
             "min_encrypted_ratio": float(ratios.min()) if len(ratios) else None}
+
+
+def _read_columns(frame: pd.DataFrame) -> dict[str, tuple[str, str]]:
+    """Median KiB per proxy read, where the records have it (runs before it was recorded
+    do not)."""
+    return {c: (c, "median") for c in ("sender_proxy_kib_per_read",
+                                       "receiver_proxy_kib_per_read") if c in frame}
 
 
 def plot(summary: pd.DataFrame, path: Path) -> None:

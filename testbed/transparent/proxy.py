@@ -164,7 +164,8 @@ class Proxy:
 
     def serve(self) -> None:
         while True:
-            for key, mask in self.relay.selector.select(timeout=1.0 if self.dials else None):
+            wait = self.relay.timeout(1.0 if self.dials else None)
+            for key, mask in self.relay.selector.select(timeout=wait):
                 if isinstance(key.data, Dial):
                     self._dialed(key.data, key.data.result())
                 elif key.data == "wake":
@@ -173,6 +174,7 @@ class Proxy:
                     self._accept(key.fileobj, key.data)  # type: ignore[arg-type]
                 else:
                     self.relay.handle(key, mask)
+            self.relay.sweep()
             if self.dials:
                 now = time.monotonic()
                 for dial in [d for d in self.dials if d.deadline < now]:

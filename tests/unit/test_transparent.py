@@ -19,7 +19,7 @@ from testbed.teps.tcpcrypt.options import MAX_CHUNK
 from testbed.teps.tls.pair import tls_pair
 from testbed.transparent import control, rules
 from testbed.transparent.host import ProxySpec
-from testbed.transparent.relay import Pair, Relay, Side
+from testbed.transparent.relay import BATCH, Pair, Relay, Side
 
 DIV = rules.Diversion(gid=7690, redirect_port=7690, tproxy_port=7691, listen_ports=(80, 443))
 
@@ -162,6 +162,52 @@ def test_relay_turns_a_reset_into_a_reset() -> None:
     h.app_peer.settimeout(2)
     with pytest.raises(ConnectionResetError):
         h.app_peer.recv(1)
+
+
+def test_relay_batches_bulk_reads_and_still_delivers_a_small_tail() -> None:
+    """A network side past BULK_RATE gets SO_RCVLOWAT BATCH; a few bytes after the burst,
+    below it, still reach the application (the sweep drops it back to 1)."""
+    app_peer, app = tcp_pair()
+    net_peer, net = tcp_pair()
+    relay = Relay(lambda pair: None)
+    pair = Pair.create(app, Stream(net, StreamInfo(policy="off")), {})
+    relay.add(pair)
+    burst = bytes(range(256)) * 40000  # 10 MB at loopback speed
+    got = bytearray()
+    lowat_seen = set()
+
+    def turn(drain: bool = True) -> None:
+        for key, mask in relay.selector.select(timeout=relay.timeout(0.05)):
+            relay.handle(key, mask)
+        relay.sweep()
+        if not drain:
+            return
+        lowat_seen.add(net.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT))
+        app_peer.setblocking(False)
+        try:
+            while chunk := app_peer.recv(1 << 20):
+                got.extend(chunk)
+        except BlockingIOError:
+            pass
+
+    sender = threading.Thread(target=net_peer.sendall, args=(burst,))
+    sender.start()
+    deadline = time.monotonic() + 30
+    while len(got) < len(burst) and time.monotonic() < deadline:
+        turn()
+    sender.join(5)
+    assert bytes(got) == burst and BATCH in lowat_seen and pair.net.reads > 0
+    net_peer.sendall(b"tail")
+    while len(got) < len(burst) + 4 and time.monotonic() < deadline:
+        turn()
+    assert bytes(got[len(burst):]) == b"tail"
+    assert not pair.net.batching and relay.batching == set()
+    assert net.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT) == 1
+    for sock in (app_peer, net_peer):
+        sock.close()
+    while relay.pairs and time.monotonic() < deadline:
+        turn(drain=False)
+    assert not relay.pairs
 
 
 def tep_cores(tep: str) -> tuple[TepCore, TepCore]:
