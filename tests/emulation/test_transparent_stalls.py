@@ -155,8 +155,13 @@ def test_eno_connections_never_wait_for_a_timeout(proto: str, tmp_path: Path) ->
         # A repeat that answers a SACK or duplicate ACK is the peer reporting a reordered
         # segment (the ENO hook's queue window, README "Known limit"), not a wait: what
         # must not happen is a segment sent again for want of any answer (a timeout).
+        # A lone FIN is left out: its ACK is delayed on purpose (Linux's tcp_fin enters
+        # delayed-ACK mode to send it with the receiver's own FIN), so on a busy host the
+        # closing side's tail-loss probe may repeat it; the connection's bytes are all in.
         signals = duplicate_acks(conn)
-        for again in conn.retransmissions():
+        for again in [r for r in conn.retransmissions()
+                      if conn.segments[r.index].segment.payload_len
+                      or conn.segments[r.index].segment.is_syn]:
             assert any(again.original_index < i < again.index
                        and conn.segments[i].direction != again.direction
                        for i in signals), (conn.key, again)
