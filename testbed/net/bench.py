@@ -87,7 +87,13 @@ def link_figures(reports: dict[str, Any]) -> dict[str, Any]:
     dirs = [d for r in reports.values() for d in r["directions"].values()]
     frames = sum(d["frames"] for d in dirs)
     late = [d["lateness_us"] for d in dirs if d["lateness_us"]["count"]]
-    return {"delayline_cpu_s": cpu, "frames": frames,
+    # Frames the line lost itself (receive ring or buffer full, refused by the kernel on
+    # send, cut, held-frame limit), not the model's loss and queue drops.
+    lost = sum(d.get(key, 0) for d in dirs for key in
+               ("dropped_rcvbuf", "dropped_tx", "dropped_trunc", "dropped_overflow"))
+    rings = sorted({d["rx_ring"]["state"] for d in dirs if "rx_ring" in d})
+    return {"delayline_cpu_s": cpu, "frames": frames, "line_drops": lost,
+            "rx_ring": "/".join(rings) or None,
             "cpu_us_per_packet": cpu / frames * 1e6 if frames else float("nan"),
             "lateness_median_us": max((d["median"] for d in late), default=float("nan")),
             "lateness_p99_us": max((d["p99"] for d in late), default=float("nan"))}
@@ -224,6 +230,10 @@ def _result(r: dict[str, Any]) -> str:
         text += f", {r['cpu_us_per_packet']:.1f} us/pkt"
     if "lateness_median_us" in r:
         text += f", late {r['lateness_median_us']:.0f}/{r['lateness_p99_us']:.0f} us"
+    if r.get("rx_ring") and r["metric"] != "rtt":
+        text += f", rx ring {r['rx_ring']}"
+    if r.get("line_drops"):
+        text += f", {r['line_drops']} frames lost in the line (rx ring/buffer full)"
     return text
 
 

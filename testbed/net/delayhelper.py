@@ -33,7 +33,7 @@ LIMITS = {
 }
 TOTAL_SPIN_BUDGET = 0.5  # CPU fraction all delay lines of a network may busy-poll together
 MAX_SPIN_BUDGET = 0.25  # per delay line
-# Lines read through a PACKET_RX_RING (16 MB of kernel memory each: ring.c) only in a network of
+# Lines read through a PACKET_RX_RING (32 MB of kernel memory each: ring.c) only in a network of
 # at most this many: a large network's many lines stay small (the fan-in memory target).
 RX_RING_MAX_LINES = 4
 

@@ -76,11 +76,13 @@ def test_bad_fanin_sizes_are_refused(text: str) -> None:
 def test_link_figures_take_the_worst_direction() -> None:
     def d(frames: int, med: float, p99: float) -> dict[str, Any]:
         return {"frames": frames, "lateness_us": {"count": frames, "median": med, "p99": p99}}
-    reports = {"l0": {"cpu_s": 0.5, "directions": {"a2b": d(1000, 1.0, 50.0),
+    reports = {"l0": {"cpu_s": 0.5, "directions": {"a2b": {**d(1000, 1.0, 50.0),
+                                                            "dropped_rcvbuf": 7},
                                                     "b2a": d(0, 0.0, 0.0)}},
                "l1": {"cpu_s": 0.5, "directions": {"a2b": d(1000, 3.0, 20.0),
                                                     "b2a": d(2000, 2.0, 10.0)}}}
     fig = bench.link_figures(reports)
     assert fig["frames"] == 4000 and fig["cpu_us_per_packet"] == 250.0
+    assert fig["line_drops"] == 7
     assert fig["lateness_median_us"] == 3.0 and fig["lateness_p99_us"] == 50.0
     assert bench.link_figures({}) == {}

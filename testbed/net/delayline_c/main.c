@@ -20,10 +20,10 @@
  * one. Polling is capped to --spin-budget of wall time per 100 ms window (the endpoints share
  * the CPUs); past the cap frames go out at ppoll()'s precision until the window ends.
  *
- * --rx-ring on: read each port through a PACKET_RX_RING (ring.c: no system call per frame; 8 MB
+ * --rx-ring on: read each port through a PACKET_RX_RING (ring.c: no system call per frame; 16 MB
  * of slots per port, set up before the port is bound so no frame is missed or read twice); off
  * (the default): recvmmsg. The network builder turns it on for a network of few lines
- * (testbed/net/delayhelper.py): a hundred idle lines need no 16 MB each. A ring that cannot be
+ * (testbed/net/delayhelper.py): a hundred idle lines need no 32 MB each. A ring that cannot be
  * set up is recorded in the stats and the port reads with recvmmsg.
  *
  * --parent-pid N: SIGTERM when process N (the network that started it, whose child it must be)
