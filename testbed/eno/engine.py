@@ -464,13 +464,13 @@ class HookEngine:
         which every core reading answers alike."""
         size = seg.payload_len
         if trigger is Trigger.SEND_SYN:
-            return neg.send_syn(options, size), neg.pop_events()
+            return neg.send_syn(options, size)
         if trigger is Trigger.SEND_SYNACK:
-            return neg.send_synack(options, size), neg.pop_events()
+            return neg.send_synack(options, size)
         if trigger is Trigger.SEND_ACK:
             if len(seg.raw) + _NON_SYN_ENO_WIRE > self.mtu:
                 options = _NO_ROOM  # the kernel sized this segment for the MTU already
-            return neg.send_ack(options), neg.pop_events()
+            return neg.send_ack(options)
         if trigger is Trigger.RECV_SYN:
             return None, neg.receive_syn(options, size)
         if trigger is Trigger.RECV_SYNACK:

@@ -4,10 +4,12 @@ Theory of operation
 -------------------
 One ``EnoNegotiator`` per connection end. The NFQUEUE hook (or a test) tells it about
 every handshake segment, in the order this host sends or receives them, passing the raw
-TCP options block (and the payload length for SYNs). Outgoing calls return the encoded
-ENO option the segment must carry (append it with ``tcp_options.append_eno``) or None.
-Incoming calls return the events produced so far: the one outcome (``Negotiated``,
-``Fallback`` or ``Aborted``) once it is known, and SYN-data verdicts.
+TCP options block (and the payload length for SYNs). Every call answers with its events:
+outgoing calls return an ``Outgoing`` (the encoded ENO option the segment must carry, or
+None, and the events sending it produced), incoming calls the events they produced: the one
+outcome (``Negotiated``, ``Fallback`` or ``Aborted``) once it is known, and SYN-data
+verdicts. ``pop_events`` returns what no call returned yet (the fallback of an end made with
+ENO disabled).
 
     active opener (A):  CLOSED -send_syn-> SYN_SENT -receive_synack-> SYNACK_RECEIVED
                         -send_ack-> ENABLED_ECHO -receive_ack-> ENABLED
@@ -39,7 +41,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from testbed.eno.config import EnoConfig
 from testbed.eno.errors import EnoError, EnoStateError, LocalProtocolError
@@ -80,6 +82,15 @@ logger = logging.getLogger(__name__)
 
 
 Step = tuple[State, bytes | None]
+
+
+class Outgoing(NamedTuple):
+    """What an outgoing segment gets: the ENO option to append (``tcp_options.append_eno``)
+    or None to send it plain, and the events sending it produced, oldest first."""
+
+    option: bytes | None
+    events: list[EnoEvent]
+
 _T = TypeVar("_T")
 
 
@@ -154,29 +165,35 @@ class EnoNegotiator:
         return self._state in (State.ENABLED_ECHO, State.ENABLED)
 
     def pop_events(self) -> list[EnoEvent]:
-        """Every event not yet returned, oldest first."""
+        """Every event no call returned yet, oldest first (calls return their own; this is
+        left with what the constructor recorded, ENO disabled by the configuration)."""
         events, self._events = self._events, []
         return events
 
     # -- outgoing segments ---------------------------------------------------------
+    # Each returns the ENO option the segment must carry (None: send it plain) together with
+    # the events sending it produced (A's Negotiated at its first ACK, a fallback, an abort).
 
-    def send_syn(self, options: bytes = b"", payload_len: int = 0) -> bytes | None:
-        """Our SYN-only is leaving: the ENO option to append, or None to send it plain."""
-        return self._run(Trigger.SEND_SYN, lambda: self._on_send_syn(options, payload_len))
+    def send_syn(self, options: bytes = b"", payload_len: int = 0) -> Outgoing:
+        """Our SYN-only is leaving."""
+        return self._send(Trigger.SEND_SYN, lambda: self._on_send_syn(options, payload_len))
 
-    def send_synack(self, options: bytes = b"", payload_len: int = 0) -> bytes | None:
+    def send_synack(self, options: bytes = b"", payload_len: int = 0) -> Outgoing:
         """Our SYN-ACK is leaving (passive opener, or simultaneous open)."""
-        return self._run(Trigger.SEND_SYNACK, lambda: self._on_send_synack(options, payload_len))
+        return self._send(Trigger.SEND_SYNACK,
+                          lambda: self._on_send_synack(options, payload_len))
 
-    def send_ack(self, options: bytes = b"", contents: bytes = b"") -> bytes | None:
+    def send_ack(self, options: bytes = b"", contents: bytes = b"") -> Outgoing:
         """A non-SYN segment is leaving. ``contents`` is TEP data for the non-SYN-form option
         (§4.1: empty unless the TEP defines it; §10: the TEP must authenticate it)."""
-        return self._run(Trigger.SEND_ACK, lambda: self._on_send_ack(options, contents))
+        return self._send(Trigger.SEND_ACK, lambda: self._on_send_ack(options, contents))
 
-    def disable(self) -> None:
+    def disable(self) -> list[EnoEvent]:
         """Stop using ENO before the handshake completes (§4.6 lets an active opener drop it
-        between SYN retransmissions; any end may decide not to start)."""
+        between SYN retransmissions; any end may decide not to start); returns the fallback
+        it produced (none when ENO was already off)."""
         self._run(Trigger.DISABLE, lambda: (self._on_disable(), None))
+        return self.pop_events()
 
     # -- incoming segments ---------------------------------------------------------
 
@@ -203,6 +220,10 @@ class EnoNegotiator:
         return self.pop_events()
 
     # -- the machinery -------------------------------------------------------------
+
+    def _send(self, trigger: Trigger, step: Callable[[], Step]) -> Outgoing:
+        option = self._run(trigger, step)
+        return Outgoing(option, self.pop_events())
 
     def _run(self, trigger: Trigger, step: Callable[[], Step]) -> bytes | None:
         if not TRANSITIONS[self._state].get(trigger):
@@ -464,6 +485,7 @@ class EnoNegotiator:
 
 __all__ = [
     "EnoNegotiator",
+    "Outgoing",
     "State",
     "TRANSITIONS",
     "Trigger",

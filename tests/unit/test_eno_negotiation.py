@@ -22,7 +22,7 @@ from testbed.eno.events import (
     FallbackReason,
     Negotiated,
 )
-from testbed.eno.negotiation import EnoNegotiator, State
+from testbed.eno.negotiation import EnoNegotiator, Outgoing, State
 from testbed.eno.option import EnoOption, GlobalSuboption, TepSuboption
 from testbed.eno.tcp_options import append_eno, find_eno, remove_eno
 from testbed.teps.base import Role
@@ -66,6 +66,11 @@ class End:
     def collect(self, events: list[EnoEvent]) -> None:
         self.events += events
 
+    def sent(self, out: Outgoing) -> bytes | None:
+        """The option an outgoing segment carries; its events join the others."""
+        self.events += out.events
+        return out.option
+
     def drain(self) -> None:
         self.events += self.neg.pop_events()
 
@@ -82,13 +87,13 @@ def three_way(
     a: End, b: End, box: Box = passthrough, ack_base: bytes = LINUX_ACK, syn_base: bytes = LINUX_SYN
 ) -> list[bytes]:
     """Active ``a``, passive ``b``: SYN, SYN-ACK, ACK, then B's first data segment."""
-    syn = box("syn", wire(syn_base, a.neg.send_syn(syn_base)))
+    syn = box("syn", wire(syn_base, a.sent(a.neg.send_syn(syn_base))))
     b.collect(b.neg.receive_syn(syn))
-    synack = box("synack", wire(syn_base, b.neg.send_synack(syn_base)))
+    synack = box("synack", wire(syn_base, b.sent(b.neg.send_synack(syn_base))))
     a.collect(a.neg.receive_synack(synack))
-    ack = box("ack", wire(ack_base, a.neg.send_ack(ack_base)))
+    ack = box("ack", wire(ack_base, a.sent(a.neg.send_ack(ack_base))))
     b.collect(b.neg.receive_ack(ack))
-    reply = box("data_b", wire(LINUX_ACK, b.neg.send_ack(LINUX_ACK)))
+    reply = box("data_b", wire(LINUX_ACK, b.sent(b.neg.send_ack(LINUX_ACK))))
     a.collect(a.neg.receive_ack(reply))
     a.drain()
     b.drain()
@@ -97,12 +102,12 @@ def three_way(
 
 def simultaneous(a: End, b: End, box: Box = passthrough) -> list[bytes]:
     """Two active openers (RFC 8547 §3, Figure 12): both SYNs cross, then both SYN-ACKs."""
-    syn_a = box("syn_a", wire(LINUX_SYN, a.neg.send_syn(LINUX_SYN)))
-    syn_b = box("syn_b", wire(LINUX_SYN, b.neg.send_syn(LINUX_SYN)))
+    syn_a = box("syn_a", wire(LINUX_SYN, a.sent(a.neg.send_syn(LINUX_SYN))))
+    syn_b = box("syn_b", wire(LINUX_SYN, b.sent(b.neg.send_syn(LINUX_SYN))))
     a.collect(a.neg.receive_syn(syn_b))
     b.collect(b.neg.receive_syn(syn_a))
-    synack_a = box("synack_a", wire(LINUX_SYN, a.neg.send_synack(LINUX_SYN)))
-    synack_b = box("synack_b", wire(LINUX_SYN, b.neg.send_synack(LINUX_SYN)))
+    synack_a = box("synack_a", wire(LINUX_SYN, a.sent(a.neg.send_synack(LINUX_SYN))))
+    synack_b = box("synack_b", wire(LINUX_SYN, b.sent(b.neg.send_synack(LINUX_SYN))))
     a.collect(a.neg.receive_synack(synack_b))
     b.collect(b.neg.receive_synack(synack_a))
     a.drain()
@@ -148,14 +153,15 @@ def test_normal_open_matches_worked_encoding() -> None:
 def test_active_echoes_eno_until_a_non_syn_segment_arrives() -> None:
     a = make(EnoConfig(teps=(Z,)), active=True)
     b = make(EnoConfig(teps=(Z,)), active=False)
-    b.neg.receive_syn(wire(b"", a.neg.send_syn()))
-    a.collect(a.neg.receive_synack(wire(b"", b.neg.send_synack())))
-    assert a.neg.send_ack(LINUX_ACK) == bytes.fromhex("4502")
+    b.neg.receive_syn(wire(b"", a.sent(a.neg.send_syn())))
+    a.collect(a.neg.receive_synack(wire(b"", b.sent(b.neg.send_synack()))))
+    assert a.sent(a.neg.send_ack(LINUX_ACK)) == bytes.fromhex("4502")
     assert a.neg.state is State.ENABLED_ECHO and a.neg.encryption_enabled
-    assert a.neg.send_ack(LINUX_ACK) == bytes.fromhex("4502")  # data segment, still ENO (§4.6)
+    # A data segment: still ENO (§4.6).
+    assert a.sent(a.neg.send_ack(LINUX_ACK)) == bytes.fromhex("4502")
     a.neg.receive_ack(LINUX_ACK)  # B's first non-SYN segment, with or without ENO
     assert a.neg.state is State.ENABLED
-    assert a.neg.send_ack(LINUX_ACK) is None
+    assert a.sent(a.neg.send_ack(LINUX_ACK)) is None
 
 
 def test_passive_picks_its_most_preferred_common_tep() -> None:
@@ -256,9 +262,9 @@ def test_stripping_first_ack_only_splits_the_ends() -> None:
 def test_first_ack_with_tep_contents_is_presence_only() -> None:
     a = make(EnoConfig(teps=(Z,)), active=True)
     b = make(EnoConfig(teps=(Z,)), active=False)
-    b.neg.receive_syn(wire(b"", a.neg.send_syn()))
-    a.neg.receive_synack(wire(b"", b.neg.send_synack()))
-    ack = a.neg.send_ack(contents=b"\x07")  # §10: A's first ACK MAY carry TEP data
+    b.neg.receive_syn(wire(b"", a.sent(a.neg.send_syn())))
+    a.neg.receive_synack(wire(b"", b.sent(b.neg.send_synack())))
+    ack = a.sent(a.neg.send_ack(contents=b"\x07"))  # §10: A's first ACK MAY carry TEP data
     assert ack == bytes.fromhex("450307")
     assert isinstance(b.neg.receive_ack(ack + bytes.fromhex("4502"))[0], Negotiated)
 
@@ -266,11 +272,11 @@ def test_first_ack_with_tep_contents_is_presence_only() -> None:
 def test_middlebox_echoing_the_syn_option() -> None:
     # §8.1: load balancers that echo A's option back make both b bits 0.
     a = make(EnoConfig(teps=(Z,)), active=True)
-    syn = a.neg.send_syn(LINUX_SYN)
+    syn = a.sent(a.neg.send_syn(LINUX_SYN))
     assert syn is not None
     a.neg.receive_synack(wire(LINUX_SYN, syn))
     assert fallback_reason(a) is FallbackReason.SAME_B_BIT
-    assert a.neg.send_ack(LINUX_ACK) is None
+    assert a.sent(a.neg.send_ack(LINUX_ACK)) is None
 
 
 # ---------------------------------------------------------------------------
@@ -309,7 +315,7 @@ def test_passive_without_teps_falls_back() -> None:
     b = make(EnoConfig(teps=()), active=False)
     b.collect(b.neg.receive_syn(bytes.fromhex("450323")))
     assert fallback_reason(b) is FallbackReason.VACUOUS_OPTION
-    assert b.neg.send_synack() is None
+    assert b.sent(b.neg.send_synack()) is None
 
 
 def test_repeated_tep_id_is_invalid_by_default() -> None:
@@ -346,7 +352,7 @@ def test_passive_fallback_reasons(syn: bytes, reason: FallbackReason) -> None:
     b = make(EnoConfig(teps=(Z,)), active=False)
     b.collect(b.neg.receive_syn(syn))
     assert b.events == [Fallback(reason, b.events[0].detail)]  # type: ignore[attr-defined]
-    assert b.neg.send_synack(LINUX_SYN) is None  # no more ENO after fallback (§4.6)
+    assert b.sent(b.neg.send_synack(LINUX_SYN)) is None  # no more ENO after fallback (§4.6)
     assert b.neg.receive_ack(LINUX_ACK) == []
 
 
@@ -383,10 +389,10 @@ def test_a_bit_without_mandatory_mode_is_only_a_signal() -> None:
 def test_mandatory_encryption_aborts_instead_of_falling_back() -> None:
     a = make(EnoConfig(teps=(Z,), mandatory_encryption=True), active=True)
     b = make(EnoConfig(teps=(Z,)), active=False)
-    syn = a.neg.send_syn(LINUX_SYN)
+    syn = a.sent(a.neg.send_syn(LINUX_SYN))
     assert syn is not None
     b.neg.receive_syn(remove_eno(wire(LINUX_SYN, syn)))
-    events = a.neg.receive_synack(wire(LINUX_SYN, b.neg.send_synack(LINUX_SYN)))
+    events = a.neg.receive_synack(wire(LINUX_SYN, b.sent(b.neg.send_synack(LINUX_SYN))))
     assert events == [
         Aborted(AbortReason.MANDATORY_ENCRYPTION, FallbackReason.NO_ENO_IN_SYNACK, "no ENO option")
     ]
@@ -399,18 +405,19 @@ def test_mandatory_encryption_aborts_instead_of_falling_back() -> None:
 
 def test_disabled_by_config_and_local_disable() -> None:
     off = make(EnoConfig(teps=(Z,), enabled=False), active=True)
-    assert off.neg.send_syn(LINUX_SYN) is None
+    assert off.sent(off.neg.send_syn(LINUX_SYN)) is None
     assert fallback_reason(off) is FallbackReason.DISABLED_BY_CONFIG
 
     a = make(EnoConfig(teps=(Z,)), active=True)
-    first = a.neg.send_syn(LINUX_SYN)
-    assert a.neg.send_syn(LINUX_SYN) == first  # retransmission: unchanged (§4.6)
-    a.neg.disable()  # §4.6: MAY drop ENO between SYN-only retransmissions
-    a.neg.disable()  # idempotent
-    assert a.neg.send_syn(LINUX_SYN) is None
-    assert a.neg.pop_events() == [
+    first = a.sent(a.neg.send_syn(LINUX_SYN))
+    assert a.sent(a.neg.send_syn(LINUX_SYN)) == first  # retransmission: unchanged (§4.6)
+    # §4.6: MAY drop ENO between SYN-only retransmissions; disable() returns the fallback.
+    assert a.neg.disable() == [
         Fallback(FallbackReason.LOCAL_DISABLE, "disabled through the API")
     ]
+    assert a.neg.disable() == []  # idempotent
+    assert a.neg.send_syn(LINUX_SYN) == (None, [])
+    assert a.neg.pop_events() == []  # every event was returned by its call
 
 
 def test_config_refuses_unknown_keys_and_repeated_teps() -> None:
@@ -430,7 +437,7 @@ def test_retransmitted_syn_must_repeat_the_option() -> None:
     b.neg.receive_syn(bytes.fromhex("45042123"))
     b.neg.receive_syn(bytes.fromhex("45042123"))
     assert b.neg.state is State.SYN_RECEIVED
-    assert b.neg.send_synack() == b.neg.send_synack() == bytes.fromhex("45040123")
+    assert b.sent(b.neg.send_synack()) == b.sent(b.neg.send_synack()) == bytes.fromhex("45040123")
     b.neg.receive_syn(bytes.fromhex("45042123"))
     assert b.neg.state is State.SYNACK_SENT
     b.neg.receive_syn(bytes.fromhex("45032123"[:6]))
@@ -443,29 +450,28 @@ def test_syn_retries_with_eno_drops_the_option_after_the_limit() -> None:
     connection falls back, and the passive end sees that retransmission as an ENO-less SYN."""
     a = make(EnoConfig(teps=(Z,), syn_retries_with_eno=2), active=True)
     sent = [a.neg.send_syn(LINUX_SYN) for _ in range(3)]
-    assert sent == [bytes.fromhex("450323")] * 3 and a.neg.state is State.SYN_SENT
-    assert a.neg.pop_events() == []
-    assert a.neg.send_syn(LINUX_SYN) is None
-    assert a.neg.state is State.DISABLED
-    (event,) = a.neg.pop_events()
+    assert sent == [(bytes.fromhex("450323"), [])] * 3 and a.neg.state is State.SYN_SENT
+    option, (event,) = a.neg.send_syn(LINUX_SYN)  # the fallback comes with the segment
+    assert option is None and a.neg.state is State.DISABLED
     assert event == Fallback(FallbackReason.SYN_RETRANSMISSION,
                              "no answer to 3 SYN(s) with ENO; retransmitting without")
-    assert a.neg.send_syn(LINUX_SYN) is None and a.neg.pop_events() == []  # stays off
+    assert a.neg.send_syn(LINUX_SYN) == (None, [])  # stays off
+    assert a.neg.pop_events() == []
     # The path delivered a late SYN-ACK with ENO: encryption stays off, nothing is owed.
     a.neg.receive_synack(bytes.fromhex("45040123"))
-    assert a.neg.state is State.DISABLED and a.neg.send_ack(LINUX_ACK) is None
+    assert a.neg.state is State.DISABLED and a.sent(a.neg.send_ack(LINUX_ACK)) is None
 
 
 def test_syn_retries_zero_drops_from_the_first_retransmission() -> None:
     a = make(EnoConfig(teps=(Z,), syn_retries_with_eno=0), active=True)
-    assert a.neg.send_syn(LINUX_SYN) == bytes.fromhex("450323")
-    assert a.neg.send_syn(LINUX_SYN) is None
+    assert a.sent(a.neg.send_syn(LINUX_SYN)) == bytes.fromhex("450323")
+    assert a.sent(a.neg.send_syn(LINUX_SYN)) is None
     assert fallback_reason(a) is FallbackReason.SYN_RETRANSMISSION
 
 
 def test_syn_retries_default_keeps_the_option_forever() -> None:
     a = make(EnoConfig(teps=(Z,)), active=True)
-    assert {a.neg.send_syn(LINUX_SYN) for _ in range(8)} == {bytes.fromhex("450323")}
+    assert {a.sent(a.neg.send_syn(LINUX_SYN)) for _ in range(8)} == {bytes.fromhex("450323")}
     assert a.neg.state is State.SYN_SENT
 
 
@@ -474,8 +480,8 @@ def test_syn_retries_never_drop_a_syn_that_carried_data() -> None:
     config = EnoConfig(teps=(Z,), syn_data_teps=frozenset({Z}), allow_syn_only_data=True,
                        syn_retries_with_eno=0)
     a = make(config, active=True)
-    first = a.neg.send_syn(LINUX_SYN, payload_len=10)
-    assert first is not None and a.neg.send_syn(LINUX_SYN, payload_len=10) == first
+    first = a.sent(a.neg.send_syn(LINUX_SYN, payload_len=10))
+    assert first is not None and a.sent(a.neg.send_syn(LINUX_SYN, payload_len=10)) == first
     assert a.neg.state is State.SYN_SENT
 
 
@@ -499,7 +505,7 @@ def test_retransmitted_synack_is_ignored_after_the_first() -> None:
     a.neg.send_syn()
     a.neg.receive_synack(bytes.fromhex("45040123"))
     a.neg.receive_synack(LINUX_SYN)  # after the first received ACK segment: not checked
-    assert a.neg.send_ack() == bytes.fromhex("4502")
+    assert a.sent(a.neg.send_ack()) == bytes.fromhex("4502")
     a.neg.receive_synack(bytes.fromhex("45040123"))
     assert isinstance(a.neg.outcome, Negotiated)
 
@@ -507,7 +513,7 @@ def test_retransmitted_synack_is_ignored_after_the_first() -> None:
 def test_full_options_on_the_syn() -> None:
     a = make(EnoConfig(teps=(Z,)), active=True)
     b = make(EnoConfig(teps=(Z,)), active=False)
-    assert a.neg.send_syn(FULL) is None  # 40 bytes used: no room for ENO
+    assert a.sent(a.neg.send_syn(FULL)) is None  # 40 bytes used: no room for ENO
     assert fallback_reason(a) is FallbackReason.NO_OPTION_SPACE
     b.neg.receive_syn(FULL)
     assert fallback_reason(b) is FallbackReason.NO_ENO_IN_SYN
@@ -515,16 +521,16 @@ def test_full_options_on_the_syn() -> None:
 
 def test_big_offer_does_not_fit_beside_linux_options() -> None:
     a = make(EnoConfig(teps=(TepSuboption(Z, bytes(19)),)), active=True)  # 22-byte option
-    assert a.neg.send_syn(LINUX_SYN) is None
+    assert a.sent(a.neg.send_syn(LINUX_SYN)) is None
     assert fallback_reason(a) is FallbackReason.NO_OPTION_SPACE
     fits = make(EnoConfig(teps=(TepSuboption(Z, bytes(17)),)), active=True)  # exactly 20
-    assert fits.neg.send_syn(LINUX_SYN) is not None
+    assert fits.sent(fits.neg.send_syn(LINUX_SYN)) is not None
 
 
 def test_full_options_on_the_synack_and_first_ack() -> None:
     b = make(EnoConfig(teps=(Z,)), active=False)
     b.neg.receive_syn(bytes.fromhex("450323"))
-    assert b.neg.send_synack(FULL) is None
+    assert b.sent(b.neg.send_synack(FULL)) is None
     assert fallback_reason(b) is FallbackReason.NO_OPTION_SPACE
 
     a = make(EnoConfig(teps=(Z,)), active=True)
@@ -538,8 +544,9 @@ def test_no_room_on_a_later_echo_segment() -> None:
     a = make(EnoConfig(teps=(Z,)), active=True)
     a.neg.send_syn()
     a.neg.receive_synack(bytes.fromhex("45040123"))
-    assert a.neg.send_ack(LINUX_ACK) is not None
-    assert a.neg.send_ack(FULL) is None  # encryption stays on; only the first ACK is checked
+    assert a.sent(a.neg.send_ack(LINUX_ACK)) is not None
+    # Encryption stays on; only the first ACK is checked.
+    assert a.sent(a.neg.send_ack(FULL)) is None
     assert a.neg.state is State.ENABLED_ECHO
 
 
@@ -560,7 +567,8 @@ def test_simultaneous_open_figure_12() -> None:
     assert (na.role, nb.role) == (Role.A, Role.B)
     assert na.transcript == nb.transcript == eno_of(syn_a) + eno_of(syn_b)
     assert a.neg.state is b.neg.state is State.ENABLED_ECHO
-    assert a.neg.send_ack(LINUX_ACK) == b.neg.send_ack(LINUX_ACK) == bytes.fromhex("4502")
+    echo_a, echo_b = a.sent(a.neg.send_ack(LINUX_ACK)), b.sent(b.neg.send_ack(LINUX_ACK))
+    assert echo_a == echo_b == bytes.fromhex("4502")
     a.neg.receive_ack(LINUX_ACK + bytes.fromhex("4502"))
     assert a.neg.state is State.ENABLED
 
@@ -577,14 +585,14 @@ def test_simultaneous_open_without_exactly_one_b(b_bits: tuple[bool, bool]) -> N
 def test_simultaneous_open_peer_synack_lost() -> None:
     a = make(EnoConfig(teps=(Z,)), active=True)
     b = make(EnoConfig(teps=(Z,), passive_role=True), active=True)
-    syn_a, syn_b = wire(b"", a.neg.send_syn()), wire(b"", b.neg.send_syn())
+    syn_a, syn_b = wire(b"", a.sent(a.neg.send_syn())), wire(b"", b.sent(b.neg.send_syn()))
     a.neg.receive_syn(syn_b)
     b.neg.receive_syn(syn_a)
     a.neg.send_synack()
-    b_synack = b.neg.send_synack()
+    b_synack = b.sent(b.neg.send_synack())
     assert b_synack is not None
-    b.collect(b.neg.receive_synack(wire(b"", a.neg.send_synack())))
-    b_ack = b.neg.send_ack()  # B is established and ACKs with ENO; its SYN-ACK was lost
+    b.collect(b.neg.receive_synack(wire(b"", a.sent(a.neg.send_synack()))))
+    b_ack = b.sent(b.neg.send_ack())  # B is established and ACKs with ENO; its SYN-ACK was lost
     a.collect(a.neg.receive_ack(wire(b"", b_ack)))
     assert a.neg.state is State.ENABLED
     assert negotiated(a).transcript == negotiated(b).transcript

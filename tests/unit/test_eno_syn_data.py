@@ -47,30 +47,30 @@ SYN_DATA = EnoConfig(teps=(EXP,), syn_data_teps=frozenset({EXP}), allow_syn_only
 
 def test_syn_data_refused_by_default() -> None:
     a = make(EnoConfig(teps=(Z,)), active=True)
-    assert a.send_syn(LINUX_SYN, payload_len=10) is None
+    assert a.send_syn(LINUX_SYN, payload_len=10).option is None
     assert fallback_reason(a) is FallbackReason.SYN_DATA_CONFLICT
     only = EnoConfig(teps=(EXP,), syn_data_teps=frozenset({EXP}))  # SYN-only data off (§4.7)
     a = make(only, active=True)
-    assert a.send_syn(LINUX_SYN, payload_len=10) is None
+    assert a.send_syn(LINUX_SYN, payload_len=10).option is None
     assert fallback_reason(a) is FallbackReason.SYN_DATA_CONFLICT
 
 
 def test_tfo_cookie_conflicts_but_cookie_request_does_not() -> None:
     a = make(EnoConfig(teps=(Z,)), active=True)
-    assert a.send_syn(TFO_COOKIE) is None
+    assert a.send_syn(TFO_COOKIE).option is None
     assert fallback_reason(a) is FallbackReason.TFO_CONFLICT
     a = make(EnoConfig(teps=(Z,)), active=True)
-    assert a.send_syn(bytes.fromhex("2202")) == bytes.fromhex("450323")
+    assert a.send_syn(bytes.fromhex("2202")).option == bytes.fromhex("450323")
 
 
 def test_syn_data_accepted_when_the_tep_defines_it() -> None:
     a = make(SYN_DATA, active=True)
     b = make(SYN_DATA, active=False)
-    syn = wire(LINUX_SYN, a.send_syn(LINUX_SYN, payload_len=10))
+    syn = wire(LINUX_SYN, a.send_syn(LINUX_SYN, payload_len=10).option)
     assert b.receive_syn(syn, payload_len=10) == [SynDataAccepted(EXP)]
-    events = a.receive_synack(wire(b"", b.send_synack()), syn_data_acked=True)
+    events = a.receive_synack(wire(b"", b.send_synack().option), syn_data_acked=True)
     assert events == []
-    assert a.send_ack() == bytes.fromhex("4502")
+    assert a.send_ack().option == bytes.fromhex("4502")
 
 
 @pytest.mark.parametrize(
@@ -101,7 +101,7 @@ def test_plain_syn_data_is_not_enos_business() -> None:
 def test_acked_syn_data_with_lost_syn_tep_aborts() -> None:
     a = make(EnoConfig(teps=(EXP, X), syn_data_teps=frozenset({EXP}), allow_syn_only_data=True),
              active=True)
-    assert a.send_syn(payload_len=10) == bytes.fromhex("45042120")
+    assert a.send_syn(payload_len=10).option == bytes.fromhex("45042120")
     events = a.receive_synack(bytes.fromhex("45040121"), syn_data_acked=True)
     assert len(events) == 1 and isinstance(events[0], Aborted)
     assert events[0].reason is AbortReason.SYN_DATA_MISINTERPRETED
@@ -141,7 +141,7 @@ def test_synack_data_acked_after_fallback_aborts() -> None:
     config = EnoConfig(teps=(EXP,), syn_data_teps=frozenset({EXP}))
     b = make(config, active=False)
     b.receive_syn(bytes.fromhex("450320"))
-    assert b.send_synack(payload_len=5) == bytes.fromhex("45040120")
+    assert b.send_synack(payload_len=5).option == bytes.fromhex("45040120")
     (event,) = b.receive_ack(LINUX_ACK, syn_data_acked=True)  # ENO stripped from the ACK
     assert isinstance(event, Aborted) and event.fallback is FallbackReason.NO_ENO_IN_ACK
 
@@ -165,5 +165,5 @@ def test_unusable_eno_in_synack_counts_as_none(synack: bytes, fallback: Fallback
 def test_synack_data_needs_a_tep_that_defines_it() -> None:
     b = make(EnoConfig(teps=(Z,)), active=False)
     b.receive_syn(bytes.fromhex("450323"))
-    assert b.send_synack(payload_len=5) is None
+    assert b.send_synack(payload_len=5).option is None
     assert fallback_reason(b) is FallbackReason.SYN_DATA_CONFLICT

@@ -325,13 +325,13 @@ def _peer_block(record: maps.SockRecord) -> bytes:
 
 
 def _replay_active(neg: EnoNegotiator, record: maps.SockRecord) -> str | None:
-    sent = neg.send_syn()
+    sent = neg.send_syn().option
     if sent != record.mine:
         return "the SYN option in the kernel is not the one the core sends"
     for _ in range(max(record.syns - 1, 0)):  # SYN retransmissions (§4.6 exception)
         neg.send_syn()
     neg.receive_synack(_peer_block(record))
-    echoed = neg.send_ack() if neg.state is State.SYNACK_RECEIVED else None
+    echoed = neg.send_ack().option if neg.state is State.SYNACK_RECEIVED else None
     if (echoed is not None) != bool(record.flags & maps.F_SYNACK_ENO):
         return "the kernel and the core disagree on ENO in the third segment"
     return None
@@ -339,7 +339,7 @@ def _replay_active(neg: EnoNegotiator, record: maps.SockRecord) -> str | None:
 
 def _replay_passive(neg: EnoNegotiator, record: maps.SockRecord) -> str | None:
     neg.receive_syn(_peer_block(record))
-    answered = neg.send_synack() if neg.state is State.SYN_RECEIVED else None
+    answered = neg.send_synack().option if neg.state is State.SYN_RECEIVED else None
     if (answered or b"") != record.mine:
         return "the kernel's SYN-ACK option is not the one the core answers"
     if neg.state is State.SYNACK_SENT:
@@ -369,7 +369,7 @@ def _answer_option(config: EnoConfig, tep_id: int, key: bytes, data: bytes) -> b
     neg.receive_syn(syn)
     if neg.state is not State.SYN_RECEIVED:
         raise BpfDatapathError(f"the listener does not negotiate TEP {tep_id:#x}")
-    option = neg.send_synack()
+    option = neg.send_synack().option
     if option is None or len(option) > SYNACK_ROOM:
         raise BpfDatapathError(f"a resumption answer for TEP {tep_id:#x} does not fit a "
                                "SYN-ACK on the bpf datapath; use --eno-datapath nfqueue")
@@ -384,7 +384,7 @@ def _synack_for(config: EnoConfig, tep_id: int) -> bytes | None:
     with contextlib.suppress(EnoError):
         neg.receive_syn(syn)
         if neg.state is State.SYN_RECEIVED:
-            return neg.send_synack()
+            return neg.send_synack().option
     return None
 
 
