@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -240,6 +241,9 @@ def _run(
         argv += ["--records", str(server_records)]
     env = _keylog_env(pcap) if work.keylog and pcap is not None else None
     server_proc = net.start_helper(server, f"server:{work.proto}", argv)
+    # The client imports its modules while the server, hooks and captures start, and opens
+    # its first connection only when released (_run_client).
+    client_proc = _start_client(net, work, client, server, port, env)
     try:
         ready_hooks()
         wait_for_line(server_proc, "ready", 10.0, f"server:{work.proto} in {server}")
@@ -248,13 +252,16 @@ def _run(
             cap_s = Capture(net.nodes[server], net.intf(server), server_pcap(pcap))
             cap_c = Capture(net.nodes[client], net.intf(client), pcap)
             with Captures(cap_s, cap_c):
-                records = _run_client(net, work, client, server, port, env)
+                records = _run_client(net, work, client_proc)
             for end, cap in (("client", cap_c), ("server", cap_s)):
                 if cap.stats is not None:
                     stats[end] = cap.stats
         else:
-            records = _run_client(net, work, client, server, port, env)
+            records = _run_client(net, work, client_proc)
     finally:
+        if client_proc.poll() is None:  # never released (the run failed first), or stuck
+            client_proc.kill()
+            client_proc.communicate()
         net.stop_helper(server_proc)
     return records, read_server_records(server_records)
 
@@ -310,12 +317,18 @@ def _keylog_env(pcap: Path) -> dict[str, str]:
     return {**os.environ, **names}
 
 
-def _run_client(
+# The client process: its imports first, then its connections once a line "go" arrives on
+# stdin (anything else, or none, exits 3 without a connection).
+CLIENT_BOOT = ("import sys; import testbed.apps.client as app; "
+               "sys.exit(app.main(sys.argv[1:]) if sys.stdin.readline() == 'go\\n' else 3)")
+
+
+def _start_client(
     net: Network, work: Workload, client: str, server: str, port: int,
     env: dict[str, str] | None = None,
-) -> list[dict[str, Any]]:
+) -> Popen[str]:
     argv = [
-        sys.executable, "-m", "testbed.apps.client", "--server", net.ip(server),
+        sys.executable, "-c", CLIENT_BOOT, "--server", net.ip(server),
         "--port", str(port), "--proto", work.proto,
         "--connections", str(work.connections), "--concurrency", str(work.concurrency),
         "--request-size", str(work.request_size), "--response-size", str(work.response_size),
@@ -325,9 +338,15 @@ def _run_client(
         argv += ["--policy", work.policy]
     if work.rt_priority:
         argv += ["--rt-priority", str(work.rt_priority)]
-    proc = net.popen(client, argv) if env is None else net.popen(client, argv, env=env)
+    options: dict[str, Any] = {"stdin": subprocess.PIPE, "text": True}
+    return net.popen(client, argv, **options) if env is None \
+        else net.popen(client, argv, env=env, **options)
+
+
+def _run_client(net: Network, work: Workload, proc: Popen[str]) -> list[dict[str, Any]]:
+    """Release the client started by ``_start_client`` and collect its records."""
     budget = work.connections * (work.timeout_s + 1) + 10
-    out, err = proc.communicate(timeout=budget)
+    out, err = proc.communicate(input="go\n", timeout=budget)
     try:
         net.check()
     except ProcessDiedError as exc:
