@@ -360,6 +360,9 @@ static int open_line(struct dl_line *l, char *err, size_t errlen)
 	for (int i = 0; i < 2; i++) {
 		l->dir[i].ring = ring[i];
 		memcpy(l->dir[i].ring_error, ring_err[i], sizeof(ring_err[i]));
+		if (ring_err[i][0])  /* also in the stats: rx_ring.state "failed" and its error */
+			fprintf(stderr, "delayline: warning: %s on %s; reading with recvmmsg\n",
+				ring_err[i], name[i]);
 	}
 	return 0;
 }
