@@ -291,6 +291,25 @@ def duplicate_acks(conn: Connection) -> list[int]:
     return out
 
 
+def dsack_only(segment: Segment) -> bool:
+    """A segment whose SACK blocks all lie at or below its cumulative ACK: a D-SACK (RFC 2883
+    §4) reports a duplicate segment, i.e. a retransmission the sender's timer made (a late
+    answer on a loaded host), not a segment that overtook another."""
+    return bool(options_of(segment, SACK_KIND)) and not sack_holes(segment)
+
+
+def overtaking_acks(conn: Connection) -> list[int]:
+    """``duplicate_acks`` without the D-SACK reports: on a loss-free link each one means a
+    segment overtook an earlier one on the way (a reordering)."""
+    return [i for i in duplicate_acks(conn) if not dsack_only(conn.segments[i].segment)]
+
+
+def _ack_counts(conn: Connection) -> dict[str, int]:
+    dups = duplicate_acks(conn)
+    return {"dup_acks": len(dups),
+            "dsacks": sum(1 for i in dups if dsack_only(conn.segments[i].segment))}
+
+
 def round_trips(conn: Connection, record: dict[str, Any]) -> dict[str, Any]:
     """Round trips counted from the capture (sequence and ACK numbers, not timing).
 
@@ -321,14 +340,13 @@ def round_trips(conn: Connection, record: dict[str, Any]) -> dict[str, Any]:
         if cs.direction == "s2c" and s.ts <= t_first + 0.0005:
             response_index = cs.index
     if request_index is None or response_index is None:
-        return {"rt_send": None, "rt_resp": None, "flights": None,
-                "dup_acks": len(duplicate_acks(conn))}
+        return {"rt_send": None, "rt_resp": None, "flights": None, **_ack_counts(conn)}
     rounds = server_rounds(conn)
     flights = conn.flights()
     return {"rt_send": max([r for i, r in rounds if i < request_index], default=0),
             "rt_resp": max([r for i, r in rounds if i <= response_index], default=0),
             "flights": "".join("C" if f.direction == "c2s" else "S" for f in flights),
-            "dup_acks": len(duplicate_acks(conn))}
+            **_ack_counts(conn)}
 
 
 def sack_holes(segment: Segment) -> int:
@@ -364,7 +382,8 @@ def count_from_pcaps(records: list[dict[str, Any]], run_dir: Path) -> list[dict[
         for record in recs:
             conn = find_connection(conns, record)
             counted = round_trips(conn, record) if conn else {"rt_send": None, "rt_resp": None,
-                                                               "flights": None, "dup_acks": None}
+                                                               "flights": None, "dup_acks": None,
+                                                               "dsacks": None}
             out.append({"proto": record["proto"], "conn": record["conn"],
                         "eno_datapath": record.get("eno_datapath"),
                         "reordered": reordered(conn) if conn else None, **counted})

@@ -261,6 +261,12 @@ def section_roundtrips(run: Path, root: Path) -> list[str]:
                  moved.empty else ", ".join(f"{r.proto} on {r.datapath}: "
                                             f"{r.reordered_connections} of {r.connections}"
                                             for r in moved.itertuples()))]
+    if "dup_ack_connections" in table:
+        dup = table[table["dup_ack_connections"] > 0]
+        text += ["", "Duplicate ACKs or SACK blocks other than D-SACKs (a segment overtook "
+                 "another): " + ("none, on every arm and ENO datapath." if dup.empty else
+                 ", ".join(f"{r.proto} on {r.datapath}: {r.dup_ack_connections} of "
+                           f"{r.connections}" for r in dup.itertuples()))]
     return text + [""]
 
 

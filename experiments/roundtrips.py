@@ -6,9 +6,11 @@ the client waited for before its first application byte (``rt_send``) and up to
 the first response byte (``rt_resp``), and sets them beside the theory table of
 docs/protocols.md §5 (experiments/theory.py). Any disagreement is flagged (``agrees``
 false) and shows in the report. ENO arms run on both ENO datapaths (the NFQUEUE hook and, where the
-kernel takes it, the bpf program), and every connection is checked for reordering
-on the loss-free link: a SACK block above the cumulative ACK before the first FIN
-(``reordered``, experiments/common.py).
+kernel takes it, the bpf program; arms with SYN data only on the hook), and every
+connection is checked for reordering on the loss-free link: a SACK block above the
+cumulative ACK before the first FIN (``reordered``), and any duplicate ACK or SACK block
+that is not a D-SACK report of a needless retransmission (``dup_ack_connections``;
+experiments/common.py, ``overtaking_acks``).
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ def analyse(run_dir: Path) -> dict[str, Any]:
         send, resp = THEORY_RTTS[str(proto)]
         measured_send = group["rt_send"].mode().iloc[0] if group["rt_send"].notna().any() else None
         measured_resp = group["rt_resp"].mode().iloc[0] if group["rt_resp"].notna().any() else None
+        overtaking = group["dup_acks"].fillna(0) - group["dsacks"].fillna(0)
         rows.append({
             "proto": proto, "datapath": datapath, "connections": len(group),
             "rt_send_measured": measured_send, "rt_send_theory": send,
@@ -93,8 +96,13 @@ def analyse(run_dir: Path) -> dict[str, Any]:
             # Theory counts server-first slots in half RTTs (1.5); flights count whole waits.
             "agrees": measured_send == int(send) and measured_resp == int(resp),
             "reordered_connections": int((group["reordered"].fillna(0) > 0).sum()),
+            # In the client's capture: a duplicate ACK or SACK block that is not a
+            # D-SACK (a segment overtook another), and D-SACKs (needless retransmissions).
+            "dup_ack_connections": int((overtaking > 0).sum()),
+            "dsack_connections": int((group["dsacks"].fillna(0) > 0).sum()),
         })
     table = pd.DataFrame(rows)
     table.to_csv(run_dir / "roundtrips.csv", index=False)
     return {"protocols": len(table), "disagreements": int((~table["agrees"]).sum()),
-            "reordered_connections": int(table["reordered_connections"].sum())}
+            "reordered_connections": int(table["reordered_connections"].sum()),
+            "dup_ack_connections": int(table["dup_ack_connections"].sum())}

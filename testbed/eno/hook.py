@@ -3,14 +3,15 @@
 The role the tcpcrypt reference daemon played: iptables rules (rules.py) queue this host's
 handshake-phase TCP segments to NFQUEUE ``N``; this process hands each one to ``HookEngine``
 (engine.py), which adds, reads and checks the ENO option exactly as the pure core decides, and
-gives every packet a verdict (always ACCEPT, possibly rewritten). Local applications talk to it
+gives every packet a verdict (always a release, NF_REPEAT with a mark bit that the rules
+count, marks.py; possibly rewritten). Local applications talk to it
 over the control channel (control.py): an abstract AF_UNIX socket, root only.
 
 One thread, one epoll loop (``selectors``) over the queue's netlink socket, the control
 socket and its clients; queued packets are served before control messages, so a verdict is
 never late because of an application. Outgoing segments get their verdict after the engine
 (it may add ENO); incoming ones are only read (except SYN data that §4.7 says to discard), so
-they are ACCEPTed first and read after, off the kernel's path.
+they are released first and read after, off the kernel's path.
 
 A new connection's SYN also zeroes the packet counters of a conntrack entry it reopened
 (ctzero.py), which the rules' windows count with.
@@ -58,6 +59,7 @@ from testbed.eno.control import (
 )
 from testbed.eno.ctzero import CounterZeroer
 from testbed.eno.engine import HookEngine, Key
+from testbed.eno.marks import RELEASED
 from testbed.packet import PacketError, Segment, parse_segment
 
 logger = logging.getLogger("tcpinc.eno.hook")
@@ -325,9 +327,10 @@ def _rss_kib() -> int:
 def make_callback(
     engine: HookEngine, timer: PacketTimer, zeroer: CounterZeroer | None = None
 ) -> Callable[[Any], None]:
-    """The NFQUEUE callback: every packet gets ACCEPT, rewritten when the engine says so.
-    With ``zeroer``, a SYN reaching a listener for a new connection first has the counters
-    of a reopened conntrack entry zeroed, while the kernel still holds it (ctzero.py)."""
+    """The NFQUEUE callback: every packet is released (``_release``), rewritten when the
+    engine says so. With ``zeroer``, a SYN reaching a listener for a new connection first has
+    the counters of a reopened conntrack entry zeroed, while the kernel still holds it
+    (ctzero.py)."""
 
     def callback(packet: Any) -> None:
         start = time.perf_counter_ns()
@@ -343,7 +346,7 @@ def make_callback(
             if not outgoing and not _carries_syn_data(seg):
                 # Incoming segments are only read (the one rewrite is discarding SYN data,
                 # RFC 8547 §4.7), so the kernel may go on while the core reads them.
-                packet.accept()
+                _release(packet)
                 decided = True
             new = engine.handle(raw, outgoing, time.monotonic())
         except Exception:  # a bug must cost one packet's ENO, never the packet or the hook
@@ -354,13 +357,21 @@ def make_callback(
             if not decided:
                 if new is not None:
                     packet.set_payload(new)
-                packet.accept()
+                _release(packet)
             elif new is not None:
                 engine.counts["late_rewrite_ignored"] += 1
             _GATE.in_callback = False
             timer.add(time.perf_counter_ns() - start)
 
     return callback
+
+
+def _release(packet: Any) -> None:
+    """The verdict on every held segment: NF_REPEAT with the ``RELEASED`` packet-mark bit,
+    so the rules take it off its connection's count of held segments and let it go on
+    (marks.py; the count keeps later segments of the connection behind it)."""
+    packet.set_mark(packet.get_mark() | RELEASED)
+    packet.repeat()
 
 
 def _segment(raw: bytes) -> Segment | None:
@@ -373,7 +384,7 @@ def _segment(raw: bytes) -> Segment | None:
 
 def _zero_for_listener(engine: HookEngine, zeroer: CounterZeroer, seg: Segment) -> None:
     """An incoming SYN-only to a registered listener, for a 4-tuple the engine does not follow
-    yet (not a retransmission): zero a reopened conntrack entry's counters before ACCEPT.
+    yet (not a retransmission): zero a reopened conntrack entry's counters before its release.
     Once accepted, a new connection's entry is confirmed and zeroing it would widen the
     rules' windows; active opens are zeroed from ``HookEngine.on_active_open``."""
     if not seg.is_syn or seg.is_ack or seg.dport not in engine.listeners:

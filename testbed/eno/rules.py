@@ -17,10 +17,17 @@ Conntrack may reopen a reset connection's entry for a new connection on the same
 the old counters; the hook zeroes them when it sees the new SYN (ctzero.py), so the windows
 count from that SYN.
 
-Every rule has ``--queue-bypass``: with no hook bound, segments pass untouched and ENO simply
-never appears (the peer falls back, §4.6) instead of a black hole (docs/platform.md §6.2).
-The rules live in two private chains jumped to from mangle OUTPUT and PREROUTING, so removal is
-exact and the chains' counters show what the kernel queued.
+A segment outside the windows is queued too while an earlier segment of its connection is
+held, so none overtakes another on its way through the hook (marks.py: a count of held
+segments in the conntrack mark, raised by the queueing rules and lowered by the hook's
+verdict).
+
+The queue target has ``--queue-bypass``: with no hook bound, segments pass untouched and ENO
+simply never appears (the peer falls back, §4.6) instead of a black hole
+(docs/platform.md §6.2). The rules live in private chains: two entry chains jumped to from
+mangle OUTPUT and PREROUTING, the hold chain every queueing rule jumps to and the release
+chain (marks.py), so removal is exact and the entry chains' counters show what the kernel
+queued.
 """
 
 from __future__ import annotations
@@ -30,11 +37,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from subprocess import Popen
 
+from testbed.eno import marks
 from testbed.eno.control import DEFAULT_NAME
 from testbed.net.network import Network, wait_for_line
 
 TABLE = "mangle"
 CHAINS = {"OUTPUT": "TCPINC_ENO_OUT", "PREROUTING": "TCPINC_ENO_IN"}
+# Chains only the entry chains jump to (marks.py), created first and removed last.
+INNER_CHAINS = (marks.HOLD_CHAIN, marks.RELEASE_CHAIN)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,6 +54,8 @@ class HookSpec:
     queue: int = 0
     original_window: int = 5  # SYN, SYN retransmissions, third segment, early data
     reply_window: int = 3  # SYN-ACK and the passive opener's first segments after it
+    # Packets (both directions) within which a segment behind a held one is queued too.
+    order_window: int = 32
     name: str = DEFAULT_NAME
     expiry: float = 30.0
     mtu: int = 1500
@@ -55,6 +67,8 @@ class HookSpec:
             raise ValueError(f"queue {self.queue} outside 0..65535")
         if self.original_window < 3 or self.reply_window < 1:
             raise ValueError("windows must cover at least the SYN, ACK and one data segment")
+        if self.order_window < self.original_window + self.reply_window:
+            raise ValueError("order_window must cover both windows")
 
 
 def _queue(spec: HookSpec) -> list[str]:
@@ -62,17 +76,24 @@ def _queue(spec: HookSpec) -> list[str]:
 
 
 def chain_rules(spec: HookSpec) -> list[list[str]]:
-    """The rules of each private chain (the same for both directions)."""
+    """The rules of each entry chain (the same for both directions): a segment back from the
+    hook is released; SYNs, the windows and segments behind a held one go to the hold chain."""
     windows = (("original", spec.original_window), ("reply", spec.reply_window))
-    rules = [["-p", "tcp", "--tcp-flags", "SYN", "SYN", *_queue(spec)]]
+    hold = ["-j", marks.HOLD_CHAIN]
+    rules = [marks.release_rule(), ["-p", "tcp", "--tcp-flags", "SYN", "SYN", *hold]]
     for direction, window in windows:
         # connbytes reads the connection's counter for ``direction`` whatever way the packet
         # goes, so --ctdir keeps each window to the packets of its own direction.
         rules.append(["-p", "tcp", "-m", "conntrack", "--ctdir", direction.upper(),
                       "-m", "connbytes", "--connbytes", f"0:{window}",
-                      "--connbytes-dir", direction, "--connbytes-mode", "packets",
-                      *_queue(spec)])
-    return rules
+                      "--connbytes-dir", direction, "--connbytes-mode", "packets", *hold])
+    return [*rules, marks.pending_rule(spec.order_window)]
+
+
+def inner_rules(spec: HookSpec) -> dict[str, list[list[str]]]:
+    """The rules of the hold and release chains (marks.py)."""
+    return {marks.HOLD_CHAIN: marks.hold_rules(_queue(spec)),
+            marks.RELEASE_CHAIN: marks.release_rules()}
 
 
 def install_commands(spec: HookSpec) -> list[list[str]]:
@@ -83,6 +104,9 @@ def install_commands(spec: HookSpec) -> list[list[str]]:
     if spec.exclude_ports:
         ports = ",".join(str(p) for p in spec.exclude_ports)
         exclude = ["-m", "multiport", "!", "--ports", ports]
+    for chain, rules in inner_rules(spec).items():
+        cmds.append([*ipt, "-N", chain])
+        cmds += [[*ipt, "-A", chain, *rule] for rule in rules]
     for builtin, chain in CHAINS.items():
         cmds.append([*ipt, "-N", chain])
         cmds += [[*ipt, "-A", chain, *rule] for rule in chain_rules(spec)]
@@ -92,7 +116,9 @@ def install_commands(spec: HookSpec) -> list[list[str]]:
 
 def remove_commands(listing: dict[str, str]) -> list[list[str]]:
     """Delete exactly the jump rules ``iptables -S <builtin>`` shows for our chains, then the
-    chains (builder: ``listing`` maps each built-in chain to its -S output)."""
+    chains, each flushed before any is deleted (builder: ``listing`` maps each built-in chain
+    to its -S output and ``"chains"``, if given, to the table's -S output: only the chains
+    it shows are removed, so a half-made installation is removed too)."""
     ipt = ["iptables", "-w", "-t", TABLE]
     cmds: list[list[str]] = []
     for builtin, chain in CHAINS.items():
@@ -100,8 +126,10 @@ def remove_commands(listing: dict[str, str]) -> list[list[str]]:
             words = line.split()
             if words[:2] == ["-A", builtin] and words[-2:] == ["-j", chain]:
                 cmds.append([*ipt, "-D", *words[1:]])
-        cmds += [[*ipt, "-F", chain], [*ipt, "-X", chain]]
-    return cmds
+    chains = [*CHAINS.values(), *INNER_CHAINS]
+    if "chains" in listing:
+        chains = [c for c in chains if f"-N {c}" in listing["chains"].splitlines()]
+    return cmds + [[*ipt, "-F", c] for c in chains] + [[*ipt, "-X", c] for c in chains]
 
 
 def install_rules(net: Network, node: str, spec: HookSpec) -> None:
@@ -111,17 +139,19 @@ def install_rules(net: Network, node: str, spec: HookSpec) -> None:
 
 def remove_rules(net: Network, node: str) -> None:
     listing = {b: net.run(node, ["iptables", "-w", "-t", TABLE, "-S", b]) for b in CHAINS}
+    listing["chains"] = net.run(node, ["iptables", "-w", "-t", TABLE, "-S"])
     for cmd in remove_commands(listing):
         net.run(node, cmd)
 
 
 def rule_counters(net: Network, node: str) -> dict[str, list[int]]:
-    """Packets each rule of each private chain queued, in rule order."""
+    """Packets each queueing rule of each entry chain sent to the queue, in rule order (the
+    first rule, which releases segments back from the hook, is left out)."""
     out: dict[str, list[int]] = {}
     for chain in CHAINS.values():
         text = net.run(node, ["iptables", "-w", "-t", TABLE, "-L", chain, "-n", "-v", "-x"])
         rows = [line.split() for line in text.splitlines()[2:] if line.strip()]
-        out[chain] = [int(row[0]) for row in rows]
+        out[chain] = [int(row[0]) for row in rows][1:]
     return out
 
 

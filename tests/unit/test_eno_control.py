@@ -82,15 +82,33 @@ def test_result_round_trip():
 def test_rules_queue_only_handshake_segments_with_bypass():
     spec = HookSpec(queue=3, original_window=5, reply_window=3)
     rules = chain_rules(spec)
-    assert all(r[-4:] == ["NFQUEUE", "--queue-num", "3", "--queue-bypass"] for r in rules)
-    assert rules[0][:5] == ["-p", "tcp", "--tcp-flags", "SYN", "SYN"]
-    assert rules[1][4:12] == ["--ctdir", "ORIGINAL", "-m", "connbytes", "--connbytes", "0:5",
-            "--connbytes-dir", "original"]
-    assert rules[2][4:12] == ["--ctdir", "REPLY", "-m", "connbytes", "--connbytes", "0:3",
+    # First a segment back from the hook is released, then every queueing rule jumps to the
+    # hold chain (testbed/eno/marks.py), whose last rule is the queue, with bypass.
+    assert rules[0] == ["-m", "mark", "--mark", "0x1000000/0x1000000", "-g",
+                        "TCPINC_ENO_RELEASE"]
+    assert all(r[-2:] == ["-j", "TCPINC_ENO_HOLD"] for r in rules[1:])
+    assert rules[1] == ["-p", "tcp", "--tcp-flags", "SYN", "SYN", "-j", "TCPINC_ENO_HOLD"]
+    assert rules[2] == ["-p", "tcp", "-m", "conntrack", "--ctdir", "ORIGINAL", "-m", "connbytes",
+                        "--connbytes", "0:5", "--connbytes-dir", "original", "--connbytes-mode",
+                        "packets", "-j", "TCPINC_ENO_HOLD"]
+    assert rules[3][4:12] == ["--ctdir", "REPLY", "-m", "connbytes", "--connbytes", "0:3",
             "--connbytes-dir", "reply"]
+    # Behind a held segment of the same connection, whatever the windows say.
+    assert rules[4] == ["-p", "tcp", "-m", "connbytes", "--connbytes", "0:32",
+                        "--connbytes-dir", "both", "--connbytes-mode", "packets", "-m",
+                        "connmark", "!", "--mark", "0x0/0xff00", "-j", "TCPINC_ENO_HOLD"]
+    assert chain_rules(HookSpec(order_window=9))[4][5] == "0:9"
+    assert len(rules) == 5
     install = install_commands(spec)
-    assert ["iptables", "-w", "-t", "mangle", "-A", "OUTPUT", "-p", "tcp", "-j",
-            "TCPINC_ENO_OUT"] in install
+    ipt = ["iptables", "-w", "-t", "mangle"]
+    assert install[0] == [*ipt, "-N", "TCPINC_ENO_HOLD"]
+    assert install[11] == [*ipt, "-A", "TCPINC_ENO_HOLD", "-j", "NFQUEUE", "--queue-num", "3",
+                           "--queue-bypass"]
+    assert install[12] == [*ipt, "-N", "TCPINC_ENO_RELEASE"]
+    assert install[23] == [*ipt, "-N", "TCPINC_ENO_OUT"]
+    assert [*ipt, "-A", "OUTPUT", "-p", "tcp", "-j", "TCPINC_ENO_OUT"] in install
+    assert install[-1] == [*ipt, "-A", "PREROUTING", "-p", "tcp", "-j", "TCPINC_ENO_IN"]
+    assert len(install) == 12 + 11 + 2 * (1 + 5 + 1)
     listing = {"OUTPUT": "-P OUTPUT ACCEPT\n-A OUTPUT -p tcp -j TCPINC_ENO_OUT\n"
                          "-A OUTPUT -p udp -j OTHER\n",
                "PREROUTING": "-A PREROUTING -p tcp -m multiport ! --ports 5001 "
@@ -98,13 +116,20 @@ def test_rules_queue_only_handshake_segments_with_bypass():
     removal = remove_commands(listing)
     assert removal[0] == ["iptables", "-w", "-t", "mangle", "-D", "OUTPUT", "-p", "tcp", "-j",
                           "TCPINC_ENO_OUT"]
-    assert removal[3][5:] == ["PREROUTING", "-p", "tcp", "-m", "multiport", "!", "--ports",
+    assert removal[1][5:] == ["PREROUTING", "-p", "tcp", "-m", "multiport", "!", "--ports",
                               "5001", "-j", "TCPINC_ENO_IN"]
-    assert len(removal) == 6
+    chains = ["TCPINC_ENO_OUT", "TCPINC_ENO_IN", "TCPINC_ENO_HOLD", "TCPINC_ENO_RELEASE"]
+    # Every chain flushed before any is deleted (the entry chains jump to the inner ones).
+    assert removal[2:] == [[*ipt, "-F", c] for c in chains] + [[*ipt, "-X", c] for c in chains]
+    # A half-made installation: only the chains the table shows.
+    half = remove_commands({"chains": "-P OUTPUT ACCEPT\n-N TCPINC_ENO_HOLD\n"})
+    assert half == [[*ipt, "-F", "TCPINC_ENO_HOLD"], [*ipt, "-X", "TCPINC_ENO_HOLD"]]
     excluded = install_commands(HookSpec(exclude_ports=(5001, 5002)))
-    assert excluded[4][8:13] == ["-m", "multiport", "!", "--ports", "5001,5002"]
+    assert excluded[29][8:13] == ["-m", "multiport", "!", "--ports", "5001,5002"]
     with pytest.raises(ValueError):
         HookSpec(original_window=2)
+    with pytest.raises(ValueError, match="order_window"):
+        HookSpec(order_window=7)
 
 
 @pytest.fixture

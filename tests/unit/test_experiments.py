@@ -301,6 +301,29 @@ def test_duplicate_acks_flags_sack_blocks_and_repeated_acks(tmp_path):
     assert duplicate_acks(repeated) == [6]
 
 
+def test_overtaking_acks_leave_out_dsack_reports(tmp_path):
+    from experiments.common import dsack_only, duplicate_acks, overtaking_acks, round_trips
+
+    # A needless retransmission of 101-111, reported with a D-SACK below the ACK (RFC 2883).
+    resent = _capture(tmp_path, HANDSHAKE + [
+        ("c2s", "PA", 101, 501, b"a" * 10, []), ("s2c", "A", 501, 111, b"", []),
+        ("c2s", "PA", 101, 501, b"a" * 10, []),
+        ("s2c", "A", 501, 111, b"", [("SAck", (101, 111))])])
+    assert duplicate_acks(resent) == [6] and overtaking_acks(resent) == []
+    assert dsack_only(resent.segments[6].segment)
+    # A SACK block above the ACK is a reordering, D-SACK or not beside it.
+    overtaken = _capture(tmp_path, HANDSHAKE + [
+        ("c2s", "PA", 111, 501, b"b" * 10, []), ("c2s", "PA", 101, 501, b"a" * 10, []),
+        ("s2c", "A", 501, 101, b"", [("SAck", (111, 121))]), ("s2c", "A", 501, 121, b"", [])])
+    assert overtaking_acks(overtaken) == [5]
+    assert not dsack_only(overtaken.segments[5].segment)
+    record = {"t_start_wall": 0.0, "ttfb_ms": None, "request_ms": None}
+    assert {k: round_trips(resent, record)[k] for k in ("dup_acks", "dsacks")} == {
+        "dup_acks": 1, "dsacks": 1}
+    assert {k: round_trips(overtaken, record)[k] for k in ("dup_acks", "dsacks")} == {
+        "dup_acks": 1, "dsacks": 0}
+
+
 def test_fallback_client_timeout_follows_the_kernels_syn_timing(tmp_path, monkeypatch):
     from experiments import fallback
 
