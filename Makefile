@@ -65,7 +65,7 @@ MYPY_FILES += testbed/synstream.py testbed/apps/proto_syn.py experiments/syndata
 MYPY_FILES += experiments/executors.py experiments/dask_executor.py experiments/projection.py \
     experiments/compare.py \
     experiments/bench_scheduling.py experiments/idle.py
-MYPY_FILES += testbed/apps/priority.py testbed/earlytep.py testbed/establish.py testbed/streamio.py
+MYPY_FILES += testbed/apps/priority.py testbed/earlytep.py testbed/establish.py testbed/streamio.py testbed/helperproc.py
 
 .PHONY: setup apt venv helper bpf demo test test-unit lint clean-net
 

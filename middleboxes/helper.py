@@ -1,12 +1,12 @@
 """The parts every middlebox process shares (NFQUEUE runner, proxy) and its box-side twin.
 
-Process side: ``Stop`` is raised from the SIGTERM/SIGINT handler, because a handler that
-only sets a flag never ends a loop blocked in select(): PEP 475 restarts the call
-(docs/platform.md §6.8). SIGUSR1 asks for the counters now: the handler
-writes the stats file (atomically, with a serial number that grows) and returns, so the
-blocked call simply resumes. Nothing is printed after ``ready``: the network keeps the
-helper's stdout/stderr as pipes that nobody drains while it runs, and a full pipe would
-block the box.
+Process side: the helper skeleton (testbed/helperproc.py) raises ``Stop`` from the
+SIGTERM/SIGINT handler, because a handler that only sets a flag never ends a loop blocked in
+select(): PEP 475 restarts the call (docs/platform.md §6.8). SIGUSR1 asks for the counters
+now: ``StatsWriter`` writes the stats file (atomically, with a serial number that grows) and
+the handler returns, so the blocked call simply resumes. Nothing is printed after
+``ready``: the network keeps the helper's stdout/stderr as pipes that nobody drains while
+it runs, and a full pipe would block the box.
 
 Box side: ``HelperProcess`` starts the process through ``Network.start_helper`` (an
 essential helper: if it dies, ``net.check()`` and teardown raise ProcessDiedError), reads
@@ -23,7 +23,6 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from middleboxes.iptables import IptablesBox
@@ -35,10 +34,6 @@ if TYPE_CHECKING:
     from testbed.net.network import Network
 
 
-class Stop(Exception):
-    """Raised by the SIGTERM/SIGINT handler to end a blocking main loop."""
-
-
 class StatsWriter:
     """Writes ``snapshot()`` plus a serial number to ``path``, atomically."""
 
@@ -47,28 +42,16 @@ class StatsWriter:
         self.snapshot = snapshot
         self.serial = 0
 
+    def dump(self, final: bool, _error: str | None = None) -> None:
+        """The helper skeleton's stats hook (testbed/helperproc.py)."""
+        self.write(final)
+
     def write(self, final: bool = False) -> None:
         self.serial += 1
         data = {**self.snapshot(), "serial": self.serial, "final": final, "pid": os.getpid()}
         tmp = self.path.with_name(self.path.name + ".tmp")
         tmp.write_text(json.dumps(data, sort_keys=True))
         os.replace(tmp, self.path)
-
-
-def install_signals(writer: StatsWriter) -> None:
-    def stop(signum: int, frame: FrameType | None) -> None:
-        raise Stop(signum)
-
-    def dump(signum: int, frame: FrameType | None) -> None:
-        writer.write()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGUSR1, dump)
-
-
-def announce_ready() -> None:
-    print("ready", flush=True)
 
 
 def read_stats(path: Path) -> dict[str, Any] | None:

@@ -19,7 +19,6 @@ the drop; bypass would turn it into a pass-through).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import select
 import socket
@@ -27,8 +26,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from middleboxes.helper import StatsWriter, Stop, announce_ready, install_signals
+from middleboxes.helper import StatsWriter
 from middleboxes.pktmodel import PacketModel, create_model
+from testbed import helperproc
 
 QUEUE_MAX_LEN = 4096  # packets the kernel holds for us before it drops (default 1024)
 SOCKET_BUFFER = 8 << 20
@@ -90,7 +90,7 @@ def serve(runner: Runner, queue: int) -> None:
     nfq.bind(queue, runner.on_packet, max_len=QUEUE_MAX_LEN, sock_len=SOCKET_BUFFER)
     try:
         fd = nfq.get_fd()
-        announce_ready()
+        helperproc.announce_ready()
         while True:
             readable, _, _ = select.select([fd], [], [], runner.timeout())
             if readable:
@@ -112,14 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     model = create_model(args.model, json.loads(args.params))
     runner = Runner(model, Injector())
     writer = StatsWriter(args.stats, runner.snapshot)
-    install_signals(writer)
-    try:
-        # Stop (SIGTERM from the network's helper teardown) is the normal way out.
-        with contextlib.suppress(Stop):
-            serve(runner, args.queue)
-    finally:
-        runner.injector.close()
-        writer.write(final=True)
+    # Stop (SIGTERM from the network's helper teardown) is the normal way out.
+    helperproc.run(lambda: serve(runner, args.queue), dump=writer.dump,
+                   teardown=runner.injector.close, announce=False)
     return 0
 
 

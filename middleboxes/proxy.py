@@ -32,7 +32,8 @@ import threading
 from pathlib import Path
 from typing import Any, Protocol
 
-from middleboxes.helper import StatsWriter, Stop, announce_ready, install_signals
+from middleboxes.helper import StatsWriter
+from testbed import helperproc
 
 SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h
 CHUNK = 65536
@@ -248,7 +249,7 @@ def serve(proxy: Proxy, port: int) -> None:
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind(("0.0.0.0", port))
     listener.listen(512)
-    announce_ready()
+    helperproc.announce_ready()
     try:
         while True:
             client, _ = listener.accept()
@@ -265,13 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     proxy = Proxy(args.mode)
     writer = StatsWriter(args.stats, proxy.snapshot)
-    install_signals(writer)
-    try:
-        # Stop (SIGTERM from the network's helper teardown) is the normal way out.
-        with contextlib.suppress(Stop):
-            serve(proxy, args.listen)
-    finally:
-        writer.write(final=True)
+    # Stop (SIGTERM from the network's helper teardown) is the normal way out.
+    helperproc.run(lambda: serve(proxy, args.listen), dump=writer.dump, announce=False)
     return 0
 
 

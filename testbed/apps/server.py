@@ -23,21 +23,13 @@ import socket
 import sys
 import threading
 from collections.abc import Callable
-from types import FrameType
 from typing import IO, Any
 
+from testbed import helperproc
 from testbed.apps.priority import raise_priority
 from testbed.apps.transport import get_transport
 from testbed.apps.wire import REQUEST, WireError, decode_request_header, pattern
 from testbed.stream import StreamError
-
-
-class Stop(Exception):
-    """Raised from the signal handler so blocking calls end (PEP 475 restarts them)."""
-
-
-def _on_signal(signum: int, frame: FrameType | None) -> None:
-    raise Stop(signum)
 
 
 def _read_exact(conn: object, size: int) -> bytes | None:
@@ -209,8 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     transport = get_transport(args.proto, args.policy)
     out = open(args.records, "a") if args.records else None  # noqa: SIM115 (closed below)
     records = Records(out)
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
+    helperproc.install()  # from the start: a stop during set-up ends the process too
     lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     lsock.bind((args.bind, args.port))
@@ -220,16 +211,19 @@ def main(argv: list[str] | None = None) -> int:
     policy = raise_priority(args.rt_priority)
     Acceptors(lsock, lambda sock, addr: handle(transport, sock, addr, args.request_size,
                                                records, policy))
-    print("ready", flush=True)
-    try:
-        while True:
-            signal.pause()  # the connection threads accept; this thread waits for a signal
-    except Stop:
-        return 0
-    finally:
-        lsock.close()
-        if out is not None:
-            out.close()
+    helperproc.run(_wait_for_stop, teardown=lambda: _close(lsock, out))
+    return 0
+
+
+def _wait_for_stop() -> None:
+    while True:
+        signal.pause()  # the connection threads accept; this thread waits for a signal
+
+
+def _close(lsock: socket.socket, out: IO[str] | None) -> None:
+    lsock.close()
+    if out is not None:
+        out.close()
 
 
 if __name__ == "__main__":

@@ -35,16 +35,15 @@ import json
 import math
 import os
 import select
-import signal
 import socket
 import struct
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from types import FrameType
 from typing import Any, NoReturn
 
+from testbed import helperproc
 from testbed.errors import ConfigError
 from testbed.net.delayline_sched import (
     VNET_HDR_LEN,
@@ -77,15 +76,6 @@ RECV_BUFFER = 256 * 1024 + VNET_HDR_LEN
 SOCKET_BUFFER = 32 * 1024 * 1024
 MAX_SLEEP = 0.010  # s; longest single select() sleep, so its kernel slack stays <= 10 us
 STATS_VERSION = 1
-
-
-class Stop(Exception):
-    """Raised by the SIGTERM/SIGINT handler: select() is restarted after a handler that returns
-    (PEP 475), so only an exception gets the loop out of a blocking wait."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(f"signal {signum}")
-        self.signum = signum
 
 
 def set_timer_slack(nanoseconds: int) -> bool:
@@ -424,32 +414,15 @@ def parse_config(argv: Sequence[str] | None) -> Config:
                   spin_budget=ns.spin_budget)
 
 
-def _raise_stop(signum: int, _frame: FrameType | None) -> None:
-    raise Stop(signum)
-
-
 def _serve(line: DelayLine, stats: str | None) -> int:
-    """Announce readiness, forward until a stop signal, write final stats. Returns exit code."""
+    """Announce readiness, forward until a stop signal, write final stats (the helper
+    skeleton, testbed/helperproc.py). Returns the exit code."""
 
     def dump(final: bool, error: str | None = None) -> None:
         if stats is not None:
             write_json_atomic(stats, line.snapshot(final, error))
 
-    signal.signal(signal.SIGUSR1, lambda _s, _f: dump(False))
-    signal.signal(signal.SIGTERM, _raise_stop)
-    signal.signal(signal.SIGINT, _raise_stop)
-    error: str | None = None
-    try:
-        print("ready", flush=True)
-        line.run()
-    except Stop:
-        error = None  # the normal way out
-    except OSError as exc:
-        error = f"{type(exc).__name__}: {exc}"
-    # A second SIGTERM must not interrupt the final write (it would leave no stats at all).
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
-        signal.signal(signum, signal.SIG_IGN)
-    dump(True, error)
+    error = helperproc.run(line.run, dump=dump, errors=(OSError,))
     if error is not None:
         print(f"delayline: error: {error}", file=sys.stderr)
         return 1

@@ -1,0 +1,76 @@
+"""The helper skeleton (testbed/helperproc.py): ready line, stop by signal, stats, teardown."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from testbed import helperproc
+
+HELPER = r"""
+import select, sys
+from testbed import helperproc
+
+def dump(final, error):
+    print(f"dump {final} {error}", flush=True)
+
+def serve():
+    while True:
+        select.select([], [], [], 60)  # blocked: only an exception gets it out (PEP 475)
+
+def teardown():
+    print("teardown", flush=True)
+
+error = helperproc.run(serve, dump=dump, teardown=teardown)
+print(f"exit {error}", flush=True)
+"""
+
+
+def _start() -> subprocess.Popen[str]:
+    proc = subprocess.Popen([sys.executable, "-c", HELPER], stdout=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).resolve().parents[2])
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == "ready\n"
+    return proc
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_leaves_the_blocked_loop_then_teardown_then_final_stats(stop: int):
+    proc = _start()
+    assert proc.stdout is not None
+    proc.send_signal(signal.SIGUSR1)
+    assert proc.stdout.readline() == "dump False None\n"  # live stats; the loop goes on
+    proc.send_signal(stop)
+    out, _ = proc.communicate(timeout=10)
+    assert out.splitlines() == ["teardown", "dump True None", "exit None"]
+    assert proc.returncode == 0
+
+
+def test_a_listed_error_is_reported_in_the_final_stats_and_returned(monkeypatch):
+    monkeypatch.setattr(signal, "signal", lambda *_args: None)  # this process keeps its own
+    seen: list[tuple[bool, str | None]] = []
+
+    def fail() -> None:
+        raise OSError(19, "No such device")
+
+    error = helperproc.run(fail, dump=lambda final, err: seen.append((final, err)),
+                           announce=False, errors=(OSError,))
+    assert error == "OSError: [Errno 19] No such device"
+    assert seen == [(True, error)]
+
+
+def test_another_error_propagates_after_teardown_and_final_stats(monkeypatch):
+    monkeypatch.setattr(signal, "signal", lambda *_args: None)
+    steps: list[str] = []
+
+    def fail() -> None:
+        raise ValueError("bug")
+
+    with pytest.raises(ValueError, match="bug"):
+        helperproc.run(fail, dump=lambda final, _err: steps.append(f"dump {final}"),
+                       teardown=lambda: steps.append("teardown"), announce=False)
+    assert steps == ["teardown", "dump True"]
