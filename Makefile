@@ -106,8 +106,16 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(VENV)/bin/tcpinc run all --quick
 
+# The suite runs on PYTEST_WORKERS pytest-xdist workers (0: in this process, serially). Most
+# emulation tests wait on emulated RTTs and kernel timers, not on the CPU, so workers beyond
+# the core count still shorten the run. Each worker holds at most two tests at a time
+# (--maxschedchunk 1), taken in the order tests/conftest.py sets: the longest first.
+# Any pytest exit code but 0 fails the target, so a run that collected no test (exit code 5)
+# fails too.
+PYTEST_WORKERS ?= 4
+
 test: lint
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist load --maxschedchunk 1 tests
 
 test-unit: setup
 	$(PY) -m pytest -q tests -m "not emulation"
