@@ -111,11 +111,12 @@ demo: setup
 # the core count still shorten the run. Each worker holds at most two tests at a time
 # (--maxschedchunk 1), taken in the order tests/conftest.py sets: the longest first.
 # Any pytest exit code but 0 fails the target, so a run that collected no test (exit code 5)
-# fails too.
+# fails too. PYTEST_ARGS adds pytest options (e.g. --durations=40).
 PYTEST_WORKERS ?= 4
+PYTEST_ARGS ?=
 
 test: lint
-	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist load --maxschedchunk 1 tests
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist load --maxschedchunk 1 $(PYTEST_ARGS) tests
 
 test-unit: setup
 	$(PY) -m pytest -q tests -m "not emulation"
