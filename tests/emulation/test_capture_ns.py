@@ -39,35 +39,38 @@ needs_root_tcpdump = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("tcpdump") is None, reason="needs root and tcpdump")
 
 
-def _exchange(port: int, request: bytes, response: bytes) -> None:
-    """One TCP connection on 127.0.0.1: request, response, close from the client."""
-    with socket.create_server(("127.0.0.1", port)) as server:
-        def serve() -> None:
-            conn, _ = server.accept()
-            with conn:
-                assert conn.recv(len(request), socket.MSG_WAITALL) == request
-                conn.sendall(response)
-                assert conn.recv(1) == b""  # client closed
-        thread = threading.Thread(target=serve)
-        thread.start()
-        with socket.create_connection(("127.0.0.1", port)) as client:
-            client.sendall(request)
-            assert client.recv(len(response), socket.MSG_WAITALL) == response
-        thread.join(5)
+def _exchange(server: socket.socket, request: bytes, response: bytes) -> None:
+    """One TCP connection on 127.0.0.1 to ``server``: request, response, close from the
+    client."""
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            assert conn.recv(len(request), socket.MSG_WAITALL) == request
+            conn.sendall(response)
+            assert conn.recv(1) == b""  # client closed
+    thread = threading.Thread(target=serve)
+    thread.start()
+    with socket.create_connection(server.getsockname()) as client:
+        client.sendall(request)
+        assert client.recv(len(response), socket.MSG_WAITALL) == response
+    thread.join(5)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _listener() -> socket.socket:
+    """A listening socket on a port the kernel picks. It stays bound for the whole capture,
+    so no other connection on ``lo`` (tests in parallel workers) can take its port as an
+    ephemeral one and land in the capture's port filter."""
+    return socket.create_server(("127.0.0.1", 0), backlog=64)
 
 
 @needs_root_tcpdump
 def test_real_capture_on_loopback(tmp_path: Path) -> None:
-    port, path = _free_port(), tmp_path / "lo.pcap"
+    path = tmp_path / "lo.pcap"
     request, response = b"GET /capture-test", b"200 capture-response"
-    with Capture(RootNamespaceHost(), "lo", path, bpf_filter=f"tcp port {port}") as cap:
-        _exchange(port, request, response)
+    with _listener() as server:
+        port = server.getsockname()[1]
+        with Capture(RootNamespaceHost(), "lo", path, bpf_filter=f"tcp port {port}") as cap:
+            _exchange(server, request, response)
     stats = cap.stats
     assert stats is not None and stats.dropped == 0 and stats.complete
     with PcapReader(path) as reader:
@@ -101,11 +104,11 @@ def test_real_capture_on_loopback(tmp_path: Path) -> None:
 def test_real_capture_reports_kernel_drops(tmp_path: Path,
                                            caplog: pytest.LogCaptureFixture) -> None:
     # A 1 KiB ring holds a single frame: a burst of connections must overflow it.
-    port = _free_port()
-    with Capture(RootNamespaceHost(), "lo", tmp_path / "d.pcap", buffer_kib=1,
-                 bpf_filter=f"tcp port {port}") as cap:
+    with _listener() as server, Capture(
+            RootNamespaceHost(), "lo", tmp_path / "d.pcap", buffer_kib=1,
+            bpf_filter=f"tcp port {server.getsockname()[1]}") as cap:
         for _ in range(50):
-            _exchange(port, b"x" * 100, b"y" * 50)
+            _exchange(server, b"x" * 100, b"y" * 50)
     assert cap.stats is not None and cap.stats.dropped_by_kernel > 0
     assert not cap.stats.complete
     assert any(r.levelno == logging.WARNING and "dropped" in r.getMessage()
