@@ -20,6 +20,7 @@ import pytest
 import topologies
 from experiments.common import reordered
 from testbed.eno.bench import nfqueue_rules
+from testbed.eno.bpf import attach
 from testbed.eno.bpf.attach import ids_file, support_problem
 from testbed.net.capture import Capture
 from testbed.net.network import Network
@@ -154,8 +155,14 @@ time.sleep(60)
 '''
 
 
-def test_a_killed_run_leaves_nothing_after_clean() -> None:
-    proc = subprocess.Popen([sys.executable, "-c", KILLED], stdout=subprocess.PIPE, text=True)
+def test_a_killed_run_leaves_nothing_after_clean(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # A private state directory (and map-id directory under it): no clean of a parallel
+    # test or run can take the dead network before this test's own.
+    private = tmp_path / "state"
+    monkeypatch.setattr(attach, "MAP_IDS", private / "bpf")
+    proc = subprocess.Popen([sys.executable, "-c", KILLED], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "TCPINC_STATE_DIR": str(private)})
     try:
         assert proc.stdout is not None
         state_path, cgroup, pins = (Path(p) for p in proc.stdout.readline().split())
@@ -163,16 +170,13 @@ def test_a_killed_run_leaves_nothing_after_clean() -> None:
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-    try:
-        state = NetworkState.load(state_path)
-    except FileNotFoundError:
-        pass  # a `tcpinc clean` of another run on this machine cleaned the dead network first
-    else:
-        # The bpf part of clean_state only: killing by namespace inode after the run's hosts
-        # died could hit another run's namespace that reused the inode (test_network tests
-        # that part).
-        assert clean_bpf(state) == 1
-        state.remove()
+    assert state_path.parent == private
+    state = NetworkState.load(state_path)
+    # The bpf part of clean_state only: killing by namespace inode after the run's hosts
+    # died could hit another run's namespace that reused the inode (test_network tests
+    # that part).
+    assert clean_bpf(state) == 1
+    state.remove()
     assert not cgroup.exists() and not pins.exists() and not ids_file(cgroup).exists()
 
 

@@ -119,7 +119,10 @@ def _clean_the_killed_run(private: Path, pid: int, theirs: set[int],
     assert private.is_dir()
 
 
-def test_clean_skips_networks_whose_owner_runs():
+def test_clean_skips_networks_whose_owner_runs(tmp_path, monkeypatch):
+    # A private state directory: a clean of the machine's directory would also finish other
+    # runs' dead networks, which parallel tests are watching (test_eno_bpf, test_faults).
+    monkeypatch.setattr(state_module, "STATE_DIR", tmp_path / "state")
     with Network(topologies.create("direct")) as net:
         reports = clean_all()
         mine = [r for r in reports if r["state"] == str(net.state.path)]
