@@ -15,6 +15,7 @@ import pytest
 FIRST = (
     "emulation/test_middlebox_matrix.py",  # one fallback run per middlebox model and datapath
     "emulation/",
+    "unit/test_executors.py",  # local Dask clusters: half a minute per test
 )
 
 
