@@ -55,8 +55,10 @@ def test_roundtrips_on_a_dask_worker_equal_a_local_run(tmp_path: Path) -> None:
     timing = ["rt_send_measured", "rt_resp_measured", "consistent", "agrees"]
     pd.testing.assert_frame_equal(pd.read_csv(d / "roundtrips.csv").drop(columns=timing),
                                   pd.read_csv(lo / "roundtrips.csv").drop(columns=timing))
+    # One row per arm, ENO datapath and connection: the runs write them in the order their
+    # points finished.
     per_conn = [pd.read_csv(run / "roundtrips_per_connection.csv")
-                .sort_values(["proto", "conn"]).reset_index(drop=True)
+                .sort_values(["proto", "eno_datapath", "conn"]).reset_index(drop=True)
                 .drop(columns=["rt_send", "rt_resp"]) for run in (d, lo)]
     pd.testing.assert_frame_equal(*per_conn)
     # Every point's network is described (locally consecutive points may share one line).
