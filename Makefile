@@ -27,7 +27,7 @@ MYPY_STRICT := testbed/eno/__init__.py testbed/eno/bench.py testbed/eno/config.p
     testbed/teps/tcpcrypt/wire.py testbed/teps/tls/__init__.py testbed/teps/tls/_ossl.py \
     testbed/teps/tls/bench.py testbed/teps/tls/constants.py testbed/teps/tls/core.py \
     testbed/teps/tls/errors.py testbed/teps/tls/identity.py testbed/teps/tls/options.py \
-    testbed/teps/tls/pair.py testbed/teps/tls/session_cache.py testbed/teps/tls/state.py \
+    testbed/teps/tls/pair.py testbed/teps/tls/session_cache.py testbed/teps/tls/state.py testbed/teps/machine.py \
     testbed/packet.py
 MYPY_FILES := experiments/__init__.py experiments/common.py experiments/cost.py \
     experiments/fallback.py experiments/latency.py experiments/loss.py experiments/plotting.py \

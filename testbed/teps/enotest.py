@@ -27,7 +27,7 @@ import hashlib
 import logging
 import struct
 
-from testbed.teps import base
+from testbed.teps import base, machine
 from testbed.teps.base import (
     DataReceived,
     EndOfStream,
@@ -134,9 +134,7 @@ class EnoTestCore:
         return self._session_id
 
     def _transition(self, trigger: Trigger) -> None:
-        new = TRANSITIONS.get((self._state, trigger))
-        if new is None:
-            raise LocalProtocolError(f"{trigger.value} not allowed in {self._state.value}")
+        new = machine.next_state(TRANSITIONS, self._state, trigger, LocalProtocolError)
         logger.debug("eno-test %s: %s -> %s", self._ctx.role.value, self._state.value, new.value)
         self._state = new
 
@@ -146,9 +144,14 @@ class EnoTestCore:
         self._in.clear()
         self._out.clear()
 
+    def _refusal(self) -> TepStateError | None:
+        failed = self._state is State.ERROR
+        return TepStateError("eno-test core is in the error state") if failed else None
+
     def _check_usable(self) -> None:
-        if self._state is State.ERROR:
-            raise TepStateError("eno-test core is in the error state")
+        refusal = self._refusal()
+        if refusal is not None:
+            raise refusal
 
     # -- TepCore -----------------------------------------------------------------------
 
@@ -163,15 +166,12 @@ class EnoTestCore:
         return []  # the handshake needs the peer's message
 
     def receive_data(self, data: bytes, now: float) -> list[TepEvent]:
-        self._check_usable()
-        self._in += data
         events: list[TepEvent] = []
-        try:
+        with machine.boundary(failed=self._refusal, enter_error=self._fail,
+                              catch=(RemoteProtocolError, LocalProtocolError)):
+            self._in += data
             while self._step(events):
                 pass
-        except (RemoteProtocolError, LocalProtocolError):
-            self._fail()
-            raise
         return events
 
     def send_data(self, data: bytes) -> None:

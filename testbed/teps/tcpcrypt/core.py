@@ -39,10 +39,11 @@ TepContext.options keys used by tcpcrypt (see options.py; other ``tcpcrypt.*`` k
 from __future__ import annotations
 
 import logging
-from collections.abc import Hashable, Iterator
-from contextlib import contextmanager
+from collections.abc import Hashable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
+from testbed.teps import machine
 from testbed.teps.base import (
     DataReceived,
     EndOfStream,
@@ -188,17 +189,17 @@ class TcpcryptCore:
                      self._state.value, new.value)
         self._state = new
 
-    @contextmanager
-    def _guard(self) -> Iterator[None]:
+    def _guard(self) -> AbstractContextManager[None]:
         """Refuse calls after an error; turn any failure into the ERROR state."""
-        if self._state is State.ERROR:
-            raise TepStateError("tcpcrypt core is in the error state")
-        try:
-            yield
-        except Exception:
-            self._transition(Trigger.FAIL)
-            self._wipe()
-            raise
+        return machine.boundary(failed=self._refusal, enter_error=self._enter_error)
+
+    def _refusal(self) -> TepStateError | None:
+        failed = self._state is State.ERROR
+        return TepStateError("tcpcrypt core is in the error state") if failed else None
+
+    def _enter_error(self) -> None:
+        self._transition(Trigger.FAIL)
+        self._wipe()
 
     def _wipe(self) -> None:
         """Forget keys and buffered bytes (nothing unauthenticated may leak out later)."""

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import enum
 
+from testbed.teps import machine
+
 from .errors import IllegalTransition
 
 
@@ -66,7 +68,4 @@ KEYED = frozenset({State.ESTABLISHED, State.LOCAL_CLOSED, State.PEER_CLOSED, Sta
 
 def next_state(state: State, trigger: Trigger) -> State:
     """The state ``trigger`` leads to from ``state``; IllegalTransition if there is none."""
-    try:
-        return TRANSITIONS[(state, trigger)]
-    except KeyError:
-        raise IllegalTransition(f"{trigger.value} is not allowed in state {state.value}") from None
+    return machine.next_state(TRANSITIONS, state, trigger, IllegalTransition)

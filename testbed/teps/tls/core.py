@@ -64,6 +64,7 @@ from typing import TypeVar
 
 from OpenSSL import SSL, crypto
 
+from testbed.teps import machine
 from testbed.teps.base import (
     DataReceived,
     EndOfStream,
@@ -104,6 +105,11 @@ class EarlyPhase(enum.Enum):
     SERVER_READING = "server-reading"  # server reading through SSL_read_early_data
     DONE = "done"
 
+
+
+def _never() -> None:
+    """A TLS core refuses calls through its CALLS table (testbed/teps/tls/state.py)."""
+    return None
 
 class TlsCore:
     """One TLS 1.3 connection end; implements ``testbed.teps.base.TepCore``."""
@@ -224,17 +230,15 @@ class TlsCore:
     # --- error boundary ----------------------------------------------------------------------
 
     def _run(self, method: str, action: Callable[[], _T]) -> _T:
-        """Every public call goes through here: state check, then errors -> ERROR state."""
-        try:
+        """Every public call goes through here: state check, then errors -> ERROR state
+        (an OpenSSL error made the TEP error it means first, testbed/teps/machine.py)."""
+        with machine.boundary(failed=_never, enter_error=self._enter_error,
+                              catch=(TepError, SSL.Error), translate=self._translated):
             check_call(method, self._state)
             return action()
-        except TepError:
-            self._enter_error()
-            raise
-        except SSL.Error as exc:
-            error = self._translate(exc)
-            self._enter_error()
-            raise error from exc
+
+    def _translated(self, exc: Exception) -> TepError | None:
+        return self._translate(exc) if isinstance(exc, SSL.Error) else None
 
     def _translate(self, exc: SSL.Error) -> TepError:
         unsent = self._drain()  # usually the fatal alert OpenSSL just queued
