@@ -3,7 +3,8 @@
 Each point's time comes from the newest committed run of the same profile (its records'
 ``t_start_wall``: a point lasts from its first connection to the next point's first
 connection, so network set-up and teardown are counted; the first point starts at the
-run's ``started``). Points the current code has that the committed run lacks take the
+run's ``started``; in a run whose points ran side by side, each point's own ``point_s``).
+Points the current code has that the committed run lacks take the
 median of the experiment's points. The projection list-schedules the points in the
 runner's order on N workers (what Dask does with one ``tcpinc`` slot per worker), adds
 the measured dispatch overhead per point, and the driver's analysis, which stays serial.
@@ -44,6 +45,11 @@ def point_seconds(run_dir: Path) -> tuple[dict[str, float], float]:
     started, finished = _stamp(meta["started"]), _stamp(meta["finished"])
     if not points:
         return {}, finished - started
+    if any(int(c.get("workers", 1)) > 1 for c in meta.get("concurrency", [])):
+        # Points ran side by side (experiments/runner.py experiment_executor): their clocks
+        # overlap, so each point's own time (``point_s``) stands for it.
+        own = {point_key_of(r, points): float(r["point_s"]) for r in records if "point_s" in r}
+        return {k: own.get(k, 0.0) for k in keys}, float(meta.get("analysis_s", 0.0))
     if not all("t_start_wall" in r for r in records):
         # No per-connection clock (benchmark points): share the run's time evenly.
         return {k: (finished - started) / len(keys) for k in keys}, 0.0
@@ -61,6 +67,14 @@ def point_seconds(run_dir: Path) -> tuple[dict[str, float], float]:
     bounds = [started] + [first.get(i, started) for i in range(1, len(points))] + [last_end]
     seconds = {keys[i]: max(bounds[i + 1] - bounds[i], 0.0) for i in range(len(points))}
     return seconds, max(finished - last_end, 0.0)
+
+
+def point_key_of(record: dict[str, Any], points: list[dict[str, Any]]) -> str:
+    """The points.jsonl line of the point a record belongs to ("" if none)."""
+    for point in points:
+        if _matches(record, point):
+            return json.dumps(point, sort_keys=True)
+    return ""
 
 
 def newest_run(root: Path, name: str, profile: str) -> Path | None:

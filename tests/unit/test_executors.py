@@ -139,6 +139,22 @@ def test_point_times_come_from_the_records_clock(tmp_path: Path) -> None:
     assert projection.makespan([4.0, 6.0, 0.5, 3.0], 1) == 13.5
 
 
+def test_point_times_of_a_run_whose_points_ran_side_by_side_are_their_own(
+        tmp_path: Path) -> None:
+    points = [{"i": i, "seconds": 2.0} for i in range(3)]
+    run = _fake_run(tmp_path, "idle", "full", points, [1.0, 1.0, 4.0],
+                    "2026-01-01T00:00:12+00:00")
+    meta = json.loads((run / "metadata.json").read_text())
+    meta.update(concurrency=[{"executor": "local-concurrent", "workers": 2}], analysis_s=0.7)
+    (run / "metadata.json").write_text(json.dumps(meta))
+    records = [json.loads(x) for x in (run / "records.jsonl").read_text().splitlines()]
+    for record, own in zip(records, [3.0, 5.0, 2.5], strict=True):
+        record["point_s"] = own
+    (run / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    seconds, analysis = projection.point_seconds(run)
+    assert list(seconds.values()) == [3.0, 5.0, 2.5] and analysis == 0.7
+
+
 def test_dry_run_projects_from_the_committed_full_run(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     proc = in_process(capsys, "run", "all", "--full", "--dry-run", "--workers", "2")
