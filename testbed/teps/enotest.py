@@ -110,6 +110,8 @@ class EnoTestCore:
     """One end of an eno-test connection (see the module docstring), sans-IO."""
 
     def __init__(self, context: TepContext) -> None:
+        self._boundary = machine.Boundary(failed=self._refusal, enter_error=self._fail,
+                                          catch=(RemoteProtocolError, LocalProtocolError))
         self._ctx = context
         self._state = State.IDLE
         self._in = bytearray()
@@ -167,8 +169,7 @@ class EnoTestCore:
 
     def receive_data(self, data: bytes, now: float) -> list[TepEvent]:
         events: list[TepEvent] = []
-        with machine.boundary(failed=self._refusal, enter_error=self._fail,
-                              catch=(RemoteProtocolError, LocalProtocolError)):
+        with self._boundary:
             self._in += data
             while self._step(events):
                 pass

@@ -46,15 +46,14 @@ def test_boundary_refuses_a_failed_core_and_takes_errors_to_error_once():
         entered.append("error")
         state["failed"] = True
 
-    with machine.boundary(failed=refusal, enter_error=enter_error):
+    boundary = machine.Boundary(failed=refusal, enter_error=enter_error)
+    with boundary:
         pass  # a call that succeeds changes nothing
     assert entered == []
-    with pytest.raises(ValueError, match="bad"), \
-            machine.boundary(failed=refusal, enter_error=enter_error):
+    with pytest.raises(ValueError, match="bad"), boundary:
         raise ValueError("bad")
     assert entered == ["error"]
-    with pytest.raises(Illegal, match="already failed"), \
-            machine.boundary(failed=refusal, enter_error=enter_error):
+    with pytest.raises(Illegal, match="already failed"), boundary:
         raise AssertionError("the body of a refused call never runs")
     assert entered == ["error"]
 
@@ -66,12 +65,12 @@ def test_boundary_translates_before_entering_error_and_lets_uncaught_errors_pass
         order.append("translate")
         return Illegal(f"meant: {exc}") if isinstance(exc, KeyError) else None
 
-    with pytest.raises(Illegal, match="meant: 'k'") as caught, machine.boundary(
+    with pytest.raises(Illegal, match="meant: 'k'") as caught, machine.Boundary(
             failed=lambda: None, enter_error=lambda: order.append("error"),
             catch=(KeyError,), translate=translate):
         raise KeyError("k")
     assert order == ["translate", "error"] and isinstance(caught.value.__cause__, KeyError)
-    with pytest.raises(ZeroDivisionError), machine.boundary(
+    with pytest.raises(ZeroDivisionError), machine.Boundary(
             failed=lambda: None, enter_error=lambda: order.append("error"), catch=(KeyError,)):
         raise ZeroDivisionError
     assert order == ["translate", "error"]  # not caught: the core is left as it was

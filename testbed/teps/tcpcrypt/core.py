@@ -113,6 +113,7 @@ class TcpcryptCore:
     """One end of one tcpcrypt connection (RFC 8548), sans-IO."""
 
     def __init__(self, context: TepContext, tep_id: int) -> None:
+        self._boundary = machine.Boundary(failed=self._refusal, enter_error=self._enter_error)
         self._ctx = context
         self._params = tep_params(tep_id)
         self._opts = TcpcryptOptions.from_dict(context.options)
@@ -191,7 +192,7 @@ class TcpcryptCore:
 
     def _guard(self) -> AbstractContextManager[None]:
         """Refuse calls after an error; turn any failure into the ERROR state."""
-        return machine.boundary(failed=self._refusal, enter_error=self._enter_error)
+        return self._boundary
 
     def _refusal(self) -> TepStateError | None:
         failed = self._state is State.ERROR

@@ -115,6 +115,8 @@ class TlsCore:
     """One TLS 1.3 connection end; implements ``testbed.teps.base.TepCore``."""
 
     def __init__(self, ctx: TepContext) -> None:
+        self._boundary = machine.Boundary(failed=_never, enter_error=self._enter_error,
+                                          catch=(TepError, SSL.Error), translate=self._translated)
         self._opts = TlsOptions.from_mapping(ctx.options)
         self.role = ctx.role
         self._is_client = ctx.role is Role.A
@@ -232,8 +234,7 @@ class TlsCore:
     def _run(self, method: str, action: Callable[[], _T]) -> _T:
         """Every public call goes through here: state check, then errors -> ERROR state
         (an OpenSSL error made the TEP error it means first, testbed/teps/machine.py)."""
-        with machine.boundary(failed=_never, enter_error=self._enter_error,
-                              catch=(TepError, SSL.Error), translate=self._translated):
+        with self._boundary:
             check_call(method, self._state)
             return action()
 
