@@ -9,6 +9,10 @@ not an exception at all: RFC 8547 §4.6 turns it into a fallback to plain TCP.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
+_T = TypeVar("_T")
+
 
 class EnoError(Exception):
     """Base of every error raised by testbed.eno."""
@@ -36,3 +40,11 @@ class OptionSpaceError(EnoEncodeError):
 
 class EnoStateError(LocalProtocolError):
     """An event that the negotiation state machine does not allow in its current state."""
+
+
+def known(value: _T | None, what: str) -> _T:
+    """``value``, which the negotiator's state implies is known; EnoStateError if it is not
+    (the negotiator's error boundary then leaves it in ERROR, as for any illegal event)."""
+    if value is None:
+        raise EnoStateError(f"{what} is not known in this state")
+    return value

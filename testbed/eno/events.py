@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from testbed.eno.option import GlobalSuboption, TepSuboption
 from testbed.teps.base import Role
@@ -123,3 +124,12 @@ class SynDataDiscarded(EnoEvent):
 
 
 Outcome = Negotiated | Fallback | Aborted
+
+
+class Outgoing(NamedTuple):
+    """What the negotiator answers for an outgoing segment: the ENO option to append
+    (``tcp_options.append_eno``) or None to send it plain, and the events sending it produced,
+    oldest first."""
+
+    option: bytes | None
+    events: list[EnoEvent]

@@ -41,10 +41,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import NamedTuple, TypeVar
 
 from testbed.eno.config import EnoConfig
-from testbed.eno.errors import EnoError, EnoStateError, LocalProtocolError
+from testbed.eno.errors import EnoError, EnoStateError, LocalProtocolError, known
 from testbed.eno.events import (
     Aborted,
     AbortReason,
@@ -54,6 +53,7 @@ from testbed.eno.events import (
     FallbackReason,
     Negotiated,
     Outcome,
+    Outgoing,
     SynDataAccepted,
     SynDataDiscarded,
 )
@@ -84,23 +84,6 @@ logger = logging.getLogger(__name__)
 
 Step = tuple[State, bytes | None]
 
-
-class Outgoing(NamedTuple):
-    """What an outgoing segment gets: the ENO option to append (``tcp_options.append_eno``)
-    or None to send it plain, and the events sending it produced, oldest first."""
-
-    option: bytes | None
-    events: list[EnoEvent]
-
-_T = TypeVar("_T")
-
-
-def _known(value: _T | None, what: str) -> _T:
-    """``value``, which this state implies is known; EnoStateError if it is not (the
-    negotiator's error boundary then leaves it in ERROR, as for any illegal event)."""
-    if value is None:
-        raise EnoStateError(f"{what} is not known in this state")
-    return value
 
 Problem = tuple[FallbackReason, str]
 
@@ -324,7 +307,7 @@ class EnoNegotiator:
             return State.DISABLED, None
         if self._state in (State.SYNACK_SENT, State.SIMUL_SYNACK_SENT):
             return self._state, self._local_raw
-        local = _known(self._local, "our SYN-form option")  # set by receive_syn or send_syn
+        local = known(self._local, "our SYN-form option")  # set by receive_syn or send_syn
         problem = self._outgoing_syn_problem(local, options, payload_len, syn_only=False)
         if problem is not None:
             return self._fail(*problem), None
@@ -345,7 +328,7 @@ class EnoNegotiator:
         if not fits:
             return self._fail(FallbackReason.NO_OPTION_SPACE, "no room in the first ACK"), None
         # A has now sent and received an ACK segment with ENO: encryption MUST be on (§4.6).
-        self._record(_known(self._chosen, "the TEP the SYN exchange selected"))
+        self._record(known(self._chosen, "the TEP the SYN exchange selected"))
         return State.ENABLED_ECHO, option
 
     # -- incoming handlers ---------------------------------------------------------
@@ -374,7 +357,7 @@ class EnoNegotiator:
 
     def _passive_problem(self) -> Problem | None:
         """Passive opener: choose the one TEP to answer with (§4.5) and build our option."""
-        peer = _known(self._peer, "the peer's SYN-form option")
+        peer = known(self._peer, "the peer's SYN-form option")
         local_global = passive_global(self.config)
         probe = EnoOption.build([o.tep_id for o in self.config.offers], local_global)
         reason = negotiation_problem(probe, peer, self.config)
@@ -389,8 +372,8 @@ class EnoNegotiator:
 
     def _decide_problem(self) -> Problem | None:
         """Both SYN-form options known: roles (§4.3) and the negotiated TEP (§4.5)."""
-        mine = _known(self._local, "our SYN-form option")
-        theirs = _known(self._peer, "the peer's SYN-form option")
+        mine = known(self._local, "our SYN-form option")
+        theirs = known(self._peer, "the peer's SYN-form option")
         reason = negotiation_problem(mine, theirs, self.config)
         if reason is not None:
             return reason, ""
@@ -431,7 +414,7 @@ class EnoNegotiator:
         if self._state is State.SYN_SENT:
             return State.SYNACK_RECEIVED
         # Simultaneous open: sent our SYN-ACK, received theirs, both with ENO (§4.6).
-        self._record(_known(self._chosen, "the TEP the SYN exchange selected"))
+        self._record(known(self._chosen, "the TEP the SYN exchange selected"))
         return State.ENABLED_ECHO
 
     def _syn_data_abort(
@@ -465,7 +448,7 @@ class EnoNegotiator:
             return abort
         if problem is not None:
             return self._fail(problem, "first ACK segment without ENO")
-        self._record(_known(self._chosen, "the TEP the SYN exchange selected"))
+        self._record(known(self._chosen, "the TEP the SYN exchange selected"))
         return State.ENABLED  # a non-SYN segment arrived, so no more ENO (§4.6)
 
     def _on_disable(self) -> State:
