@@ -15,7 +15,9 @@ BPF_OBJ := testbed/eno/bpf/eno.bpf.o
 MYPY_STRICT := testbed/eno/__init__.py testbed/eno/bench.py testbed/eno/config.py \
     testbed/eno/bpf/__init__.py testbed/eno/bpf/attach.py testbed/eno/bpf/datapath.py \
     testbed/eno/bpf/maps.py \
-    testbed/eno/constants.py testbed/eno/control.py testbed/eno/ctzero.py testbed/eno/engine.py \
+    testbed/eno/conn.py testbed/eno/constants.py testbed/eno/control.py \
+    testbed/eno/controlserver.py testbed/eno/ctzero.py \
+    testbed/eno/engine.py testbed/eno/listeners.py \
     testbed/eno/errors.py testbed/eno/events.py testbed/eno/fastopt.py testbed/eno/hook.py \
     testbed/eno/marks.py testbed/eno/negotiation.py testbed/eno/option.py testbed/eno/rules.py \
     testbed/eno/selection.py testbed/eno/tcp_options.py testbed/eno/transitions.py testbed/teps/__init__.py \

@@ -1,9 +1,12 @@
-"""The ENO hook's packet logic without NFQUEUE: a raw segment in, a rewritten one (or None) out.
+"""The ENO hook's packet logic without NFQUEUE or I/O: a raw segment in, ``Actions`` out.
 
 Theory of operation
 -------------------
-The hook process (hook.py) feeds ``HookEngine.handle`` every segment its iptables rules queue
-(handshake-phase segments only, see rules.py) with the direction and a monotonic clock. The
+The hook process (hook.py) feeds ``HookEngine.process`` every segment its iptables rules queue
+(handshake-phase segments only, see rules.py) with the direction and a monotonic clock, and
+performs the ``Actions`` it returns: the rewritten segment, the connections whose result just
+became final (waiting control-channel readers), a conntrack entry to zero (ctzero.py), or
+"read the control channel first, then ask again". The
 engine keeps one ``Conn`` per connection end, keyed by (local ip, local port, remote ip, remote
 port), each with an ``EnoNegotiator`` from the pure core, and applies what the core decides:
 
@@ -50,14 +53,13 @@ from __future__ import annotations
 
 import logging
 from collections import Counter, OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from functools import partial
 
 from testbed.eno import fastopt
 from testbed.eno.config import EnoConfig
+from testbed.eno.conn import Conn, Key, result_of
 from testbed.eno.constants import EMPTY_NON_SYN_ENO, KIND_NOP, MAX_TCP_OPTIONS_LEN
-from testbed.eno.control import Result, Settings
+from testbed.eno.control import Result
 from testbed.eno.errors import EnoError
 from testbed.eno.events import (
     Aborted,
@@ -68,14 +70,15 @@ from testbed.eno.events import (
     SynDataAccepted,
     SynDataDiscarded,
 )
+from testbed.eno.listeners import Announcement, Listener, Registrations
 from testbed.eno.negotiation import EnoNegotiator, State, Trigger, allowed_targets
-from testbed.eno.option import TepSuboption
 from testbed.eno.selection import active_syn_option
 from testbed.packet import PacketError, Segment, parse_segment, with_options, without_payload
 
+__all__ = ["Actions", "Conn", "HookEngine", "Key", "result_of"]  # Conn, Key: conn.py
+
 logger = logging.getLogger(__name__)
 
-Key = tuple[str, int, str, int]  # local ip, local port, remote ip, remote port
 
 # States in which an outgoing non-SYN segment still owes ENO (§4.6: until a non-SYN segment
 # arrives), and in which an incoming non-SYN segment still decides something (§4.6 rule 1).
@@ -86,138 +89,40 @@ DUTY_IN = frozenset({State.SYNACK_SENT, State.SIMUL_SYNACK_SENT, State.ENABLED_E
 _NO_ROOM = bytes((KIND_NOP,)) * MAX_TCP_OPTIONS_LEN
 _NON_SYN_ENO_WIRE = len(EMPTY_NON_SYN_ENO) + (-len(EMPTY_NON_SYN_ENO) % 4)
 _SYN_OUT = frozenset({Trigger.SEND_SYN, Trigger.SEND_SYNACK})
-MAX_ANSWERS = 4096  # pushed resumption answers kept per listener (oldest dropped first)
+@dataclass(slots=True)
+class Actions:
+    """What the hook does for one segment; the engine itself does no I/O."""
+
+    payload: bytes | None = None  # the rewritten segment (None: let it through unchanged)
+    # Connections whose result became final (negotiated, fallback, aborted or a core error):
+    # readers waiting on the control channel can be answered.
+    decided: list[Key] = field(default_factory=list)
+    # An announced SYN started this active connection while the SYN is held: zero a reopened
+    # conntrack entry's counters before its verdict (ctzero.py).
+    zero: Key | None = None
+    # Nothing done yet: a SYN may depend on a control message still unread (announcements and
+    # resumption answers are one-way). Read them, then call ``process`` with control_read.
+    read_control: bool = False
+
+
+_READ_CONTROL = Actions(read_control=True)
 
 
 @dataclass
-class Conn:
-    """One connection end the hook follows."""
-
-    key: Key
-    negotiator: EnoNegotiator
-    active: bool
-    last: float
-    syn_seq: int | None = None  # our SYN (or SYN-ACK) sequence number
-    syn_len: int = 0  # data bytes in it (for syn_data_acked, §4.7)
-    peer_isn: int | None = None
-    peer_eno_after_fallback: bool = False
-    error: str | None = None
-    packets: int = 0
-    # §4.7 verdict on the peer's SYN data: "accepted" or "discarded:<reason>" ("" if none)
-    syn_data: str = ""
-
-
-@dataclass
-class _Answer:
-    data: bytes
-    deadline: float
-
-
-@dataclass
-class _Listener:
-    settings: Settings
-    config: EnoConfig
-    owner: object
-    # (TEP id, key) -> answer; keys are prefixes of the peer's suboption data (§3.5 halves)
-    answers: dict[tuple[int, bytes], _Answer] = field(default_factory=dict)
-    key_lengths: set[int] = field(default_factory=set)
-
-
-@dataclass
-class _Announcement:
-    config: EnoConfig
-    deadline: float
-
-
-@dataclass
-class HookEngine:
-    """See the module docstring. ``on_outcome(key)`` is called when a connection's result is
-    final (negotiated, fallback, aborted or a core error), so waiting readers can be answered."""
+class HookEngine(Registrations):
+    """See the module docstring."""
 
     expiry: float = 30.0
     max_conns: int = 65536
     mtu: int = 1500
-    on_outcome: Callable[[Key], None] | None = None
-    # Called before an outgoing SYN is judged unannounced: announcements are one-way messages
-    # that may still sit in the control socket when the SYN they announce reaches the queue.
-    drain_control: Callable[[], None] | None = None
-    # Called with the key when an announced SYN starts an active connection, while that SYN
-    # is still queued: the hook zeroes a reopened conntrack entry's counters (ctzero.py).
-    on_active_open: Callable[[Key], object] | None = None
     conns: OrderedDict[Key, Conn] = field(default_factory=OrderedDict)
-    listeners: dict[int, _Listener] = field(default_factory=dict)
-    announcements: dict[int, _Announcement] = field(default_factory=dict)
+    listeners: dict[int, Listener] = field(default_factory=dict)
+    announcements: dict[int, Announcement] = field(default_factory=dict)
     counts: Counter[str] = field(default_factory=Counter)
     reasons: Counter[str] = field(default_factory=Counter)
     max_packets_per_conn: int = 0
     _now: float = 0.0  # time of the segment being handled (answers expire by it)
-
-    # -- registrations (control channel) -------------------------------------------
-
-    def listen(self, port: int, settings: Settings, owner: object) -> None:
-        current = self.listeners.get(port)
-        if current is not None and current.owner is not owner:
-            raise ValueError(f"port {port} is already registered by another application")
-        config = replace(settings.eno_config(), answerer=partial(self._answer, port))
-        listener = _Listener(settings, config, owner)
-        if current is not None:  # new settings, same application: pushed answers stay
-            listener.answers, listener.key_lengths = current.answers, current.key_lengths
-        self.listeners[port] = listener
-
-    def answer(self, port: int, tep_id: int, key: bytes, data: bytes, deadline: float) -> None:
-        """Answer the next SYN to ``port`` whose ``tep_id`` data begins with ``key`` with
-        ``data`` (RFC 8548 §3.5 passive resumption; see the module docstring)."""
-        listener = self.listeners.get(port)
-        if listener is None:
-            raise ValueError(f"port {port} has no listener")
-        if not key or not data:
-            raise ValueError("an answer needs a key and data")
-        TepSuboption(tep_id, data)  # refuses an invalid TEP id now, not on the packet path
-        while len(listener.answers) >= MAX_ANSWERS:
-            del listener.answers[next(iter(listener.answers))]
-            self.counts["answers_evicted"] += 1
-        listener.answers[(tep_id, bytes(key))] = _Answer(bytes(data), deadline)
-        listener.key_lengths.add(len(key))
-        self.counts["answers_pushed"] += 1
-
-    def unanswer(self, port: int, tep_id: int, key: bytes) -> bool:
-        listener = self.listeners.get(port)
-        return listener is not None and listener.answers.pop((tep_id, key), None) is not None
-
-    def _answer(
-        self, port: int, offer: TepSuboption, peer: tuple[TepSuboption, ...]
-    ) -> TepSuboption | None:
-        """The listener's ``answerer`` (config.py): a pushed answer taken by the SYN's data,
-        else the listener's own suboption (RFC 8548 §3.5: MAY answer fresh, same TEP)."""
-        listener = self.listeners.get(port)
-        data = peer[0].data if len(peer) == 1 else None
-        if listener is None or data is None:
-            return offer
-        for size in sorted(listener.key_lengths):
-            found = listener.answers.pop((offer.tep_id, data[:size]), None)
-            if found is None:
-                continue
-            if found.deadline <= self._now:
-                self.counts["answers_expired"] += 1
-                break
-            self.counts["answers_used"] += 1
-            return TepSuboption(offer.tep_id, found.data)
-        self.counts["answers_unknown"] += 1
-        return offer
-
-    def unlisten(self, port: int, owner: object) -> bool:
-        current = self.listeners.get(port)
-        if current is None or current.owner is not owner:
-            return False
-        del self.listeners[port]
-        return True
-
-    def announce(self, port: int, settings: Settings, now: float, ttl: float) -> None:
-        # Built here, off the packet path; the core refuses now what it would refuse later.
-        self.announcements[port] = _Announcement(settings.eno_config(), now + ttl)
-
-    def cancel(self, port: int) -> bool:
-        return self.announcements.pop(port, None) is not None
+    _actions: Actions = field(default_factory=Actions)  # those of the segment being handled
 
     # -- queries ---------------------------------------------------------------------
 
@@ -258,14 +163,44 @@ class HookEngine:
     # -- the packet path ------------------------------------------------------------
 
     def handle(self, raw: bytes, outgoing: bool, now: float) -> bytes | None:
-        """The rewritten segment, or None to let ``raw`` through unchanged."""
-        self.counts["packets"] += 1
-        self._now = now
+        """``process`` with every control message already read: the rewritten segment, or
+        None to let ``raw`` through unchanged (the other actions are left out)."""
+        return self.process(raw, outgoing, now, control_read=True).payload
+
+    def process(
+        self, raw: bytes, outgoing: bool, now: float, control_read: bool = False
+    ) -> Actions:
+        """The actions for one segment (see ``Actions``)."""
         try:
             seg = parse_segment(raw)
         except PacketError:
+            self.counts["packets"] += 1
             self.counts["unparsed"] += 1
-            return None
+            return Actions()
+        if not control_read and self._wants_control(seg, outgoing):
+            return _READ_CONTROL
+        self._actions = actions = Actions()
+        actions.payload = self._segment(seg, outgoing, now)
+        return actions
+
+    def _wants_control(self, seg: Segment, outgoing: bool) -> bool:
+        """A SYN the engine would judge by an announcement or a pushed answer it does not
+        have yet (a retransmission or a crossing SYN of a followed connection needs none)."""
+        if not seg.is_syn or seg.is_ack or seg.is_rst:
+            return False
+        if outgoing:
+            conn = self.conns.get((seg.src, seg.sport, seg.dst, seg.dport))
+            known = conn is not None and conn.active and conn.syn_seq == seg.seq
+            return not known and seg.sport not in self.announcements
+        listener = self.listeners.get(seg.dport)
+        if listener is None or not listener.key_lengths:
+            return False
+        conn = self.conns.get((seg.dst, seg.dport, seg.src, seg.sport))
+        return conn is None or not (conn.active or conn.peer_isn == seg.seq)
+
+    def _segment(self, seg: Segment, outgoing: bool, now: float) -> bytes | None:
+        self.counts["packets"] += 1
+        self._now = now
         kind = ("synack" if seg.is_ack else "syn") if seg.is_syn else "ack"
         direction = "out" if outgoing else "in"
         self.counts[f"{kind}_{direction}"] += 1
@@ -307,8 +242,8 @@ class HookEngine:
         self.conns[key] = conn
         self._touch(conn, now)
         self.counts["conns"] += 1
-        if active and self.on_active_open is not None:
-            self.on_active_open(key)
+        if active:
+            self._actions.zero = key
         return conn
 
     def _outgoing(
@@ -346,12 +281,8 @@ class HookEngine:
             self.counts["offers_trimmed"] += 1
         return config if len(teps) == len(config.offers) else replace(config, teps=tuple(teps))
 
-    def _take_announcement(self, port: int) -> _Announcement | None:
-        announced = self.announcements.pop(port, None)
-        if announced is None and self.drain_control is not None:
-            self.drain_control()
-            announced = self.announcements.pop(port, None)
-        return announced
+    def _take_announcement(self, port: int) -> Announcement | None:
+        return self.announcements.pop(port, None)
 
     def _incoming(
         self, seg: Segment, kind: str, key: Key, conn: Conn | None, now: float
@@ -383,10 +314,6 @@ class HookEngine:
                 conn.peer_isn = seg.seq
             return self._step(conn, Trigger.RECV_SYN, seg)
         listener = self.listeners.get(seg.dport)
-        if listener is not None and listener.key_lengths and self.drain_control is not None:
-            # Answers are pushed one-way: read any still waiting before this SYN is judged.
-            self.drain_control()
-            listener = self.listeners.get(seg.dport)
         if listener is None:
             self._forget(key)
             if seg.payload_len and fastopt.scan(seg.options).enos:
@@ -500,8 +427,7 @@ class HookEngine:
         return strip
 
     def _notify(self, conn: Conn) -> None:
-        if self.on_outcome is not None:
-            self.on_outcome(conn.key)
+        self._actions.decided.append(conn.key)
 
 
 def _syn_option_len(config: EnoConfig) -> int:
@@ -525,42 +451,3 @@ def _without_nops(raw: bytes) -> bytes:
         out += raw[i : i + raw[i + 1]]
         i += raw[i + 1]
     return bytes(out)
-
-
-def result_of(conn: Conn) -> Result:
-    """The control-channel view of one connection."""
-    neg = conn.negotiator
-    base = Result(
-        local=(conn.key[0], conn.key[1]), remote=(conn.key[2], conn.key[3]),
-        active=conn.active, state=neg.state.value, error=conn.error,
-        peer_eno_after_fallback=conn.peer_eno_after_fallback, packets=conn.packets,
-        syn_data=conn.syn_data,
-    )
-    outcome = neg.outcome
-    if outcome is None and conn.syn_data == "accepted" and neg.pending is not None:
-        return _negotiated_view(replace(base, tentative=True), neg.pending, "")
-    if isinstance(outcome, Negotiated):
-        return _negotiated_view(base, outcome, "negotiated")
-    if isinstance(outcome, Fallback):
-        return _replace(base, outcome="fallback", reason=outcome.reason.value,
-                        detail=outcome.detail)
-    if isinstance(outcome, Aborted):
-        fallback = outcome.fallback.value if outcome.fallback else None
-        return _replace(base, outcome="aborted", reason=outcome.reason.value,
-                        fallback=fallback, detail=outcome.detail)
-    return base
-
-
-def _negotiated_view(base: Result, chosen: Negotiated, outcome: str) -> Result:
-    """``base`` with what the negotiation decided; ``outcome`` "" for a tentative view."""
-    local = chosen.local_suboptions[-1].data if chosen.local_suboptions else None
-    return _replace(
-        base, outcome=outcome or None, role=chosen.role.value, tep_id=chosen.tep_id,
-        tep_byte=chosen.tep_byte, transcript=chosen.transcript.hex(),
-        peer_a=chosen.peer_global.a, peer_b=chosen.peer_global.b,
-        peer_data=chosen.peer_data.hex(), local_data=(local or b"").hex(),
-    )
-
-
-def _replace(result: Result, **changes: object) -> Result:
-    return replace(result, **changes)  # type: ignore[arg-type]

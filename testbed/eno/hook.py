@@ -31,44 +31,31 @@ import collections
 import gc
 import json
 import logging
-import os
 import resource
 import selectors
 import signal
-import socket
 import statistics
-import struct
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from testbed.eno.control import (
     DEFAULT_NAME,
-    MAX_MESSAGE,
-    PROTOCOL_VERSION,
-    ControlError,
-    Settings,
-    address,
-    decode,
-    encode,
-    hex_bytes,
 )
+from testbed.eno.controlserver import ControlServer
 from testbed.eno.ctzero import CounterZeroer
-from testbed.eno.engine import HookEngine, Key
+from testbed.eno.engine import HookEngine
 from testbed.eno.marks import RELEASED
 from testbed.packet import PacketError, Segment, parse_segment
 
 logger = logging.getLogger("tcpinc.eno.hook")
 
 NF_INET_LOCAL_OUT = 3  # netfilter hook numbers (linux/netfilter.h): OUTPUT is outgoing
-_UCRED = struct.Struct("3i")  # struct ucred from SO_PEERCRED: pid, uid, gid
 TIMING_SAMPLES = 8192  # most recent per-packet callback times kept for median / p99
 EXPIRY_TICK = 0.5
-DRAIN_ROUNDS = 64
 
 
 class Stop(Exception):
@@ -90,203 +77,6 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
         _GATE.pending = signum
         return
     raise Stop(signum)
-
-
-@dataclass
-class _Waiter:
-    client: socket.socket
-    message_id: object
-    key: Key
-    deadline: float
-
-
-class ControlServer:
-    """The control channel's server side (protocol in control.py)."""
-
-    def __init__(self, engine: HookEngine, name: str = DEFAULT_NAME) -> None:
-        self.engine = engine
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.sock.bind(address(name))
-        self.sock.listen(socket.SOMAXCONN)
-        self.sock.setblocking(False)
-        # epoll through selectors: select() fails on descriptors above 1023
-        self.selector = selectors.DefaultSelector()
-        self.selector.register(self.sock, selectors.EVENT_READ, self)
-        self.clients: dict[int, socket.socket] = {}
-        self.waiters: list[_Waiter] = []
-        self.refused = 0
-        self.errors = 0
-        self.extra_stats: Callable[[], dict[str, Any]] = dict
-        engine.on_outcome = self._on_outcome
-
-    def close(self) -> None:
-        for client in list(self.clients.values()):
-            client.close()
-        self.clients.clear()
-        self.selector.close()
-        self.sock.close()
-
-    def next_deadline(self) -> float:
-        return min((w.deadline for w in self.waiters), default=float("inf"))
-
-    def ready(self, sock: socket.socket, now: float) -> None:
-        if sock is self.sock:
-            self._accept()
-            return
-        if sock.fileno() < 0:  # dropped earlier in this batch of events
-            return
-        try:
-            data = sock.recv(MAX_MESSAGE)
-        except BlockingIOError:
-            return  # already served by drain() earlier in this round
-        except OSError:
-            data = b""
-        if not data:
-            self._drop(sock)
-            return
-        self._serve(sock, data, now)
-
-    def tick(self, now: float) -> None:
-        """Answer waiters whose time is up with what is known so far."""
-        due = [w for w in self.waiters if w.deadline <= now]
-        for waiter in due:
-            self.waiters.remove(waiter)
-            self._answer_result(waiter.client, waiter.message_id, waiter.key)
-
-    def _accept(self) -> None:
-        """Accept every pending control connection (a burst of new streams opens many)."""
-        while True:
-            try:
-                client, _ = self.sock.accept()
-            except BlockingIOError:
-                return
-            creds = client.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
-            _pid, uid, _gid = _UCRED.unpack(creds)
-            if uid != 0:  # only root in this host may steer ENO
-                self.refused += 1
-                client.close()
-                continue
-            client.setblocking(False)
-            self.clients[client.fileno()] = client
-            self.selector.register(client, selectors.EVENT_READ, self)
-
-    def _drop(self, client: socket.socket) -> None:
-        if client.fileno() < 0:
-            return
-        self.clients.pop(client.fileno(), None)
-        self.selector.unregister(client)
-        for port in [p for p, lst in self.engine.listeners.items() if lst.owner is client]:
-            self.engine.unlisten(port, client)
-        self.waiters = [w for w in self.waiters if w.client is not client]
-        client.close()
-
-    def _send(self, client: socket.socket, reply: dict[str, Any]) -> None:
-        try:
-            client.send(encode(reply))
-        except OSError as exc:  # a client that does not read its replies is dropped
-            logger.warning("control client dropped: %s", exc)
-            self._drop(client)
-
-    def _serve(self, client: socket.socket, data: bytes, now: float) -> None:
-        message_id: object = None
-        try:
-            message = decode(data)
-            message_id = message.get("id")
-            reply = self._dispatch(client, message, now)
-        except (ControlError, ValueError, KeyError, TypeError, IndexError) as exc:
-            self.errors += 1
-            logger.debug("control request refused: %s", exc)
-            reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-            if _one_way(data):
-                reply = None  # a one-way message gets no reply, not even an error
-        if reply is not None:
-            self._send(client, {"id": message_id, **reply})
-
-    def _dispatch(
-        self, client: socket.socket, message: dict[str, Any], now: float
-    ) -> dict[str, Any] | None:
-        op, engine = message.get("op"), self.engine
-        if op == "hello":
-            return {"ok": True, "version": PROTOCOL_VERSION, "pid": os.getpid()}
-        if op == "listen":
-            engine.listen(_port(message), Settings.from_json(message["settings"]), client)
-            return {"ok": True}
-        if op == "unlisten":
-            return {"ok": engine.unlisten(_port(message), client)}
-        if op == "announce":
-            ttl = float(message.get("ttl", 30.0))
-            engine.announce(_port(message), Settings.from_json(message["settings"]), now, ttl)
-            return None if message.get("noreply") else {"ok": True}
-        if op == "cancel":
-            return {"ok": True, "cancelled": engine.cancel(_port(message))}
-        if op == "answer":  # passive resumption, RFC 8548 §3.5 (engine.py)
-            deadline = now + float(message["ttl"])
-            engine.answer(_port(message), int(message["tep_id"]),
-                          hex_bytes(message["key"], "key"), hex_bytes(message["data"], "data"),
-                          deadline)
-            return None if message.get("noreply") else {"ok": True}
-        if op == "unanswer":
-            done = engine.unanswer(_port(message), int(message["tep_id"]),
-                                   hex_bytes(message["key"], "key"))
-            return None if message.get("noreply") else {"ok": True, "withdrawn": done}
-        if op == "result":
-            return self._result_request(client, message, now)
-        if op == "stats":
-            return {"ok": True, "stats": {**engine.stats(), **self.extra_stats(),
-                                          "control_refused": self.refused,
-                                          "control_errors": self.errors}}
-        raise ControlError(f"unknown op {op!r}")
-
-    def drain(self) -> None:
-        """Serve control messages already waiting (called from the packet path, so it never
-        touches the queue): a one-way announcement may sit here when its SYN arrives. It was
-        sent before the SYN, so it is in a socket buffer now; bounded so a flood of control
-        messages cannot hold a packet for long."""
-        for _ in range(DRAIN_ROUNDS):
-            ready = [key for key, _ in self.selector.select(0) if key.data is self]
-            if not ready:
-                return
-            now = time.monotonic()
-            for key in ready:
-                self.ready(key.fileobj, now)  # type: ignore[arg-type]
-
-    def _result_request(
-        self, client: socket.socket, message: dict[str, Any], now: float
-    ) -> dict[str, Any] | None:
-        local, remote = message["local"], message["remote"]
-        key: Key = (str(local[0]), int(local[1]), str(remote[0]), int(remote[1]))
-        wait = float(message.get("wait", 0.0))
-        result = self.engine.result(key)
-        # No entry: the hook did not follow this connection (its SYN, held or read before
-        # the kernel could complete the handshake, was not ours). Waiting would not help.
-        if wait > 0 and result is not None and result.outcome is None and result.error is None:
-            self.waiters.append(_Waiter(client, message.get("id"), key, now + wait))
-            return None
-        return {"ok": True, "result": result.to_json() if result else None}
-
-    def _answer_result(self, client: socket.socket, message_id: object, key: Key) -> None:
-        if client.fileno() not in self.clients:
-            return
-        result = self.engine.result(key)
-        payload = result.to_json() if result else None
-        self._send(client, {"id": message_id, "ok": True, "result": payload})
-
-    def _on_outcome(self, key: Key) -> None:
-        ready = [w for w in self.waiters if w.key == key]
-        for waiter in ready:
-            self.waiters.remove(waiter)
-            self._answer_result(waiter.client, waiter.message_id, key)
-
-
-def _one_way(data: bytes) -> bool:
-    return b'"noreply":true' in data
-
-
-def _port(message: dict[str, Any]) -> int:
-    port = message["port"]
-    if not isinstance(port, int) or not 0 < port < 65536:
-        raise ControlError(f"bad port {port!r}")
-    return port
 
 
 class PacketTimer:
@@ -325,12 +115,13 @@ def _rss_kib() -> int:
 
 
 def make_callback(
-    engine: HookEngine, timer: PacketTimer, zeroer: CounterZeroer | None = None
+    engine: HookEngine, timer: PacketTimer, zeroer: CounterZeroer | None = None,
+    control: ControlServer | None = None,
 ) -> Callable[[Any], None]:
     """The NFQUEUE callback: every packet is released (``_release``), rewritten when the
     engine says so. With ``zeroer``, a SYN reaching a listener for a new connection first has
     the counters of a reopened conntrack entry zeroed, while the kernel still holds it
-    (ctzero.py)."""
+    (ctzero.py). The engine's other actions are performed here (``_perform``)."""
 
     def callback(packet: Any) -> None:
         start = time.perf_counter_ns()
@@ -348,7 +139,7 @@ def make_callback(
                 # RFC 8547 §4.7), so the kernel may go on while the core reads them.
                 _release(packet)
                 decided = True
-            new = engine.handle(raw, outgoing, time.monotonic())
+            new = _perform(engine, raw, outgoing, zeroer, control)
         except Exception:  # a bug must cost one packet's ENO, never the packet or the hook
             engine.counts["internal_errors"] += 1
             logger.exception("ENO hook: packet handling failed; packet passed unchanged")
@@ -364,6 +155,24 @@ def make_callback(
             timer.add(time.perf_counter_ns() - start)
 
     return callback
+
+
+def _perform(
+    engine: HookEngine, raw: bytes, outgoing: bool, zeroer: CounterZeroer | None,
+    control: ControlServer | None,
+) -> bytes | None:
+    """The engine's actions for one segment (engine.Actions); returns the rewritten segment."""
+    actions = engine.process(raw, outgoing, time.monotonic())
+    if actions.read_control:
+        if control is not None:
+            control.drain()  # a one-way announcement or answer may still sit there
+        actions = engine.process(raw, outgoing, time.monotonic(), control_read=True)
+    if actions.zero is not None and zeroer is not None:
+        zeroer.zero(actions.zero)  # an active open's SYN, still held
+    if control is not None:
+        for key in actions.decided:
+            control.decided(key)
+    return actions.payload
 
 
 def _release(packet: Any) -> None:
@@ -386,7 +195,7 @@ def _zero_for_listener(engine: HookEngine, zeroer: CounterZeroer, seg: Segment) 
     """An incoming SYN-only to a registered listener, for a 4-tuple the engine does not follow
     yet (not a retransmission): zero a reopened conntrack entry's counters before its release.
     Once accepted, a new connection's entry is confirmed and zeroing it would widen the
-    rules' windows; active opens are zeroed from ``HookEngine.on_active_open``."""
+    rules' windows; active opens are zeroed from the engine's actions (``_perform``)."""
     if not seg.is_syn or seg.is_ack or seg.dport not in engine.listeners:
         return
     if (seg.dst, seg.dport, seg.src, seg.sport) not in engine.conns:
@@ -412,7 +221,6 @@ def serve(nfq: Any, server: ControlServer, engine: HookEngine) -> None:
     """
     selector = server.selector
     selector.register(nfq.get_fd(), selectors.EVENT_READ, nfq)
-    engine.drain_control = server.drain
     next_expiry = time.monotonic() + EXPIRY_TICK
     while True:
         now = time.monotonic()
@@ -448,15 +256,14 @@ def main(argv: list[str] | None = None) -> int:
 
     engine = HookEngine(expiry=args.expiry, max_conns=args.max_conns, mtu=args.mtu)
     zeroer = CounterZeroer()
-    engine.on_active_open = zeroer.zero
     timer = PacketTimer()
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     nfq = NetfilterQueue()
     server: ControlServer | None = None
     try:
-        nfq.bind(args.queue, make_callback(engine, timer, zeroer), max_len=4096)
         server = ControlServer(engine, args.name)
+        nfq.bind(args.queue, make_callback(engine, timer, zeroer, server), max_len=4096)
         server.extra_stats = lambda: {**timer.stats(), "conntrack": zeroer.stats()}
         # Everything imported so far lives as long as the process: keep it out of the
         # collector's scans, and collect young objects less often (fewer pauses on the

@@ -80,7 +80,9 @@ def test_no_segment_overtakes_another(tmp_path: Path, arm: str, datapath: str) -
         records = run_workload(net, Workload(proto=arm, connections=CONNECTIONS,
                                              eno_datapath=datapath), pcap=pcap)
         held = {node: _held_counts(net, node) for node in ("client", "server")}
-    assert all(r["bytes_ok"] and r["eno"] == "negotiated" for r in records), records
+    assert all(r["bytes_ok"] and r["eno"] == "negotiated" for r in records), [
+        {k: r.get(k) for k in ("conn", "eno", "bytes_ok", "error", "fallback_reason", "syn_data")}
+        for r in records]
     assert all(r["eno_datapath"] == datapath for r in records)
     if datapath == "nfqueue":
         for node, counts in held.items():

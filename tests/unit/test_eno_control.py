@@ -17,8 +17,8 @@ from testbed.eno.control import (
     Result,
     Settings,
 )
+from testbed.eno.controlserver import ControlServer
 from testbed.eno.engine import HookEngine
-from testbed.eno.hook import ControlServer
 from testbed.eno.rules import HookSpec, chain_rules, install_commands, remove_commands
 from tests.eno_segments import segment
 
@@ -168,14 +168,17 @@ def test_listen_announce_and_waiting_for_a_result(server):
         assert 5000 in srv.engine.listeners
         client.announce(40000, Settings(teps=((0x20, None),)))
         with srv.lock:  # type: ignore[attr-defined]
-            srv.engine.handle(segment(A, B, "S", 1), True, time.monotonic())
+            srv.engine.process(segment(A, B, "S", 1), True, time.monotonic(), control_read=True)
         assert client.result(A, B) is not None
         assert client.result(A, B).outcome is None  # SYN sent, nothing decided yet
 
         def answer_later() -> None:
             time.sleep(0.1)
             with srv.lock:  # type: ignore[attr-defined]
-                srv.engine.handle(segment(B, A, "SA", 9, 2), False, time.monotonic())
+                actions = srv.engine.process(segment(B, A, "SA", 9, 2), False, time.monotonic())
+                assert actions.decided == [(*A, *B)]
+                for key in actions.decided:  # as the hook performs them (hook._perform)
+                    srv.decided(key)
 
         threading.Thread(target=answer_later).start()
         # A wait far longer than any scheduling delay: an outcome here proves the answer came

@@ -229,23 +229,62 @@ def test_syn_retransmission_without_eno_after_the_limit():
 
 
 def test_active_opens_are_reported_while_their_syn_is_queued():
-    """on_active_open (the hook zeroes reopened conntrack counters there) fires once per
-    followed active connection; passive ends (zeroed before ACCEPT by the hook), unregistered
-    ports and retransmissions do not fire it."""
+    """The ``zero`` action (the hook zeroes reopened conntrack counters with it) comes once per
+    followed active connection, with its SYN; passive ends (zeroed before their release by
+    the hook), unregistered ports and retransmissions get none."""
     pair = Pair()
-    seen_a: list = []
-    seen_b: list = []
-    pair.a.on_active_open = seen_a.append
-    pair.b.on_active_open = seen_b.append
     pair.b.listen(B[1], TEST_TEP, owner=1)
     pair.a.announce(A[1], TEST_TEP, pair.now, 10)
-    pair.a_to_b(segment(A, B, "S", ISN_A))
-    pair.a_to_b(segment(A, B, "S", ISN_A))  # retransmission: same connection
-    assert seen_a == [(*A, *B)] and seen_b == []
+    syn = segment(A, B, "S", ISN_A)
+    first = pair.a.process(syn, True, pair.now)
+    assert first.zero == (*A, *B) and first.payload is not None and not first.read_control
+    assert pair.b.process(first.payload, False, pair.now).zero is None
+    again = pair.a.process(syn, True, pair.now)  # retransmission: same connection
+    assert again.zero is None and again.payload == first.payload
     assert pair.result_b() is not None, "B follows the connection all the same"
     other = ("10.0.1.1", 40001)
-    pair.a.handle(segment(other, B, "S", 1), True, pair.now)  # not announced
-    assert len(seen_a) == 1
+    unannounced = pair.a.process(segment(other, B, "S", 1), True, pair.now, control_read=True)
+    assert unannounced.zero is None and unannounced.payload is None
+
+
+def test_a_syn_without_its_announcement_asks_for_the_control_channel_first():
+    """Announcements and resumption answers are one-way messages: a SYN that needs one the
+    engine does not have yet gets ``read_control`` and changes nothing; asked again after the
+    read, it is judged."""
+    engine = HookEngine()
+    syn = segment(A, B, "S", ISN_A)
+    assert engine.process(syn, True, 0.0).read_control
+    assert engine.counts["packets"] == 0 and not engine.conns
+    engine.announce(A[1], TEST_TEP, 0.0, 10)  # what the read brought
+    judged = engine.process(syn, True, 0.0, control_read=True)
+    assert judged.payload is not None and not judged.read_control
+    assert engine.counts["packets"] == 1 and engine.counts["syn_out"] == 1
+    # Passive end: only a listener with pushed answers (RFC 8548 §3.5) waits for the read.
+    engine.listen(B[1], TEST_TEP, owner=1)
+    incoming = segment(("10.0.9.9", 1234), B, "S", 7, options=bytes.fromhex("45032000"))
+    assert not engine.process(incoming, False, 0.0).read_control
+    engine.answer(B[1], 0x20, b"k", b"answer", 1e9)
+    fresh = segment(("10.0.9.9", 1235), B, "S", 7, options=bytes.fromhex("45032000"))
+    assert engine.process(fresh, False, 0.0).read_control
+    assert not engine.process(incoming, False, 0.0).read_control  # retransmission: followed
+    # A segment that is not a SYN never waits.
+    assert not engine.process(segment(A, B, "A", ISN_A + 1, 9), True, 0.0).read_control
+
+
+def test_final_results_come_out_as_decided_actions():
+    pair = Pair()
+    pair.b.listen(B[1], TEST_TEP, owner=1)
+    pair.a.announce(A[1], TEST_TEP, pair.now, 10)
+    syn = pair.a.process(segment(A, B, "S", ISN_A), True, pair.now).payload
+    assert syn is not None and pair.b.process(syn, False, pair.now).decided == []
+    synack = pair.b.process(segment(B, A, "SA", ISN_B, ISN_A + 1), True, pair.now).payload
+    assert synack is not None
+    got_synack = pair.a.process(synack, False, pair.now)
+    sent_ack = pair.a.process(segment(A, B, "A", ISN_A + 1, ISN_B + 1), True, pair.now)
+    assert got_synack.decided + sent_ack.decided == [(*A, *B)]  # A decided once
+    ack = sent_ack.payload
+    assert ack is not None and pair.b.process(ack, False, pair.now).decided == [(*B, *A)]
+    assert pair.result_a().outcome == pair.result_b().outcome == "negotiated"
 
 
 def test_entries_expire_and_memory_is_bounded():

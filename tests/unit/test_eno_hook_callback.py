@@ -70,10 +70,10 @@ def test_incoming_segments_get_their_verdict_before_the_core_reads_them():
 def test_a_failing_engine_still_releases_and_counts():
     engine = HookEngine()
 
-    def broken(raw: bytes, outgoing: bool, now: float) -> bytes | None:
+    def broken(raw: bytes, outgoing: bool, now: float, control_read: bool = False) -> None:
         raise RuntimeError("bug")
 
-    engine.handle = broken  # type: ignore[method-assign]
+    engine.process = broken  # type: ignore[method-assign,assignment]
     timer = PacketTimer()
     packet = FakePacket(segment(A, B, "S", 1), NF_INET_LOCAL_OUT)
     make_callback(engine, timer)(packet)
