@@ -62,6 +62,27 @@ def test_fresh_session_caches_next_secret(caches: tuple[ResumptionCache, Resumpt
     assert ea.aead_id == AeadId.AES_128_GCM
 
 
+def test_unconfirmed_session_does_not_displace_a_cached_secret(
+        caches: tuple[ResumptionCache, ResumptionCache]) -> None:
+    """A replayed SYN + Init1 completes B's half of a fresh exchange that A never joins: it
+    must not replace the secret B holds for that peer (the one A will resume with, §3.5)."""
+    ca, cb = caches
+    session(opts(ca, "B"), opts(cb, "A"))
+    held = cb.peek("A")
+    assert held is not None and ca.peek("B") is not None
+    replay = connect(TepId.X25519, options_a=opts(ResumptionCache(), "B"),
+                     options_b=opts(cb, "A"), random_a=DeterministicRandom("ra"),
+                     random_b=DeterministicRandom("rb"))
+    replay.pump()  # Init1 and Init2: both sides hold the replayed session's keys
+    assert replay.b.session_id is not None and replay.b.session_id == replay.a.session_id
+    assert cb.peek("A") is held, "an unconfirmed session replaced the cached secret"
+    replay.a.send_data(b"proof")
+    replay.pump()
+    now_held = cb.peek("A")
+    assert now_held is not None and now_held is not held  # A's frame authenticated: cached
+    assert now_held.secret != held.secret
+
+
 def test_resumption_with_known_identifier(caches: tuple[ResumptionCache, ResumptionCache]) -> None:
     ca, cb = caches
     first = session(opts(ca, "B"), opts(cb, "A"))

@@ -42,6 +42,7 @@ import logging
 from collections.abc import Hashable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import Any
 
 from testbed.teps import machine
 from testbed.teps.base import (
@@ -137,6 +138,9 @@ class TcpcryptCore:
         self._aead_id: int | None = None
         self._resumed = False
         self._stored: CachedSession | None = None
+        # Role B's ss[i+1] when it would replace a cached one: cached once A's first frame
+        # authenticates (see _install).
+        self._unconfirmed: dict[str, Any] | None = None
 
     # -- read-only views -------------------------------------------------------------------
 
@@ -383,16 +387,24 @@ class TcpcryptCore:
         cache = self._opts.cache
         if cache is None or not self._opts.cache_secrets or peer is None:
             return
-        # §3.5: cache ss[i+1] (ss[i] itself is not kept anywhere).
-        self._stored = cache.store(
-            peer=peer,
-            tep_id=self.tep_id,
-            secret=keys.next_secret,
-            index=index + 1,
-            original_a=original_a,
-            aead_id=aead_id,
-            now=self._now,
-        )
+        # §3.5: cache ss[i+1] (ss[i] itself is not kept anywhere). Where role B already holds
+        # a secret for this peer, it waits until A has shown it holds the new session's keys
+        # (A's first frame authenticates): a replayed copy of A's SYN and Init1 completes B's
+        # side of a fresh exchange that A never joins, and caching that session's secret would
+        # replace the one A will resume with (one chain per peer).
+        entry: dict[str, Any] = {"peer": peer, "tep_id": self.tep_id,
+                                 "secret": keys.next_secret, "index": index + 1,
+                                 "original_a": original_a, "aead_id": aead_id}
+        if self._ctx.role is Role.B and cache.peek(peer) is not None:
+            self._unconfirmed = entry
+            return
+        self._stored = cache.store(now=self._now, **entry)
+
+    def _confirm(self) -> None:
+        """A frame of A's authenticated: B's pending secret may enter the cache (§3.5)."""
+        entry, self._unconfirmed = self._unconfirmed, None
+        if entry is not None and self._opts.cache is not None:
+            self._stored = self._opts.cache.store(now=self._now, **entry)
 
     # -- the receive loop ---------------------------------------------------------------
 
@@ -433,6 +445,7 @@ class TcpcryptCore:
         if frame.rekey:
             self._recv.advance()  # the frame is under the next remote generation (§3.8)
         plain = open_frame(self._recv.key, offset, frame)
+        self._confirm()
         if frame.rekey:
             events.append(KeyUpdated("receive"))
         if plain.urgent is not None:
