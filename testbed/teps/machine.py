@@ -6,9 +6,8 @@ failed refuses the call, and any error the call raises takes the core to its ERR
 (which has no way out) before it propagates, so nothing a failed core holds can be delivered
 later (RFC 8547 §4.6: no unauthenticated byte reaches the application). The eno-test core
 (testbed/teps/enotest.py), tcpcrypt (testbed/teps/tcpcrypt/core.py) and TLS
-(testbed/teps/tls/core.py) use both; the ENO negotiator (testbed/eno/negotiation.py) uses the
-boundary, and its table (testbed/eno/transitions.py), which lists several possible targets per
-trigger, keeps its own lookup.
+(testbed/teps/tls/core.py) use both; the ENO negotiator's table (testbed/eno/transitions.py)
+lists several possible targets per trigger and keeps its own lookup and boundary.
 """
 
 from __future__ import annotations
