@@ -160,6 +160,16 @@ def s2c(conn: Connection) -> list[Any]:
     return [cs.segment for cs in conn.segments if cs.direction == "s2c"]
 
 
+def reset_before_client_fin(conn: Connection) -> bool:
+    """A reset seen before the client's FIN (in capture order)."""
+    for cs in conn.segments:
+        if cs.segment.is_rst:
+            return True
+        if cs.direction == "c2s" and cs.segment.is_fin:
+            return False
+    return False
+
+
 def has_eno(segment: Any) -> bool:
     return bool(options_of(segment, ENO))
 
@@ -505,7 +515,10 @@ def test_tls12_strict_kills_tls13_without_compat_mode(cert: tuple[Path, Path],
     assert stats["counters"]["reset"] == 1
     assert "server_certs" in stats["kill_reasons"][0]
     conns = list(connections(read_segments(spath)).values())
-    assert sum(any(cs.segment.is_rst for cs in c.segments) for c in conns) == 1
+    # The box's reset comes before the client closes; a completed handshake's client may answer
+    # data that arrives after its close (s_client leaves at stdin's EOF while session tickets
+    # are still on the way) with a reset too, which is the client's kernel, not the box.
+    assert sum(reset_before_client_fin(c) for c in conns) == 1
 
 
 def test_tls_mitm_completes_both_handshakes_with_different_keys(cert: tuple[Path, Path],
