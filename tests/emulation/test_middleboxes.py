@@ -370,7 +370,11 @@ def test_resegment_coalesces_small_writes(tmp_path: Path) -> None:
     sent = [s for s in c2s(only_conn(cpath, 6000)) if s.payload_len]
     arrived = [s for s in c2s(only_conn(spath, 6000)) if s.payload_len]
     assert len(arrived) < len(sent) and max(s.payload_len for s in arrived) > 10
-    assert sum(s.payload_len for s in arrived) == 200
+    # Counted in sequence space: a tail loss probe fired while the box held the tail is a
+    # second copy of bytes already counted, not more data.
+    assert [len(c) for c in only_conn(spath, 6000).stream_chunks("c2s")] == [200]
+    assert sum(s.payload_len for s in arrived) <= sum(s.payload_len for s in sent), \
+        "the box adds no copy the client did not send"
     assert counters["changed"] >= 1
 
 
