@@ -33,8 +33,9 @@ LIMITS = {
 }
 TOTAL_SPIN_BUDGET = 0.5  # CPU fraction all delay lines of a network may busy-poll together
 MAX_SPIN_BUDGET = 0.25  # per delay line
-# Lines read through a PACKET_RX_RING (32 MB of kernel memory each: ring.c) only in a network of
-# at most this many: a large network's many lines stay small (the fan-in memory target).
+# Lines read through a PACKET_RX_RING (32 MB of kernel memory each: ring.c), with one thread per
+# direction (main.c), only in a network of at most this many: a large network's many lines stay
+# small (the fan-in memory target) and its threads few.
 RX_RING_MAX_LINES = 4
 
 
@@ -96,4 +97,5 @@ def c_argv(if_a: str, if_b: str, a2b: LinkShape, b2a: LinkShape, seed: int, stat
             "--b2a", shape_arg(b2a), "--seed", str(seed), "--stats", str(stats),
             "--spin-budget", str(spin_budget(lines)),
             "--rx-ring", "on" if lines <= RX_RING_MAX_LINES else "off",
+            "--threads", "2" if lines <= RX_RING_MAX_LINES else "1",
             *(["--parent-pid", str(parent_pid)] if parent_pid else [])]

@@ -92,6 +92,7 @@ def test_rx_ring_forwards_every_frame_intact(ring: bool, offloads: str,
         assert d["frames"] == d["frames_in"] > 0, name
         r = d["rx_ring"]
         assert r["state"] == ("on" if ring else "off") and r["error"] is None, name
+        assert net.link_reports["client-server"]["threads"] == (2 if ring else 1)
         assert r["frames"] == (d["frames_in"] if ring else 0), name
     a2b = net.link_reports["client-server"]["directions"]["a2b"]
     # Super-frames beyond a 2 KB slot (not every one: two small segments fit) are read whole
@@ -112,6 +113,7 @@ def test_compiled_line_reports_its_timing_and_priority() -> None:
     assert report["sched_policy"].startswith(("SCHED_FIFO:10", "SCHED_OTHER (SCHED_FIFO:"))
     assert 0 < report["lead_us"] <= 2000
     assert report["spin_budget"] == 0.25  # one line: the per-line cap
+    assert report["threads"] == 2  # few lines: one thread per direction
     assert 0 < report["max_rss_kb"] < 64 * 1024
 
 
@@ -123,6 +125,7 @@ def test_fanin_clients_parameter_builds_that_many_shaped_links() -> None:
         out = net.run("client4", ["ping", "-n", "-c", "2", "-i", "0.01", net.ip("server")])
     assert " 0% packet loss" in out
     assert all(r["spin_budget"] == 0.1 for r in net.link_reports.values())  # 0.5 / 5 lines
+    assert all(r["threads"] == 1 for r in net.link_reports.values())
 
 
 def test_a_link_beyond_the_helper_limits_is_refused_before_building() -> None:
@@ -139,10 +142,12 @@ def test_a_link_beyond_the_helper_limits_is_refused_before_building() -> None:
     assert proc.stderr.count("\n") == 1 and "rate 500 bit/s outside" in proc.stderr
 
 
-@pytest.mark.parametrize("rx_ring", ["off", "on"])
-def test_compiled_line_exits_when_its_interface_is_gone(tmp_path: Path, rx_ring: str) -> None:
+@pytest.mark.parametrize("rx_ring, threads", [("off", 1), ("on", 1), ("on", 2)])
+def test_compiled_line_exits_when_its_interface_is_gone(tmp_path: Path, rx_ring: str,
+                                                        threads: int) -> None:
     """A line whose veth peer vanished (its namespace died with a killed run) must not spin on
-    the socket error: it exits on its own, with the reason in its stats (ring or not)."""
+    the socket error: it exits on its own, with the reason in its stats (ring or not, one
+    thread or one per direction)."""
     if not BINARY.exists():
         pytest.skip("compiled delay line not built")
     ns = f"tcpinc-dlgone-{os.getpid()}"
@@ -158,7 +163,7 @@ def test_compiled_line_exits_when_its_interface_is_gone(tmp_path: Path, rx_ring:
         proc = subprocess.Popen(
             ["ip", "netns", "exec", ns, str(BINARY), "--if-a", "a0", "--if-b", "b0",
              "--a2b", "delay_ns=1000000", "--b2a", "delay_ns=1000000", "--stats", str(stats),
-             "--rx-ring", rx_ring],
+             "--rx-ring", rx_ring, "--threads", str(threads)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
         subprocess.run(["ip", "-n", ns, "link", "del", "a1"], check=True)
@@ -168,6 +173,7 @@ def test_compiled_line_exits_when_its_interface_is_gone(tmp_path: Path, rx_ring:
         report = json.loads(stats.read_text())
         assert report["error"] == "interface a0 or b0 is gone"
         assert report["directions"]["a2b"]["rx_ring"]["state"] == rx_ring
+        assert report["threads"] == threads
     finally:
         if proc is not None and proc.poll() is None:
             proc.kill()

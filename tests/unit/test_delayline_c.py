@@ -188,6 +188,7 @@ def test_fuzzed_frames_are_never_reordered_duplicated_or_changed(binary: Path) -
     (["--a2b", "", "--b2a", "", "--if-a", "x", "--if-b", "x"], "must differ"),
     (["--a2b", "", "--b2a", "", "--if-a", "nosuch0", "--if-b", "nosuch1"], "unknown interface"),
     (["--a2b", "", "--b2a", "", "--rx-ring", "auto"], "--rx-ring must be on or off"),
+    (["--a2b", "", "--b2a", "", "--threads", "3"], "--threads 1 or 2"),
 ])
 def test_bad_arguments_are_one_line_exit_2(binary: Path, args: list[str], message: str) -> None:
     proc = subprocess.run([str(binary), *args], capture_output=True, text=True, timeout=10)
@@ -242,10 +243,11 @@ def test_shape_argument_and_spin_budget() -> None:
     assert delayhelper.spin_budget(1) == 0.25 and delayhelper.spin_budget(101) == 0.005
 
 
-def test_rx_ring_only_in_a_network_of_few_lines(tmp_path: Path) -> None:
-    def ring(lines: int) -> str:
+def test_rx_ring_and_two_threads_only_in_a_network_of_few_lines(tmp_path: Path) -> None:
+    def ring(lines: int) -> tuple[str, str]:
         argv = delayhelper.c_argv("a", "b", LinkShape(), LinkShape(), 1, tmp_path / "s.json",
                                   lines)
-        return argv[argv.index("--rx-ring") + 1]
-    assert [ring(n) for n in (1, delayhelper.RX_RING_MAX_LINES,
-                              delayhelper.RX_RING_MAX_LINES + 1, 101)] == ["on", "on", "off", "off"]
+        return argv[argv.index("--rx-ring") + 1], argv[argv.index("--threads") + 1]
+    few, many = delayhelper.RX_RING_MAX_LINES, delayhelper.RX_RING_MAX_LINES + 1
+    assert [ring(n) for n in (1, few, many, 101)] == [("on", "2"), ("on", "2"), ("off", "1"),
+                                                      ("off", "1")]

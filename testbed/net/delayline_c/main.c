@@ -2,7 +2,7 @@
  *
  *   tcpinc-delayline --if-a IF0 --if-b IF1 --a2b SHAPE --b2a SHAPE [--seed N] [--stats PATH]
  *       [--spin-budget F] [--lead-us N] [--batch N] [--rt-priority N] [--parent-pid N]
- *       [--rx-ring on|off]
+ *       [--rx-ring on|off] [--threads 1|2]
  *   tcpinc-delayline --trace --a2b SHAPE --b2a SHAPE [--seed N] < events   (see trace.c)
  *   tcpinc-delayline --limits
  * SHAPE: delay_ns=N,jitter_ns=N,loss=F,rate_bps=N,queue_packets=N,queue_bytes=N (0 = none).
@@ -13,18 +13,17 @@
  * does an interface that disappears (its veth peer's namespace died): the line never outlives
  * its link spinning on the socket error.
  *
- * Timing: the loop sleeps in ppoll() until `lead` before the earliest due time, then polls
- * without sleeping until it is due. `lead` is the wake-up latency measured on this machine:
- * every timed sleep's overshoot is recorded and lead = the largest of the last 32 plus a 20 us
- * margin, so a machine that wakes idle processes slowly gets a longer spin, a quick one a short
- * one. Polling is capped to --spin-budget of wall time per 100 ms window (the endpoints share
- * the CPUs); past the cap frames go out at ppoll()'s precision until the window ends.
+ * Threads: the per-packet loop (loop.c: timing, spin, rings) runs in worker threads, one for
+ * both directions (--threads 1, the default) or one per direction (--threads 2: a direction's
+ * frames, and the kernel work their sends cause in the receiving host, run beside the other
+ * direction's, on another CPU when there is one). Each direction's frames are only ever touched
+ * by one thread, so order and the model are as with one. The main thread takes the signals.
  *
  * --rx-ring on: read each port through a PACKET_RX_RING (ring.c: no system call per frame; 16 MB
  * of slots per port, set up before the port is bound so no frame is missed or read twice); off
- * (the default): recvmmsg. The network builder turns it on for a network of few lines
- * (testbed/net/delayhelper.py): a hundred idle lines need no 32 MB each. A ring that cannot be
- * set up is recorded in the stats and the port reads with recvmmsg.
+ * (the default): recvmmsg. The network builder turns rings and two threads on for a network of
+ * few lines (testbed/net/delayhelper.py): a hundred idle lines need no 32 MB each. A ring that
+ * cannot be set up is recorded in the stats and the port reads with recvmmsg.
  *
  * --parent-pid N: SIGTERM when process N (the network that started it, whose child it must be)
  * dies, even by SIGKILL (prctl PR_SET_PDEATHSIG); already gone: exit 1 at once. The starter then
@@ -41,26 +40,22 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/eventfd.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "io.h"
+#include "loop.h"
 #include "model.h"
 #include "stats.h"
 #include "trace.h"
 
-#define MAX_SLEEP_NS 5000000ULL  /* ppoll slack is timeout/1000 for non-RT tasks: <= 5 us */
-#define LEAD_MARGIN_NS 20000ULL
 #define LEAD_MAX_NS 2000000ULL
-#define WINDOW_NS 100000000ULL
-#define TX_BLOCKED_NS 50000ULL
+#define SIGNAL_WAIT_NS 50000000L  /* how soon the main thread notices a worker that stopped */
 
-static volatile sig_atomic_t stop_sig, dump_req;
 static long parent_pid;  /* --parent-pid: 0 = none */
-static void on_stop(int s) { stop_sig = s; }
-static void on_usr1(int s) { (void)s; dump_req = 1; }
 
 static int usage_error(const char *msg)
 {
@@ -106,6 +101,7 @@ static int parse_args(int argc, char **argv, struct dl_config *c, int *trace, ch
 		else if (!strcmp(k, "--batch")) c->batch = (unsigned)strtoul(v, &end, 10);
 		else if (!strcmp(k, "--rt-priority")) c->rt_priority = (int)strtol(v, &end, 10);
 		else if (!strcmp(k, "--parent-pid")) parent_pid = strtol(v, &end, 10);
+		else if (!strcmp(k, "--threads")) c->threads = (unsigned)strtoul(v, &end, 10);
 		else if (!strcmp(k, "--rx-ring")) {
 			c->rx_ring = !strcmp(v, "on") ? 1 : !strcmp(v, "off") ? 0 : -1;
 			if (c->rx_ring < 0) {
@@ -129,9 +125,11 @@ static int parse_args(int argc, char **argv, struct dl_config *c, int *trace, ch
 	if (dl_parse_shape(a2b, &c->a2b, err, errlen) || dl_parse_shape(b2a, &c->b2a, err, errlen))
 		return -1;
 	if (c->batch < 1 || c->batch > DL_BATCH_MAX || !(c->spin_budget >= 0 && c->spin_budget <= 1)
-	    || c->rt_priority < 0 || c->rt_priority > 99 || c->lead_ns > LEAD_MAX_NS) {
+	    || c->rt_priority < 0 || c->rt_priority > 99 || c->lead_ns > LEAD_MAX_NS
+	    || c->threads < 1 || c->threads > 2) {
 		snprintf(err, errlen, "need 1 <= --batch <= %d, 0 <= --spin-budget <= 1, "
-			 "0 <= --rt-priority <= 99, --lead-us <= 2000", DL_BATCH_MAX);
+			 "0 <= --rt-priority <= 99, --lead-us <= 2000, --threads 1 or 2",
+			 DL_BATCH_MAX);
 		return -1;
 	}
 	if (*trace)
@@ -143,184 +141,86 @@ static int parse_args(int argc, char **argv, struct dl_config *c, int *trace, ch
 	return 0;
 }
 
-/* Real-time priority where permitted (recorded either way): wake-ups preempt ordinary work. */
-static void set_priority(struct dl_line *l)
+static void wake(struct dl_worker *w, unsigned n)
 {
-	prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);
-	if (!l->cfg.rt_priority) {
-		snprintf(l->sched_policy, sizeof(l->sched_policy), "SCHED_OTHER (not requested)");
-		return;
-	}
-	struct sched_param sp = {.sched_priority = l->cfg.rt_priority};
-	if (sched_setscheduler(0, SCHED_FIFO | SCHED_RESET_ON_FORK, &sp) == 0)
-		snprintf(l->sched_policy, sizeof(l->sched_policy), "SCHED_FIFO:%d",
-			 l->cfg.rt_priority);
-	else
-		snprintf(l->sched_policy, sizeof(l->sched_policy), "SCHED_OTHER (SCHED_FIFO: %s)",
-			 strerror(errno));
+	uint64_t one = 1;
+	for (unsigned i = 0; i < n; i++)
+		if (write(w[i].wake_fd, &one, sizeof(one)) < 0)
+			perror("delayline: eventfd");  /* cannot happen: 1 on a fresh counter */
 }
 
-static int64_t real_minus_mono(void)
+/* The worker threads (one for both directions, or one each), started with every signal
+ * blocked; 0, or -1 with the cause in err. */
+static int start_workers(struct dl_line *l, struct dl_worker *w, char *err, size_t errlen)
 {
-	struct timespec r, m;
-	clock_gettime(CLOCK_REALTIME, &r);
-	clock_gettime(CLOCK_MONOTONIC, &m);
-	return ((int64_t)r.tv_sec - m.tv_sec) * 1000000000LL + (r.tv_nsec - m.tv_nsec);
-}
-
-static void note_wakeup(struct dl_line *l, uint64_t late)
-{
-	dl_reservoir_add(&l->wake_late, (double)late);
-	l->recent_late[l->recent_i++ % 32] = late;
-	uint64_t worst = 0;
-	for (int i = 0; i < 32; i++)
-		worst = l->recent_late[i] > worst ? l->recent_late[i] : worst;
-	uint64_t lead = worst + LEAD_MARGIN_NS;
-	l->lead_ns = lead > LEAD_MAX_NS ? LEAD_MAX_NS : lead;
-}
-
-static uint64_t earliest(struct dl_line *l)
-{
-	uint64_t t = UINT64_MAX;
-	for (int i = 0; i < 2; i++) {
-		struct dl_held *h = dl_fifo_peek(&l->dir[i].fifo);
-		if (h && h->due < t)
-			t = h->due;
-	}
-	return t;
-}
-
-static int port_gone(struct dl_line *l, int i);
-
-/* One turn: release what is due, wait (sleep or poll) for the next due time or a frame, read. */
-static int turn(struct dl_line *l, const sigset_t *waitmask)
-{
-	uint64_t now = dl_now();
-	for (int i = 0; i < 2; i++)
-		now = dl_release(&l->dir[i], now);
-	uint64_t due = earliest(l);
-	if (now >= l->window_end) {
-		l->window_end = now + WINDOW_NS;
-		l->spin_left = (uint64_t)(l->cfg.spin_budget * WINDOW_NS);
-	}
-	uint64_t lead = l->spin_left ? l->lead_ns : 0;
-	struct timespec ts, *tsp = NULL;
-	uint64_t target = 0;
-	int spinning = 0;
-	if (due != UINT64_MAX) {
-		uint64_t wait = due > now ? due - now : 0;
-		uint64_t sleep = wait > lead ? wait - lead : 0;
-		/* A full send buffer: give the kernel a moment instead of retrying in a hot loop
-		 * (at real-time priority that would starve everything else on the CPU). */
-		if ((l->dir[0].tx_blocked || l->dir[1].tx_blocked) && sleep < TX_BLOCKED_NS)
-			sleep = TX_BLOCKED_NS;
-		if (sleep > MAX_SLEEP_NS)
-			sleep = MAX_SLEEP_NS;
-		spinning = sleep == 0 && wait > 0;
-		target = now + sleep;
-		ts.tv_sec = (time_t)(sleep / 1000000000ULL);
-		ts.tv_nsec = (long)(sleep % 1000000000ULL);
-		tsp = &ts;
-	}
-	struct pollfd pfd[2] = {{l->dir[0].rx, POLLIN, 0}, {l->dir[1].rx, POLLIN, 0}};
-	int r = ppoll(pfd, 2, tsp, waitmask);
-	uint64_t after = dl_now();
-	if (spinning) {
-		uint64_t spent = after - now;
-		l->spin_left = spent >= l->spin_left ? 0 : l->spin_left - spent;
-		l->spin_ns += spent;
-	}
-	if (r < 0)
-		return errno == EINTR ? 0 : -1;
-	if (r == 0 && tsp && target > now)
-		note_wakeup(l, after > target ? after - target : 0);
-	int64_t off = r > 0 ? real_minus_mono() : 0;
-	for (int i = 0; i < 2; i++) {
-		if (pfd[i].revents & POLLIN)
-			dl_drain(&l->dir[i], after, off);
-		if ((pfd[i].revents & (POLLERR | POLLHUP | POLLNVAL)) && port_gone(l, i))
-			return -2;
+	unsigned n = l->cfg.threads;
+	for (unsigned i = 0; i < n; i++) {
+		w[i] = (struct dl_worker){.l = l, .ndirs = n == 1 ? 2 : 1,
+					  .dirs = {n == 1 ? 0 : (int)i, 1},
+					  .spin_budget = l->cfg.spin_budget / n};
+		w[i].wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+		int e = w[i].wake_fd < 0 ? errno : pthread_create(&w[i].thread, NULL, dl_worker_run,
+								  &w[i]);
+		if (!e)
+			continue;
+		snprintf(err, errlen, "thread %u: %s", i, strerror(e));
+		__atomic_store_n(&l->stop, 1, __ATOMIC_RELEASE);
+		wake(w, i);
+		for (unsigned j = 0; j < i; j++)
+			pthread_join(w[j].thread, NULL);
+		return -1;
 	}
 	return 0;
 }
 
-/* A socket error on a port: read it (which clears it, so ppoll() does not report it again and
- * again) and count it. A link that went down comes back; an interface that no longer exists
- * (its veth peer's namespace died) never does: the line has nothing left to do. */
-static int port_gone(struct dl_line *l, int i)
+/* The threads' timing state, summed up for the stats. */
+static void gather(struct dl_line *l, struct dl_worker *w)
 {
-	int soerr = 0;
-	socklen_t len = sizeof(soerr);
-	getsockopt(l->dir[i].rx, SOL_SOCKET, SO_ERROR, &soerr, &len);
-	l->dir[i].rx_errors++;
-	const char *name = i ? l->cfg.if_b : l->cfg.if_a;
-	return if_nametoindex(name) == 0;
-}
-
-/* ppoll() delivers a signal only when it returns EINTR: one that arrives while a frame is
- * ready stays pending. Take it here, so a busy line still stops on SIGTERM. Called every turn:
- * one sigpending() and a look at the three signals the line handles. */
-static void take_pending_signals(void)
-{
-	static const int handled[] = {SIGTERM, SIGINT, SIGUSR1};
-	sigset_t pending;
-	if (sigpending(&pending))
-		return;
-	for (size_t i = 0; i < sizeof(handled) / sizeof(handled[0]); i++) {
-		int s = handled[i];
-		if (!sigismember(&pending, s))
-			continue;
-		sigset_t one;
-		sigemptyset(&one);
-		sigaddset(&one, s);
-		struct timespec zero = {0, 0};
-		if (sigtimedwait(&one, NULL, &zero) == s) {
-			if (s == SIGUSR1)
-				dump_req = 1;
-			else
-				stop_sig = s;
-		}
+	l->lead_ns = l->spin_ns = 0;
+	for (unsigned i = 0; i < l->cfg.threads; i++) {
+		l->lead_ns = w[i].lead_ns > l->lead_ns ? w[i].lead_ns : l->lead_ns;
+		l->spin_ns += w[i].spin_ns;
 	}
 }
 
+/* The main thread takes the signals (blocked everywhere, so never in the middle of a send):
+ * SIGTERM/SIGINT stop, SIGUSR1 writes the stats; it also notices a worker that stopped the line
+ * (within SIGNAL_WAIT_NS). Then it stops and joins the workers and writes the final stats. */
 static int serve(struct dl_line *l)
 {
-	sigset_t block, waitmask;
-	sigemptyset(&block);
-	sigaddset(&block, SIGTERM);
-	sigaddset(&block, SIGINT);
-	sigaddset(&block, SIGUSR1);
-	/* Signals are delivered only inside ppoll(), never in the middle of a send. */
-	sigprocmask(SIG_BLOCK, &block, &waitmask);
-	sigdelset(&waitmask, SIGTERM);
-	sigdelset(&waitmask, SIGINT);
-	sigdelset(&waitmask, SIGUSR1);
-	struct sigaction sa = {0};
-	sa.sa_handler = on_stop;
-	sigaction(SIGTERM, &sa, NULL);
-	sigaction(SIGINT, &sa, NULL);
-	sa.sa_handler = on_usr1;
-	sigaction(SIGUSR1, &sa, NULL);
+	sigset_t sigs;
+	sigemptyset(&sigs);
+	sigaddset(&sigs, SIGTERM);
+	sigaddset(&sigs, SIGINT);
+	sigaddset(&sigs, SIGUSR1);
+	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+	struct dl_worker w[2];
+	char error[160] = "";
+	if (start_workers(l, w, error, sizeof(error))) {
+		fprintf(stderr, "delayline: error: %s\n", error);
+		return 1;
+	}
 	printf("ready\n");
 	fflush(stdout);
-	char error[160] = "";
-	while (!stop_sig) {
-		int t = turn(l, &waitmask);
-		if (t == -2) {
-			snprintf(error, sizeof(error), "interface %s or %s is gone", l->cfg.if_a,
-				 l->cfg.if_b);
+	while (!__atomic_load_n(&l->stop, __ATOMIC_ACQUIRE)) {
+		struct timespec t = {0, SIGNAL_WAIT_NS};
+		int s = sigtimedwait(&sigs, NULL, &t);
+		if (s == SIGTERM || s == SIGINT)
 			break;
-		}
-		if (t) {
-			snprintf(error, sizeof(error), "ppoll: %s", strerror(errno));
-			break;
-		}
-		take_pending_signals();
-		if (dump_req) {
-			dump_req = 0;
+		if (s == SIGUSR1) {
+			gather(l, w);
 			dl_write_stats(l, 0, NULL);
 		}
 	}
+	__atomic_store_n(&l->stop, 1, __ATOMIC_RELEASE);
+	wake(w, l->cfg.threads);
+	for (unsigned i = 0; i < l->cfg.threads; i++) {
+		pthread_join(w[i].thread, NULL);
+		if (w[i].error[0] && !error[0])
+			memcpy(error, w[i].error, sizeof(error));
+		close(w[i].wake_fd);
+	}
+	gather(l, w);
 	dl_write_stats(l, 1, *error ? error : NULL);
 	if (*error) {
 		fprintf(stderr, "delayline: error: %s\n", error);
@@ -377,6 +277,7 @@ int main(int argc, char **argv)
 	c->batch = 32;
 	c->rt_priority = 10;
 	c->rx_ring = 0;
+	c->threads = 1;
 	int trace = 0;
 	char err[256];
 	if (argc == 2 && !strcmp(argv[1], "--limits")) {
@@ -401,8 +302,8 @@ int main(int argc, char **argv)
 	mallopt(M_TRIM_THRESHOLD, 64 << 20);
 	line.started = dl_now();
 	line.lead_ns = c->lead_ns;
+	pthread_mutex_init(&line.lock, NULL);
 	dl_reservoir_init(&line.wake_late, c->seed * 4 + 3);
-	set_priority(&line);
 	rc = serve(&line);
 	dl_dir_free(&line.dir[0]);
 	dl_dir_free(&line.dir[1]);

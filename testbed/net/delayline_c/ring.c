@@ -71,6 +71,12 @@ void *dl_ring_next(struct dl_ring *r, uint8_t **frame, uint32_t *len, uint32_t *
 	return h;
 }
 
+int dl_ring_ready(const struct dl_ring *r)
+{
+	const struct tpacket2_hdr *h = (const void *)(r->map + (size_t)r->head * r->slot_size);
+	return (__atomic_load_n(&h->tp_status, __ATOMIC_ACQUIRE) & TP_STATUS_USER) != 0;
+}
+
 void dl_ring_release(struct dl_ring *r, void *slot)
 {
 	(void)r;

@@ -23,6 +23,8 @@ void dl_ring_close(struct dl_ring *r);
  * queue instead (too big for a slot); *ts_ns: the kernel's receive time (CLOCK_REALTIME). */
 void *dl_ring_next(struct dl_ring *r, uint8_t **frame, uint32_t *len, uint32_t *full_len,
 		   int *copied, uint64_t *ts_ns);
+/* Whether the next slot holds a frame (dl_ring_next would return it): no system call. */
+int dl_ring_ready(const struct dl_ring *r);
 /* Give the slot returned by dl_ring_next back to the kernel. */
 void dl_ring_release(struct dl_ring *r, void *slot);
 #endif

@@ -101,19 +101,23 @@ static void line_json(FILE *f, struct dl_line *l, int final, const char *error)
 	double user = (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6;
 	double sys = (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
 	uint64_t frames = l->dir[0].frames_in + l->dir[1].frames_in;
-	char wake[320];
+	char wake[320], policy[sizeof(l->sched_policy)];
+	pthread_mutex_lock(&l->lock);
 	dl_reservoir_json(&l->wake_late, 1e-3, 1, wake, sizeof(wake));
+	memcpy(policy, l->sched_policy, sizeof(policy));
+	pthread_mutex_unlock(&l->lock);
 	fprintf(f, "{\"version\": 1, \"helper\": \"c\", \"final\": %s, \"error\": ",
 		final ? "true" : "false");
 	if (error) fprintf(f, "\"%s\"", error);  /* strerror() text: no quotes or backslashes */
 	else fputs("null", f);
 	fprintf(f, ", \"pid\": %d, \"if_a\": \"%s\", \"if_b\": \"%s\", \"seed\": %llu, "
-		"\"spin_budget\": %.3f, \"spin_s\": %.3f, \"batch\": %u, \"rx_timestamps\": \"kernel\", "
+		"\"spin_budget\": %.3f, \"spin_s\": %.3f, \"batch\": %u, \"threads\": %u, \"rx_timestamps\": \"kernel\", "
 		"\"timer_slack_1ns\": true, \"sched_policy\": \"%s\", \"lead_us\": %.1f, "
 		"\"wakeup_late_us\": %s, \"wall_s\": %.6f, \"cpu_user_s\": %.3f, "
 		"\"cpu_system_s\": %.3f, \"cpu_s\": %.3f, \"rss_kb\": %ld, \"max_rss_kb\": %ld, ",
 		(int)getpid(), l->cfg.if_a, l->cfg.if_b, (unsigned long long)l->cfg.seed,
-		l->cfg.spin_budget, (double)l->spin_ns / 1e9, l->cfg.batch, l->sched_policy,
+		l->cfg.spin_budget, (double)l->spin_ns / 1e9, l->cfg.batch, l->cfg.threads,
+		policy,
 		(double)l->lead_ns / 1e3, wake, (double)(dl_now() - l->started) / 1e9, user, sys,
 		user + sys, status_kb("VmRSS"), status_kb("VmHWM"));
 	if (frames) fprintf(f, "\"cpu_us_per_frame\": %.3f, ", (user + sys) * 1e6 / (double)frames);

@@ -1,5 +1,7 @@
 #ifndef DL_STATS_H
 #define DL_STATS_H
+#include <pthread.h>
+
 #include "io.h"
 
 struct dl_config {
@@ -10,15 +12,17 @@ struct dl_config {
 	unsigned batch;
 	int rt_priority;
 	int rx_ring;  /* --rx-ring on: 1 */
+	unsigned threads;  /* --threads: 1 (both directions in one thread) or 2 (one each) */
 };
 
 struct dl_line {
 	struct dl_config cfg;
 	struct dl_dir dir[2];
-	struct dl_reservoir wake_late;  /* ns a timed sleep overshot its target */
-	uint64_t recent_late[32];
-	unsigned recent_i;
-	uint64_t lead_ns, spin_left, spin_ns, window_end, started;
+	struct dl_reservoir wake_late;  /* ns a timed sleep overshot its target (under lock) */
+	pthread_mutex_t lock;           /* wake_late and sched_policy, written by the threads */
+	int stop;                       /* set (atomically) to stop every thread */
+	uint64_t lead_ns, spin_ns;      /* the threads' largest lead and their spin, summed */
+	uint64_t started;
 	char sched_policy[96];
 };
 
