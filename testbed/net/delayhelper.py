@@ -52,11 +52,25 @@ def resolve(requested: str = "auto", binary: Path = BINARY) -> HelperChoice:
     if requested == "python":
         return HelperChoice("python", "requested")
     if binary.is_file() and os.access(binary, os.X_OK):
+        stale = newer_sources(binary)
+        if stale:
+            # Its command line may no longer be the one c_argv writes: a clear error, not a
+            # line that dies on an unknown argument (nor a silent switch to the fallback).
+            raise KernelFeatureError(f"compiled delay line {binary} is older than its sources "
+                                     f"({', '.join(stale)})", "run `make helper` to rebuild it")
         return HelperChoice("c")
     cause = f"compiled delay line {binary} is missing (run `make setup` to build it with gcc)"
     if requested == "c":
         raise KernelFeatureError(cause, "or use --delay-helper python")
     return HelperChoice("python", f"{cause}; using the Python delay line")
+
+
+def newer_sources(binary: Path) -> list[str]:
+    """The helper's sources (beside it) changed since it was built, as make would see them."""
+    built = binary.stat().st_mtime
+    return sorted(p.name for p in binary.parent.iterdir()
+                  if (p.suffix in (".c", ".h") or p.name == "Makefile")
+                  and p.stat().st_mtime > built)
 
 
 def check_shape(link: str, direction: str, shape: LinkShape) -> None:

@@ -7,6 +7,7 @@ change in the C arithmetic shows up as a different number, not a tolerance miss.
 from __future__ import annotations
 
 import json
+import os
 import random
 import struct
 import subprocess
@@ -221,6 +222,19 @@ def test_missing_build_falls_back_with_the_cause(tmp_path: Path) -> None:
         delayhelper.resolve("c", tmp_path / "absent")
     with pytest.raises(ConfigError, match="unknown delay helper"):
         delayhelper.resolve("rust")
+
+
+def test_a_build_older_than_its_sources_is_refused_with_the_fix(tmp_path: Path) -> None:
+    binary = tmp_path / "tcpinc-delayline"
+    (tmp_path / "main.c").write_text("int main(void) { return 0; }\n")
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(0o755)
+    assert delayhelper.resolve("auto", binary) == delayhelper.HelperChoice("c")
+    os.utime(tmp_path / "main.c", (binary.stat().st_mtime + 5,) * 2)
+    for requested in ("auto", "c"):
+        with pytest.raises(KernelFeatureError, match=r"older than its sources \(main.c\)"):
+            delayhelper.resolve(requested, binary)
+    assert delayhelper.resolve("python", binary).name == "python"
 
 
 @pytest.mark.parametrize("shape, message", [
