@@ -66,7 +66,7 @@ MYPY_FILES += experiments/datapath.py
 MYPY_FILES += testbed/synstream.py testbed/apps/proto_syn.py experiments/syndata.py
 # Executors: points here or on a Dask cluster.
 MYPY_FILES += experiments/executors.py experiments/dask_executor.py experiments/projection.py \
-    experiments/compare.py \
+    experiments/compare.py experiments/runtime.py \
     experiments/bench_scheduling.py experiments/idle.py
 MYPY_FILES += testbed/apps/priority.py testbed/earlytep.py testbed/establish.py testbed/streamio.py testbed/helperproc.py
 

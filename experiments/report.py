@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from experiments import bulk, syndata, web
+from experiments import bulk, runtime, syndata, web
 from experiments.ladders import section_ladders
 from experiments.runner import ALL
 from experiments.timing import verdict_line
@@ -492,6 +492,7 @@ def write_report(root: Path) -> Path:
     lines += section_questions(runs, root)
     lines += syndata.section(latest_run(root, "syndata"), root)
     lines += section_ladders(root)
+    lines += runtime.section({name: runs[name] for name in ALL if name in runs})
     path = root / "REPORT.md"
     path.write_text("\n".join(lines) + "\n")
     return path

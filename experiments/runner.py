@@ -367,6 +367,7 @@ def run_cli(args: argparse.Namespace) -> int:
         run_id += f"-shard{shard[0]}of{shard[1]}"
     given = {k: v for k, v in vars(args).items() if k not in ("func", "run_id", "out")}
     failed = 0
+    started = time.monotonic()
     try:
         for name in names:
             run_dir = Path(args.out) / name / run_id
@@ -381,10 +382,21 @@ def run_cli(args: argparse.Namespace) -> int:
         from experiments.report import write_report
 
         print(json.dumps({"report": str(write_report(Path(args.out)))}))
+    print_run_time(names, Path(args.out), run_id, time.monotonic() - started)
     if failed:
         print(f"tcpinc: {failed} point(s) failed (reasons in failed.jsonl); "
               f"resume with --run-id {run_id}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def print_run_time(names: list[str], out: Path, run_id: str, wall_s: float) -> None:
+    """The command's wall time and where it went, per experiment (experiments/runtime.py)."""
+    from experiments.runtime import experiment_time
+
+    rows = [experiment_time(out / name / run_id) for name in names
+            if (out / name / run_id / "metadata.json").exists()]
+    print(json.dumps({"wall_s": round(wall_s, 1), "experiments_s": round(
+        sum(float(r["wall_s"] or 0.0) for r in rows), 1), "run_time": rows}))
 
 
 def check_protocols(names: list[str], profile: str, protocols: str | None) -> None:
