@@ -267,12 +267,14 @@ class ConcurrentLocalExecutor:
         return self.seen or [self.identity]
 
     def groups(self, tasks: list[PointTask]) -> list[list[PointTask]]:
-        """Tasks in groups, in the points' order within each group."""
+        """Tasks in groups, in the points' order within each group; keyed groups largest
+        first (longest-processing-time order: a large group taken last would run on alone
+        while the other workers stand idle)."""
         if self.group_key is not None:
             keyed: dict[str, list[PointTask]] = {}
             for task in tasks:
                 keyed.setdefault(self.group_key(task.point), []).append(task)
-            return list(keyed.values())
+            return sorted(keyed.values(), key=len, reverse=True)
         size = -(-len(tasks) // self.size)  # ceiling: at most ``self.size`` chunks
         return [tasks[i:i + size] for i in range(0, len(tasks), max(size, 1))]
 

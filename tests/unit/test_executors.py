@@ -344,6 +344,16 @@ def test_without_a_group_key_points_run_in_contiguous_chunks() -> None:
         ConcurrentLocalExecutor("userspace", 1)
 
 
+def test_keyed_groups_run_largest_first_each_in_the_points_order() -> None:
+    from experiments.executors import ConcurrentLocalExecutor
+
+    keys = ["a", "b", "b", "c", "c", "c", "b"]
+    tasks = [PointTask("idle", {"i": i, "k": k}, "quick", None, 1, "userspace", "c")
+             for i, k in enumerate(keys)]
+    groups = ConcurrentLocalExecutor("userspace", 2, group_key=lambda p: p["k"]).groups(tasks)
+    assert [[t.point["i"] for t in g] for g in groups] == [[1, 2, 6], [3, 4, 5], [0]]
+
+
 def test_only_experiments_that_declare_it_run_points_side_by_side() -> None:
     from experiments import fallback, idle, latency
     from experiments.executors import ConcurrentLocalExecutor, LocalExecutor
