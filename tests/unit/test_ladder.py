@@ -119,4 +119,34 @@ def test_report_section_draws_one_ladder_per_arm(tmp_path: Path) -> None:
     assert "![tcpcrypt](ladders/tcpcrypt.png)" in text
     assert "`" in text and "connection 1" in text  # the resumed connection of the -resume arm
     assert sorted(p.name for p in (tmp_path / "ladders").iterdir()) == [
-        "tcpcrypt-resume.png", "tcpcrypt.png"]
+        "drawn.json", "tcpcrypt-resume.png", "tcpcrypt.png"]
+
+
+def test_report_section_draws_a_ladder_again_only_when_its_sources_change(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from experiments import ladders
+
+    arms = tmp_path / "arms"
+    arms.mkdir()
+    for arm in ("tcpcrypt", "tcpcrypt-resume"):
+        shutil.copy(ARMS / f"{arm}.pcap", arms / f"{arm}.pcap")
+    drawn: list[str] = []
+    real = ladders.render
+
+    def counting(pcap: Path, out: Path, index: int = 0, title: str = "") -> dict[str, object]:
+        drawn.append(out.name)
+        return real(pcap, out, index, title=title)
+
+    monkeypatch.setattr(ladders, "render", counting)
+    first = ladders.section_ladders(tmp_path, arms)
+    assert sorted(drawn) == ["tcpcrypt-resume.png", "tcpcrypt.png"]
+    assert ladders.section_ladders(tmp_path, arms) == first  # nothing drawn, same text
+    assert len(drawn) == 2
+    # A changed capture, a missing image and a damaged record are each drawn again.
+    shutil.copy(ARMS / "tcpcrypt.pcap", arms / "tcpcrypt-resume.pcap")
+    (tmp_path / "ladders" / "tcpcrypt.png").unlink()
+    ladders.section_ladders(tmp_path, arms)
+    assert sorted(drawn[2:]) == ["tcpcrypt-resume.png", "tcpcrypt.png"]
+    (tmp_path / "ladders" / "drawn.json").write_text("{not json")
+    ladders.section_ladders(tmp_path, arms)
+    assert len(drawn) == 6
