@@ -163,7 +163,9 @@ def _start_tep(
     ctx = TepContext(role=role, transcript=info.transcript, random=os.urandom,
                      now=time.monotonic(), peer_suboption_data=result.peer_data_bytes,
                      options=options)
-    return _run_tep(sock, config, info, spec, TepDriver(sock, spec.factory(ctx)))
+    # Role B's post-handshake bytes (TLS tickets) leave with its answer (testbed/tepio.py).
+    driver = TepDriver(sock, spec.factory(ctx), hold_replies=role is Role.B)
+    return _run_tep(sock, config, info, spec, driver)
 
 
 def _run_tep(sock: socket.socket, config: StreamConfig, info: StreamInfo, spec: base.TepSpec,

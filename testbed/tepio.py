@@ -8,6 +8,14 @@ payload goes to the application). A TCP FIN goes to ``peer_closed``, which raise
 ``TruncationError`` unless the TEP's own end-of-stream arrived first (RFC 8547 §5: an abort
 must be reported differently from EOF).
 
+A driver made with ``hold_replies`` (ENO role B, which is TLS's server) holds what its core wrote
+in the read that gave the application data after the handshake -- a TLS server's
+NewSessionTickets, written on the client's Finished (RFC 8446 §4.6.1), which now arrives with
+the request -- until the application answers: they leave with the response in one write,
+and the client reads both in one wake-up. Held bytes also leave before the driver waits for
+the peer again, when the handshake's caller takes the core over, and at close: nothing the
+core wrote waits on the peer.
+
 A server may hand the connection to its application before the handshake ends
 (``run_until_data``): once the core delivered 0-RTT data (TLS, RFC 8446 §2.3, beyond the
 drafts) the application can read it and answer with 0.5-RTT data; the rest of the handshake
@@ -40,11 +48,14 @@ class TepDriver:
     """One TEP core on one socket."""
 
     def __init__(
-        self, sock: socket.socket, core: TepCore, clock: Callable[[], float] = time.monotonic
+        self, sock: socket.socket, core: TepCore, clock: Callable[[], float] = time.monotonic,
+        *, hold_replies: bool = False,
     ) -> None:
         self.sock = sock
         self.core = core
         self.clock = clock
+        self.hold_replies = hold_replies
+        self._held = False  # the core has bytes to send that wait for the application's answer
         self.received = 0  # bytes read from the peer, handshake included
         # perf_counter when the first bytes from the peer were read: after our first flight
         # left, so a lower bound on when anything sent in answer to them left.
@@ -69,6 +80,7 @@ class TepDriver:
             self._absorb(self.core.start(self.clock()))
 
     def _flush(self) -> None:
+        self._held = False
         out = self.core.data_to_send()
         if out:
             self.sock.sendall(out)
@@ -99,6 +111,9 @@ class TepDriver:
             self.first_read_at = time.perf_counter()
         self.received += len(data)
         self._absorb(self.core.receive_data(data, self.clock()))
+        if self.hold_replies and self._plain and self.core.handshake_complete:
+            self._held = True  # leaves with the application's answer (module docstring)
+            return
         self._flush()
 
     def run_handshake(self, timeout: float) -> HandshakeComplete:
@@ -146,6 +161,8 @@ class TepDriver:
     def recv(self, size: int) -> bytes:
         """Up to ``size`` authenticated bytes; b"" after the peer's end of stream."""
         while not self._plain and not self.eof:
+            if self._held:
+                self._flush()  # nothing held waits while this end waits for the peer
             self._read_once()
         out = bytes(self._plain[:size])
         del self._plain[:size]
@@ -154,6 +171,8 @@ class TepDriver:
     def take_buffered(self) -> bytes:
         """Authenticated bytes already delivered but not yet read (for an event loop that
         takes the core over after the handshake)."""
+        if self._held:
+            self._flush()
         out = bytes(self._plain)
         self._plain.clear()
         return out

@@ -100,8 +100,10 @@ def _plain_info() -> eno_stream.StreamInfo:
 
 def prepare_tls(sock: socket.socket, role: Role, options: dict[str, Any]) -> TepDriver:
     """The TLS core (no ENO: empty transcript) and its driver for ``sock``."""
+    # The server's tickets leave with its response (hold_replies, testbed/tepio.py).
     return TepDriver(sock, tls.make_core(TepContext(role=role, options=options,
-                                                    transcript=b"")))
+                                                    transcript=b"")),
+                     hold_replies=role is Role.B)
 
 
 def connect_overlapped(sock: socket.socket, addr: Addr, timeout: float,
