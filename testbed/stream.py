@@ -318,6 +318,15 @@ class Listener:
                 raise EncryptionRequiredError("hook_unavailable", str(exc)) from None
             self.unavailable = "hook_unavailable"
 
+    def prepare(self) -> None:
+        """Let each TEP's provider make, while the server waits for its next connection, what
+        that connection would otherwise make between the client's first TEP message and the
+        answer (``prepare(spec)``: a TLS server's SSL object, tcpcrypt role B's key pair)."""
+        for spec in self.config.specs():
+            method = getattr(self.config.provider(spec.name), "prepare", None)
+            if method is not None:
+                method(spec)
+
     def accept(self) -> tuple[Stream, Addr]:
         sock, addr = self.sock.accept()
         return self.wrap(sock, addr), addr

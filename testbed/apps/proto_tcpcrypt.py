@@ -88,9 +88,11 @@ from testbed.teps.tcpcrypt.constants import (
     TepId,
 )
 from testbed.teps.tcpcrypt.errors import ResumptionError
+from testbed.teps.tcpcrypt.keys import EphemeralKey, generate_ephemeral
 from testbed.teps.tcpcrypt.options import (
     OPT_CACHE,
     OPT_CACHE_SECRETS,
+    OPT_EPHEMERAL,
     OPT_FIRST_DATA,
     OPT_LOCAL_DATA,
     OPT_NONCE_LEN,
@@ -110,6 +112,7 @@ CACHE_ENTRIES = 4096  # secrets per host process (oldest evicted first)
 CACHE_LIFETIME = 600.0  # seconds a cached secret stays usable
 ANSWER_MARGIN = 1.0  # the hook forgets an answer this long before the cache forgets its secret
 MAX_OFFERS = 1024  # resumption offers awaiting their connection's result, per process
+SPARE_KEYS = 2  # role B key pairs a provider keeps made ahead per TEP, at most
 
 
 class ActivePeer(NamedTuple):
@@ -256,6 +259,21 @@ class TcpcryptProvider:
     def __post_init__(self) -> None:
         self._offers: OrderedDict[bytes, dict[str, Any]] = OrderedDict()
         self._lock = threading.Lock()
+        self._spare_keys: dict[int, list[EphemeralKey]] = {}  # TEP id -> role B keys made ahead
+
+    def prepare(self, spec: TepSpec) -> None:
+        """Make role B's key pair for a later fresh exchange now, while the server waits for
+        the connection (RFC 8548 §3.3: a fresh key per connection, made ahead of it; §8 asks
+        that private keys be short-lived: one waits for the next connection at most)."""
+        keys = self._spare_keys.setdefault(spec.tep_id, [])
+        if len(keys) < SPARE_KEYS:
+            keys.append(generate_ephemeral(spec.tep_id, os.urandom))
+
+    def _spare_key(self, tep_id: int) -> dict[str, Any]:
+        try:
+            return {OPT_EPHEMERAL: self._spare_keys.get(tep_id, []).pop()}  # atomic
+        except IndexError:
+            return {}  # none made ahead: the core makes its own on Init1
 
     def _options(self, peer: Hashable) -> dict[str, Any]:
         if self.cache is None:
@@ -297,6 +315,8 @@ class TcpcryptProvider:
         options = self._options(PassivePeer(str(peer[0]), int(peer[1]), int(result.local[1])))
         if local:
             options.update(self._accept(spec, local, result.peer_data_bytes))
+        elif role is Role.B:
+            options.update(self._spare_key(spec.tep_id))
         return options
 
     def early_options(self, spec: TepSpec, *, peer: Addr) -> dict[str, Any] | None:

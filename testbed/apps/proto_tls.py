@@ -120,6 +120,11 @@ class TlsEnoTransport:
         server_identity(self.arm.server_profile)  # key and certificate before the first SYN
         self.listener = eno_stream.Listener(sock, self.config(server=True))
 
+    def prepare(self) -> None:
+        """Between connections: what the next accepted one needs (testbed/stream.py)."""
+        if self.listener is not None:
+            self.listener.prepare()
+
     def accept(self, sock: socket.socket, addr: Addr | None = None) -> TlsConn:
         if self.listener is None:
             raise ConfigError(f"{self.arm.name}: accept before listen")

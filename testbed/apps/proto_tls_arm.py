@@ -141,6 +141,10 @@ class TlsProvider:
                                            with_finished=self.with_finished)
         return self.arm.server_options()
 
+    def prepare(self, spec: TepSpec) -> None:
+        """Server: make a later connection's SSL object while waiting for it (identity.py)."""
+        server_identity(self.arm.server_profile).prepare()
+
     def early_options(self, spec: TepSpec, *, peer: Addr) -> dict[str, Any]:
         """The client's options before the ENO result (testbed/earlytep.py): the ClientHello
         depends on none of it; the transcript enters only the session ID's exporter context."""

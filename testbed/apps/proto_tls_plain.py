@@ -84,6 +84,10 @@ class TlsPlainTransport:
         if self.arm.tfo:
             sock.setsockopt(socket.IPPROTO_TCP, TCP_FASTOPEN, TFO_QUEUE)
 
+    def prepare(self) -> None:
+        """Between connections: the next server SSL object (testbed/teps/tls/identity.py)."""
+        server_identity(self.arm.server_profile).prepare()
+
     def accept(self, sock: socket.socket, addr: Addr | None = None) -> TlsConn:
         info = _plain_info()
         info.phases["tcp_connected"] = time.perf_counter()

@@ -171,6 +171,11 @@ class EnoTransport:
     def listen(self, sock: socket.socket) -> None:
         self.listener = eno_stream.Listener(sock, self.config())
 
+    def prepare(self) -> None:
+        """Between connections: what the next accepted one needs (testbed/stream.py)."""
+        if self.listener is not None:
+            self.listener.prepare()
+
     def accept(self, sock: socket.socket, addr: tuple[str, int] | None = None) -> EnoConn:
         if self.listener is None:
             raise ConfigError("EnoTransport.accept before listen")

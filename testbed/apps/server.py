@@ -136,32 +136,48 @@ class Acceptors:
     the development VM). Whenever fewer than ``spare`` threads are left waiting, the thread
     that just accepted starts another before it serves: concurrency is unbounded, and a
     thread goes back to ``accept()`` once its connection ends.
+
+    ``prepare`` (the transport's) runs before a thread waits in ``accept()``: at start, and
+    after each connection it served, never while another thread's connection is under way
+    because a connection started this thread.
     """
 
     def __init__(self, lsock: socket.socket,
                  work: Callable[[socket.socket, tuple[str, int]], None],
-                 spare: int = 2) -> None:
+                 spare: int = 2, prepare: Callable[[], None] | None = None) -> None:
         self.lsock = lsock
         self.work = work
         self.spare = spare
+        self.prepare = prepare
         self.lock = threading.Lock()
         self.idle = 0
         for _ in range(spare):
-            self._start()
+            self._start(prepare_first=True)
 
-    def _start(self) -> None:
+    def _start(self, *, prepare_first: bool) -> None:
         with self.lock:
             self.idle += 1
-        threading.Thread(target=self._run, daemon=True).start()
+        threading.Thread(target=self._run, args=(prepare_first,), daemon=True).start()
 
     def _accepted(self) -> None:
         with self.lock:
             self.idle -= 1  # this thread is busy from now on
             short = self.idle < self.spare
         if short:
-            self._start()
+            self._start(prepare_first=False)  # the accepted connection has the CPU now
 
-    def _run(self) -> None:
+    def _prepare(self) -> None:
+        if self.prepare is None:
+            return
+        try:
+            self.prepare()
+        except Exception as exc:  # the connection then makes its own; the thread goes on
+            print(f"server: prepare failed: {type(exc).__name__}: {exc}", file=sys.stderr,
+                  flush=True)
+
+    def _run(self, prepare_first: bool) -> None:
+        if prepare_first:
+            self._prepare()
         while True:
             try:
                 sock, addr = self.lsock.accept()
@@ -183,6 +199,7 @@ class Acceptors:
                 sock.close()
             with self.lock:
                 self.idle += 1
+            self._prepare()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -210,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     # Before the connection threads start: they inherit the policy.
     policy = raise_priority(args.rt_priority)
     Acceptors(lsock, lambda sock, addr: handle(transport, sock, addr, args.request_size,
-                                               records, policy))
+                                               records, policy),
+              prepare=getattr(transport, "prepare", None))
     helperproc.run(_wait_for_stop, teardown=lambda: _close(lsock, out))
     return 0
 

@@ -113,3 +113,54 @@ def test_records_wait_until_the_response_left() -> None:
                              lambda: events.append("answered"))
     assert error is None
     assert events == ["request 7", "sent 5", "answered", "sent 3", "answered", "closed"]
+
+
+def test_prepare_runs_before_waiting_never_beside_a_connection() -> None:
+    # At start each waiting thread prepares once; after a connection its thread prepares
+    # again (the connection is over); the thread the connection started does not.
+    lsock = _listener()
+    events: list[str] = []
+    lock = threading.Lock()
+    served = threading.Event()
+
+    def prepare() -> None:
+        with lock:
+            events.append("prepare")
+
+    def work(sock: socket.socket, addr: tuple[str, int]) -> None:
+        with lock:
+            events.append("work")
+        sock.close()
+        served.set()
+
+    Acceptors(lsock, work, spare=2, prepare=prepare)
+    c = socket.create_connection(lsock.getsockname())
+    assert served.wait(5)
+    c.close()
+    deadline = threading.Event()
+    for _ in range(50):  # the serving thread prepares after its work returned
+        with lock:
+            if events.count("prepare") == 3:
+                break
+        deadline.wait(0.1)
+    lsock.close()
+    assert events == ["prepare", "prepare", "work", "prepare"]
+
+
+def test_a_failing_prepare_is_reported_and_the_thread_still_serves(capsys) -> None:
+    lsock = _listener()
+    served = threading.Event()
+
+    def prepare() -> None:
+        raise RuntimeError("no spare")
+
+    def work(sock: socket.socket, addr: tuple[str, int]) -> None:
+        sock.close()
+        served.set()
+
+    Acceptors(lsock, work, spare=1, prepare=prepare)
+    c = socket.create_connection(lsock.getsockname())
+    assert served.wait(5)
+    c.close()
+    lsock.close()
+    assert "server: prepare failed: RuntimeError: no spare" in capsys.readouterr().err

@@ -13,7 +13,8 @@ state.py; ``_transition`` is the one place the state changes.
 
 Randomness is drawn from ``TepContext.random`` in a fixed order, so tests can script it:
 role A at ``start()``: N_A (32 bytes), then its private key; role B on Init1: N_B (32 bytes),
-then its private key. Private keys take 32 (X25519), 56 (X448), 40 (P-256) or 74 (P-521) bytes.
+then its private key unless ``tcpcrypt.ephemeral`` gave one. Private keys take 32 (X25519), 56
+(X448), 40 (P-256) or 74 (P-521) bytes.
 ``options.local_suboption_data`` draws the resumption nonce when it builds the SYN.
 
 TepContext.options keys used by tcpcrypt (see options.py; other ``tcpcrypt.*`` keys are refused)
@@ -31,6 +32,7 @@ TepContext.options keys used by tcpcrypt (see options.py; other ``tcpcrypt.*`` k
 ``tcpcrypt.first_data``     role A only: application bytes sealed as soon as the keys exist
                             (after Init2, §3.3; at start when resuming, §3.5), so they leave
                             with no further call; ``send_data`` before that is still refused.
+``tcpcrypt.ephemeral``      role B only: a key pair made ahead for this one connection (§3.3).
 ``tcpcrypt.local_suboption_data``, ``tcpcrypt.pending_session``
                             written by ``options.local_suboption_data()`` when it builds our
                             SYN/SYN-ACK suboption; read here to decide on resumption.
@@ -118,8 +120,7 @@ class TcpcryptCore:
         self._ctx = context
         self._params = tep_params(tep_id)
         self._opts = TcpcryptOptions.from_dict(context.options)
-        if self._opts.first_data and context.role is not Role.A:
-            raise ValueError("tcpcrypt.first_data is for role A (the active opener) only")
+        self._opts.check_role(context.role is Role.A, tep_id)
         self._state = State.IDLE
         self._now = context.now
         self._in = bytearray()
@@ -329,7 +330,7 @@ class TcpcryptCore:
             offered = ", ".join(f"{c:#06x}" for c in msg.ciphers)
             raise CipherError(f"no acceptable AEAD among those offered ({offered})")
         nonce = self._random(N_B_LEN)
-        eph = generate_ephemeral(self.tep_id, self._ctx.random)
+        eph = self._opts.ephemeral or generate_ephemeral(self.tep_id, self._ctx.random)
         es = key_agreement(eph, msg.pub)  # validates Pub_A (§3.3, §5)
         init2 = push_init2(Init2(cipher, nonce, eph.public))
         ss0 = prk(self._ctx.transcript, raw, init2, es, msg.nonce)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from .constants import AEADS, DEFAULT_AEADS, MAX_CHUNK, MAX_RESUME_NONCE_LEN, RESUME_HALF_LEN
+from .keys import EphemeralKey
 from .resumption import MAX_SUBOPTION_DATA, CachedSession, ResumptionCache
 
 PREFIX = "tcpcrypt."
@@ -31,6 +32,7 @@ OPT_CHUNK_SIZE = PREFIX + "chunk_size"
 OPT_LOCAL_DATA = PREFIX + "local_suboption_data"
 OPT_PENDING = PREFIX + "pending_session"
 OPT_FIRST_DATA = PREFIX + "first_data"
+OPT_EPHEMERAL = PREFIX + "ephemeral"
 
 DEFAULT_CHUNK_SIZE = 16384
 
@@ -49,6 +51,7 @@ class TcpcryptOptions:
     local_suboption_data: bytes = b""
     pending_session: CachedSession | None = None
     first_data: bytes = b""
+    ephemeral: EphemeralKey | None = None  # role B: made ahead, used once (RFC 8548 §3.3, §8)
 
     def __post_init__(self) -> None:
         if not isinstance(self.first_data, bytes):
@@ -65,6 +68,18 @@ class TcpcryptOptions:
             raise ValueError(f"{OPT_CACHE} must be a ResumptionCache")
         if len(self.local_suboption_data) > MAX_SUBOPTION_DATA:
             raise ValueError(f"{OPT_LOCAL_DATA} longer than 17 bytes (§3.5)")
+        if self.ephemeral is not None and not isinstance(self.ephemeral, EphemeralKey):
+            raise ValueError(f"{OPT_EPHEMERAL} must be an EphemeralKey")
+
+    def check_role(self, role_a: bool, tep_id: int) -> None:
+        """Refuse the options that belong to the other ENO role, or to another TEP."""
+        if self.first_data and not role_a:
+            raise ValueError(f"{OPT_FIRST_DATA} is for role A (the active opener) only")
+        if self.ephemeral is not None and role_a:
+            raise ValueError(f"{OPT_EPHEMERAL} is for role B only (role A's key is in Init1)")
+        if self.ephemeral is not None and self.ephemeral.params.tep_id != tep_id:
+            raise ValueError(f"{OPT_EPHEMERAL} was made for another TEP "
+                             f"({self.ephemeral.params.tep_id:#x}, not {tep_id:#x})")
 
     @classmethod
     def from_dict(cls, options: Mapping[str, Any]) -> TcpcryptOptions:

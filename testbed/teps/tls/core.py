@@ -169,8 +169,7 @@ class TlsCore:
 
     def _server_connection(self) -> SSL.Connection:
         identity = self._opts.server_identity or default_identity()
-        conn = SSL.Connection(identity.context)
-        conn.set_accept_state()
+        conn = identity.connection()  # in accept state; maybe made ahead (``prepare``)
         self._server_reads_early = identity.max_early_data > 0
         if self._opts.half_rtt_data and not self._server_reads_early:
             raise TlsConfigError("half_rtt_data needs a ServerIdentity with max_early_data > 0")

@@ -42,6 +42,7 @@ _NOT_BEFORE = datetime.datetime(2000, 1, 1, tzinfo=datetime.UTC)
 _NOT_AFTER = datetime.datetime(2099, 12, 31, tzinfo=datetime.UTC)
 _SESSION_ID_CONTEXT = b"tcpinc-use-tls"
 OP_NO_ANTI_REPLAY = 0x01000000  # SSL_OP_NO_ANTI_REPLAY (OpenSSL 1.1.1+, ssl.h)
+SPARE_CONNECTIONS = 2  # server SSL objects ``prepare`` keeps made ahead, at most
 
 
 def spki_sha256(certificate: x509.Certificate) -> bytes:
@@ -124,6 +125,28 @@ class ServerIdentity:
         self.certificate = _self_signed(self.private_key, common_name)
         self.spki_sha256 = spki_sha256(self.certificate)
         self.context = self._make_context(ciphersuites, groups)
+        self._spares: list[SSL.Connection] = []
+
+    def connection(self) -> SSL.Connection:
+        """A server ``SSL`` object of this context in accept state: one ``prepare`` made
+        ahead if there is one, else a new one."""
+        try:
+            return self._spares.pop()  # atomic: connection threads may share the identity
+        except IndexError:
+            return self._new_connection()
+
+    def prepare(self) -> None:
+        """Make a later connection's ``SSL`` object now, while the server waits for it (off
+        the path from the ClientHello to the server's flight); at most SPARE_CONNECTIONS are
+        kept. An object made ahead is the one ``SSL_new`` would make then: the context is
+        complete once the identity exists."""
+        if len(self._spares) < SPARE_CONNECTIONS:
+            self._spares.append(self._new_connection())
+
+    def _new_connection(self) -> SSL.Connection:
+        conn = SSL.Connection(self.context)
+        conn.set_accept_state()
+        return conn
 
     def _make_context(
         self, ciphersuites: tuple[str, ...], groups: tuple[str, ...]
