@@ -39,7 +39,7 @@ MYPY_FILES := experiments/__init__.py experiments/common.py experiments/cost.py 
     middleboxes/pktmodel.py middleboxes/synboxes.py middleboxes/proxy.py middleboxes/proxyboxes.py \
     middleboxes/resegment.py middleboxes/tlsboxes.py middleboxes/tlsparse.py testbed/__init__.py \
     testbed/__main__.py testbed/apps/__init__.py testbed/apps/client.py \
-    testbed/apps/proto_tcpcrypt.py testbed/apps/proto_tls.py testbed/apps/proto_tls_arm.py \
+    testbed/apps/proto_tcpcrypt.py testbed/apps/tcpcrypt_cache.py testbed/apps/proto_tls.py testbed/apps/proto_tls_arm.py \
     testbed/apps/proto_tls_plain.py testbed/apps/server.py \
     testbed/apps/registry.py testbed/apps/transport.py testbed/apps/wire.py testbed/bench_replay.py \
     testbed/bench_teps.py testbed/bench_wakeup.py \

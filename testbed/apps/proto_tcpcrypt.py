@@ -71,12 +71,20 @@ import time
 from collections import OrderedDict
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 from testbed import stream as eno_stream
 from testbed.apps.registry import EnoConn, EnoTransport, register_transport
-from testbed.eno.bpf import datapath
-from testbed.eno.control import DEFAULT_NAME, HookClient, HookUnavailableError, Result
+from testbed.apps.tcpcrypt_cache import (  # re-exported: the arm's cache lives there
+    ANSWER_MARGIN,  # noqa: F401
+    CACHE_ENTRIES,  # noqa: F401
+    CACHE_LIFETIME,  # noqa: F401
+    ActivePeer,
+    HookPublisher,  # noqa: F401
+    HostCache,
+    PassivePeer,
+)
+from testbed.eno.control import Result
 from testbed.errors import ConfigError
 from testbed.teps import tcpcrypt
 from testbed.teps.base import Role, TepSpec
@@ -100,7 +108,7 @@ from testbed.teps.tcpcrypt.options import (
     OPT_PENDING,
     OPT_RESUME,
 )
-from testbed.teps.tcpcrypt.resumption import CachedSession, ResumptionCache
+from testbed.teps.tcpcrypt.resumption import CachedSession
 
 logger = logging.getLogger(__name__)
 Addr = tuple[str, int]
@@ -108,142 +116,8 @@ Addr = tuple[str, int]
 # Default preference (RFC 8548 §5: X25519 REQUIRED, X448 RECOMMENDED, the NIST curves OPTIONAL).
 PREFERENCE = tuple(TEPS[t].name for t in (TepId.X25519, TepId.X448, TepId.P256, TepId.P521))
 CURVES = {name.removeprefix("tcpcrypt-"): name for name in PREFERENCE}
-CACHE_ENTRIES = 4096  # secrets per host process (oldest evicted first)
-CACHE_LIFETIME = 600.0  # seconds a cached secret stays usable
-ANSWER_MARGIN = 1.0  # the hook forgets an answer this long before the cache forgets its secret
 MAX_OFFERS = 1024  # resumption offers awaiting their connection's result, per process
 SPARE_KEYS = 2  # role B key pairs a provider keeps made ahead per TEP, at most
-
-
-class ActivePeer(NamedTuple):
-    """Cache key of sessions this host opened: the server's address."""
-
-    ip: str
-    port: int
-
-
-class PassivePeer(NamedTuple):
-    """Cache key of sessions this host accepted: the client's address, our listener port."""
-
-    ip: str
-    port: int
-    listen_port: int
-
-
-class HookPublisher:
-    """Answer pushes to this host's ENO datapath: one-way messages to the hook, or updates
-    of the bpf program's answer map (testbed/eno/bpf/datapath.py) where this process runs
-    on the bpf datapath; thread-safe, (re)connects to the hook when needed."""
-
-    def __init__(self, hook_name: str = DEFAULT_NAME) -> None:
-        self.hook_name = hook_name
-        self.failures = 0
-        self._client: HookClient | None = None
-        self._lock = threading.Lock()
-
-    def data_room(self) -> int | None:
-        """The most answer data a SYN-ACK carries here, or None (the hook makes room)."""
-        return None if datapath.current() is None else datapath.ANSWER_DATA_ROOM
-
-    def answer(self, port: int, tep_id: int, key: bytes, data: bytes, ttl: float) -> None:
-        host = datapath.current()
-        if host is not None:
-            self._push(lambda: host.answer(port, tep_id, key, data, ttl))
-            return
-        self._send(lambda c: c.answer(port, tep_id, key, data, ttl))
-
-    def withdraw(self, port: int, tep_id: int, key: bytes) -> None:
-        host = datapath.current()
-        if host is not None:
-            self._push(lambda: host.unanswer(port, tep_id, key))
-            return
-        self._send(lambda c: c.unanswer(port, tep_id, key))
-
-    def _push(self, action: Any) -> None:
-        try:
-            action()
-        except (OSError, ValueError, datapath.BpfDatapathError) as exc:
-            # No listener (closed), or the map refused: later offers get a fresh exchange.
-            self.failures += 1
-            logger.warning("tcpcrypt: cannot push a resumption answer to the kernel: %s", exc)
-
-    def _send(self, action: Any) -> None:
-        with self._lock:
-            try:
-                if self._client is None:
-                    self._client = HookClient(self.hook_name)
-                action(self._client)
-            except HookUnavailableError as exc:
-                # The hook is gone or restarting: later offers get a fresh exchange (§3.5).
-                self.failures += 1
-                logger.warning("tcpcrypt: cannot push a resumption answer to the hook: %s", exc)
-                if self._client is not None:
-                    self._client.close()
-                self._client = None
-
-
-class HostCache(ResumptionCache):
-    """This host process's ``ResumptionCache``, safe across connection threads, which keeps
-    the hook's answers in step with the secrets it holds for passive opens (module docstring)."""
-
-    def __init__(self, publisher: HookPublisher | None = None, *,
-                 max_entries: int = CACHE_ENTRIES, lifetime: float = CACHE_LIFETIME,
-                 nonce_len: int = DEFAULT_RESUME_NONCE_LEN) -> None:
-        super().__init__(max_entries=max_entries, lifetime=lifetime)
-        self.publisher = publisher
-        self.nonce_len = nonce_len
-        self._lock = threading.RLock()
-        self._consuming = False  # a taken entry: the hook already used its answer
-
-    def store(self, *, peer: Hashable, tep_id: int, secret: bytes, index: int,
-              original_a: bool, aead_id: int, now: float) -> CachedSession:
-        with self._lock:
-            entry = super().store(peer=peer, tep_id=tep_id, secret=secret, index=index,
-                                  original_a=original_a, aead_id=aead_id, now=now)
-        if self.publisher is not None and isinstance(peer, PassivePeer):
-            # B's answer: the other half of resume[i+1] and our nonce (§3.5 Figs. 2, 3).
-            # The nonce may be 0..8 bytes (§3.5); on the bpf datapath 7 fit (module doc).
-            room = self.publisher.data_room()
-            nonce_len = self.nonce_len if room is None else min(
-                self.nonce_len, room - RESUME_HALF_LEN)
-            data = entry.own_half + os.urandom(nonce_len)
-            ttl = max(self.lifetime - ANSWER_MARGIN, self.lifetime / 2)
-            self.publisher.answer(peer.listen_port, entry.tep_id, entry.peer_half, data, ttl)
-        return entry
-
-    def take_for_peer(self, peer: Hashable, tep_id: int, now: float) -> CachedSession | None:
-        with self._lock:
-            return super().take_for_peer(peer, tep_id, now)
-
-    def take_by_half(self, tep_id: int, half: bytes, now: float) -> CachedSession | None:
-        with self._lock:
-            self._consuming = True
-            try:
-                return super().take_by_half(tep_id, half, now)
-            finally:
-                self._consuming = False
-
-    def discard(self, peer: Hashable) -> bool:
-        with self._lock:
-            entry = self.peek(peer)
-            gone = super().discard(peer)
-            consuming = self._consuming
-        if entry is not None and not consuming and self.publisher is not None \
-                and isinstance(peer, PassivePeer):
-            self.publisher.withdraw(peer.listen_port, entry.tep_id, entry.peer_half)
-        return gone
-
-    def discard_entry(self, entry: CachedSession) -> bool:
-        with self._lock:
-            return super().discard_entry(entry)
-
-    def expire(self, now: float) -> int:
-        with self._lock:
-            return super().expire(now)
-
-    def clear(self) -> None:
-        with self._lock:
-            super().clear()
 
 
 @dataclass
@@ -343,14 +217,29 @@ FRESH_PROVIDER = TcpcryptProvider(None)
 
 
 class TcpcryptConn(EnoConn):
-    """A stream of a tcpcrypt arm; its record says whether the session was resumed."""
+    """A stream of a tcpcrypt arm; its record says whether the session was resumed.
+    ``deferred``: the server's cache, whose answers for this connection wait for
+    ``answered`` (after the response) or the close."""
 
     def __init__(self, stream: eno_stream.Stream, nonce_len: int | None,
-                 request_in_tep: bool = False) -> None:
+                 request_in_tep: bool = False, deferred: HostCache | None = None) -> None:
         super().__init__(stream)
         self.info.extras = tcpcrypt_keys(stream.info, nonce_len)
+        self.deferred = deferred
         if request_in_tep:
             self._request_phases()
+
+    def answered(self) -> None:
+        """The server's response is out: push the resumption answer (HostCache)."""
+        if self.deferred is not None:
+            self.deferred.publish_deferred()
+            self.deferred = None
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self.answered()
 
     def _request_phases(self) -> None:
         """The core sealed the request as soon as its keys existed (``first_data``): after
@@ -421,9 +310,20 @@ class TcpcryptTransport(EnoTransport):
         return conn, len(first) if taken else 0
 
     def accept(self, sock: socket.socket, addr: Addr | None = None) -> TcpcryptConn:
+        """Wrap an accepted socket; a resuming arm's answer for the next connection is
+        pushed once the response left (``TcpcryptConn.answered``), not inside the handshake."""
         if self.listener is None:
             raise ConfigError("TcpcryptTransport.accept before listen")
-        return TcpcryptConn(self.listener.wrap(sock, addr), self.nonce_len)
+        cache = self.provider().cache
+        if cache is None:
+            return TcpcryptConn(self.listener.wrap(sock, addr), self.nonce_len)
+        cache.defer_answers()
+        try:
+            stream = self.listener.wrap(sock, addr)
+        except BaseException:
+            cache.publish_deferred()
+            raise
+        return TcpcryptConn(stream, self.nonce_len, deferred=cache)
 
 
 def arm(name: str, teps: tuple[str, ...], resume: bool, policy: str = "opportunistic"

@@ -105,11 +105,14 @@ def handle(transport: Any, sock: socket.socket, addr: tuple[str, int], request_s
              "role": info.role, "session_id": info.session_id, "error": None,
              "sched_policy": sched_policy}
     pending = [setup]
+    answered = getattr(conn, "answered", None)  # work the connection put after its response
 
     def flush() -> None:
         # Written once a response has left (or the connection ended): a file write (about
         # 0.1 ms on the development VM) between the request's arrival and the response would
         # count as the server's host time.
+        if answered is not None:
+            answered()
         while pending:
             records.write(pending.pop(0))
 
