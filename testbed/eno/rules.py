@@ -28,6 +28,11 @@ simply never appears (the peer falls back, §4.6) instead of a black hole
 mangle OUTPUT and PREROUTING, the hold chain every queueing rule jumps to and the release
 chain (marks.py), so removal is exact and the entry chains' counters show what the kernel
 queued.
+
+Install and removal are each one ``iptables-restore --noflush`` transaction per host (the
+argv lists of ``install_commands`` / ``remove_commands`` as one script, ``restore_script``):
+a host has all of the rules or none, and the hook's start and stop cost one iptables run
+each instead of one per rule (middleboxes/iptables.py installs the boxes' rules the same way).
 """
 
 from __future__ import annotations
@@ -39,9 +44,11 @@ from subprocess import Popen
 
 from testbed.eno import marks
 from testbed.eno.control import DEFAULT_NAME
+from testbed.errors import CommandError
 from testbed.net.network import Network, wait_for_line
 
 TABLE = "mangle"
+IPTABLES = ["iptables", "-w", "-t", TABLE]
 CHAINS = {"OUTPUT": "TCPINC_ENO_OUT", "PREROUTING": "TCPINC_ENO_IN"}
 # Chains only the entry chains jump to (marks.py), created first and removed last.
 INNER_CHAINS = (marks.HOLD_CHAIN, marks.RELEASE_CHAIN)
@@ -117,8 +124,8 @@ def install_commands(spec: HookSpec) -> list[list[str]]:
 def remove_commands(listing: dict[str, str]) -> list[list[str]]:
     """Delete exactly the jump rules ``iptables -S <builtin>`` shows for our chains, then the
     chains, each flushed before any is deleted (builder: ``listing`` maps each built-in chain
-    to its -S output and ``"chains"``, if given, to the table's -S output: only the chains
-    it shows are removed, so a half-made installation is removed too)."""
+    to its -S output, or to the table's, and ``"chains"``, if given, to the table's -S output:
+    only the chains it shows are removed, so a half-made installation is removed too)."""
     ipt = ["iptables", "-w", "-t", TABLE]
     cmds: list[list[str]] = []
     for builtin, chain in CHAINS.items():
@@ -132,16 +139,50 @@ def remove_commands(listing: dict[str, str]) -> list[list[str]]:
     return cmds + [[*ipt, "-F", c] for c in chains] + [[*ipt, "-X", c] for c in chains]
 
 
+def restore_script(cmds: list[list[str]]) -> str:
+    """The ``iptables -w -t mangle`` argv lists ``cmds`` as one ``iptables-restore`` script
+    for the table, in the same order (builder only). iptables-restore splits lines on
+    whitespace and reads quotes and ``#``, so a word holding any of them is refused."""
+    lines = [f"*{TABLE}"]
+    for cmd in cmds:
+        if cmd[:len(IPTABLES)] != IPTABLES:
+            raise ValueError(f"not an iptables command on the {TABLE} table: {cmd}")
+        words = cmd[len(IPTABLES):]
+        bad = [w for w in words if not w or any(c.isspace() or c in "\"'#" for c in w)]
+        if bad:
+            raise ValueError(f"words iptables-restore would split or misread: {bad}")
+        lines.append(" ".join(words))
+    return "\n".join([*lines, "COMMIT", ""])
+
+
+def _restore(net: Network, node: str, cmds: list[list[str]], what: str) -> None:
+    """Run ``cmds`` in ``node`` as one transaction (all applied, or none)."""
+    path = net.workdir / f"eno-rules-{node}-{what}.rules"
+    path.write_text(restore_script(cmds))
+    net.run(node, ["iptables-restore", "-w", "--noflush", str(path)])
+
+
 def install_rules(net: Network, node: str, spec: HookSpec) -> None:
-    for cmd in install_commands(spec):
-        net.run(node, cmd)
+    """Install the rules in one transaction. If it fails, whatever of ours the host holds
+    is removed before the error goes on (a run stopped mid-install, or a timeout that
+    struck after the kernel had committed, leaves nothing)."""
+    try:
+        _restore(net, node, install_commands(spec), "install")
+    except BaseException as exc:
+        try:
+            remove_rules(net, node)
+        except CommandError as cleanup:  # the install's error stays the one raised
+            exc.add_note(f"removing the rules after it failed too: {cleanup}")
+        raise
 
 
 def remove_rules(net: Network, node: str) -> None:
-    listing = {b: net.run(node, ["iptables", "-w", "-t", TABLE, "-S", b]) for b in CHAINS}
-    listing["chains"] = net.run(node, ["iptables", "-w", "-t", TABLE, "-S"])
-    for cmd in remove_commands(listing):
-        net.run(node, cmd)
+    """Remove every rule and chain of ours that the table shows, in one transaction (one
+    listing of the table finds the jumps and the chains, so a half-made set goes too)."""
+    table = net.run(node, [*IPTABLES, "-S"])
+    cmds = remove_commands({**{builtin: table for builtin in CHAINS}, "chains": table})
+    if cmds:
+        _restore(net, node, cmds, "remove")
 
 
 def rule_counters(net: Network, node: str) -> dict[str, list[int]]:
