@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -103,6 +106,36 @@ def test_rx_ring_forwards_every_frame_intact(ring: bool, offloads: str,
     else:
         assert copied == 0
     assert (a2b["gso_frames"] > 0) == (offloads == "gso")
+
+
+def test_stats_written_while_frames_flow_are_whole() -> None:
+    """SIGUSR1 while a transfer runs through the line's two threads: every snapshot is whole,
+    each frame sent counted once in its direction's delay and lateness samples."""
+    topo = topologies.create("direct", path=PathShape(rtt_ms=4))
+    with Network(topo, NetConfig(link_backend="userspace", delay_helper="c")) as net:
+        line = next(h for h in net.helpers if h.name.startswith("delayline:"))
+        stats = net.workdir / "delayline-client-server.json"
+        net.start_helper("server", "sink", [sys.executable, "-c", _SINK], ready="ready",
+                         essential=False)
+        out: list[str] = []
+        transfer = threading.Thread(target=lambda: out.append(net.run(
+            "client", [sys.executable, "-c", _SOURCE, net.ip("server"), str(32 << 20)],
+            timeout=60)))
+        transfer.start()
+        snapshots = []
+        while transfer.is_alive() or not snapshots:
+            os.kill(line.proc.pid, signal.SIGUSR1)
+            time.sleep(0.02)
+            if stats.exists():
+                snapshots.append(json.loads(stats.read_text()))
+        transfer.join()
+    assert [o.strip() for o in out] == ["ok"]
+    assert snapshots[-1]["threads"] == 2 and all(not s["final"] for s in snapshots)
+    for snap in snapshots:
+        for name, d in snap["directions"].items():
+            assert d["delay_ms"]["count"] == d["lateness_us"]["count"] == d["frames"], name
+            assert d["frames"] <= d["frames_in"], name
+    assert snapshots[-1]["directions"]["a2b"]["frames"] > 0
 
 
 def test_compiled_line_reports_its_timing_and_priority() -> None:

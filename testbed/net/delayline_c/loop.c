@@ -139,9 +139,14 @@ static int plan_wait(struct dl_worker *w, uint64_t now, uint64_t due, struct tim
 	return sleep == 0 && wait > 0;
 }
 
-/* One turn; 0, -1 (ppoll failed: errno) or -2 (a port's interface is gone). */
+static int after_wait(struct dl_worker *w, struct pollfd *pfd, int r, int e, int spinning,
+		      uint64_t now, uint64_t target);
+
+/* One turn; 0, -1 (ppoll failed: errno) or -2 (a port's interface is gone). The worker's lock
+ * is held except while it waits. */
 static int turn(struct dl_worker *w)
 {
+	pthread_mutex_lock(&w->lock);
 	uint64_t now = dl_now();
 	for (int k = 0; k < w->ndirs; k++)
 		now = dl_release(dir_of(w, k), now);
@@ -153,18 +158,33 @@ static int turn(struct dl_worker *w)
 		pfd[k] = (struct pollfd){dir_of(w, k)->rx, POLLIN, 0};
 	pfd[w->ndirs] = (struct pollfd){w->wake_fd, POLLIN, 0};
 	uint64_t spin_until = spinning ? (due < now + w->spin_left ? due : now + w->spin_left) : 0;
+	pthread_mutex_unlock(&w->lock);
 	int r = rings_ready(w, pfd, spin_until);
 	if (r < 0)
 		r = ppoll(pfd, (nfds_t)w->ndirs + 1, tsp, NULL);
+	int e = errno;
+	pthread_mutex_lock(&w->lock);
+	r = after_wait(w, pfd, r, e, spinning, now, tsp ? target : 0);
+	pthread_mutex_unlock(&w->lock);
+	return r;
+}
+
+/* The rest of a turn, once the wait returned r (errno e): spin and wake-up accounting, reading
+ * the ports that have frames, noticing a port whose interface is gone. */
+static int after_wait(struct dl_worker *w, struct pollfd *pfd, int r, int e, int spinning,
+		      uint64_t now, uint64_t target)
+{
 	uint64_t after = dl_now();
 	if (spinning) {
 		uint64_t spent = after - now;
 		w->spin_left = spent >= w->spin_left ? 0 : w->spin_left - spent;
 		w->spin_ns += spent;
 	}
-	if (r < 0)
-		return errno == EINTR ? 0 : -1;
-	if (r == 0 && tsp && target > now)
+	if (r < 0) {
+		errno = e;
+		return e == EINTR ? 0 : -1;
+	}
+	if (r == 0 && target > now)
 		note_wakeup(w, after > target ? after - target : 0);
 	int64_t off = r > 0 ? real_minus_mono() : 0;
 	for (int k = 0; k < w->ndirs; k++) {

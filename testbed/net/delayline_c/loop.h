@@ -16,6 +16,9 @@ struct dl_worker {
 	uint64_t recent_late[32];
 	unsigned recent_i;
 	pthread_t thread;
+	/* Held by the worker while it touches its directions (not while it waits), so the stats
+	 * written meanwhile by the main thread, which takes it, see them whole. */
+	pthread_mutex_t lock;
 	char error[160];  /* why the worker stopped the line ("" when it did not) */
 };
 

@@ -158,6 +158,7 @@ static int start_workers(struct dl_line *l, struct dl_worker *w, char *err, size
 		w[i] = (struct dl_worker){.l = l, .ndirs = n == 1 ? 2 : 1,
 					  .dirs = {n == 1 ? 0 : (int)i, 1},
 					  .spin_budget = l->cfg.spin_budget / n};
+		pthread_mutex_init(&w[i].lock, NULL);
 		w[i].wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 		int e = w[i].wake_fd < 0 ? errno : pthread_create(&w[i].thread, NULL, dl_worker_run,
 								  &w[i]);
@@ -207,10 +208,14 @@ static int serve(struct dl_line *l)
 		int s = sigtimedwait(&sigs, NULL, &t);
 		if (s == SIGTERM || s == SIGINT)
 			break;
-		if (s == SIGUSR1) {
-			gather(l, w);
-			dl_write_stats(l, 0, NULL);
-		}
+		if (s != SIGUSR1)
+			continue;
+		for (unsigned i = 0; i < l->cfg.threads; i++)  /* each worker between two turns */
+			pthread_mutex_lock(&w[i].lock);
+		gather(l, w);
+		dl_write_stats(l, 0, NULL);
+		for (unsigned i = 0; i < l->cfg.threads; i++)
+			pthread_mutex_unlock(&w[i].lock);
 	}
 	__atomic_store_n(&l->stop, 1, __ATOMIC_RELEASE);
 	wake(w, l->cfg.threads);
