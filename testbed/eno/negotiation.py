@@ -76,6 +76,7 @@ from testbed.eno.transitions import (  # re-exported: the negotiator's table
     allowed_targets,
     check_transition,
 )
+from testbed.teps import machine
 from testbed.teps.base import Role
 
 logger = logging.getLogger(__name__)
@@ -95,6 +96,9 @@ class EnoNegotiator:
             raise LocalProtocolError("mandatory encryption with ENO disabled can never connect")
         self.config = config
         self.active = active
+        self._trigger = Trigger.DISABLE  # the trigger of the call under way (``_run``)
+        self._boundary = machine.Boundary(failed=self._refusal, enter_error=self._enter_error,
+                                          catch=(EnoError,))
         self._state = State.CLOSED if active else State.LISTEN
         self._events: list[EnoEvent] = []
         self._outcome: Outcome | None = None
@@ -209,17 +213,25 @@ class EnoNegotiator:
         return Outgoing(option, self.pop_events())
 
     def _run(self, trigger: Trigger, step: Callable[[], Step]) -> bytes | None:
-        if not TRANSITIONS[self._state].get(trigger):
-            old = self._state
-            self._set_state(trigger, State.ERROR)
-            raise EnoStateError(f"{trigger.value} is not allowed in state {old.name}")
-        try:
+        """Every call goes through the error boundary (testbed/teps/machine.py): a trigger
+        the table does not allow, or an EnoError from the step, leaves the negotiator in
+        ERROR."""
+        self._trigger = trigger
+        with self._boundary:
             target, result = step()
-        except EnoError:
-            self._set_state(trigger, State.ERROR)
-            raise
         self._set_state(trigger, target)
         return result
+
+    def _refusal(self) -> EnoStateError | None:
+        trigger = self._trigger
+        if TRANSITIONS[self._state].get(trigger):
+            return None
+        old = self._state
+        self._set_state(trigger, State.ERROR)
+        return EnoStateError(f"{trigger.value} is not allowed in state {old.name}")
+
+    def _enter_error(self) -> None:
+        self._set_state(self._trigger, State.ERROR)
 
     def _set_state(self, trigger: Trigger, new: State) -> None:
         old = self._state
