@@ -209,7 +209,7 @@ def _run_experiment(name: str, ctx: RunContext, args: dict[str, Any],
                     only: PointFilter | None = None) -> dict[str, Any]:
     from experiments.executors import LocalExecutor
 
-    started = time.monotonic()
+    started, cpu = time.monotonic(), cpu_seconds()
     module = importlib.import_module(EXPERIMENTS[name])
     executor, concurrency = experiment_executor(
         module, executor or LocalExecutor(ctx.link_backend), bool(args.get("serial")))
@@ -235,6 +235,8 @@ def _run_experiment(name: str, ctx: RunContext, args: dict[str, Any],
     # and the analysis after them.
     meta["duration_s"] = round(meta.get("duration_s", 0.0) + time.monotonic() - started, 1)
     meta["analysis_s"] = round(meta.get("analysis_s", 0.0) + time.monotonic() - measured, 1)
+    # The CPU it took: this process and every process it (or its workers) waited for.
+    meta["cpu_s"] = round(meta.get("cpu_s", 0.0) + cpu_seconds() - cpu, 1)
     meta["points_total"] = len(points)
     # How the points of this session ran (one at a time, or groups side by side).
     meta.setdefault("concurrency", []).append(concurrency)
@@ -242,6 +244,16 @@ def _run_experiment(name: str, ctx: RunContext, args: dict[str, Any],
     meta.update(worker_summary(ctx.run_dir, meta.get("workers", []), executor.workers()))
     meta_path.write_text(json.dumps(meta, indent=2))
     return {**summary, "failed_points": failed} if failed else summary
+
+
+def cpu_seconds() -> float:
+    """User and system CPU of this process and of the processes it has waited for (the
+    servers, clients, hooks, captures and delay lines of its points, its forked workers)."""
+    import resource
+
+    own, children = (resource.getrusage(w) for w in (resource.RUSAGE_SELF,
+                                                     resource.RUSAGE_CHILDREN))
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def experiment_executor(module: Any, executor: Executor, serial: bool = False

@@ -13,7 +13,10 @@ records. From those and the connections' own times this module splits an experim
 - ``timeouts_s``: the part of it spent in connections that never completed (a SYN black
   hole waiting out the client's timeout);
 - ``setup_s``: ``point_s`` minus ``connections_s``: starting and stopping networks, boxes,
-  servers, hooks, captures and clients, and the gaps between connections.
+  servers, hooks, captures and clients, and the gaps between connections;
+- ``cpu_s``: the CPU time the experiment took (the driver and every process it waited for:
+  servers, clients, hooks, captures, delay lines, workers). On a machine of N cores an
+  experiment takes at least ``cpu_s`` / N of wall time, whatever runs side by side.
 
 ``tcpinc run`` prints the table at the end of a run and REPORT.md carries it (``section``).
 """
@@ -27,7 +30,7 @@ from typing import Any
 from experiments.projection import point_key_of
 
 COLUMNS = ("experiment", "points", "workers", "wall_s", "points_wall_s", "analysis_s",
-           "point_s", "connections_s", "timeouts_s", "setup_s")
+           "point_s", "connections_s", "timeouts_s", "setup_s", "cpu_s")
 
 
 def _connection_s(record: dict[str, Any]) -> tuple[float, float]:
@@ -75,6 +78,7 @@ def experiment_time(run_dir: Path) -> dict[str, Any]:
         "connections_s": round(connections, 1) if has_conns else None,
         "timeouts_s": round(sum(t for _, t in inside), 1) if has_conns else None,
         "setup_s": round(point_s - connections, 1) if timed and has_conns else None,
+        "cpu_s": meta.get("cpu_s"),
     }
 
 
@@ -91,7 +95,9 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(cell(row[c]) for c in COLUMNS) + " |" for row in rows]
     total = sum(float(row["wall_s"] or 0.0) for row in rows)
-    lines.append(f"| total | | | {total:.1f} |" + " |" * (len(COLUMNS) - 4))
+    cpu = [float(row["cpu_s"]) for row in rows if row.get("cpu_s") is not None]
+    lines.append(f"| total | | | {total:.1f} |" + " |" * (len(COLUMNS) - 5)
+                 + (f" {sum(cpu):.1f} |" if cpu else " |"))
     return lines
 
 
@@ -105,6 +111,8 @@ def section(runs: dict[str, Path]) -> list[str]:
             "adds the points' own times (above `points_wall_s` where `workers` > 1: points "
             "side by side); `connections_s` is time inside connections, warm-ups included, "
             "of which `timeouts_s` waited out a client timeout; `setup_s` = `point_s` - "
-            "`connections_s` (networks, boxes, servers, hooks, captures, clients, gaps). "
+            "`connections_s` (networks, boxes, servers, hooks, captures, clients, gaps); "
+            "`cpu_s` is the CPU it took, all its processes together (blank in runs made "
+            "before it was recorded). "
             "Times are the machine's at the time of the run (the load is not recorded).", "",
             *table(run_times(runs)), ""]
