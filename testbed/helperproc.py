@@ -1,19 +1,22 @@
 """The one skeleton of a long-running helper process: ready line, stop, stats, teardown.
 
 Every helper a network starts (the Python delay line, the application server, the NFQUEUE and
-proxy middleboxes) keeps this contract with its parent (``Network.start_helper`` and
-``wait_for_line`` in testbed/net/procs.py):
+proxy middleboxes, the ENO hook, the transparent proxy) keeps this contract with its parent
+(``Network.start_helper`` and ``wait_for_line`` in testbed/net/procs.py):
 
 * it prints one line, ``ready``, once it can take traffic (``announce_ready``);
 * SIGTERM and SIGINT raise ``Stop`` out of whatever the main thread is blocked in: Python
   restarts an interrupted system call after a handler that returns (PEP 475), so a handler that
   only set a flag would leave a blocking ``select`` or ``accept`` waiting; raising lets every
   ``finally`` on the way out run;
-* SIGUSR1 writes its live stats, when it has any;
+* SIGUSR1 writes its live stats, when it has any (the ENO hook answers for them on its control
+  channel instead, testbed/eno/hook.py);
 * on every way out its teardown runs and then its final stats are written, with the stop
   signals ignored, so that a second SIGTERM cannot interrupt the one write the parent reads.
 
-``run`` does all of it around a helper's loop. The stats' format stays each helper's own.
+``run`` does all of it around a helper's loop. The stats' format stays each helper's own. A
+helper may bring its own stop handler (the ENO hook holds a signal that arrives while it owes
+the kernel a verdict); it must raise ``Stop``, at once or later.
 """
 
 from __future__ import annotations
@@ -43,10 +46,15 @@ def announce_ready(line: str = READY) -> None:
     print(line, flush=True)
 
 
-def install(dump: Callable[[bool, str | None], None] | None = None) -> None:
-    """SIGTERM/SIGINT raise ``Stop``; SIGUSR1 writes the live stats through ``dump``."""
+Handler = Callable[[int, FrameType | None], None]
+
+
+def install(dump: Callable[[bool, str | None], None] | None = None, *,
+            on_stop: Handler = raise_stop) -> None:
+    """SIGTERM/SIGINT go to ``on_stop`` (which raises ``Stop``); SIGUSR1 writes the live stats
+    through ``dump`` (None: SIGUSR1 is left as it was)."""
     for signum in _STOP_SIGNALS:
-        signal.signal(signum, raise_stop)
+        signal.signal(signum, on_stop)
     if dump is not None:
         signal.signal(signal.SIGUSR1, lambda _signum, _frame: dump(False, None))
 
@@ -60,7 +68,8 @@ def quiet() -> None:
 def run(
     serve: Callable[[], object], *, dump: Callable[[bool, str | None], None] | None = None,
     teardown: Callable[[], object] | None = None, announce: bool = True,
-    errors: tuple[type[Exception], ...] = (),
+    errors: tuple[type[Exception], ...] = (), live_stats: bool = True,
+    on_stop: Handler = raise_stop,
 ) -> str | None:
     """Run a helper's loop ``serve`` until ``Stop``; returns the error that ended it, if any.
 
@@ -68,8 +77,10 @@ def run(
     once it has bound what it serves). ``errors``: exceptions that end the loop as a reported
     failure (their text goes to the final stats and is returned); any other exception
     propagates, after the teardown and the final stats. ``dump(final, error)`` writes the
-    stats; ``teardown`` releases what the loop held, before the final stats."""
-    install(dump)
+    stats; ``teardown`` releases what the loop held, before the final stats. ``live_stats``
+    False: ``dump`` writes only the final stats (SIGUSR1 is not taken). ``on_stop``: the
+    SIGTERM/SIGINT handler."""
+    install(dump if live_stats else None, on_stop=on_stop)
     error: str | None = None
     try:
         if announce:

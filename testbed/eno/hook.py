@@ -16,12 +16,12 @@ they are released first and read after, off the kernel's path.
 A new connection's SYN also zeroes the packet counters of a conntrack entry it reopened
 (ctzero.py), which the rules' windows count with.
 
-Contract with ``Network.start_helper``: prints ``ready`` once the queue is bound and the control
-socket listens; SIGTERM/SIGINT raise ``Stop`` (PEP 475 would restart a blocked wait for a
-handler that only set a flag; a signal during a packet callback is held until the verdict is
-given), the queue is unbound, ``--stats-out`` is written and the exit code is 0. The rules use
-``--queue-bypass``: if this process is gone, segments go through untouched and connections
-fall back to plain TCP (the peer sees no ENO, RFC 8547 §4.6) instead of stalling.
+Contract with ``Network.start_helper`` (the helper skeleton, testbed/helperproc.py): prints
+``ready`` once the queue is bound and the control socket listens; SIGTERM/SIGINT raise ``Stop``
+(a signal during a packet callback is held until the verdict is given), the queue is unbound,
+``--stats-out`` is written and the exit code is 0; live stats come over the control channel.
+The rules use ``--queue-bypass``: if this process is gone, segments go through untouched and
+connections fall back to plain TCP (the peer sees no ENO, RFC 8547 §4.6) instead of stalling.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ import json
 import logging
 import resource
 import selectors
-import signal
 import statistics
 import sys
 import time
@@ -42,6 +41,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from testbed import helperproc
 from testbed.eno.control import (
     DEFAULT_NAME,
 )
@@ -58,10 +58,6 @@ TIMING_SAMPLES = 8192  # most recent per-packet callback times kept for median /
 EXPIRY_TICK = 0.5
 
 
-class Stop(Exception):
-    """Raised by the signal handler so blocking calls end and teardown runs."""
-
-
 class _SignalGate:
     """A signal during a packet callback is held until the verdict has been given."""
 
@@ -73,10 +69,12 @@ _GATE = _SignalGate()
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
+    """The hook's stop handler (``helperproc.run``): ``Stop`` now, or once the verdict is
+    given (``serve``)."""
     if _GATE.in_callback:
         _GATE.pending = signum
         return
-    raise Stop(signum)
+    raise helperproc.Stop(signum)
 
 
 class PacketTimer:
@@ -229,7 +227,7 @@ def serve(nfq: Any, server: ControlServer, engine: HookEngine) -> None:
         if any(key.data is nfq for key, _ in events):
             nfq.run(block=False)
             if _GATE.pending is not None:
-                raise Stop(_GATE.pending)
+                raise helperproc.Stop(_GATE.pending)
         now = time.monotonic()
         for key, _ in events:
             if key.data is server:
@@ -240,7 +238,7 @@ def serve(nfq: Any, server: ControlServer, engine: HookEngine) -> None:
             next_expiry = now + EXPIRY_TICK
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--queue", type=int, required=True, help="NFQUEUE number")
     parser.add_argument("--name", default=DEFAULT_NAME, help="abstract control socket name")
@@ -249,7 +247,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mtu", type=int, default=1500)
     parser.add_argument("--stats-out", default=None, help="write final stats JSON here")
     parser.add_argument("-v", "--verbose", action="count", default=0)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
     logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2), stream=sys.stderr,
                         format="%(asctime)s eno-hook %(levelname)s %(message)s")
     from netfilterqueue import NetfilterQueue  # imported here: unit tests need no NFQUEUE
@@ -257,12 +259,11 @@ def main(argv: list[str] | None = None) -> int:
     engine = HookEngine(expiry=args.expiry, max_conns=args.max_conns, mtu=args.mtu)
     zeroer = CounterZeroer()
     timer = PacketTimer()
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
-    nfq = NetfilterQueue()
-    server: ControlServer | None = None
-    try:
-        server = ControlServer(engine, args.name)
+    held: dict[str, Any] = {}
+
+    def start_and_serve() -> None:
+        nfq = held["nfq"] = NetfilterQueue()
+        server = held["server"] = ControlServer(engine, args.name)
         nfq.bind(args.queue, make_callback(engine, timer, zeroer, server), max_len=4096)
         server.extra_stats = lambda: {**timer.stats(), "conntrack": zeroer.stats()}
         # Everything imported so far lives as long as the process: keep it out of the
@@ -270,22 +271,25 @@ def main(argv: list[str] | None = None) -> int:
         # packet path; per-connection state has no reference cycles).
         gc.freeze()
         gc.set_threshold(20000, 20, 20)
-        print("ready", flush=True)
+        helperproc.announce_ready()
         serve(nfq, server, engine)
-    except Stop:
-        return 0
-    except BrokenPipeError:
-        # The run that started us died before reading our ready line: nobody is left to
-        # serve (its parent-death signal is on the way); exit without a traceback.
-        return 1
-    finally:
-        nfq.unbind()
-        if server is not None:
-            server.close()
+
+    def teardown() -> None:
+        if "nfq" in held:
+            held["nfq"].unbind()
+        if "server" in held:
+            held["server"].close()
+
+    def dump(_final: bool, _error: str | None) -> None:
         if args.stats_out:
             final = {**engine.stats(), **timer.stats(), "conntrack": zeroer.stats()}
             Path(args.stats_out).write_text(json.dumps(final, indent=1))
-    return 0
+
+    # BrokenPipeError: the run that started us died before reading our ready line; nobody is
+    # left to serve (its parent-death signal is on the way): exit 1 without a traceback.
+    error = helperproc.run(start_and_serve, dump=dump, teardown=teardown, announce=False,
+                           errors=(BrokenPipeError,), live_stats=False, on_stop=_on_signal)
+    return 1 if error is not None else 0
 
 
 if __name__ == "__main__":

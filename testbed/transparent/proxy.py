@@ -25,9 +25,9 @@ Each connection is one JSON line in ``--records`` when it ends (or fails): both 
 outcome, TEP, session ID, fallback reason, times and byte counts. The session-ID query
 (control.py) answers from the same table.
 
-Contract with ``Network.start_helper``: prints ``ready`` once both listeners and the query
-socket listen and the hook knows the listen ports; SIGTERM resets the remaining pairs,
-writes their records and exits 0.
+Contract with ``Network.start_helper`` (the helper skeleton, testbed/helperproc.py): prints
+``ready`` once both listeners and the query socket listen and the hook knows the listen ports;
+SIGTERM resets the remaining pairs, writes their records and exits 0.
 """
 
 from __future__ import annotations
@@ -40,15 +40,14 @@ import logging
 import os
 import queue
 import selectors
-import signal
 import socket
 import struct
 import sys
 import threading
 import time
-from types import FrameType
 from typing import Any
 
+from testbed import helperproc
 from testbed.eno.control import HookClient, HookUnavailableError, Result
 from testbed.stream import (
     EncryptionRequiredError,
@@ -71,10 +70,6 @@ logger = logging.getLogger("tcpinc.transparent")
 SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h, level SOL_IP
 IP_TRANSPARENT = 19  # linux/in.h
 Addr = tuple[str, int]
-
-
-class Stop(Exception):
-    """SIGTERM / SIGINT."""
 
 
 def original_dst(sock: socket.socket) -> Addr:
@@ -478,20 +473,13 @@ def main(argv: list[str] | None = None) -> int:
     out_config, in_config = stream_configs(args.proto, args.policy)
     proxy = Proxy(args, out_config, in_config)
 
-    def stop(signum: int, frame: FrameType | None) -> None:
-        raise Stop()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    try:
+    def start_and_serve() -> None:
         proxy.listen()
         proxy.serve_queries(args.name)
-        print("ready", flush=True)
+        helperproc.announce_ready()
         proxy.serve()
-    except Stop:
-        pass
-    finally:
-        proxy.close()
+
+    helperproc.run(start_and_serve, teardown=proxy.close, announce=False)
     return 0
 
 

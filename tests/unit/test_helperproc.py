@@ -74,3 +74,24 @@ def test_another_error_propagates_after_teardown_and_final_stats(monkeypatch):
         helperproc.run(fail, dump=lambda final, _err: steps.append(f"dump {final}"),
                        teardown=lambda: steps.append("teardown"), announce=False)
     assert steps == ["teardown", "dump True"]
+
+
+def test_a_helper_may_bring_its_own_stop_handler_and_leave_sigusr1_alone(monkeypatch):
+    """The ENO hook's way: its handler holds a stop during a packet callback, and its live
+    stats go over its control channel, so SIGUSR1 is not taken."""
+    calls: list[tuple[int, object]] = []
+    monkeypatch.setattr(signal, "signal", lambda signum, handler: calls.append((signum, handler)))
+    finals: list[bool] = []
+
+    def held(signum: int, _frame: object) -> None:
+        raise helperproc.Stop(signum)
+
+    def serve() -> None:
+        raise helperproc.Stop(signal.SIGTERM)  # as the handler raises it once the verdict is out
+
+    error = helperproc.run(serve, dump=lambda final, _err: finals.append(final), announce=False,
+                           live_stats=False, on_stop=held)
+    assert error is None and finals == [True]
+    assert calls[:2] == [(signal.SIGTERM, held), (signal.SIGINT, held)]
+    assert calls[2:] == [(signal.SIGTERM, signal.SIG_IGN), (signal.SIGINT, signal.SIG_IGN),
+                         (signal.SIGUSR1, signal.SIG_IGN)]  # quiet for the final write
