@@ -347,7 +347,9 @@ def worker_summary(run_dir: Path, known: list[dict[str, Any]],
     return {"workers": list(workers.values()), "worker_mismatch": mismatch or None}
 
 
-def run_cli(args: argparse.Namespace) -> int:
+def _checked(args: argparse.Namespace) -> tuple[list[str], tuple[int, int] | None]:
+    """The experiments and the shard ``args`` name; everything the user gave is checked
+    before the first directory is made."""
     names = ALL if args.experiment == "all" else [args.experiment]
     for name in names:
         if name not in EXPERIMENTS:
@@ -356,13 +358,17 @@ def run_cli(args: argparse.Namespace) -> int:
     if args.repeat is not None and args.repeat < 1:
         raise ConfigError(f"--repeat must be >= 1, got {args.repeat}")
     shard = parse_shard(args.shard)
-    # Everything the user gave is checked before the first directory is made.
     if args.run_id is not None:
         check_name(args.run_id, "--run-id")
     check_protocols(names, args.profile, args.protocols)
     if getattr(args, "workers", None) is not None and not getattr(args, "dry_run", False):
         raise ConfigError("--workers only sizes a --dry-run projection",
                           "add --dry-run, or give a real cluster with --executor dask")
+    return names, shard
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    names, shard = _checked(args)
     if getattr(args, "dry_run", False):
         from experiments.projection import dry_run
 
