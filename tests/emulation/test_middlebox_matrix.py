@@ -14,6 +14,7 @@ profile's cells (one that appeared or vanished). After an intended change, regen
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections import Counter
 from collections.abc import Callable
@@ -80,6 +81,18 @@ def run_matrix(out: Path, datapath: str = "nfqueue", middlebox: str | None = Non
     return pd.read_csv(ctx.run_dir / "fallback_matrix.csv")
 
 
+def point_failures(out: Path) -> list[str]:
+    """Why each point of the runs under ``out`` failed (the runner's failed.jsonl): such a
+    point has no cell, so the comparison shows it only as missing."""
+    lines = []
+    for path in sorted(out.glob("**/failed.jsonl")):
+        for line in path.read_text().splitlines():
+            failure = json.loads(line)
+            point = " ".join(f"{k}={v}" for k, v in failure["point"].items())
+            lines.append(f"{point} failed: {failure['reason']}")
+    return lines
+
+
 def moved_cells(expected: pd.DataFrame, measured: pd.DataFrame) -> list[str]:
     """Readable lines for every cell whose outcome differs, or that appeared or vanished."""
     merged = expected[KEY + ["outcome"]].merge(
@@ -110,7 +123,7 @@ def test_middlebox_matrix_matches_committed_table(tmp_path: Path, datapath: str,
     if only is not None:
         expected = expected[[only({"proto": proto}) for proto in expected["proto"]]]
     moved = moved_cells(expected, measured)
-    assert not moved, "middlebox outcomes moved:\n" + "\n".join(moved)
+    assert not moved, "middlebox outcomes moved:\n" + "\n".join(moved + point_failures(tmp_path))
     steady = measured[~measured["middlebox"].str.startswith(RANDOM_DAMAGE)]
     assert steady["consistent"].all(), steady[steady["consistent"] == 0].to_string()
 
