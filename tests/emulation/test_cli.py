@@ -50,8 +50,12 @@ def test_run_latency_writes_a_complete_run_directory(tmp_path: Path):
     proc = tcpinc("run", "latency", "--quick", "--repeat", "2", "--out", str(tmp_path),
                   "--protocols", "plain,plain-tfo", timeout=300)
     assert proc.returncode == 0, proc.stderr
-    summary_line = json.loads(proc.stdout.strip().splitlines()[-1])
-    run_dir = Path(summary_line["run_dir"])
+    lines = [json.loads(line) for line in proc.stdout.strip().splitlines()]
+    # One line per experiment, then the command's wall time and its split (README, CLI table).
+    assert [line.get("experiment") for line in lines[:-1]] == ["latency"]
+    assert [row["experiment"] for row in lines[-1]["run_time"]] == ["latency"]
+    assert lines[-1]["wall_s"] > 0 and lines[-1]["experiments_s"] > 0
+    run_dir = Path(lines[0]["run_dir"])
     meta = json.loads((run_dir / "metadata.json").read_text())
     for key in ("git_commit", "kernel", "link_backend", "packages", "seed", "arguments"):
         assert key in meta
