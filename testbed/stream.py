@@ -200,7 +200,7 @@ def _eno_connect(
             _cancel(config.hook_name, sock)  # no SYN used it: a later socket may get the port
             raise
         info.phases["tcp_connected"] = time.perf_counter()
-        result = _result(config, sock)
+        result = _result(config, sock, address)
         return establish(sock, result, config, info, active=True, early=early)
     except BaseException:
         if sock.fileno() >= 0:
@@ -224,7 +224,7 @@ def _bpf_connect(
         result = host.result(sock, settings, active=True, remote=address)
         raise _reset_in_connect(result, sock, config, exc) from exc
     info.phases["tcp_connected"] = time.perf_counter()
-    result = _agreed(sock, host.result(sock, settings, active=True))
+    result = _agreed(sock, host.result(sock, settings, active=True, remote=_peer(sock, address)))
     return establish(sock, result, config, info, active=True, early=early)
 
 
@@ -278,8 +278,19 @@ def _cancel(name: str, sock: socket.socket) -> None:
         hook_client(name).cancel(sock.getsockname()[1])
 
 
-def _result(config: StreamConfig, sock: socket.socket) -> Result | None:
-    return query(config, sock.getsockname(), sock.getpeername())
+def _peer(sock: socket.socket, address: Addr) -> Addr:
+    """The peer of a connection connect() just completed. The peer may have reset it since (a
+    passive end that refused on the first ACK, RFC 8547 §4.7): getpeername() then fails with
+    ENOTCONN, and the address connected to names the peer instead."""
+    try:
+        ip, port = sock.getpeername()[:2]
+    except OSError:
+        return address
+    return (str(ip), int(port))
+
+
+def _result(config: StreamConfig, sock: socket.socket, address: Addr) -> Result | None:
+    return query(config, _local_after_reset(sock), _peer(sock, address))
 
 
 

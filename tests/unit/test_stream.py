@@ -271,3 +271,21 @@ def test_a_negotiated_result_without_a_tep_resets_the_connection():
     with pytest.raises(ConnectionResetError):
         sb.recv(1)
     sb.close()
+
+
+def test_the_hook_is_asked_about_a_connection_the_peer_already_reset(monkeypatch) -> None:
+    """connect() returned, then the peer's RST (a required-policy passive end refusing on the
+    first ACK) arrived before the result was asked for: getpeername() fails with ENOTCONN, and
+    the connected-to address names the peer, so the caller still learns why (the required
+    policy's EncryptionRequiredError, not an OSError)."""
+    import testbed.stream as stream_module
+
+    asked: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(stream_module, "query",
+                        lambda config, local, peer: asked.append((local, peer)) or None)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))  # bound, not connected: getpeername() raises ENOTCONN
+        with pytest.raises(OSError):
+            sock.getpeername()
+        stream_module._result(StreamConfig(), sock, ("10.0.0.2", 5000))
+        assert asked == [(sock.getsockname(), ("10.0.0.2", 5000))]
