@@ -46,7 +46,7 @@ def arm_network(arm: str, path: PathShape, ctx: RunContext, listen_ports: tuple[
         proto, policy = config
         specs = {"client": ProxySpec(proto=proto, policy=policy),
                  "server": ProxySpec(proto=proto, policy=policy, listen_ports=listen_ports)}
-        with transparent(net, specs) as hosts:
+        with transparent(net, specs, eno_datapath=ctx.eno_datapath) as hosts:
             yield net, hosts
 
 
@@ -69,6 +69,11 @@ def cpu_seconds(pid: int) -> float:
 
 def proxy_cpu(hosts: dict[str, TransparentHost]) -> dict[str, float]:
     return {node: cpu_seconds(host.proc.pid) for node, host in hosts.items()}
+
+
+def datapath_of(hosts: dict[str, TransparentHost]) -> str | None:
+    """The ENO datapath the arm's proxies ran on (None: no proxy or no ENO)."""
+    return next((h.eno_datapath for h in hosts.values() if h.eno_datapath), None)
 
 
 def proxy_outcomes(hosts: dict[str, TransparentHost]) -> list[dict[str, Any]]:

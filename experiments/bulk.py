@@ -30,6 +30,7 @@ from experiments.appnet import (  # noqa: E402
     ARMS,
     against_plain,
     arm_network,
+    datapath_of,
     describe,
     load_records,
     outcomes_of,
@@ -76,7 +77,8 @@ def run_point(point: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
         finally:
             net.stop_helper(server)
     report = json.loads(out)
-    return [{**point, **summarise(report, before, after, conns), **reads, **describe(net)}]
+    return [{**point, **summarise(report, before, after, conns), **reads, **describe(net),
+             "eno_datapath": datapath_of(hosts)}]
 
 
 def read_sizes(client: list[dict[str, Any]], server: list[dict[str, Any]]

@@ -32,6 +32,7 @@ from experiments.appnet import (  # noqa: E402
     ARMS,
     against_plain,
     arm_network,
+    datapath_of,
     describe,
     load_records,
     outcomes_of,
@@ -108,7 +109,7 @@ def run_point(point: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
             conns = proxy_outcomes(hosts)
         finally:
             net.stop_helper(server)
-    where = describe(net)
+    where = {**describe(net), "eno_datapath": datapath_of(hosts)}
     outcomes = sorted({str(c.get("outcome")) for c in conns})
     return [{**point, **f, "outcomes": outcomes, **where} for f in fetches]
 

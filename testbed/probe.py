@@ -131,7 +131,8 @@ def transparent_workload(net: Network, cfg: ProbeConfig, work: Workload,
     client, server = net.topology.clients[0], net.topology.server
     specs = {client: ProxySpec(proto=cfg.proto, policy=policy),
              server: ProxySpec(proto=cfg.proto, policy=policy, listen_ports=(SERVER_PORT,))}
-    with transparent(net, specs) as hosts:
+    with transparent(net, specs, eno_datapath=cfg.eno_datapath) as hosts:
+        datapath = hosts[client].eno_datapath
         records = run_workload(net, work, pcap=pcap, client=client)
         for host in hosts.values():  # a record is written once the proxy closed that pair
             host.wait_idle()
@@ -146,7 +147,8 @@ def transparent_workload(net: Network, cfg: ProbeConfig, work: Workload,
         peer = peers.get(proxy.get("net_local"), {})
         outcome = proxy.get("outcome")
         record.update(
-            transparent=True, outcome="failed" if outcome == "failed" else outcome,
+            transparent=True, eno_datapath=datapath,
+            outcome="failed" if outcome == "failed" else outcome,
             tep=proxy.get("tep"), fallback_reason=proxy.get("fallback_reason"),
             session_id=proxy.get("session_id"), session_id_peer=peer.get("session_id"),
             proxy_established_ms=proxy.get("established_ms"), proxy_error=proxy.get("error"),

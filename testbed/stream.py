@@ -363,10 +363,7 @@ class Listener:
 
     def _wrap_bpf(self, bpf: tuple[datapath.BpfHost, Settings], sock: socket.socket,
                   peer: Addr | None, info: StreamInfo) -> Stream:
-        host, settings = bpf
-        result = _agreed(sock, host.result(sock, settings, active=False, remote=peer))
-        return establish(sock, result, self.config, info, active=False,
-                         split_check=lambda: host.peer_eno_after_fallback(sock))
+        return wrap_bpf(bpf, sock, peer, self.config, info)
 
     def close(self) -> None:
         if self._bpf is not None:
@@ -376,6 +373,18 @@ class Listener:
             self._registration.close()  # the hook forgets the port with the connection
             self._registration = None
         self.sock.close()
+
+
+def wrap_bpf(bpf: tuple[datapath.BpfHost, Settings], sock: socket.socket, peer: Addr | None,
+             config: StreamConfig, info: StreamInfo) -> Stream:
+    """The passive end on the bpf datapath: the kernel's record of an accepted connection
+    judged by the pure core (the listener's port was pushed with ``BpfHost.listen``), then
+    fallback, fail closed or the TEP handshake. Also the transparent proxy's, whose accepted
+    connections arrive on another port than the one pushed (testbed/transparent/proxy.py)."""
+    host, settings = bpf
+    result = _agreed(sock, host.result(sock, settings, active=False, remote=peer))
+    return establish(sock, result, config, info, active=False,
+                     split_check=lambda: host.peer_eno_after_fallback(sock))
 
 
 def listen(address: Addr, config: StreamConfig | None = None, backlog: int = 128) -> Listener:

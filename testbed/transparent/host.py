@@ -1,10 +1,14 @@
 """Transparent mode for hosts of a running network (the Python API).
 
 ``transparent(net, {"client": ProxySpec(...), "server": ProxySpec(listen_ports=(80,))})``
-starts, per host, the ENO hook (testbed/eno/rules.py, unless the arm is ``plain``) and the
-proxy (proxy.py, a helper of the network, so `tcpinc clean` finds it by pid), then installs
-the diversion (rules.py); on exit, on every path, it removes the diversion first (the
-host's traffic then flows as it would without the proxy) and stops the proxy, then the hook.
+gives each ENO host its datapath (``eno_datapath``, as any run resolves it: ``auto`` is the
+bpf program where the kernel takes it, testbed/eno/bpf; else, or when asked, the NFQUEUE hook,
+testbed/eno/rules.py), starts the proxy (proxy.py, a helper of the network, so `tcpinc clean`
+finds it by pid; on bpf it starts inside the host's program cgroup), then installs the
+diversion (rules.py); on exit, on every path, it removes the diversion first (the host's
+traffic then flows as it would without the proxy) and stops the proxy, then the hook. The
+program stays attached until the network stops (processes started meanwhile are in its
+cgroup), as after any bpf run.
 
 A proxy that dies during a run is noticed by a watcher thread and handled as its policy
 says, and recorded in ``TransparentHost.events``: ``opportunistic`` removes the diversion,
@@ -85,6 +89,7 @@ class TransparentHost:
     spec: ProxySpec
     proc: Popen[str]
     records_path: Path
+    eno_datapath: str | None = None  # bpf | nfqueue, None without ENO
     events: list[dict[str, Any]] = field(default_factory=list)
     _stopping: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -127,14 +132,15 @@ class TransparentHost:
                 self._diverted = False
 
 
-def start(net: Network, node: str, spec: ProxySpec) -> TransparentHost:
+def start(net: Network, node: str, spec: ProxySpec,
+          eno_datapath: str | None = None) -> TransparentHost:
     records = net.workdir / f"transparent-{node}.jsonl"
     records.unlink(missing_ok=True)
     log = net.workdir / f"transparent-{node}.log"
     with open(log, "a") as stderr:  # never an unread pipe on the data path
         proc = net.start_helper(node, f"transparent:{node}", spec.argv(records), ready="ready",
                                 essential=False, stderr=stderr)
-    host = TransparentHost(net, node, spec, proc, records)
+    host = TransparentHost(net, node, spec, proc, records, eno_datapath)
     try:
         rules.install(net, node, spec.diversion(), net.workdir)
     except BaseException:
@@ -153,19 +159,32 @@ def stop(host: TransparentHost) -> None:
         host.net.stop_helper(host.proc)
 
 
+def resolve_datapath(spec: ProxySpec, requested: str | None) -> str:
+    """The ENO datapath of a host in transparent mode: ``requested`` (None: the process
+    default, the CLI's --eno-datapath) resolved as for any workload of the arm."""
+    from testbed.workload import Workload, eno_datapath
+
+    return eno_datapath(Workload(proto=spec.proto, eno_datapath=requested))
+
+
 @contextlib.contextmanager
-def transparent(net: Network, specs: dict[str, ProxySpec],
-                hooks: bool = True) -> Iterator[dict[str, TransparentHost]]:
-    """Transparent mode on ``specs``' hosts for the duration of the block."""
+def transparent(net: Network, specs: dict[str, ProxySpec], hooks: bool = True,
+                eno_datapath: str | None = None) -> Iterator[dict[str, TransparentHost]]:
+    """Transparent mode on ``specs``' hosts for the duration of the block. ``hooks=False``:
+    no ENO datapath at all (the proxies find none: fallback or refusal as the policy says)."""
     from testbed.eno.rules import HookSpec, start_hook, stop_hook
 
     started_hooks: list[tuple[str, Popen[str]]] = []
     hosts: dict[str, TransparentHost] = {}
     try:
         for node, spec in specs.items():
+            chosen = None
             if hooks and spec.uses_eno:
-                started_hooks.append((node, start_hook(net, node, HookSpec())))
-            hosts[node] = start(net, node, spec)
+                chosen = resolve_datapath(spec, eno_datapath)
+                net.set_eno_bpf(node, chosen == "bpf")  # before the proxy starts
+                if chosen == "nfqueue":
+                    started_hooks.append((node, start_hook(net, node, HookSpec())))
+            hosts[node] = start(net, node, spec, chosen)
         yield hosts
     finally:
         errors: list[BaseException] = []

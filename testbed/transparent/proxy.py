@@ -12,6 +12,13 @@ without knowing: netfilter in the host's namespace (rules.py) diverts
   original addresses, the proxy takes the hook's result (``establish``) and connects to the
   application on the same address over loopback.
 
+ENO runs on the host's datapath (host.py chooses it like any run, ``--eno-datapath``): on
+``bpf`` the proxy runs in the host's program cgroup, its outgoing streams carry their offer in
+the socket's storage and the listen ports go into the program's listen map (the SYN of a
+diverted connection still names the application's port, and so does the request socket the
+program answers for), so no segment of a connection through the proxies waits in userspace;
+on ``nfqueue`` the hook judges the segments and the proxy asks it for the results.
+
 The proxy's own sockets carry its group id (``--gid``, set at start), which the rules
 exclude from diversion. Establishment with ENO (blocking: hook queries, the TEP handshake)
 runs in a pool of worker threads; where nothing is negotiated the event loop opens the other
@@ -26,7 +33,8 @@ outcome, TEP, session ID, fallback reason, times and byte counts. The session-ID
 (control.py) answers from the same table.
 
 Contract with ``Network.start_helper`` (the helper skeleton, testbed/helperproc.py): prints
-``ready`` once both listeners and the query socket listen and the hook knows the listen ports;
+``ready`` once both listeners and the query socket listen and the datapath knows the listen
+ports;
 SIGTERM resets the remaining pairs, writes their records and exits 0.
 """
 
@@ -48,7 +56,8 @@ import time
 from typing import Any
 
 from testbed import helperproc
-from testbed.eno.control import HookClient, HookUnavailableError, Result
+from testbed.eno.bpf import datapath
+from testbed.eno.control import HookClient, HookUnavailableError, Result, Settings
 from testbed.stream import (
     EncryptionRequiredError,
     Policy,
@@ -59,6 +68,7 @@ from testbed.stream import (
     connect,
     establish,
     reset,
+    wrap_bpf,
 )
 from testbed.transparent import control
 from testbed.transparent.dial import Dial
@@ -113,6 +123,11 @@ class Proxy:
         self.sessions: dict[str, dict[str, Any]] = {}
         self.records = open(args.records, "a") if args.records else None  # noqa: SIM115
         self.registrations: list[HookClient] = []
+        # The bpf datapath where this process runs in a host's program cgroup (host.py):
+        # the listen ports go into the program's map, results come from the kernel's record.
+        self.bpf_host = datapath.current()
+        self.bpf: tuple[datapath.BpfHost, Settings] | None = None
+        self.datapath = "bpf" if self.bpf_host is not None else "nfqueue"
         self.listeners: list[socket.socket] = []
         self.dials: set[Dial] = set()
         self._local = threading.local()
@@ -140,10 +155,20 @@ class Proxy:
         return sock
 
     def _register_ports(self) -> None:
-        """Tell the hook which ports the proxy answers for (before any SYN can arrive)."""
+        """Tell the datapath which ports the proxy answers for (before any SYN can arrive):
+        the bpf program's listen map, or the hook. The SYN of a diverted connection still
+        carries the application's port, which is what either one keys on."""
         if self.in_config.policy is Policy.OFF:
             return
         settings = self.in_config.settings(active=False, peer=None)
+        if self.bpf_host is not None:
+            try:
+                for port in self.args.listen_ports:
+                    self.bpf_host.listen(port, settings)
+            except datapath.BpfDatapathError as exc:
+                raise StreamError(f"bpf ENO datapath: {exc}") from None
+            self.bpf = (self.bpf_host, settings)
+            return
         try:
             for port in self.args.listen_ports:
                 client = HookClient(self.in_config.hook_name)
@@ -185,7 +210,8 @@ class Proxy:
                 logger.info("accept failed: %s", exc)
                 continue
             record = {"direction": direction, "t_accept": time.time(),
-                      "t0": time.perf_counter(), "sched": self.args.sched}
+                      "t0": time.perf_counter(), "sched": self.args.sched,
+                      "eno_datapath": self.datapath}
             with self.lock:
                 self.open += 1
             if direction == "out" and self.out_config.policy is Policy.OFF:
@@ -228,7 +254,7 @@ class Proxy:
         """Incoming connections stay plain TCP, so there is nothing to wait for."""
         policy = self.in_config.policy
         return policy is Policy.OFF or (policy is Policy.OPPORTUNISTIC
-                                        and not self.registrations)
+                                        and not self.registrations and self.bpf is None)
 
     def _dial_out(self, app: socket.socket, peer: Addr, record: dict[str, Any]) -> None:
         try:
@@ -338,6 +364,8 @@ class Proxy:
         config = self.in_config
         info = StreamInfo(policy=config.policy.value)
         info.phases["tcp_connected"] = time.perf_counter()
+        if self.bpf is not None:
+            return wrap_bpf(self.bpf, sock, peer, config, info)
         if not self.registrations:
             if config.policy is Policy.REQUIRED:
                 raise EncryptionRequiredError("hook_unavailable")
@@ -404,6 +432,10 @@ class Proxy:
         self.pool.shutdown(wait=False, cancel_futures=True)
         for client in self.registrations:
             client.close()
+        if self.bpf is not None:
+            for port in self.args.listen_ports:
+                self.bpf[0].unlisten(port)
+            self.bpf = None
         for sock in self.listeners:
             sock.close()
         if self.records is not None:

@@ -18,11 +18,14 @@ import pytest
 
 import middleboxes
 import topologies
+from testbed.eno.bpf.attach import support_problem
 from testbed.net.network import Network
 from testbed.transparent import rules
 from testbed.transparent.host import ProxySpec, TransparentHost, transparent
 
 IPERF_PORT, WEB_PORT, SINK_PORT = 5201, 8000, 6000
+# Both ENO datapaths where the kernel takes the bpf program (testbed/eno/bpf/attach.py).
+DATAPATHS = ["nfqueue"] if support_problem() is not None else ["bpf", "nfqueue"]
 OBJECT = bytes(range(256)) * 4096  # 1 MiB, a pattern any corruption would break
 
 SINK_SERVER = """
@@ -111,8 +114,10 @@ def assert_no_leftovers(net: Network, hosts: dict[str, TransparentHost]) -> None
         assert host.proc.poll() is not None, f"proxy in {node} still runs"
 
 
+@pytest.mark.parametrize("datapath", DATAPATHS)
 @pytest.mark.parametrize("proto,tep", [("tcpcrypt", "tcpcrypt-x25519"), ("tls", "tls")])
-def test_iperf3_and_curl_through_both_designs(proto: str, tep: str, tmp_path: Path) -> None:
+def test_iperf3_and_curl_through_both_designs(proto: str, tep: str, datapath: str,
+                                              tmp_path: Path) -> None:
     web = tmp_path / "www"
     web.mkdir()
     for i in range(3):
@@ -124,7 +129,7 @@ def test_iperf3_and_curl_through_both_designs(proto: str, tep: str, tmp_path: Pa
                 server_app(net, [sys.executable, "-m", "http.server", str(WEB_PORT),
                                  "--protocol", "HTTP/1.1", "--directory", str(web)],
                            ready=None, port=WEB_PORT), \
-                transparent(net, specs(proto)) as hosts:
+                transparent(net, specs(proto), eno_datapath=datapath) as hosts:
             report = json.loads(net.run("client", [
                 "iperf3", "-c", server, "-p", str(IPERF_PORT), "-n", "8M", "-J"], timeout=60))
             urls = [f"http://{server}:{WEB_PORT}/o{i}.bin" for i in range(3)]
@@ -148,7 +153,9 @@ def test_iperf3_and_curl_through_both_designs(proto: str, tep: str, tmp_path: Pa
     ports = [c["app_remote"].rsplit(":", 1)[1] for c, _ in pairs]
     assert ports[0] == str(IPERF_PORT) and ports.count(str(IPERF_PORT)) >= 2
     assert ports[-1] == str(WEB_PORT) and ports.count(str(WEB_PORT)) == 1
+    assert {h.eno_datapath for h in hosts.values()} == {datapath}
     for client, srv in pairs:
+        assert client["eno_datapath"] == srv["eno_datapath"] == datapath
         assert client["outcome"] == srv["outcome"] == "encrypted"
         assert client["tep"] == srv["tep"] == tep
         assert client["session_id"] == srv["session_id"] is not None
@@ -196,14 +203,15 @@ def test_half_close_reset_and_refusal_reach_the_application(proto: str, policy: 
     assert relayed[1]["ended"].startswith("reset")
 
 
+@pytest.mark.parametrize("datapath", DATAPATHS)
 @pytest.mark.parametrize("policy", ["opportunistic", "required"])
-def test_strip_eno_box_plaintext_or_refused(policy: str) -> None:
+def test_strip_eno_box_plaintext_or_refused(policy: str, datapath: str) -> None:
     with Network(topologies.create("middlebox")) as net:
         box = middleboxes.create("strip-eno")
         box.install(net, "mb")
         try:
             with server_app(net, [sys.executable, "-c", SINK_SERVER]), \
-                    transparent(net, specs("tcpcrypt", policy)) as hosts:
+                    transparent(net, specs("tcpcrypt", policy), eno_datapath=datapath) as hosts:
                 result = sink(net, "z", 1000)
                 pairs, client = paired(hosts), hosts["client"].records()
         finally:

