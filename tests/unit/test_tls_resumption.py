@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from OpenSSL._util import lib
 from testbed.teps import base
 from testbed.teps.base import DataReceived, EndOfStream, HandshakeComplete
 from testbed.teps.tls import ServerIdentity, TlsConfigError, TlsSessionCache, _ossl
+from testbed.teps.tls import identity as shared
 from testbed.teps.tls.pair import MemoryLink, tls_pair
 
 
@@ -266,3 +268,27 @@ def test_compat_off_in_a_process_configured_for_it(tmp_path: Path) -> None:
     # Each end's choice is its own: a compat client still sends CCS to a non-compat server.
     assert seen["True-False"]["client_ccs"] and not seen["True-False"]["server_ccs"]
     assert seen["False-True"]["server_ccs"] and not seen["False-True"]["client_ccs"]
+
+
+def test_threads_starting_at_once_share_one_client_context_and_one_identity() -> None:
+    """A client with several connections at once: every core's SSL must come from the same
+    SSL.Context (pyOpenSSL refuses a session made under another, so resumption would fail
+    with ValueError), and every server core without an identity must share one (ticket keys)."""
+    shared._client_context.cache_clear()
+    shared._default_identity.cache_clear()
+    barrier = threading.Barrier(16)
+    contexts: list[SSL.Context] = []
+    identities: list[ServerIdentity] = []
+
+    def start() -> None:
+        barrier.wait()
+        contexts.append(shared.client_context(("TLS_AES_128_GCM_SHA256",), ("X25519",)))
+        identities.append(shared.default_identity())
+
+    threads = [threading.Thread(target=start) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(contexts) == len(identities) == 16
+    assert len({id(c) for c in contexts}) == 1 and len({id(i) for i in identities}) == 1

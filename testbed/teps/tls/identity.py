@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime
 import functools
 import hashlib
+import threading
 from pathlib import Path
 
 from cryptography import x509
@@ -192,19 +193,36 @@ class ServerIdentity:
         return cert_path, key_path
 
 
-@functools.lru_cache(maxsize=1)
+# functools.lru_cache may call the function twice for one key when two threads miss at once
+# (each gets its own result), and two contexts break resumption: pyOpenSSL refuses a session
+# made under another SSL.Context, and two server identities hold different ticket keys. The
+# shared objects are made under this lock (a client with several connections at once).
+_SHARED = threading.Lock()
+
+
 def default_identity() -> ServerIdentity:
     """The process-wide identity used when a server core gets none: the use-tls-00 profile."""
+    with _SHARED:
+        return _default_identity()
+
+
+@functools.lru_cache(maxsize=1)
+def _default_identity() -> ServerIdentity:
     return ServerIdentity()
 
 
-@functools.lru_cache(maxsize=32)
 def client_context(ciphersuites: tuple[str, ...], groups: tuple[str, ...]) -> SSL.Context:
     """Client contexts are shared per (suites, groups); per-connection settings go on the SSL.
 
     Certificate checking happens per connection (pinning); there is no trust store, so the
     verify callback decides alone (use-tls-00: no validation unless configured).
     """
+    with _SHARED:
+        return _client_context(ciphersuites, groups)
+
+
+@functools.lru_cache(maxsize=32)
+def _client_context(ciphersuites: tuple[str, ...], groups: tuple[str, ...]) -> SSL.Context:
     ctx = _base_context(ciphersuites, groups)
     _ossl.set_sigalgs(ctx, SIGALGS)
     # The engine keeps tickets in its own cache object, not in OpenSSL's client cache.
