@@ -4,7 +4,7 @@ The role the tcpcrypt reference daemon played: iptables rules (rules.py) queue t
 handshake-phase TCP segments to NFQUEUE ``N``; this process hands each one to ``HookEngine``
 (engine.py), which adds, reads and checks the ENO option exactly as the pure core decides, and
 gives every packet a verdict (always a release, NF_REPEAT with a mark bit that the rules
-count, marks.py; possibly rewritten). Local applications talk to it
+recognise, marks.py; possibly rewritten). Local applications talk to it
 over the control channel (control.py): an abstract AF_UNIX socket, root only.
 
 One thread, one epoll loop (``selectors``) over the queue's netlink socket, the control
@@ -175,8 +175,7 @@ def _perform(
 
 def _release(packet: Any) -> None:
     """The verdict on every held segment: NF_REPEAT with the ``RELEASED`` packet-mark bit,
-    so the rules take it off its connection's count of held segments and let it go on
-    (marks.py; the count keeps later segments of the connection behind it)."""
+    so the rules let it go on instead of queueing it again (marks.py)."""
     packet.set_mark(packet.get_mark() | RELEASED)
     packet.repeat()
 

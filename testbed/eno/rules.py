@@ -17,10 +17,9 @@ Conntrack may reopen a reset connection's entry for a new connection on the same
 the old counters; the hook zeroes them when it sees the new SYN (ctzero.py), so the windows
 count from that SYN.
 
-A segment outside the windows is queued too while an earlier segment of its connection is
-held, so none overtakes another on its way through the hook (marks.py: a count of held
-segments in the conntrack mark, raised by the queueing rules and lowered by the hook's
-verdict).
+Every other segment among a connection's first ``order_window`` packets and ``order_bytes``
+bytes is queued too, so none overtakes another on its way through the hook (marks.py: the
+queue is one FIFO).
 
 The queue target has ``--queue-bypass``: with no hook bound, segments pass untouched and ENO
 simply never appears (the peer falls back, §4.6) instead of a black hole
@@ -61,8 +60,10 @@ class HookSpec:
     queue: int = 0
     original_window: int = 5  # SYN, SYN retransmissions, third segment, early data
     reply_window: int = 3  # SYN-ACK and the passive opener's first segments after it
-    # Packets (both directions) within which a segment behind a held one is queued too.
+    # Packets and bytes (both directions) within which all of a connection's segments are
+    # queued (marks.py: order).
     order_window: int = 32
+    order_bytes: int = 16384
     name: str = DEFAULT_NAME
     expiry: float = 30.0
     mtu: int = 1500
@@ -76,6 +77,8 @@ class HookSpec:
             raise ValueError("windows must cover at least the SYN, ACK and one data segment")
         if self.order_window < self.original_window + self.reply_window:
             raise ValueError("order_window must cover both windows")
+        if self.order_bytes < 1:
+            raise ValueError("order_bytes must be at least 1")
 
 
 def _queue(spec: HookSpec) -> list[str]:
@@ -84,7 +87,8 @@ def _queue(spec: HookSpec) -> list[str]:
 
 def chain_rules(spec: HookSpec) -> list[list[str]]:
     """The rules of each entry chain (the same for both directions): a segment back from the
-    hook is released; SYNs, the windows and segments behind a held one go to the hold chain."""
+    hook is released; SYNs, the windows and the rest of the order window go to the hold
+    chain."""
     windows = (("original", spec.original_window), ("reply", spec.reply_window))
     hold = ["-j", marks.HOLD_CHAIN]
     rules = [marks.release_rule(), ["-p", "tcp", "--tcp-flags", "SYN", "SYN", *hold]]
@@ -94,7 +98,7 @@ def chain_rules(spec: HookSpec) -> list[list[str]]:
         rules.append(["-p", "tcp", "-m", "conntrack", "--ctdir", direction.upper(),
                       "-m", "connbytes", "--connbytes", f"0:{window}",
                       "--connbytes-dir", direction, "--connbytes-mode", "packets", *hold])
-    return [*rules, marks.pending_rule(spec.order_window)]
+    return [*rules, marks.window_rule(spec.order_window, spec.order_bytes)]
 
 
 def inner_rules(spec: HookSpec) -> dict[str, list[list[str]]]:

@@ -89,8 +89,8 @@ def test_eno_on_the_wire_data_flows_and_only_handshake_segments_reach_userspace(
         assert data_segments > 200, "300 kB came back in many segments"
     # Only handshake-phase segments went through userspace: a bounded number per connection,
     # whatever the transfer size, none waiting, none lost. The windows of testbed/eno/rules.py
-    # queue at most 8 per connection; a segment behind a held one is queued too, within the
-    # connection's first order_window packets (testbed/eno/marks.py).
+    # queue at most 8 per connection; every other segment among the connection's first
+    # order_window packets is queued too, so none overtakes another (testbed/eno/marks.py).
     windows = sum(sum(rules[:3]) for rules in counters.values())  # SYN, original, reply
     assert windows <= 8 * 4 + 8, counters
     for node in ("client", "server"):

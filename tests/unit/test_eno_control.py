@@ -93,22 +93,25 @@ def test_rules_queue_only_handshake_segments_with_bypass():
                         "packets", "-j", "TCPINC_ENO_HOLD"]
     assert rules[3][4:12] == ["--ctdir", "REPLY", "-m", "connbytes", "--connbytes", "0:3",
             "--connbytes-dir", "reply"]
-    # Behind a held segment of the same connection, whatever the windows say.
+    # The rest of the connection's first order_window packets, whatever the windows say.
     assert rules[4] == ["-p", "tcp", "-m", "connbytes", "--connbytes", "0:32",
                         "--connbytes-dir", "both", "--connbytes-mode", "packets", "-m",
-                        "connmark", "!", "--mark", "0x0/0xff00", "-j", "TCPINC_ENO_HOLD"]
+                        "connbytes", "--connbytes", "0:16384", "--connbytes-dir", "both",
+                        "--connbytes-mode", "bytes", "-j", "TCPINC_ENO_HOLD"]
     assert chain_rules(HookSpec(order_window=9))[4][5] == "0:9"
     assert len(rules) == 5
     install = install_commands(spec)
     ipt = ["iptables", "-w", "-t", "mangle"]
     assert install[0] == [*ipt, "-N", "TCPINC_ENO_HOLD"]
-    assert install[11] == [*ipt, "-A", "TCPINC_ENO_HOLD", "-j", "NFQUEUE", "--queue-num", "3",
-                           "--queue-bypass"]
-    assert install[12] == [*ipt, "-N", "TCPINC_ENO_RELEASE"]
-    assert install[23] == [*ipt, "-N", "TCPINC_ENO_OUT"]
+    assert install[1] == [*ipt, "-A", "TCPINC_ENO_HOLD", "-j", "NFQUEUE", "--queue-num", "3",
+                          "--queue-bypass"]
+    assert install[2] == [*ipt, "-N", "TCPINC_ENO_RELEASE"]
+    assert install[3] == [*ipt, "-A", "TCPINC_ENO_RELEASE", "-j", "MARK", "--set-xmark",
+                          "0x0/0x1000000"]
+    assert install[4] == [*ipt, "-N", "TCPINC_ENO_OUT"]
     assert [*ipt, "-A", "OUTPUT", "-p", "tcp", "-j", "TCPINC_ENO_OUT"] in install
     assert install[-1] == [*ipt, "-A", "PREROUTING", "-p", "tcp", "-j", "TCPINC_ENO_IN"]
-    assert len(install) == 12 + 11 + 2 * (1 + 5 + 1)
+    assert len(install) == 2 + 2 + 2 * (1 + 5 + 1)
     listing = {"OUTPUT": "-P OUTPUT ACCEPT\n-A OUTPUT -p tcp -j TCPINC_ENO_OUT\n"
                          "-A OUTPUT -p udp -j OTHER\n",
                "PREROUTING": "-A PREROUTING -p tcp -m multiport ! --ports 5001 "
@@ -125,11 +128,13 @@ def test_rules_queue_only_handshake_segments_with_bypass():
     half = remove_commands({"chains": "-P OUTPUT ACCEPT\n-N TCPINC_ENO_HOLD\n"})
     assert half == [[*ipt, "-F", "TCPINC_ENO_HOLD"], [*ipt, "-X", "TCPINC_ENO_HOLD"]]
     excluded = install_commands(HookSpec(exclude_ports=(5001, 5002)))
-    assert excluded[29][8:13] == ["-m", "multiport", "!", "--ports", "5001,5002"]
+    assert excluded[10][8:13] == ["-m", "multiport", "!", "--ports", "5001,5002"]
     with pytest.raises(ValueError):
         HookSpec(original_window=2)
     with pytest.raises(ValueError, match="order_window"):
         HookSpec(order_window=7)
+    with pytest.raises(ValueError, match="order_bytes"):
+        HookSpec(order_bytes=0)
 
 
 @pytest.fixture

@@ -18,10 +18,10 @@ def test_the_install_script_holds_every_install_command_in_order():
     assert lines[0] == "*mangle"
     assert lines[-2:] == ["COMMIT", ""]
     assert lines[1:-2] == [" ".join(cmd[len(IPT):]) for cmd in cmds]
-    assert len(lines[1:-2]) == 12 + 11 + 2 * (1 + 5 + 1)
+    assert len(lines[1:-2]) == 2 + 2 + 2 * (1 + 5 + 1)
     assert lines[1] == "-N TCPINC_ENO_HOLD"
-    assert lines[12] == "-A TCPINC_ENO_HOLD -j NFQUEUE --queue-num 3 --queue-bypass"
-    assert lines[13] == "-N TCPINC_ENO_RELEASE"
+    assert lines[2] == "-A TCPINC_ENO_HOLD -j NFQUEUE --queue-num 3 --queue-bypass"
+    assert lines[3] == "-N TCPINC_ENO_RELEASE"
     assert "-A OUTPUT -p tcp -m multiport ! --ports 5001,5002 -j TCPINC_ENO_OUT" in lines
     assert lines[-3] == "-A PREROUTING -p tcp -m multiport ! --ports 5001,5002 -j TCPINC_ENO_IN"
 
