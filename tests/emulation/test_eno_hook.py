@@ -433,11 +433,16 @@ def test_a_thousand_sequential_and_two_hundred_concurrent_connections():
     with Network(topologies.create("direct")) as net, eno_hooks(net, spec=spec):
         first, _, settled = one_round(net, nodes, spec.expiry)
         second, busy, drained = one_round(net, nodes, spec.expiry)
+        # A segment the queue or the hook's socket dropped shows here (a lost SYN costs a
+        # 1 s retransmission; the records then say which connections met it).
+        queued = {node: queue_status(net, node)[0] for node in nodes}
     wrong = [r for r in first + second if not (
         r["bytes_ok"] and r["eno"] == "negotiated" and r["peer_eno"] == "negotiated"
         and r["tep"] == "eno-test" and r["session_id"] == r["session_id_peer"])]
     assert len(first) == len(second) == 1200
-    assert not wrong, f"{len(wrong)} misclassified, first: {wrong[0]}"
+    assert not wrong, f"{len(wrong)} misclassified, first: {wrong[0]}; queues: {queued}"
+    for node in nodes:
+        assert queued[node]["queue_dropped"] == queued[node]["user_dropped"] == 0, queued
     for node in nodes:
         counts = busy[node]["counts"]
         assert counts["negotiated"] == 2400 and "fallback" not in counts, counts
