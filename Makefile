@@ -55,7 +55,7 @@ MYPY_FILES := experiments/__init__.py experiments/common.py experiments/cost.py 
 MYPY_FILES += testbed/transparent/__init__.py testbed/transparent/control.py \
     testbed/transparent/host.py testbed/transparent/proxy.py testbed/transparent/relay.py \
     testbed/transparent/rules.py testbed/transparent/dial.py testbed/transparent/options.py \
-    testbed/transparent/bench.py \
+    testbed/transparent/queries.py testbed/transparent/bench.py \
     experiments/appnet.py experiments/bulk.py experiments/web.py
 MYPY_FILES += testbed/keylog.py testbed/ladder.py testbed/ladder_draw.py experiments/ladders.py
 MYPY_FILES += testbed/net/hosts.py testbed/net/plan.py testbed/net/procs.py topologies/shapes.py

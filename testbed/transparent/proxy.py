@@ -30,7 +30,7 @@ relays plain TCP (the proxy's own cost, for comparison).
 
 Each connection is one JSON line in ``--records`` when it ends (or fails): both 4-tuples,
 outcome, TEP, session ID, fallback reason, times and byte counts. The session-ID query
-(control.py) answers from the same table.
+(queries.py; control.py asks) answers from the same table.
 
 Contract with ``Network.start_helper`` (the helper skeleton, testbed/helperproc.py): prints
 ``ready`` once both listeners and the query socket listen and the datapath knows the listen
@@ -70,7 +70,7 @@ from testbed.stream import (
     reset,
     wrap_bpf,
 )
-from testbed.transparent import control
+from testbed.transparent import control, queries
 from testbed.transparent.dial import Dial
 from testbed.transparent.options import parse_args, set_realtime, stream_configs
 from testbed.transparent.relay import Pair, Relay, keep_buffers_in_heap
@@ -441,54 +441,6 @@ class Proxy:
         if self.records is not None:
             self.records.close()
 
-    # -- session-ID query ------------------------------------------------------------------
-
-    def serve_queries(self, name: str) -> threading.Thread:
-        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        server.bind("\0" + name)
-        server.listen(16)
-        thread = threading.Thread(target=self._queries, args=(server,), daemon=True)
-        thread.start()
-        return thread
-
-    def _answer_idle(self, conn: socket.socket, wait: float) -> None:
-        """Reply once every accepted connection has ended and has its record written (or
-        when ``wait`` seconds have passed): what a test waits for before reading records."""
-        with conn, self.idle:
-            idle = self.idle.wait_for(lambda: self.open == 0, timeout=wait)
-            reply = json.dumps({"idle": idle, "open": self.open}).encode() + b"\n"
-            try:
-                conn.sendall(reply)
-            except OSError as exc:
-                logger.info("idle query client went away: %s", exc)
-
-    def _queries(self, server: socket.socket) -> None:
-        while True:
-            conn, _ = server.accept()
-            with conn:
-                conn.settimeout(2.0)
-                try:
-                    line = conn.recv(control.MAX_LINE).split(b"\n", 1)[0]
-                    wait = control.idle_request(line)
-                    if wait is not None:  # answered when idle, by a thread of its own
-                        threading.Thread(target=self._answer_idle, daemon=True,
-                                         args=(conn.dup(), wait)).start()
-                        continue
-                    wanted = control.parse_request(line)
-                    with self.lock:
-                        found = self.sessions.get(wanted)
-                    reply: dict[str, Any] = {"found": found is not None}
-                    if found is not None:
-                        reply.update({k: found.get(k) for k in (
-                            "session_id", "tep", "outcome", "fallback_reason", "role",
-                            "app_local", "app_remote", "net_local", "net_remote")})
-                except (OSError, ValueError, TypeError) as exc:
-                    reply = {"found": False, "error": str(exc)}
-                try:
-                    conn.sendall(json.dumps(reply).encode() + b"\n")
-                except OSError as exc:
-                    logger.info("query client went away: %s", exc)
-
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
@@ -507,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def start_and_serve() -> None:
         proxy.listen()
-        proxy.serve_queries(args.name)
+        queries.serve(proxy, args.name)
         helperproc.announce_ready()
         proxy.serve()
 
