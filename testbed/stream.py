@@ -348,7 +348,7 @@ class Listener:
         info = StreamInfo(policy=self.config.policy.value)
         info.phases["tcp_connected"] = time.perf_counter()
         if self._bpf is not None:
-            return self._wrap_bpf(self._bpf, sock, peer, info)
+            return wrap_bpf(self._bpf, sock, peer, self.config, info)
         if self._registration is None:
             info.fallback_reason = self.unavailable or "disabled_by_config"
             return Stream(sock, info)
@@ -360,10 +360,6 @@ class Listener:
             return bool(again and again.peer_eno_after_fallback)
 
         return establish(sock, result, self.config, info, active=False, split_check=peer_enabled)
-
-    def _wrap_bpf(self, bpf: tuple[datapath.BpfHost, Settings], sock: socket.socket,
-                  peer: Addr | None, info: StreamInfo) -> Stream:
-        return wrap_bpf(bpf, sock, peer, self.config, info)
 
     def close(self) -> None:
         if self._bpf is not None:

@@ -127,7 +127,9 @@ class Proxy:
         # the listen ports go into the program's map, results come from the kernel's record.
         self.bpf_host = datapath.current()
         self.bpf: tuple[datapath.BpfHost, Settings] | None = None
-        self.datapath = "bpf" if self.bpf_host is not None else "nfqueue"
+        # What the records say: None where neither side negotiates ENO (policy off, plain).
+        eno = any(c.policy is not Policy.OFF for c in (out_config, in_config))
+        self.datapath = None if not eno else "bpf" if self.bpf_host is not None else "nfqueue"
         self.listeners: list[socket.socket] = []
         self.dials: set[Dial] = set()
         self._local = threading.local()

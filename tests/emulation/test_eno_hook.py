@@ -90,7 +90,8 @@ def test_eno_on_the_wire_data_flows_and_only_handshake_segments_reach_userspace(
     # Only handshake-phase segments went through userspace: a bounded number per connection,
     # whatever the transfer size, none waiting, none lost. The windows of testbed/eno/rules.py
     # queue at most 8 per connection; every other segment among the connection's first
-    # order_window packets is queued too, so none overtakes another (testbed/eno/marks.py).
+    # order_window packets and order_bytes bytes is queued too, so none overtakes another
+    # (testbed/eno/marks.py); the byte bound keeps the 300 kB response's GSO frames out.
     windows = sum(sum(rules[:3]) for rules in counters.values())  # SYN, original, reply
     assert windows <= 8 * 4 + 8, counters
     for node in ("client", "server"):

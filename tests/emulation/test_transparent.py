@@ -197,6 +197,9 @@ def test_half_close_reset_and_refusal_reach_the_application(proto: str, policy: 
     # application), each with the arm's outcome.
     relayed = sorted((r for r in records if r.get("outcome") != "failed"),
                      key=lambda r: r["t_accept"])
+    # The datapath the proxy used, and none where it negotiates nothing (ENO off).
+    assert {r["eno_datapath"] for r in records + server_records} == {
+        None if policy == "off" else hosts["client"].eno_datapath}
     assert {r["outcome"] for r in relayed} == {
         "encrypted" if proto == "tcpcrypt" else "plaintext"}
     assert relayed[0]["app_bytes_in"] == 3_000_000 and relayed[0]["ended"] == "closed"
