@@ -84,8 +84,9 @@ helper: apt
 
 bpf: $(BPF_OBJ)
 
-# -I: Debian keeps asm/types.h under the multiarch include directory.
-$(BPF_OBJ): testbed/eno/bpf/eno.bpf.c
+# -I: Debian keeps asm/types.h under the multiarch include directory. The headers are
+# prerequisites too: a change to one rebuilds the object.
+$(BPF_OBJ): testbed/eno/bpf/eno.bpf.c testbed/eno/bpf/eno_maps.h testbed/eno/bpf/eno_options.h
 	clang -O2 -g -Wall -target bpf -I/usr/include/$$(gcc -dumpmachine) -c $< -o $@
 
 apt:

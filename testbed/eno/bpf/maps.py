@@ -1,6 +1,6 @@
 """The BPF side's maps, reached through the bpf(2) system call (ctypes, no compiler).
 
-Layouts mirror the C structs of eno.bpf.c (little-endian x86-64, no implicit padding):
+Layouts mirror the C structs of eno_maps.h (little-endian x86-64, no implicit padding):
 ``struct eno_sk`` (per socket, SK_STORAGE keyed by the socket's fd), ``struct eno_listen``
 (per listener port), ``struct answer_key`` and ``struct eno_answer`` (single-use resumption
 answers, RFC 8548 §3.5). Maps are pinned by the loader (testbed/eno/bpf/attach.py) under the
