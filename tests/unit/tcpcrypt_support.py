@@ -8,13 +8,7 @@ from typing import Any
 
 import pytest
 
-from testbed.teps.base import (
-    DataReceived,
-    Role,
-    TepContext,
-    TepEvent,
-    TepStateError,
-)
+from testbed.teps.base import DataReceived, Role, TepContext, TepEvent, TepStateError
 from testbed.teps.tcpcrypt.constants import TepId
 from testbed.teps.tcpcrypt.core import TcpcryptCore
 from testbed.teps.tcpcrypt.loopback import DeterministicRandom
