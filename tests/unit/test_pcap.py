@@ -1,8 +1,8 @@
-"""Tests for testbed.net.pcap (the pure pcap reader) and testbed.net.flows (connections).
+"""Tests for testbed.net.pcap, the pure pcap reader (connections: test_flows.py).
 
-The test capture is crafted with scapy (``build_handshake_packets``) so every field is known;
+The test capture is crafted with scapy in tests/unit/pcap_capture.py so every field is known;
 tests/data/handshake_small.pcap is the committed copy of it (regenerate with
-``python tests/unit/test_pcap.py``), checked against a fresh build below.
+``python tests/unit/pcap_capture.py``), checked against a fresh build below.
 """
 
 from __future__ import annotations
@@ -10,31 +10,21 @@ from __future__ import annotations
 import contextlib
 import random
 import struct
-import sys
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet import IP, TCP
 from scapy.layers.inet6 import IPv6
-from scapy.layers.l2 import ARP, CookedLinux, CookedLinuxV2, Ether
+from scapy.layers.l2 import CookedLinux, CookedLinuxV2, Ether
 from scapy.packet import Packet, Padding, Raw
-from scapy.utils import EDecimal, PcapWriter, rdpcap
+from scapy.utils import EDecimal, rdpcap
 
-from testbed.net.flows import (
-    ConnKey,
-    Event,
-    EventKind,
-    Retransmission,
-    connections,
-    payload_contains,
-)
+from testbed.net.flows import connections
 from testbed.net.pcap import (
     LINKTYPE_LINUX_SLL,
     LINKTYPE_LINUX_SLL2,
     LINKTYPE_RAW,
-    IncompleteCaptureError,
     PcapError,
     PcapReader,
     Segment,
@@ -42,115 +32,21 @@ from testbed.net.pcap import (
     parse_options,
     read_segments,
 )
-
-DATA = Path(__file__).resolve().parent.parent / "data"
-COMMITTED = DATA / "handshake_small.pcap"
-T0 = EDecimal("1700000000")
-T0_NS = 1_700_000_000 * 10**9
-C, S = "10.0.0.1", "10.0.0.2"
-CMAC, SMAC = "02:00:00:00:00:01", "02:00:00:00:00:02"
-SYN_OPTS = [("MSS", 1460), ("SAckOK", b""), ("Timestamp", (1, 0)), ("NOP", None), ("WScale", 7)]
-SYNACK_OPTS = [("MSS", 1460), ("SAckOK", b""), ("Timestamp", (2, 1)), ("NOP", None),
-               ("WScale", 7)]
-REQUEST = b"GET / HTTP/1.0\r\n\r\n"
-RESPONSE = b"HTTP/1.0 200 OK\r\n\r\nhello"
-ENO_DATA = b"hello-eno"
-CONN_A = ConnKey(C, 40001, S, 80)
-CONN_B = ConnKey(C, 40002, S, 80)
-CONN_C = ConnKey(C, 40003, S, 443)
-CONN_D = ConnKey(C, 40004, S, 81)
-CONN_V6 = ConnKey("fd00::1", 40005, "fd00::2", 80)
-
-
-def _tcp(us: int, c2s: bool, port: int, flags: str, seq: int, ack: int = 0,
-         options: list | None = None, payload: bytes = b"", sport: int = 80) -> Packet:
-    """One Ethernet/IPv4/TCP packet ``us`` microseconds after T0."""
-    src, dst = (C, S) if c2s else (S, C)
-    sp, dp = (port, sport) if c2s else (sport, port)
-    pkt = (Ether(src=CMAC if c2s else SMAC, dst=SMAC if c2s else CMAC)
-           / IP(src=src, dst=dst, id=1, ttl=64)
-           / TCP(sport=sp, dport=dp, flags=flags, seq=seq, ack=ack, window=64240 if c2s else 65160,
-                 options=options or []))
-    if payload:
-        pkt = pkt / Raw(payload)
-    pkt.time = T0 + EDecimal(us) / EDecimal(10**6)
-    return pkt
-
-
-def build_handshake_packets() -> list[Packet]:
-    """The test capture: four IPv4 connections, one IPv6 SYN, an ARP and a UDP packet."""
-    a = [  # plain connection with data both ways and FIN
-        _tcp(0, True, 40001, "S", 1000, options=SYN_OPTS),
-        _tcp(100, False, 40001, "SA", 5000, 1001, options=SYNACK_OPTS),
-        _tcp(150, True, 40001, "A", 1001, 5001) / Padding(b"\x00" * 6),  # Ethernet min size
-        _tcp(200, True, 40001, "PA", 1001, 5001, payload=REQUEST),
-        _tcp(300, False, 40001, "A", 5001, 1019),
-        _tcp(400, False, 40001, "PA", 5001, 1019, payload=RESPONSE),
-        _tcp(500, True, 40001, "A", 1019, 5025),
-        _tcp(600, True, 40001, "FA", 1019, 5025),
-        _tcp(700, False, 40001, "FA", 5025, 1020),
-        _tcp(800, True, 40001, "A", 1020, 5026),
-    ]
-    b = [  # SYN retransmitted after a 1 s RTO (RFC 6298 section 2.1)
-        _tcp(10_000, True, 40002, "S", 2000),
-        _tcp(1_010_000, True, 40002, "S", 2000),
-        _tcp(1_010_100, False, 40002, "SA", 6000, 2001),
-        _tcp(1_010_150, True, 40002, "A", 2001, 6001),
-    ]
-    c = [  # TCP-ENO option (kind 69) on SYN and SYN-ACK, data on the first ACK, retransmitted
-        _tcp(20_000, True, 40003, "S", 3000, options=[("MSS", 1460), (69, b"\x20")], sport=443),
-        _tcp(20_100, False, 40003, "SA", 7000, 3001, options=[("MSS", 1460), (69, b"\x21")],
-             sport=443),
-        _tcp(20_150, True, 40003, "PA", 3001, 7001, payload=ENO_DATA, sport=443),
-        _tcp(220_150, True, 40003, "PA", 3001, 7001, payload=ENO_DATA, sport=443),
-        _tcp(220_250, False, 40003, "A", 7001, 3010, sport=443),
-    ]
-    d = [  # closed port: RST
-        _tcp(30_000, True, 40004, "S", 4000, sport=81),
-        _tcp(30_050, False, 40004, "RA", 0, 4001, sport=81),
-    ]
-    v6 = Ether(src=CMAC, dst=SMAC) / IPv6(src="fd00::1", dst="fd00::2") / TCP(
-        sport=40005, dport=80, flags="S", seq=9000, window=64800)
-    v6.time = T0 + EDecimal("0.04")
-    arp = Ether(src=CMAC, dst="ff:ff:ff:ff:ff:ff") / ARP(psrc=C, pdst=S, hwsrc=CMAC)
-    arp.time = T0 + EDecimal("0.000120")
-    udp = Ether(src=CMAC, dst=SMAC) / IP(src=C, dst=S, id=2) / UDP(sport=5353, dport=53) / Raw(
-        b"dns?")
-    udp.time = T0 + EDecimal("0.000130")
-    return sorted([*a, *b, *c, *d, v6, arp, udp], key=lambda p: p.time)
-
-
-def write_pcap(path: Path, packets: list[Packet], *, nano: bool = False, endian: str = "<",
-               linktype: int | None = None) -> Path:
-    """Write packets with scapy's own writer, independent of the reader under test."""
-    with PcapWriter(str(path), nano=nano, endianness=endian, linktype=linktype,
-                    sync=True) as writer:
-        for pkt in packets:
-            writer.write(pkt)
-    return path
-
-
-def pcap_bytes(records: list[tuple[int, int, bytes, int]], *, linktype: int = 1) -> bytes:
-    """A hand-made pcap: records are (sec, usec, captured bytes, original length)."""
-    out = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, linktype)
-    for sec, usec, data, orig in records:
-        out += struct.pack("<IIII", sec, usec, len(data), orig) + data
-    return out
-
-
-@pytest.fixture(scope="module")
-def packets() -> list[Packet]:
-    return build_handshake_packets()
-
-
-@pytest.fixture(scope="module")
-def pcap_path(tmp_path_factory: pytest.TempPathFactory, packets: list[Packet]) -> Path:
-    return write_pcap(tmp_path_factory.mktemp("pcap") / "handshake.pcap", packets)
-
-
-@pytest.fixture(scope="module")
-def segments(pcap_path: Path) -> list[Segment]:
-    return read_segments(pcap_path)
+from tests.unit.pcap_capture import (
+    CMAC,
+    COMMITTED,
+    CONN_C,
+    CONN_V6,
+    REQUEST,
+    SMAC,
+    SYN_OPTS,
+    T0_NS,
+    C,
+    S,
+    _tcp,
+    pcap_bytes,
+    write_pcap,
+)
 
 
 def test_committed_file_matches_builder(segments: list[Segment]) -> None:
@@ -221,149 +117,6 @@ def test_ipv6_segment(segments: list[Segment]) -> None:
     assert (v6.ip_version, v6.ip_header_len, v6.tcp_header_len) == (6, 40, 20)
     assert (v6.src, v6.sport, v6.dst, v6.dport, v6.seq) == ("fd00::1", 40005, "fd00::2", 80, 9000)
     assert v6.ts_ns == T0_NS + 40_000_000
-
-
-def test_connection_grouping_and_orientation(segments: list[Segment]) -> None:
-    conns = connections(segments)
-    assert list(conns) == [CONN_A, CONN_B, CONN_C, CONN_D, CONN_V6]
-    a = conns[CONN_A]
-    assert [(cs.direction, cs.segment.flag_str, cs.segment.seq, cs.segment.ack,
-             cs.segment.payload_len) for cs in a.segments] == [
-        ("c2s", "S", 1000, 0, 0), ("s2c", "SA", 5000, 1001, 0), ("c2s", "A", 1001, 5001, 0),
-        ("c2s", "PA", 1001, 5001, 18), ("s2c", "A", 5001, 1019, 0),
-        ("s2c", "PA", 5001, 1019, 24), ("c2s", "A", 1019, 5025, 0),
-        ("c2s", "FA", 1019, 5025, 0), ("s2c", "FA", 5025, 1020, 0), ("c2s", "A", 1020, 5026, 0),
-    ]
-    assert [cs.index for cs in a.segments] == list(range(10))
-    assert [cs.t for cs in a.segments] == [
-        0.0, 0.0001, 0.00015, 0.0002, 0.0003, 0.0004, 0.0005, 0.0006, 0.0007, 0.0008]
-    assert (a.t0, a.t0_ns) == (1_700_000_000.0, T0_NS)
-    assert str(CONN_A) == "10.0.0.1:40001->10.0.0.2:80"
-
-
-def test_timeline_plain_connection(segments: list[Segment]) -> None:
-    assert connections(segments)[CONN_A].timeline() == [
-        Event(EventKind.SYN, 0.0, 0, "c2s"),
-        Event(EventKind.SYNACK, 0.0001, 1, "s2c"),
-        Event(EventKind.FIRST_ACK, 0.00015, 2, "c2s"),
-        Event(EventKind.FIRST_DATA_C2S, 0.0002, 3, "c2s"),
-        Event(EventKind.FIRST_DATA_S2C, 0.0004, 5, "s2c"),
-        Event(EventKind.FIN_C2S, 0.0006, 7, "c2s"),
-        Event(EventKind.FIN_S2C, 0.0007, 8, "s2c"),
-    ]
-
-
-def test_timeline_syn_retransmit_eno_and_rst(segments: list[Segment]) -> None:
-    conns = connections(segments)
-    assert conns[CONN_B].timeline() == [
-        Event(EventKind.SYN, 0.0, 0, "c2s"),
-        Event(EventKind.SYN_RETRANSMIT, 1.0, 1, "c2s"),
-        Event(EventKind.SYNACK, 1.0001, 2, "s2c"),
-        Event(EventKind.FIRST_ACK, 1.00015, 3, "c2s"),
-    ]
-    # The first ACK carries data: both events point at the same segment.
-    assert conns[CONN_C].timeline() == [
-        Event(EventKind.SYN, 0.0, 0, "c2s"),
-        Event(EventKind.SYNACK, 0.0001, 1, "s2c"),
-        Event(EventKind.FIRST_ACK, 0.00015, 2, "c2s"),
-        Event(EventKind.FIRST_DATA_C2S, 0.00015, 2, "c2s"),
-    ]
-    assert conns[CONN_D].timeline() == [
-        Event(EventKind.SYN, 0.0, 0, "c2s"),
-        Event(EventKind.RST, 0.00005, 1, "s2c"),
-    ]
-    assert conns[CONN_V6].timeline() == [Event(EventKind.SYN, 0.0, 0, "c2s")]
-
-
-def test_flights(segments: list[Segment]) -> None:
-    conns = connections(segments)
-    a = conns[CONN_A]
-    assert [(f.direction, f.indices, f.payload_len) for f in a.flights()] == [
-        ("c2s", (0,), 0), ("s2c", (1,), 0), ("c2s", (3,), 18), ("s2c", (5,), 24),
-        ("c2s", (7,), 0), ("s2c", (8,), 0),
-    ]
-    first_data = next(e for e in a.timeline() if e.kind is EventKind.FIRST_DATA_C2S)
-    upto = a.flights(until_ts=first_data.t)
-    assert [f.indices for f in upto] == [(0,), (1,), (3,)]
-    assert a.flights(until_index=first_data.index) == upto
-    assert (upto[1].t_start, upto[1].t_end) == (0.0001, 0.0001)
-    b_flights = conns[CONN_B].flights()
-    assert [(f.direction, f.indices) for f in b_flights] == [("c2s", (0, 1)), ("s2c", (2,))]
-    assert (b_flights[0].t_start, b_flights[0].t_end) == (0.0, 1.0)
-    assert [(f.direction, f.indices) for f in conns[CONN_C].flights()] == [
-        ("c2s", (0,)), ("s2c", (1,)), ("c2s", (2, 3))]
-    assert [(f.direction, f.indices) for f in conns[CONN_D].flights()] == [
-        ("c2s", (0,)), ("s2c", (1,))]
-
-
-def test_retransmissions(segments: list[Segment]) -> None:
-    conns = connections(segments)
-    assert conns[CONN_A].retransmissions() == []
-    assert conns[CONN_B].retransmissions() == [
-        Retransmission(index=1, original_index=0, direction="c2s", seq=2000, seg_len=1, t=1.0,
-                       delay=1.0)]
-    (retx,) = conns[CONN_C].retransmissions()
-    assert (retx.index, retx.original_index, retx.seq, retx.seg_len) == (3, 2, 3001, 9)
-    assert retx.t == 0.20015 and retx.delay == pytest.approx(0.2, abs=1e-12)
-
-
-def test_streams_and_payload_contains(segments: list[Segment]) -> None:
-    conns = connections(segments)
-    a, c = conns[CONN_A], conns[CONN_C]
-    assert a.stream_chunks("c2s") == [REQUEST]
-    assert a.stream_chunks("s2c") == [RESPONSE]
-    assert c.stream_chunks("c2s") == [ENO_DATA]  # the retransmission overlaps, no duplicate
-    assert payload_contains(a, b"200 OK")
-    assert payload_contains(a, b"GET", direction="c2s")
-    assert not payload_contains(a, b"GET", direction="s2c")
-    assert not payload_contains(a, b"secret")
-    with pytest.raises(ValueError):
-        payload_contains(a, b"")
-
-
-def test_payload_contains_across_segments_and_wrap(segments: list[Segment]) -> None:
-    request = connections(segments)[CONN_A].segments[3].segment
-    base = 0xFFFFFFFA  # the stream wraps the 32-bit sequence space in the middle
-    parts = [(base, b"xxpass"), ((base + 6) & 0xFFFFFFFF, b"wordyy")]
-    segs = [replace(request, seq=seq, payload=p, payload_len=len(p)) for seq, p in reversed(parts)]
-    conn = connections(segs)[CONN_A]
-    assert sorted(conn.stream_chunks("c2s")) == [b"xxpasswordyy"]
-    assert payload_contains(conn, b"password")
-    gap = connections([segs[0], replace(segs[1], seq=base - 100)])[CONN_A]
-    assert sorted(gap.stream_chunks("c2s")) == [b"wordyy", b"xxpass"]
-    assert not payload_contains(gap, b"password")
-
-
-def test_payload_contains_refuses_to_prove_absence_when_truncated() -> None:
-    frame = bytes(_tcp(200, True, 40001, "PA", 1001, 5001, payload=REQUEST))
-    cut = frame[: 14 + 20 + 20 + 5]
-    segs = read_segments(pcap_bytes([(1_700_000_000, 200, cut, len(frame))]))
-    seg = segs[0]
-    assert (seg.payload_len, seg.payload, seg.truncated) == (18, b"GET /", True)
-    conn = connections(segs)[CONN_A]
-    assert payload_contains(conn, b"GET")
-    with pytest.raises(IncompleteCaptureError, match="truncated"):
-        payload_contains(conn, b"HTTP")
-
-
-def test_orientation_fallbacks(segments: list[Segment]) -> None:
-    a = [cs.segment for cs in connections(segments)[CONN_A].segments]
-    from_synack = connections(a[1:])
-    assert list(from_synack) == [CONN_A]  # the SYN-ACK's receiver is the client
-    assert from_synack[CONN_A].t0_ns == T0_NS + 100_000
-    mid = connections(a[4:])  # first segment s2c: with no handshake the first sender wins
-    assert list(mid) == [ConnKey(S, 80, C, 40001)]
-
-
-def test_reused_four_tuple_gets_new_generation(segments: list[Segment]) -> None:
-    d = [cs.segment for cs in connections(segments)[CONN_D].segments]
-    again = replace(d[0], seq=4444, ts_ns=d[0].ts_ns + 10**9, record=99)
-    conns = connections([*d, again])
-    assert list(conns) == [CONN_D, replace(CONN_D, generation=1)]
-    assert str(replace(CONN_D, generation=1)) == "10.0.0.1:40004->10.0.0.2:81#1"
-    assert [cs.segment.seq for cs in conns[replace(CONN_D, generation=1)].segments] == [4444]
-    # A retransmitted SYN (same ISN) stays in its connection.
-    assert list(connections([d[0], d[0]])) == [CONN_D]
 
 
 def test_nanosecond_and_big_endian_variants(tmp_path: Path, packets: list[Packet],
@@ -527,9 +280,3 @@ def test_fuzz_parses_or_raises_pcap_error(pcap_path: Path) -> None:
         with contextlib.suppress(PcapError):
             read_segments(bytes(mutated))
         parse_options(bytes(rng.randrange(256) for _ in range(rng.randrange(41))))
-
-
-if __name__ == "__main__":
-    # Regenerate the committed test capture: python tests/unit/test_pcap.py
-    write_pcap(COMMITTED, build_handshake_packets())
-    print(f"wrote {COMMITTED} ({COMMITTED.stat().st_size} bytes)", file=sys.stderr)
