@@ -114,14 +114,20 @@ def assert_no_leftovers(net: Network, hosts: dict[str, TransparentHost]) -> None
         assert host.proc.poll() is not None, f"proxy in {node} still runs"
 
 
-@pytest.mark.parametrize("datapath", DATAPATHS)
-@pytest.mark.parametrize("proto,tep", [("tcpcrypt", "tcpcrypt-x25519"), ("tls", "tls")])
-def test_iperf3_and_curl_through_both_designs(proto: str, tep: str, datapath: str,
-                                              tmp_path: Path) -> None:
+def web_root(tmp_path: Path) -> Path:
+    """The directory http.server serves: o0.bin, o1.bin, o2.bin, OBJECT rotated by 0, 1, 2."""
     web = tmp_path / "www"
     web.mkdir()
     for i in range(3):
         (web / f"o{i}.bin").write_bytes(OBJECT[i:] + OBJECT[:i])
+    return web
+
+
+@pytest.mark.parametrize("datapath", DATAPATHS)
+@pytest.mark.parametrize("proto,tep", [("tcpcrypt", "tcpcrypt-x25519"), ("tls", "tls")])
+def test_iperf3_and_curl_through_both_designs(proto: str, tep: str, datapath: str,
+                                              tmp_path: Path) -> None:
+    web = web_root(tmp_path)
     with Network(topologies.create("direct")) as net:
         server = net.ip("server")
         with server_app(net, ["iperf3", "-s", "-p", str(IPERF_PORT)], ready=None,

@@ -79,6 +79,25 @@ def test_result_round_trip():
     assert back == result and back.transcript_bytes == bytes.fromhex("45032045040120")
 
 
+def assert_removal_commands(ipt: list[str]) -> None:
+    """remove_commands from an iptables listing: the entry jumps it shows, then the chains."""
+    listing = {"OUTPUT": "-P OUTPUT ACCEPT\n-A OUTPUT -p tcp -j TCPINC_ENO_OUT\n"
+                         "-A OUTPUT -p udp -j OTHER\n",
+               "PREROUTING": "-A PREROUTING -p tcp -m multiport ! --ports 5001 "
+                             "-j TCPINC_ENO_IN\n"}
+    removal = remove_commands(listing)
+    assert removal[0] == ["iptables", "-w", "-t", "mangle", "-D", "OUTPUT", "-p", "tcp", "-j",
+                          "TCPINC_ENO_OUT"]
+    assert removal[1][5:] == ["PREROUTING", "-p", "tcp", "-m", "multiport", "!", "--ports",
+                              "5001", "-j", "TCPINC_ENO_IN"]
+    chains = ["TCPINC_ENO_OUT", "TCPINC_ENO_IN", "TCPINC_ENO_HOLD", "TCPINC_ENO_RELEASE"]
+    # Every chain flushed before any is deleted (the entry chains jump to the inner ones).
+    assert removal[2:] == [[*ipt, "-F", c] for c in chains] + [[*ipt, "-X", c] for c in chains]
+    # A half-made installation: only the chains the table shows.
+    half = remove_commands({"chains": "-P OUTPUT ACCEPT\n-N TCPINC_ENO_HOLD\n"})
+    assert half == [[*ipt, "-F", "TCPINC_ENO_HOLD"], [*ipt, "-X", "TCPINC_ENO_HOLD"]]
+
+
 def test_rules_queue_only_handshake_segments_with_bypass():
     spec = HookSpec(queue=3, original_window=5, reply_window=3)
     rules = chain_rules(spec)
@@ -112,21 +131,7 @@ def test_rules_queue_only_handshake_segments_with_bypass():
     assert [*ipt, "-A", "OUTPUT", "-p", "tcp", "-j", "TCPINC_ENO_OUT"] in install
     assert install[-1] == [*ipt, "-A", "PREROUTING", "-p", "tcp", "-j", "TCPINC_ENO_IN"]
     assert len(install) == 2 + 2 + 2 * (1 + 5 + 1)
-    listing = {"OUTPUT": "-P OUTPUT ACCEPT\n-A OUTPUT -p tcp -j TCPINC_ENO_OUT\n"
-                         "-A OUTPUT -p udp -j OTHER\n",
-               "PREROUTING": "-A PREROUTING -p tcp -m multiport ! --ports 5001 "
-                             "-j TCPINC_ENO_IN\n"}
-    removal = remove_commands(listing)
-    assert removal[0] == ["iptables", "-w", "-t", "mangle", "-D", "OUTPUT", "-p", "tcp", "-j",
-                          "TCPINC_ENO_OUT"]
-    assert removal[1][5:] == ["PREROUTING", "-p", "tcp", "-m", "multiport", "!", "--ports",
-                              "5001", "-j", "TCPINC_ENO_IN"]
-    chains = ["TCPINC_ENO_OUT", "TCPINC_ENO_IN", "TCPINC_ENO_HOLD", "TCPINC_ENO_RELEASE"]
-    # Every chain flushed before any is deleted (the entry chains jump to the inner ones).
-    assert removal[2:] == [[*ipt, "-F", c] for c in chains] + [[*ipt, "-X", c] for c in chains]
-    # A half-made installation: only the chains the table shows.
-    half = remove_commands({"chains": "-P OUTPUT ACCEPT\n-N TCPINC_ENO_HOLD\n"})
-    assert half == [[*ipt, "-F", "TCPINC_ENO_HOLD"], [*ipt, "-X", "TCPINC_ENO_HOLD"]]
+    assert_removal_commands(ipt)
     excluded = install_commands(HookSpec(exclude_ports=(5001, 5002)))
     assert excluded[10][8:13] == ["-m", "multiport", "!", "--ports", "5001,5002"]
     with pytest.raises(ValueError):

@@ -230,12 +230,10 @@ def tep_cores(tep: str) -> tuple[TepCore, TepCore]:
     return joined.a, joined.b
 
 
-@pytest.mark.parametrize("tep", ["tcpcrypt", "tls"])
-def test_two_relays_carry_a_tep_both_ways_exactly(tep: str) -> None:
-    """app -> relay (core A) -> net -> relay (core B) -> app, on small socket buffers so
-    that sends are partial and frames arrive cut anywhere: every byte arrives, in order,
-    and each application's FIN arrives after the TEP's end of stream."""
-    core_a, core_b = tep_cores(tep)
+def tep_relays(core_a: TepCore, core_b: TepCore
+               ) -> tuple[socket.socket, socket.socket, Relay, list[Pair]]:
+    """sender -> app_a, relay (core A), net_a -> net_b, relay (core B), app_b -> receiver, the
+    network connection on small socket buffers: (sender, receiver, relay, ended pairs)."""
     sender, app_a = tcp_pair()
     net_a, net_b = tcp_pair()
     app_b, receiver = tcp_pair()
@@ -249,6 +247,16 @@ def test_two_relays_carry_a_tep_both_ways_exactly(tep: str) -> None:
             sock.setblocking(False)
         stream = Stream(net, StreamInfo(policy="opportunistic"))
         relay.add(Pair(Side("app", app), Side("net", net), stream, core, {}))
+    return sender, receiver, relay, ended
+
+
+@pytest.mark.parametrize("tep", ["tcpcrypt", "tls"])
+def test_two_relays_carry_a_tep_both_ways_exactly(tep: str) -> None:
+    """app -> relay (core A) -> net -> relay (core B) -> app, on small socket buffers so
+    that sends are partial and frames arrive cut anywhere: every byte arrives, in order,
+    and each application's FIN arrives after the TEP's end of stream."""
+    core_a, core_b = tep_cores(tep)
+    sender, receiver, relay, ended = tep_relays(core_a, core_b)
     payload = bytes(i * 7 % 251 for i in range(1_000_003))
     reply = b"reply after half-close " * 1000
 
