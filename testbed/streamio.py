@@ -120,11 +120,16 @@ class Stream:
             return self.sock.recv(size)
         driver = self._driver
         data: bytes = self._guard(lambda: driver.recv(size))
+        self._note_late_handshake(driver)  # an early handoff's handshake may end in a recv
+        return data
+
+    def _note_late_handshake(self, driver: TepDriver) -> None:
+        """The session ID of a handshake that ended after the handoff (testbed/tepio.py,
+        ``run_until_data``): in a later recv, or in the close that waited for it."""
         if self.info.session_id is None:
-            done = driver.completed()  # an early handoff's handshake ended in this recv
+            done = driver.completed()
             if done is not None:
                 note_handshake(self.info, done)
-        return data
 
     def _run_split_check(self) -> None:
         check, self._split_check = self._split_check, None
@@ -151,6 +156,7 @@ class Stream:
             if self._driver is not None:
                 driver = self._driver
                 self._corked(lambda: self._guard(driver.close_write))
+                self._note_late_handshake(driver)
             else:
                 self.sock.shutdown(socket.SHUT_WR)
         if how in (socket.SHUT_RD, socket.SHUT_RDWR):

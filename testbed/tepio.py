@@ -42,6 +42,7 @@ from testbed.teps.base import (
 )
 
 READ_SIZE = 65536
+CLOSE_HANDSHAKE_S = 2.0  # how long a close waits for a handshake still under way to end
 
 
 class TepDriver:
@@ -177,8 +178,17 @@ class TepDriver:
         self._plain.clear()
         return out
 
-    def close_write(self) -> None:
-        """Send the TEP's end of stream, then TCP's FIN."""
+    def close_write(self, timeout: float = CLOSE_HANDSHAKE_S) -> None:
+        """Send the TEP's end of stream, then TCP's FIN.
+
+        A core still in its handshake (a TLS server that answered 0-RTT data, closing before
+        the client's Finished came) sends its end of stream only once the handshake is
+        complete, with what completing it writes (its NewSessionTickets, RFC 8446 §4.6.1):
+        the peer is read until then, ``timeout`` seconds at most, so the FIN cannot overtake
+        them (the socket takes no bytes after it)."""
         self.core.close()
         self._flush()
+        if not self.core.handshake_complete:
+            self._exchange(timeout, stop_at_early_data=False)
+            self._flush()
         self.sock.shutdown(socket.SHUT_WR)
