@@ -4,6 +4,15 @@ Opens N connections (sequentially, or ``--concurrency`` at a time), sends one
 request on each and reads the response, printing one JSON object per
 connection. Times are milliseconds from ``connect start`` (just before the SYN
 is asked for): connected, request sent, first response byte, done.
+
+A connection is closed beside the next one (``Closer``): a TEP's graceful close sends its end
+of stream and FIN at once, then reads the server's end of stream, a round trip later, before
+it lets go of the socket (testbed/streamio.py, ``close``). Waiting for that would put one
+round trip between every two connections of an encrypted arm and none of plain TCP's, for
+nothing the next connection uses; the wire sees the same segments either way. A close the
+next connection does depend on (after accepted 0-RTT the server's single-use ticket follows
+the client's Finished, testbed/apps/proto_tls_arm.py) is waited for: the connection says so
+with ``close_before_next``.
 """
 
 from __future__ import annotations
@@ -74,7 +83,35 @@ def _exchange(conn: Any, args: argparse.Namespace, index: int, request: bytes, a
     ex.t_done = time.perf_counter()
 
 
-def one_connection(args: argparse.Namespace, index: int) -> dict[str, Any]:
+class Closer:
+    """Closes a connection with a TEP on a thread of its own unless its ``close_before_next``
+    says the next connection needs the close done (module docstring); any other close
+    returns at once anyway. ``join`` waits for every close started."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+
+    def close(self, conn: Any) -> None:
+        stream = getattr(conn, "stream", None)
+        waits = stream is not None and stream.tep_driver is not None
+        if not waits or getattr(conn, "close_before_next", False):
+            conn.close()
+            return
+        thread = threading.Thread(target=conn.close, name="close", daemon=True)
+        thread.start()
+        with self._lock:
+            self._threads = [t for t in self._threads if t.is_alive()]
+            self._threads.append(thread)
+
+    def join(self) -> None:
+        with self._lock:
+            threads, self._threads = self._threads, []
+        for thread in threads:
+            thread.join()
+
+
+def one_connection(args: argparse.Namespace, index: int, closer: Closer) -> dict[str, Any]:
     transport = get_transport(args.proto, args.policy)
     request = encode_request(index, args.response_size, args.request_size)
     record: dict[str, Any] = {"conn": index, "proto": args.proto, "error": None}
@@ -82,22 +119,23 @@ def one_connection(args: argparse.Namespace, index: int) -> dict[str, Any]:
     ex = _Exchange(start=time.perf_counter())
     conn = None
     try:
-        conn, already = transport.connect((args.server, args.port), args.timeout, request)
-        record["local_port"] = conn.local_port
-        _exchange(conn, args, index, request, already, ex)
-    except (OSError, TimeoutError, StreamError) as exc:
-        record["error"] = f"{type(exc).__name__}: {exc}"
-        # A connection refused by policy says why, and which port it used (server records).
-        record["fallback_reason"] = getattr(exc, "reason", None)
-        if isinstance(exc, StreamError) and exc.local_port:
-            record["local_port"] = exc.local_port
+        try:
+            conn, already = transport.connect((args.server, args.port), args.timeout, request)
+            record["local_port"] = conn.local_port
+            _exchange(conn, args, index, request, already, ex)
+        except (OSError, TimeoutError, StreamError) as exc:
+            record["error"] = f"{type(exc).__name__}: {exc}"
+            # A connection refused by policy says why, and which port it used (server records).
+            record["fallback_reason"] = getattr(exc, "reason", None)
+            if isinstance(exc, StreamError) and exc.local_port:
+                record["local_port"] = exc.local_port
+        record["t_start_wall"] = t_wall
+        _complete_record(record, args, transport.uses_eno,
+                         conn.info if conn is not None else None, ex)
     finally:
         if conn is not None:
-            conn.close()
+            closer.close(conn)
         keylog.flush()  # after the connection's timed part (testbed/keylog.py, defer)
-    record["t_start_wall"] = t_wall
-    _complete_record(record, args, transport.uses_eno, conn.info if conn is not None else None,
-                     ex)
     return record
 
 
@@ -164,15 +202,18 @@ def main(argv: list[str] | None = None) -> int:
         with lock:
             print(json.dumps(record), flush=True)
 
+    closer = Closer()
     if args.concurrency == 1:
         for i in range(args.connections):
-            emit(one_connection(args, i))
+            emit(one_connection(args, i, closer))
             if args.gap_ms:
                 time.sleep(args.gap_ms / 1e3)
     else:
         with ThreadPoolExecutor(args.concurrency) as pool:
-            for record in pool.map(lambda i: one_connection(args, i), range(args.connections)):
+            for record in pool.map(lambda i: one_connection(args, i, closer),
+                                   range(args.connections)):
                 emit(record)
+    closer.join()  # every connection closed gracefully before the process ends
     return 0
 
 

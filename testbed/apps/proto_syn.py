@@ -91,8 +91,13 @@ class SynConn:
     def recv(self, size: int) -> bytes:
         return self.stream.recv(size)
 
+    @property
+    def close_before_next(self) -> bool:
+        """As the tls-0rtt arm's (proto_tls_arm.TlsConn): a ticket follows accepted 0-RTT."""
+        return self.client and bool(self.stream.info.early_data_accepted)
+
     def close(self) -> None:
-        if self.client and self.stream.info.early_data_accepted:
+        if self.close_before_next:
             # As the tls-0rtt arm: wait for the server's close_notify, so its ticket (sent
             # after our Finished) is in the cache for the next connection (proto_tls.py).
             proto_tls.TlsConn(self.stream, self.arm.tls_arm(), client=True).close()

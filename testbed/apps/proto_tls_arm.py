@@ -201,8 +201,14 @@ class TlsConn:
     def recv(self, size: int) -> bytes:
         return self.stream.recv(size)
 
+    @property
+    def close_before_next(self) -> bool:
+        """After accepted 0-RTT the close waits for the ticket the next connection offers
+        (``_close_and_wait``): the client must not start that one before (apps/client.py)."""
+        return self.client and bool(self.stream.info.early_data_accepted)
+
     def close(self) -> None:
-        if self.client and self.stream.info.early_data_accepted:
+        if self.close_before_next:
             self._close_and_wait()
         self.stream.close()
 
