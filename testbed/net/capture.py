@@ -35,6 +35,7 @@ from types import TracebackType
 from typing import IO, Any, Protocol
 
 from testbed.errors import TestbedError, present
+from testbed.net.hosts import wait_exit
 
 log = logging.getLogger(__name__)
 
@@ -283,7 +284,7 @@ class Capture:
                             proc.pid, self.stop_timeout, sig.name)
             proc.send_signal(sig)
             try:
-                proc.wait(self.stop_timeout)
+                wait_exit(proc, self.stop_timeout)
             except subprocess.TimeoutExpired:
                 continue
         rc = proc.poll()

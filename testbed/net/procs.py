@@ -23,7 +23,7 @@ from typing import Any
 from testbed.eno.bpf.attach import HostAttachment
 from testbed.errors import CommandError, ProcessDiedError, present
 from testbed.log import LOG
-from testbed.net.hosts import NsHost, die_with_parent
+from testbed.net.hosts import NsHost, die_with_parent, wait_exit
 from testbed.net.state import NetworkState
 
 
@@ -159,7 +159,7 @@ class HostProcesses:
             if not helper.stopping:
                 proc.send_signal(signal.SIGTERM)
             try:
-                proc.wait(timeout=5)
+                wait_exit(proc, 5)
             except subprocess.TimeoutExpired:
                 LOG.warning("%s did not stop on SIGTERM; killing pid %d", helper.name, proc.pid)
                 proc.kill()
