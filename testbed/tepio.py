@@ -12,9 +12,12 @@ A driver made with ``hold_replies`` (ENO role B, which is TLS's server) holds wh
 in the read that gave the application data after the handshake -- a TLS server's
 NewSessionTickets, written on the client's Finished (RFC 8446 §4.6.1), which now arrives with
 the request -- until the application answers: they leave with the response in one write,
-and the client reads both in one wake-up. Held bytes also leave before the driver waits for
-the peer again, when the handshake's caller takes the core over, and at close: nothing the
-core wrote waits on the peer.
+and the client reads both in one wake-up. The same holds for the read that brought the peer's
+end of stream (a client that closes right after its Finished): the tickets then leave with our
+own end of stream, in the one segment that carries the FIN (testbed/streamio.py, ``_corked``),
+not in a segment before it whose ACK and the FIN's the peer could send twice. Held bytes also
+leave before the driver waits for the peer again, when the handshake's caller takes the core
+over, and at close: nothing the core wrote waits on the peer.
 
 A server may hand the connection to its application before the handshake ends
 (``run_until_data``): once the core delivered 0-RTT data (TLS, RFC 8446 §2.3, beyond the
@@ -112,7 +115,7 @@ class TepDriver:
             self.first_read_at = time.perf_counter()
         self.received += len(data)
         self._absorb(self.core.receive_data(data, self.clock()))
-        if self.hold_replies and self._plain and self.core.handshake_complete:
+        if self.hold_replies and (self._plain or self.eof) and self.core.handshake_complete:
             self._held = True  # leaves with the application's answer (module docstring)
             return
         self._flush()

@@ -219,15 +219,26 @@ FRESH_PROVIDER = TcpcryptProvider(None)
 class TcpcryptConn(EnoConn):
     """A stream of a tcpcrypt arm; its record says whether the session was resumed.
     ``deferred``: the server's cache, whose answers for this connection wait for
-    ``answered`` (after the response) or the close."""
+    ``answered`` (after the response) or the close. ``client``: the active opener's."""
 
     def __init__(self, stream: eno_stream.Stream, nonce_len: int | None,
-                 request_in_tep: bool = False, deferred: HostCache | None = None) -> None:
+                 request_in_tep: bool = False, deferred: HostCache | None = None,
+                 client: bool = False) -> None:
         super().__init__(stream)
         self.info.extras = tcpcrypt_keys(stream.info, nonce_len)
         self.deferred = deferred
+        self.resumes = nonce_len is not None  # the arm resumes its next connection
+        self.client = client
         if request_in_tep:
             self._request_phases()
+
+    @property
+    def close_before_next(self) -> bool:
+        """A resuming client's next SYN must not come before the server's end of stream: the
+        server pushes the answer that SYN names after its response and before its end of
+        stream (``answered``); a SYN that overtook the push gets a fresh exchange
+        (RFC 8548 §3.5; testbed/apps/client.py waits for this close)."""
+        return self.client and self.resumes
 
     def answered(self) -> None:
         """The server's response is out: push the resumption answer (HostCache)."""
@@ -306,7 +317,8 @@ class TcpcryptTransport(EnoTransport):
                 for name in self.teps})
         stream = eno_stream.connect(addr, config, timeout=timeout)
         taken = stream.info.tep in self.teps and stream.info.session_id is not None
-        conn = TcpcryptConn(stream, self.nonce_len, request_in_tep=bool(first) and taken)
+        conn = TcpcryptConn(stream, self.nonce_len, request_in_tep=bool(first) and taken,
+                            client=True)
         return conn, len(first) if taken else 0
 
     def accept(self, sock: socket.socket, addr: Addr | None = None) -> TcpcryptConn:

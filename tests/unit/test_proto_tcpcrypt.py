@@ -222,3 +222,17 @@ def test_a_resuming_client_seals_its_first_data_at_start() -> None:
     assert a.resumed and b.resumed
     got = b.receive_data(a.data_to_send(), now)
     assert [e.data for e in got if isinstance(e, DataReceived)] == [b"GET /"]
+
+
+def test_a_resuming_client_closes_before_its_next_connection() -> None:
+    # The server pushes the answer a resuming SYN names after its response and before its
+    # end of stream, so the client's next SYN waits for that close (testbed/apps/client.py).
+    from types import SimpleNamespace
+
+    def conn(nonce_len: int | None, client: bool) -> pt.TcpcryptConn:
+        stream = SimpleNamespace(info=StreamInfo(policy="opportunistic"))
+        return pt.TcpcryptConn(stream, nonce_len, client=client)  # type: ignore[arg-type]
+
+    assert conn(8, client=True).close_before_next
+    assert not conn(None, client=True).close_before_next  # a fresh arm: nothing to wait for
+    assert not conn(8, client=False).close_before_next  # the server's close waits for nobody

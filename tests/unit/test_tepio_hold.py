@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from testbed.tepio import TepDriver
-from testbed.teps.base import DataReceived, Role, TepContext
+from testbed.teps.base import DataReceived, EndOfStream, Role, TepContext
 from testbed.teps.tls.constants import HS_NEW_SESSION_TICKET
 from testbed.teps.tls.core import TlsCore
 from testbed.teps.tls.pair import EXAMPLE_TRANSCRIPT
@@ -141,3 +141,35 @@ def test_take_buffered_sends_what_was_held(hold: bool) -> None:
     assert len(server.writes) == 2  # an event loop taking the core over gets nothing held
     c_sock.close()
     s_sock.close()
+
+
+def test_tickets_of_a_read_that_ended_the_stream_leave_with_the_close() -> None:
+    # The client's Finished and its close_notify arrive in one read: the server's tickets
+    # wait for its own close_notify and leave in one write with it (then the FIN), instead of
+    # a write of their own before it.
+    c_sock, s_sock = socket.socketpair()
+    c_sock.settimeout(5)
+    s_sock.settimeout(5)
+    server = RecordingSocket(s_sock)
+    core = TlsCore(TepContext(role=Role.B, transcript=EXAMPLE_TRANSCRIPT, options={}))
+    driver = TepDriver(server, core, hold_replies=True)  # type: ignore[arg-type]
+    client = TlsCore(TepContext(role=Role.A, transcript=EXAMPLE_TRANSCRIPT, options={}))
+    client.start(0.0)
+    c_sock.sendall(client.data_to_send())  # ClientHello
+    thread = threading.Thread(target=lambda: (driver.run_handshake(5), driver.recv(1),
+                                              driver.close_write()))
+    thread.start()
+    while not client.handshake_complete:
+        client.receive_data(c_sock.recv(65536), 0.0)
+    client.close()
+    c_sock.sendall(client.data_to_send())  # Finished and close_notify, one write
+    c_sock.shutdown(socket.SHUT_WR)
+    thread.join(5)
+    events = []
+    while data := c_sock.recv(65536):
+        events += client.receive_data(data, 0.0)
+    c_sock.close()
+    s_sock.close()
+    assert len(server.writes) == 2  # the server's flight; tickets and close_notify together
+    assert client._wire.count_handshake(sent=False, msg_type=HS_NEW_SESSION_TICKET) == 2
+    assert any(isinstance(e, EndOfStream) for e in events)
