@@ -54,13 +54,18 @@ def _client_until(core: TlsCore, sock: socket.socket, done: Any,
     return got
 
 
-def _run(hold: bool, second_recv: bool) -> tuple[RecordingSocket, TlsCore, list[bytes]]:
+def _server_pair(hold: bool) -> tuple[socket.socket, socket.socket, RecordingSocket, TepDriver]:
+    """A socket pair, the server end recorded, and a TLS server core's driver on it."""
     c_sock, s_sock = socket.socketpair()
     c_sock.settimeout(5)
     s_sock.settimeout(5)
     server = RecordingSocket(s_sock)
     core = TlsCore(TepContext(role=Role.B, transcript=EXAMPLE_TRANSCRIPT, options={}))
-    driver = TepDriver(server, core, hold_replies=hold)  # type: ignore[arg-type]
+    return c_sock, s_sock, server, TepDriver(server, core, hold_replies=hold)  # type: ignore[arg-type]
+
+
+def _run(hold: bool, second_recv: bool) -> tuple[RecordingSocket, TlsCore, list[bytes]]:
+    c_sock, s_sock, server, driver = _server_pair(hold)
     errors: list[BaseException] = []
 
     def serve() -> None:
@@ -122,12 +127,7 @@ def test_held_bytes_leave_before_the_driver_waits_for_the_peer() -> None:
 
 @pytest.mark.parametrize("hold", [True, False])
 def test_take_buffered_sends_what_was_held(hold: bool) -> None:
-    c_sock, s_sock = socket.socketpair()
-    s_sock.settimeout(5)
-    c_sock.settimeout(5)
-    server = RecordingSocket(s_sock)
-    core = TlsCore(TepContext(role=Role.B, transcript=EXAMPLE_TRANSCRIPT, options={}))
-    driver = TepDriver(server, core, hold_replies=hold)  # type: ignore[arg-type]
+    c_sock, s_sock, server, driver = _server_pair(hold)
     client = TlsCore(TepContext(role=Role.A, transcript=EXAMPLE_TRANSCRIPT,
                                 options={"first_data": REQUEST}))
     client.start(0.0)
@@ -147,12 +147,7 @@ def test_tickets_of_a_read_that_ended_the_stream_leave_with_the_close() -> None:
     # The client's Finished and its close_notify arrive in one read: the server's tickets
     # wait for its own close_notify and leave in one write with it (then the FIN), instead of
     # a write of their own before it.
-    c_sock, s_sock = socket.socketpair()
-    c_sock.settimeout(5)
-    s_sock.settimeout(5)
-    server = RecordingSocket(s_sock)
-    core = TlsCore(TepContext(role=Role.B, transcript=EXAMPLE_TRANSCRIPT, options={}))
-    driver = TepDriver(server, core, hold_replies=True)  # type: ignore[arg-type]
+    c_sock, s_sock, server, driver = _server_pair(True)
     client = TlsCore(TepContext(role=Role.A, transcript=EXAMPLE_TRANSCRIPT, options={}))
     client.start(0.0)
     c_sock.sendall(client.data_to_send())  # ClientHello
