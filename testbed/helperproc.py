@@ -41,6 +41,30 @@ def raise_stop(signum: int, _frame: FrameType | None) -> None:
     raise Stop(signum)
 
 
+class StopGate:
+    """A stop signal held while a helper is inside work that must finish first (the ENO
+    hook's packet verdict, the delay line's batch counts): ``handler`` is the helper's
+    ``on_stop`` for ``run``; set ``busy`` around the work and ``check`` after it."""
+
+    __slots__ = ("busy", "pending")
+
+    def __init__(self) -> None:
+        self.busy = False
+        self.pending: int | None = None
+
+    def handler(self, signum: int, _frame: FrameType | None) -> None:
+        """``Stop`` now, or held until ``check`` when the helper is busy."""
+        if self.busy:
+            self.pending = signum
+            return
+        raise Stop(signum)
+
+    def check(self) -> None:
+        """Raise ``Stop`` for a signal held while busy."""
+        if self.pending is not None:
+            raise Stop(self.pending)
+
+
 def announce_ready(line: str = READY) -> None:
     """The ready line the parent waits for (flushed at once: stdout is a pipe)."""
     print(line, flush=True)

@@ -227,7 +227,6 @@ class TcpcryptConn(EnoConn):
         super().__init__(stream)
         self.info.extras = tcpcrypt_keys(stream.info, nonce_len)
         self.deferred = deferred
-        self.resumes = nonce_len is not None  # the arm resumes its next connection
         self.client = client
         if request_in_tep:
             self._request_phases()
@@ -238,7 +237,7 @@ class TcpcryptConn(EnoConn):
         server pushes the answer that SYN names after its response and before its end of
         stream (``answered``); a SYN that overtook the push gets a fresh exchange
         (RFC 8548 §3.5; testbed/apps/client.py waits for this close)."""
-        return self.client and self.resumes
+        return self.client and self.info.extras["resume_nonce_len"] is not None
 
     def answered(self) -> None:
         """The server's response is out: push the resumption answer (HostCache)."""

@@ -38,7 +38,6 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from testbed import helperproc
@@ -58,23 +57,8 @@ TIMING_SAMPLES = 8192  # most recent per-packet callback times kept for median /
 EXPIRY_TICK = 0.5
 
 
-class _SignalGate:
-    """A signal during a packet callback is held until the verdict has been given."""
-
-    in_callback = False
-    pending: int | None = None
-
-
-_GATE = _SignalGate()
-
-
-def _on_signal(signum: int, frame: FrameType | None) -> None:
-    """The hook's stop handler (``helperproc.run``): ``Stop`` now, or once the verdict is
-    given (``serve``)."""
-    if _GATE.in_callback:
-        _GATE.pending = signum
-        return
-    raise helperproc.Stop(signum)
+# A signal during a packet callback is held until the verdict has been given.
+_GATE = helperproc.StopGate()
 
 
 class PacketTimer:
@@ -123,7 +107,7 @@ def make_callback(
 
     def callback(packet: Any) -> None:
         start = time.perf_counter_ns()
-        _GATE.in_callback = True
+        _GATE.busy = True
         new: bytes | None = None
         decided = False
         try:
@@ -149,7 +133,7 @@ def make_callback(
                 _release(packet)
             elif new is not None:
                 engine.counts["late_rewrite_ignored"] += 1
-            _GATE.in_callback = False
+            _GATE.busy = False
             timer.add(time.perf_counter_ns() - start)
 
     return callback
@@ -225,8 +209,7 @@ def serve(nfq: Any, server: ControlServer, engine: HookEngine) -> None:
         events = selector.select(timeout)
         if any(key.data is nfq for key, _ in events):
             nfq.run(block=False)
-            if _GATE.pending is not None:
-                raise helperproc.Stop(_GATE.pending)
+            _GATE.check()
         now = time.monotonic()
         for key, _ in events:
             if key.data is server:
@@ -287,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     # BrokenPipeError: the run that started us died before reading our ready line; nobody is
     # left to serve (its parent-death signal is on the way): exit 1 without a traceback.
     error = helperproc.run(start_and_serve, dump=dump, teardown=teardown, announce=False,
-                           errors=(BrokenPipeError,), live_stats=False, on_stop=_on_signal)
+                           errors=(BrokenPipeError,), live_stats=False, on_stop=_GATE.handler)
     return 1 if error is not None else 0
 
 

@@ -41,7 +41,6 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from types import FrameType
 from typing import Any, NoReturn
 
 from testbed import helperproc
@@ -299,7 +298,7 @@ class DelayLine:
     def run(self) -> NoReturn:
         """Forward forever; leaves only by an exception (Stop from a signal, or an OS error).
 
-        A stop signal is taken only while the line waits in select (``_on_stop``): one that
+        A stop signal is taken only while the line waits in select (``_GATE``): one that
         comes while frames are released or read waits until the batch is counted. Raised
         inside the batch it lost the batch's counts, which the final stats must hold (a frame
         sent but not counted, seen when the test stopped the line right after the last frame
@@ -327,8 +326,7 @@ class DelayLine:
                 wait, lead = deadline - now, spin.lead(now)
                 timeout = min(wait - lead, MAX_SLEEP) if wait > lead else 0.0
             _GATE.busy = False
-            if _GATE.pending is not None:
-                raise helperproc.Stop(_GATE.pending)
+            _GATE.check()
             ready = select.select(rlist, (), (), timeout)[0]
             _GATE.busy = True
             if timeout == 0.0:
@@ -426,23 +424,8 @@ def parse_config(argv: Sequence[str] | None) -> Config:
                   spin_budget=ns.spin_budget)
 
 
-class _StopGate:
-    """Whether the line is inside a batch, and a stop signal that came meanwhile."""
-
-    busy = False
-    pending: int | None = None
-
-
-_GATE = _StopGate()
-
-
-def _on_stop(signum: int, _frame: FrameType | None) -> None:
-    """The line's stop handler (``helperproc.run``): ``Stop`` now, or once the batch under
-    way is counted (``DelayLine.run``)."""
-    if _GATE.busy:
-        _GATE.pending = signum
-        return
-    raise helperproc.Stop(signum)
+# A stop signal during a batch waits until its counts are in (``DelayLine.run``).
+_GATE = helperproc.StopGate()
 
 
 def _serve(line: DelayLine, stats: str | None) -> int:
@@ -453,7 +436,7 @@ def _serve(line: DelayLine, stats: str | None) -> int:
         if stats is not None:
             write_json_atomic(stats, line.snapshot(final, error))
 
-    error = helperproc.run(line.run, dump=dump, errors=(OSError,), on_stop=_on_stop)
+    error = helperproc.run(line.run, dump=dump, errors=(OSError,), on_stop=_GATE.handler)
     if error is not None:
         print(f"delayline: error: {error}", file=sys.stderr)
         return 1

@@ -95,3 +95,18 @@ def test_a_helper_may_bring_its_own_stop_handler_and_leave_sigusr1_alone(monkeyp
     assert calls[:2] == [(signal.SIGTERM, held), (signal.SIGINT, held)]
     assert calls[2:] == [(signal.SIGTERM, signal.SIG_IGN), (signal.SIGINT, signal.SIG_IGN),
                          (signal.SIGUSR1, signal.SIG_IGN)]  # quiet for the final write
+
+
+def test_the_stop_gate_holds_a_signal_while_busy_and_raises_it_at_the_check():
+    gate = helperproc.StopGate()
+    gate.check()  # nothing held: no stop
+    gate.busy = True
+    gate.handler(signal.SIGTERM, None)  # inside the work: held, not raised
+    assert gate.pending == signal.SIGTERM
+    gate.busy = False
+    with pytest.raises(helperproc.Stop) as held:
+        gate.check()
+    assert held.value.signum == signal.SIGTERM
+    with pytest.raises(helperproc.Stop) as now:
+        helperproc.StopGate().handler(signal.SIGINT, None)  # not busy: at once
+    assert now.value.signum == signal.SIGINT
