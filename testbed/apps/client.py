@@ -111,12 +111,34 @@ class Closer:
             thread.join()
 
 
+ANCHOR_TRIES = 5
+ANCHOR_TIGHT_S = 50e-6
+
+
+def clock_anchor() -> tuple[float, float]:
+    """(perf_counter, wall clock) read at one instant, to place the connection's monotonic
+    timestamps on the captures' wall clock. The wall clock is read between two perf_counter
+    reads; a preemption in between would shift every timestamp of the record against the pcap
+    (and the pcap analysis would miss the request or response it looks for), so the pair with
+    the tightest bracket of a few tries is kept, the wall time at its midpoint."""
+    best = (float("inf"), 0.0, 0.0)  # (bracket, perf_counter, wall at that perf_counter)
+    for _ in range(ANCHOR_TRIES):
+        before = time.perf_counter()
+        wall = time.time()
+        after = time.perf_counter()
+        if after - before < best[0]:
+            best = (after - before, after, wall + (after - before) / 2)
+        if after - before <= ANCHOR_TIGHT_S:
+            break
+    return best[1], best[2]
+
+
 def one_connection(args: argparse.Namespace, index: int, closer: Closer) -> dict[str, Any]:
     transport = get_transport(args.proto, args.policy)
     request = encode_request(index, args.response_size, args.request_size)
     record: dict[str, Any] = {"conn": index, "proto": args.proto, "error": None}
-    t_wall = time.time()
-    ex = _Exchange(start=time.perf_counter())
+    start, t_wall = clock_anchor()
+    ex = _Exchange(start=start)
     conn = None
     try:
         try:
