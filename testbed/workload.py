@@ -16,6 +16,7 @@ server host for the duration of the run, and the server's per-connection view
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -32,9 +33,11 @@ from testbed.apps.proto_syn import SYN_ARMS
 from testbed.apps.transport import get_transport
 from testbed.eno.bpf.attach import resolve as resolve_datapath
 from testbed.eno.rules import HookSpec, finish_hook, launch_hook, stop_hook
-from testbed.errors import ConfigError, ProcessDiedError
+from testbed.errors import ConfigError, ProcessDiedError, present
 from testbed.net.capture import Capture, Captures, CaptureStats
 from testbed.net.network import Network, wait_for_line
+
+LOG = logging.getLogger("tcpinc.workload")
 
 SERVER_PORT = 5000
 
@@ -240,12 +243,15 @@ def _run(
     if peer_view:
         argv += ["--records", str(server_records)]
     env = _keylog_env(pcap) if work.keylog and pcap is not None else None
-    server_proc = net.start_helper(server, f"server:{work.proto}", argv)
-    # The client imports its modules while the server, hooks and captures start, and opens
-    # its first connection only when released (_run_client).
+    # The server and the client import their modules while the hooks start; the server
+    # listens once the hooks are up (--wait-go), the client opens its first connection once
+    # the captures are too (_run_client).
+    server_proc = net.start_helper(server, f"server:{work.proto}", [*argv, "--wait-go"],
+                                   stdin=subprocess.PIPE)
     client_proc = _start_client(net, work, client, server, port, env)
     try:
         ready_hooks()
+        _release(server_proc)
         wait_for_line(server_proc, "ready", 10.0, f"server:{work.proto} in {server}")
         if pcap is not None:
             # Server side first: its capture is listening before the client's first SYN.
@@ -264,6 +270,18 @@ def _run(
             client_proc.communicate()
         net.stop_helper(server_proc)
     return records, read_server_records(server_records)
+
+
+def _release(proc: Popen[str]) -> None:
+    """Send the line a process started with --wait-go (or CLIENT_BOOT) waits for."""
+    stdin = present(proc.stdin, "the server's stdin")
+    try:
+        stdin.write("go\n")
+        stdin.close()
+    except BrokenPipeError:
+        # It died before it was released; wait_for_line, next, raises with its exit code
+        # and stderr.
+        LOG.warning("pid %d exited before it was released", proc.pid)
 
 
 def read_server_records(path: Path) -> dict[int, list[dict[str, Any]]]:

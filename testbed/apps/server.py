@@ -215,10 +215,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--records", default=None, help="append per-connection JSON lines here")
     parser.add_argument("--rt-priority", type=int, default=0,
                         help="run under SCHED_FIFO at this priority (testbed/apps/priority.py)")
+    parser.add_argument("--wait-go", action="store_true",
+                        help="import everything, then listen only once a line 'go' arrives on "
+                             "stdin (anything else, or none, exits 3)")
     args = parser.parse_args(argv)
     if not 0 <= args.rt_priority <= 99:
         parser.error("--rt-priority must be 0 (off) .. 99")
     transport = get_transport(args.proto, args.policy)
+    # A workload starts the server beside the ENO hooks (its imports overlap theirs) and
+    # releases it once the hooks are up: a listener that registers with a hook not yet
+    # listening falls back to plain TCP for its whole life (testbed/stream.py, Listener).
+    if args.wait_go and sys.stdin.readline() != "go\n":
+        return 3
     out = open(args.records, "a") if args.records else None  # noqa: SIM115 (closed below)
     records = Records(out)
     helperproc.install()  # from the start: a stop during set-up ends the process too

@@ -164,8 +164,8 @@ class HostProcesses:
                 LOG.warning("%s did not stop on SIGTERM; killing pid %d", helper.name, proc.pid)
                 proc.kill()
                 proc.wait()
-        for stream in (proc.stdout, proc.stderr):
-            if stream:
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            if stream and not stream.closed:
                 stream.close()
         return message
 

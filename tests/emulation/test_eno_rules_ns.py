@@ -98,3 +98,24 @@ def test_removal_leaves_nothing_after_a_half_made_or_a_failed_install(monkeypatc
         after = saved(net)
     assert half_removed == failed == leftover == after == before
     assert len(installed) == len(before) + 4 + 14
+
+
+def test_a_server_listens_only_once_its_hosts_hook_is_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hook that comes up after the server's listen() would leave that server without ENO
+    for its whole run (opportunistic: plain TCP, ``hook_unavailable``); a CI run under load
+    met it. The workload releases the server once the hooks are ready (testbed/workload.py,
+    --wait-go): a hook slowed by a second still sees every connection negotiate."""
+    from testbed.workload import Workload, run_workload
+
+    plain_argv = rules.hook_argv
+
+    def slow_argv(*args: object, **kwargs: object) -> list[str]:
+        return ["sh", "-c", 'sleep 1; exec "$@"', "sh", *plain_argv(*args, **kwargs)]
+
+    monkeypatch.setattr(rules, "hook_argv", slow_argv)
+    with Network(topologies.create("direct")) as net:
+        records = run_workload(net, Workload(proto="tcpcrypt", policy="opportunistic",
+                                             connections=2, eno_datapath="nfqueue"))
+    for r in records:
+        assert (r["outcome"], r["peer_outcome"], r["peer_fallback_reason"]) == (
+            "encrypted", "encrypted", None), r

@@ -106,10 +106,11 @@ def test_bench_endpoints_flights_and_table() -> None:
                {"split_hops": odd}, {"split_hops": None}]
     assert hop_medians(records) == {"C1": 0.0, "S1": 0.1, "C2": 1.0, "S2": 0.5}
     assert hop_medians([{"split_hops": None}]) == {}
-    row = {"arm": "plain", "n": 3, "client_host_ms": 0.6, "server_host_ms": 0.8,
-           "cpu_client_ms": None, "cpu_server_ms": None, "flights": hop_medians(records)}
+    row = {"arm": "plain", "rtt_ms": 200.0, "n": 3, "client_host_ms": 0.6,
+           "server_host_ms": 0.8, "cpu_client_ms": None, "cpu_server_ms": None,
+           "flights": hop_medians(records)}
     assert format_rows([row]).splitlines()[-1] == (
-        "plain              3   0.600   0.800      -      -  S1 0.100 C2 1.000 S2 0.500")
+        "plain              200   3   0.600   0.800      -      -  S1 0.100 C2 1.000 S2 0.500")
 
 
 def test_pooled_applied_rtt_puts_a_networks_delay_on_each_of_its_points(tmp_path: Path) -> None:
