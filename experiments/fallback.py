@@ -210,7 +210,11 @@ def heatmap(matrix: pd.DataFrame, path: Path) -> None:
     colours = ["#1a9850", "#fdae61", "#91bfdb", "#542788", "#762a83", "#d73027", "#f46d43",
                "#fee090", "#999999"]
     cmap = matplotlib.colors.ListedColormap(colours)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * len(grid.columns), 1.6 + 0.42 * len(grid)))
+    # Room for the arm labels (8 pt, about 0.065 in per character) beside the cells: with few
+    # middleboxes (a test's single column) the cells alone leave no margin for them.
+    labels_in = 0.065 * max(len(str(arm)) for arm in grid.index)
+    fig, ax = plt.subplots(figsize=(0.6 + labels_in + 0.55 * len(grid.columns),
+                                    1.6 + 0.42 * len(grid)))
     ax.imshow(codes.to_numpy(dtype=float), cmap=cmap, vmin=-0.5, vmax=len(CLASSES) - 0.5,
               aspect="auto")
     ax.set_xticks(range(len(grid.columns)), grid.columns, rotation=60, ha="right", fontsize=8)
@@ -220,5 +224,5 @@ def heatmap(matrix: pd.DataFrame, path: Path) -> None:
             ax.text(j, i, SHORT[CLASSES[int(value)]], ha="center", va="center", fontsize=6)
     ax.set_title("What the application got, per protocol and middlebox")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # a title wider than a narrow grid
     plt.close(fig)
