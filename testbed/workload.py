@@ -273,7 +273,7 @@ def _run(
 
 
 def _release(proc: Popen[str]) -> None:
-    """Send the line a process started with --wait-go (or CLIENT_BOOT) waits for."""
+    """Send the line a server started with --wait-go waits for before it listens."""
     stdin = present(proc.stdin, "the server's stdin")
     try:
         stdin.write("go\n")
