@@ -116,18 +116,18 @@ venv-dev: $(VENV)/.installed-dev
 # 20 s on a fresh machine against 36 s for pip. Where uv cannot be had or fails (an index only
 # pip is configured for), pip installs the same. Bytecode is compiled at install, as pip does:
 # where PYTHONDONTWRITEBYTECODE is set, an import would otherwise compile again every time.
-PIP_INSTALL = $(PY) -m pip install -q uv && \
+VENV_INSTALL = $(PY) -m pip install -q uv && \
 	$(VENV)/bin/uv pip install -q --compile-bytecode --python $(PY) -e $(1) || \
 	{ echo "uv did not install $(1) (see above): installing with pip"; \
 	  $(PY) -m pip install -q --upgrade pip && $(PY) -m pip install -q -e $(1); }
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@$(call PIP_INSTALL,.)
+	@$(call VENV_INSTALL,.)
 	@touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	@$(call PIP_INSTALL,'.[dev]')
+	@$(call VENV_INSTALL,'.[dev]')
 	@touch $@
 
 demo: setup

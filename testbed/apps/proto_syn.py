@@ -92,18 +92,20 @@ class SynConn:
         return self.stream.recv(size)
 
     @property
+    def _ticket_follows(self) -> bool:
+        """As the tls-0rtt arm's (proto_tls_arm.TlsConn): a ticket follows accepted 0-RTT."""
+        return self.client and self.arm.tls and bool(self.stream.info.early_data_accepted)
+
+    @property
     def close_before_next(self) -> bool:
-        """As the tls-0rtt arm's (proto_tls_arm.TlsConn: a ticket follows accepted 0-RTT) and
-        the tcpcrypt-resume arm's (proto_tcpcrypt.TcpcryptConn: the server's answer for the
-        next resumption is pushed before its end of stream)."""
-        if not self.client:
-            return False
-        if self.arm.tls:
-            return bool(self.stream.info.early_data_accepted)
-        return bool(self.arm.resume)
+        """After a ticket that follows accepted 0-RTT, and on the tcpcrypt-resume arm's
+        client (proto_tcpcrypt.TcpcryptConn: the server's answer for the next resumption is
+        pushed before its end of stream)."""
+        return self._ticket_follows or (self.client and not self.arm.tls
+                                        and bool(self.arm.resume))
 
     def close(self) -> None:
-        if self.close_before_next and self.arm.tls:
+        if self._ticket_follows:
             # As the tls-0rtt arm: wait for the server's close_notify, so its ticket (sent
             # after our Finished) is in the cache for the next connection (proto_tls.py).
             proto_tls.TlsConn(self.stream, self.arm.tls_arm(), client=True).close()

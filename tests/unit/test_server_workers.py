@@ -171,3 +171,19 @@ def test_a_failing_prepare_is_reported_and_the_thread_still_serves(capsys) -> No
     c.close()
     lsock.close()
     assert "server: prepare failed: RuntimeError: no spare" in capsys.readouterr().err
+
+
+def test_a_server_waiting_for_go_exits_3_on_anything_else(monkeypatch) -> None:
+    # The workload releases a --wait-go server with the line "go"; any other line (or none:
+    # the run died first) ends it before it binds or listens.
+    import io
+    import sys
+
+    from testbed.apps import server
+
+    bound: list[object] = []
+    monkeypatch.setattr(server.socket.socket, "bind", lambda self, addr: bound.append(addr))
+    for given in ("stop\n", ""):
+        monkeypatch.setattr(sys, "stdin", io.StringIO(given))
+        assert server.main(["--port", "0", "--wait-go"]) == 3
+    assert bound == []
