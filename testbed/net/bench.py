@@ -66,13 +66,14 @@ def _listen(net: Network, port: int) -> None:
                      ready="ready")
 
 
-def _probe(net: Network, mode: str, count: int, rtt_ms: float) -> dict[str, list[float]]:
-    """Application-clock and kernel-clock RTTs (ms) of ``count`` probes (see rttprobe.py)."""
+def _probe(net: Network, mode: str, count: int, rtt_ms: float) -> dict[str, Any]:
+    """Application-clock and kernel-clock RTTs (ms) of ``count`` probes, and how many ICMP
+    probes had no transmit timestamp (see rttprobe.py)."""
     text = net.run("client", [sys.executable, "-m", "testbed.net.rttprobe", "--mode", mode,
                               "--server", net.ip("server"), "--port", "5001",
                               "--count", str(count)],
                    timeout=count * (0.01 + rtt_ms / 1e3) + 30)
-    samples: dict[str, list[float]] = json.loads(text)
+    samples: dict[str, Any] = json.loads(text)
     if len(samples["app_ms"]) < count:
         lost = count - len(samples["app_ms"])
         raise CommandError(["rttprobe", mode], -1, f"{lost} probes lost", "client")
@@ -112,6 +113,7 @@ def measure_rtt(backend: str, helper: str, rtt_ms: float, pings: int,
                      "median_ms": statistics.median(samples["app_ms"]),
                      **_errors(samples["app_ms"], rtt_ms),
                      **_errors(samples["kernel_ms"], rtt_ms, "kernel_"),
+                     "kernel_wall_sends": samples["wall_sends"],
                      **link_figures(net.link_reports)})
     return rows
 
@@ -172,10 +174,13 @@ def measure_pps(backend: str, helper: str, rates: tuple[int, ...],
     interface cuts them into single packets (UDP segmentation offload off), so the link sees
     what iperf3 -u -l 64 would send, at rates iperf3 cannot reach on a small machine."""
     rows = []
-    with _network(20.0, backend, helper) as net:
-        net.run("client", ["ethtool", "-K", net.intf("client"), "tx-udp-segmentation", "off"])
-        _udp_sink(net)
-        for rate in rates:
+    for rate in rates:
+        # A network per rate, so the line's own figures (CPU per packet, lateness, frames it
+        # lost) are this rate's, not the sum over the rates.
+        with _network(20.0, backend, helper) as net:
+            net.run("client", ["ethtool", "-K", net.intf("client"), "tx-udp-segmentation",
+                               "off"])
+            _udp_sink(net)
             tx0, rx0 = _counter(net, "client", "tx_packets"), _counter(net, "server", "rx_packets")
             out = net.run("client", [sys.executable, "-m", "testbed.net.bench_udp", "--dst",
                                      net.ip("server"), "--port", str(UDP_PORT), "--pps",
@@ -183,10 +188,8 @@ def measure_pps(backend: str, helper: str, rates: tuple[int, ...],
             time.sleep(0.5)  # the last packets are still on the 20 ms link
             sent = _counter(net, "client", "tx_packets") - tx0
             received = _counter(net, "server", "rx_packets") - rx0
-            rows.append(pps_row(rate, json.loads(out), sent, received))
-    figures = link_figures(net.link_reports)
-    for row in rows:
-        row.update(figures)
+        rows.append({**pps_row(rate, json.loads(out), sent, received),
+                     **link_figures(net.link_reports)})
     return rows
 
 
@@ -220,6 +223,8 @@ def _result(r: dict[str, Any]) -> str:
         text = (f"median {r['median_ms']:.3f} ms, err (kernel) median "
                 f"{r['kernel_median_err_ms']:+.3f} p99 {r['kernel_p99_err_ms']:+.3f}, "
                 f"(app) median {r['median_err_ms']:+.3f} p99 {r['p99_err_ms']:+.3f}")
+        if r.get("kernel_wall_sends"):
+            text += f", {r['kernel_wall_sends']} sends without a kernel timestamp"
     elif r["metric"] == "tcp-throughput":
         text = f"{r['gbit_s']:.2f} Gbit/s, retrans {r['retransmits']}"
     else:

@@ -9,11 +9,17 @@ to after the call that returns the answer, so it includes the time the kernel to
 to wake the probe once the answer arrived (on a VM whose idle vCPU sleeps, 0.1-0.3
 ms after an idle RTT: `tcpinc bench wakeup`). ``kernel_ms``: what the network did,
 without that wake-up: for ICMP the kernel's receive timestamp of the reply
-(SO_TIMESTAMPNS, as ping(8) does) minus the wall clock just before the send; for
+(SO_TIMESTAMPNS, as ping(8) does) minus the kernel's software transmit timestamp of the
+request (SO_TIMESTAMPING, taken by the driver as the frame leaves the interface:
+Documentation/networking/timestamping.rst), so the probe's own send path (a Python call
+and the kernel's ICMP output, 30-40 us after an idle gap) is not counted; where the
+interface gives no transmit timestamp, the wall clock just before the send (counted in
+``wall_sends``); for
 TCP the kernel's own RTT sample of the handshake (``tcpi_rtt`` of TCP_INFO right
 after ``connect()``: the SYN's send time to the SYN-ACK's processing, in
 microseconds, RFC 6298 section 2.2's first measurement).
-Prints ``{"app_ms": [...], "kernel_ms": [...]}``, one entry per answered probe.
+Prints ``{"app_ms": [...], "kernel_ms": [...], "wall_sends": N}``, one entry per answered
+probe; ``wall_sends`` counts the ICMP probes timed from the wall clock (0 for connect).
 """
 
 from __future__ import annotations
@@ -32,6 +38,12 @@ from testbed.packet import internet_checksum, ipv4_header
 _ICMP_HDR = struct.Struct("!BBHHH")
 _TIMESPEC = struct.Struct("@qq")
 SO_TIMESTAMPNS = 35  # SO_TIMESTAMPNS_OLD: a struct timespec of two 64-bit fields here
+SO_TIMESTAMPING = 37  # SO_TIMESTAMPING_OLD; also the cmsg type (SCM_TIMESTAMPING)
+# include/uapi/linux/net_tstamp.h: a software transmit timestamp, reported without the packet
+SOF_TIMESTAMPING_TX_SOFTWARE = 1 << 1
+SOF_TIMESTAMPING_SOFTWARE = 1 << 4
+SOF_TIMESTAMPING_OPT_TSONLY = 1 << 11
+MSG_ERRQUEUE = 0x2000
 TCP_INFO_RTT_OFFSET = 68  # struct tcp_info: 8 bytes of u8 fields, then tcpi_rto... tcpi_rtt (us)
 
 
@@ -52,45 +64,79 @@ def connect_times(host: str, port: int, count: int,
 
 
 def icmp_times(host: str, count: int, gap_s: float,
-               timeout_s: float = 2.0) -> tuple[list[float], list[float]]:
-    """Echo requests one at a time; each reply is matched by identifier and sequence."""
+               timeout_s: float = 2.0) -> tuple[list[float], list[float], int]:
+    """Echo requests one at a time; each reply is matched by identifier and sequence.
+    Returns application and kernel times and how many kernel times began at the wall clock
+    (no transmit timestamp)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
     sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPING, SOF_TIMESTAMPING_TX_SOFTWARE
+                    | SOF_TIMESTAMPING_SOFTWARE | SOF_TIMESTAMPING_OPT_TSONLY)
+    sock.setblocking(False)
     ident = os.getpid() & 0xFFFF
     app: list[float] = []
     kernel: list[float] = []
+    wall_sends = 0
     try:
         for seq in range(count):
             body = _ICMP_HDR.pack(8, 0, 0, ident, seq) + b"tcpinc-rtt-probe"
             packet = body[:2] + struct.pack("!H", internet_checksum(body)) + body[4:]
-            wall = time.time()
+            _drain_errqueue(sock)
+            wall = time.time_ns()
             start = time.perf_counter()
             sock.sendto(packet, (host, 0))
+            # The driver stamps the frame inside sendto() (veth transmits synchronously).
+            sent = _drain_errqueue(sock)
+            if sent is None:
+                sent = wall
+                wall_sends += 1
             deadline = start + timeout_s
             while (left := deadline - time.perf_counter()) > 0:
                 if not select.select([sock], [], [], left)[0]:
                     break
-                data, anc, _flags, _addr = sock.recvmsg(2048, socket.CMSG_SPACE(16))
+                try:
+                    data, anc, _flags, _addr = sock.recvmsg(2048, socket.CMSG_SPACE(16) * 2)
+                except BlockingIOError:  # woken by the error queue, not a reply
+                    _drain_errqueue(sock)
+                    continue
                 ihl = ipv4_header(data)[0]  # a raw ICMP socket reads the IP header too
                 if len(data) < ihl + _ICMP_HDR.size:
                     continue
                 kind, _, _, rid, rseq = _ICMP_HDR.unpack_from(data, ihl)
                 if kind == 0 and rid == ident and rseq == seq:
                     app.append((time.perf_counter() - start) * 1e3)
-                    kernel.append((_received(anc) - wall) * 1e3)
+                    kernel.append((_received(anc) - sent) / 1e6)
                     break
             time.sleep(gap_s)
     finally:
         sock.close()
-    return app, kernel
+    return app, kernel, wall_sends
 
 
-def _received(anc: list[tuple[int, int, bytes]]) -> float:
-    """The kernel's receive time (wall clock) from SO_TIMESTAMPNS."""
+def _drain_errqueue(sock: socket.socket) -> int | None:
+    """Empty the socket's error queue; the last software transmit timestamp in it (wall
+    clock, ns), or None."""
+    stamp = None
+    while True:
+        try:
+            _data, anc, _flags, _addr = sock.recvmsg(
+                64, socket.CMSG_SPACE(48) + socket.CMSG_SPACE(64), MSG_ERRQUEUE)
+        except BlockingIOError:
+            return stamp
+        for level, kind, cdata in anc:
+            # struct scm_timestamping: three timespecs, the software one first
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPING and len(cdata) >= 16:
+                sec, nsec = _TIMESPEC.unpack_from(cdata)
+                if sec or nsec:
+                    stamp = sec * 1_000_000_000 + nsec
+
+
+def _received(anc: list[tuple[int, int, bytes]]) -> int:
+    """The kernel's receive time (wall clock, ns) from SO_TIMESTAMPNS."""
     for level, kind, data in anc:
         if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= 16:
             sec, nsec = _TIMESPEC.unpack_from(data)
-            return float(sec + nsec * 1e-9)
+            return int(sec) * 1_000_000_000 + int(nsec)
     raise OSError("an ICMP reply came without its kernel receive timestamp (SO_TIMESTAMPNS)")
 
 
@@ -103,11 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gap-ms", type=float, default=2.0)
     args = parser.parse_args(argv)
     gap = args.gap_ms / 1e3
+    wall_sends = 0
     if args.mode == "icmp":
-        app, kernel = icmp_times(args.server, args.count, gap)
+        app, kernel, wall_sends = icmp_times(args.server, args.count, gap)
     else:
         app, kernel = connect_times(args.server, args.port, args.count, gap)
-    print(json.dumps({"app_ms": app, "kernel_ms": kernel}))
+    print(json.dumps({"app_ms": app, "kernel_ms": kernel, "wall_sends": wall_sends}))
     return 0
 
 
