@@ -18,6 +18,7 @@ from typing import Any
 from testbed import log
 from testbed.errors import ConfigError, TestbedError
 from testbed.net.delayhelper import HELPERS
+from testbed.net.plan import RX_STEERING_MODES
 from testbed.net.shaping import BACKENDS, parse_loss, parse_rate_bps, parse_time_ms
 
 
@@ -30,6 +31,9 @@ def _path_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--link-backend", default="auto", choices=BACKENDS)
     p.add_argument("--delay-helper", default="auto", choices=HELPERS,
                    help="userspace links: compiled delay line (c) or the Python fallback")
+    p.add_argument("--rx-steering", default="off", choices=RX_STEERING_MODES,
+                   help="rps: delay lines on one CPU, the hosts' input on the others (more "
+                        "packets per second, a hop between CPUs per frame; testbed/net/plan.py)")
     p.add_argument("--seed", type=int, default=1)
 
 
@@ -76,6 +80,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
         topology=topology, path=_path_shape(args), proto=proto,
         middlebox=args.middlebox, repeat=args.repeat, response_size=args.response_size,
         link_backend=args.link_backend, delay_helper=args.delay_helper, seed=args.seed,
+        rx_steering=args.rx_steering,
         pcap_dir=Path(args.pcap_dir) if args.pcap_dir else None, policy=args.policy,
         transparent=args.transparent,
         keylog=args.keylog,

@@ -36,6 +36,7 @@ class ProbeConfig:
     response_size: int = 1024
     link_backend: str = "auto"
     delay_helper: str = "auto"
+    rx_steering: str = "off"  # NetConfig.rx_steering
     seed: int = 1
     pcap_dir: Path | None = None
     policy: str | None = None  # ENO protocols: off | opportunistic | required
@@ -68,7 +69,7 @@ def probe(cfg: ProbeConfig) -> list[dict[str, Any]]:
     if not cfg.transparent and get_transport(cfg.proto, cfg.policy).uses_eno:
         eno_datapath(work)  # resolved (or refused) before any network is built
     net_cfg = NetConfig(link_backend=cfg.link_backend, delay_helper=cfg.delay_helper,
-                        seed=cfg.seed)
+                        seed=cfg.seed, rx_steering=cfg.rx_steering)
     with Network(topo, net_cfg) as net:
         if box is not None:
             box.install(net, topo.middleboxes[0])
@@ -114,6 +115,7 @@ def _probe_record(cfg: ProbeConfig, record: dict[str, Any], backend: str,
     if helper.note:
         head["delay_helper_note"] = helper.note
     head.update({k: record.get(k) for k in PROBE_KEYS if k not in head})
+    head["rx_steering"] = cfg.rx_steering
     head.update({k: v for k, v in record.items() if k not in head})
     if counters is not None:
         head["middlebox_counters"] = counters

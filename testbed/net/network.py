@@ -257,14 +257,23 @@ class Network(HostProcesses):
             argv = delayhelper.c_argv(if_a, if_b, link.spec.a2b, link.spec.b2a,
                                       self.config.seed, stats, len(self._shaper_of),
                                       parent_pid=os.getpid() if tie else None)
-            return self.start_helper(shaper, f"delayline:{link.name}", argv, preexec_fn=None)
+            return self.start_helper(shaper, f"delayline:{link.name}", self._pinned(argv),
+                                     preexec_fn=None)
         argv = [
             sys.executable, "-m", "testbed.net.delayline", "--if-a", if_a, "--if-b", if_b,
             "--a2b", json.dumps(link.spec.a2b.delayline_json()),
             "--b2a", json.dumps(link.spec.b2a.delayline_json()),
             "--seed", str(self.config.seed), "--stats", str(stats),
         ]
-        return self.start_helper(shaper, f"delayline:{link.name}", argv)
+        return self.start_helper(shaper, f"delayline:{link.name}", self._pinned(argv))
+
+    def _pinned(self, argv: list[str]) -> list[str]:
+        """A delay line's command, on the lines' CPU under receive steering (taskset execs
+        it with that affinity, which its threads inherit; the pid stays the helper's)."""
+        steering = self.plan.steering if self.plan is not None else None
+        if steering is None:
+            return argv
+        return ["taskset", "-c", str(steering.line_cpu), *argv]
 
     # -- the bpf ENO datapath ----------------------------------------------
 
@@ -353,6 +362,11 @@ class Network(HostProcesses):
             "delay_helper": self.delay_helper.name,
             "delay_helper_note": self.delay_helper.note,
             "offloads": self.config.offloads,
+            "rx_steering": (
+                {"mode": "rps", "line_cpu": self.plan.steering.line_cpu,
+                 "input_cpus": list(self.plan.steering.input_cpus),
+                 "rps_cpus": self.plan.steering.mask}
+                if self.plan is not None and self.plan.steering is not None else {"mode": "off"}),
             "config": dataclasses.asdict(self.config),
             "interfaces": {
                 n: [dataclasses.asdict(i) for i in intfs] for n, intfs in self.interfaces.items()

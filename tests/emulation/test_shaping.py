@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+from pathlib import Path
+
+import pytest
 
 import topologies
 from testbed.net.network import NetConfig, Network
@@ -81,3 +85,21 @@ def test_rate_limits_tcp_throughput():
     # floor is a wide sanity bound (a quarter of the rate), not an accuracy claim.
     assert bps <= 20_000_000 * 1448 / 1514 * 1.02, bps
     assert bps > 5_000_000, bps
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="receive steering needs 2 CPUs")
+def test_rx_steering_pins_the_line_and_steers_the_hosts_input():
+    path = PathShape(rtt_ms=10)
+    with Network(topologies.create("direct", path=path), NetConfig(rx_steering="rps")) as net:
+        steering = net.describe()["rx_steering"]
+        line = next(h.proc for h in net.helpers if h.name.startswith("delayline:"))
+        status = Path(f"/proc/{line.pid}/status").read_text()
+        masks = {node: net.run(node, ["cat", f"/sys/class/net/{net.intf(node)}/queues/rx-0/"
+                                      "rps_cpus"]).strip().lstrip("0,")
+                 for node in ("client", "server")}
+        rtts = ping(net, 10)
+    cpu = min(os.sched_getaffinity(0))
+    assert steering["mode"] == "rps" and steering["line_cpu"] == cpu
+    assert f"Cpus_allowed_list:\t{cpu}\n" in status  # the line (and its threads) on one CPU
+    assert masks == {"client": steering["rps_cpus"], "server": steering["rps_cpus"]}
+    assert len(rtts) == 10 and min(rtts) >= 10.0  # the path still works and keeps its delay

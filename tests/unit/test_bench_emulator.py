@@ -87,3 +87,37 @@ def test_link_figures_take_the_worst_direction() -> None:
     assert fig["line_drops"] == 7
     assert fig["lateness_median_us"] == 3.0 and fig["lateness_p99_us"] == 50.0
     assert bench.link_figures({}) == {}
+
+
+def _steered(rows: list[dict[str, Any]], wire: float, gso: float,
+             sent: float) -> list[dict[str, Any]]:
+    """The same helper's throughput and packet-rate rows again, measured with rx steering."""
+    extra = []
+    for row in rows:
+        if row["metric"] == "rtt":
+            continue
+        copy = {**row, "rx_steering": "rps"}
+        if row["metric"] == "udp-pps":
+            copy.update(sent_pps=sent, received_pps=sent)
+        else:
+            copy["gbit_s"] = wire if "wire" in row["method"] else gso
+        extra.append(copy)
+        row["rx_steering"] = "off"
+    return rows + extra
+
+
+def test_a_target_met_only_with_rx_steering_says_so() -> None:
+    rows = _steered(_rows("c", 0.01, 0.1, 2.5, 7.0, 300_000, 0.0), 2.9, 8.0, 500_000)
+    lines = bench.targets_summary(rows, [])
+    assert lines[2] == ("[c] TCP 20 ms, wire frames: 2.5 Gbit/s (rx steering off), 2.9 Gbit/s "
+                        "(rx steering rps) (target >= 2): met")
+    assert lines[3].endswith("8.0 Gbit/s (rx steering rps) (target >= 10): NOT met")
+    assert lines[4] == ("[c] 64-byte UDP at < 1 % loss: 300k pps sent (rx steering off), "
+                        "500k pps sent (rx steering rps) (target >= 500k): "
+                        "met with rx steering rps only")
+
+
+def test_steering_rows_are_labelled() -> None:
+    row = {**bench.pps_row(500_000, {"seconds": 2.0, "failed_calls": 0}, 1_000_000, 1_000_000),
+           "rx_steering": "rps"}
+    assert bench._result(row).endswith(", rx steering rps")

@@ -15,7 +15,9 @@ from testbed.net.plan import (
     HostPlan,
     NetConfig,
     NetworkPlan,
+    Steering,
     build_plan,
+    steering,
 )
 from topologies import PathShape
 from topologies.base import Topology
@@ -148,3 +150,34 @@ def test_veth_batch_names_every_pair_in_its_hosts_namespaces() -> None:
 def test_too_many_links_for_the_address_plan_is_refused() -> None:
     with pytest.raises(ConfigError, match="255 links"):
         plan_of("fanin:clients=254")
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_rx_steering_writes_every_host_interfaces_rps_mask(spec: str) -> None:
+    topo = topologies.create(spec, path=PathShape(rtt_ms=20.0))
+    plan = build_plan(topo, NetConfig(rx_steering="rps"), "userspace", cpus=[3, 0, 1])
+    assert plan.steering == Steering(line_cpu=0, input_cpus=(1, 3))
+    for name, host in plan.hosts.items():
+        if host.role == SHAPER_ROLE:  # the line reads there: nothing to steer
+            assert host.rps_cpus == {} and "rps_cpus" not in host.script()
+            continue
+        assert name in topo.nodes
+        assert host.rps_cpus == {i.name: "a" for i in host.interfaces}
+        intf = host.interfaces[0].name
+        assert f"printf %s a > /sys/class/net/{intf}/queues/rx-0/rps_cpus" in host.script()
+    off = build_plan(topo, NetConfig(), "userspace", cpus=[0, 1])
+    assert off.steering is None
+    assert all(not h.rps_cpus and "rps_cpus" not in h.script() for h in off.hosts.values())
+
+
+@pytest.mark.parametrize(("cpus", "mask"), [
+    ((1,), "2"), ((1, 2, 3), "e"), ((33,), "2,00000000"), (tuple(range(1, 40)), "ff,fffffffe")])
+def test_steering_mask_is_a_sysfs_cpumask(cpus: tuple[int, ...], mask: str) -> None:
+    assert Steering(0, cpus).mask == mask
+
+
+def test_steering_needs_two_cpus_and_a_known_mode() -> None:
+    with pytest.raises(ConfigError, match="at least 2 CPUs, this process may use 1"):
+        steering([5])
+    with pytest.raises(ConfigError, match="unknown receive steering 'rss'"):
+        NetConfig(rx_steering="rss")
