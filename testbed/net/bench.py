@@ -38,7 +38,9 @@ from topologies import PathShape
 
 RTTS_MS = (0, 10, 50, 200)
 PPS_RATES = (100_000, 200_000, 350_000, 500_000, 700_000)
-PPS_RATES_QUICK = (100_000, 300_000, 500_000)
+# Above the 500k target: the sender (one Python process) falls a few per cent short of what it
+# is offered, and what it sent is what counts.
+PPS_RATES_QUICK = (100_000, 300_000, 600_000)
 UDP_PORT = 5202
 TARGETS = {"rtt_median_ms": 0.05, "rtt_p99_ms": 0.2, "wire_gbit_s": 2.0, "gso_gbit_s": 10.0,
            "pps": 500_000, "start_s": 5.0, "stop_s": 2.0, "memory_mb": 300.0}
