@@ -19,6 +19,7 @@ a CSV.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -64,10 +65,12 @@ def _network(rtt_ms: float, backend: str, helper: str, offloads: str = "wire",
              steering: str = "off", buffers: int | None = None) -> Network:
     """A direct path; ``buffers``: the end hosts' TCP buffer maximum (tcp_rmem, tcp_wmem)."""
     topo = topologies.create("direct", path=PathShape(rtt_ms=rtt_ms))
-    sizes = {} if buffers is None else {"tcp_rmem": f"4096 131072 {buffers}",
-                                        "tcp_wmem": f"4096 16384 {buffers}"}
-    return Network(topo, NetConfig(link_backend=backend, delay_helper=helper,
-                                   offloads=offloads, rx_steering=steering, **sizes))
+    config = NetConfig(link_backend=backend, delay_helper=helper, offloads=offloads,
+                       rx_steering=steering)
+    if buffers is not None:
+        config = dataclasses.replace(config, tcp_rmem=f"4096 131072 {buffers}",
+                                     tcp_wmem=f"4096 16384 {buffers}")
+    return Network(topo, config)
 
 
 def _listen(net: Network, port: int) -> None:
