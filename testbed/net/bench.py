@@ -106,11 +106,15 @@ def link_figures(reports: dict[str, Any]) -> dict[str, Any]:
     lost = sum(d.get(key, 0) for d in dirs for key in
                ("dropped_rcvbuf", "dropped_tx", "dropped_trunc", "dropped_overflow"))
     rings = sorted({d["rx_ring"]["state"] for d in dirs if "rx_ring" in d})
+    # The compiled line times its one-frame send calls (the receiving host's input runs in
+    # them unless receive steering is on): how long after release a frame reached the host.
+    calls = [d["send_call_us"]["median"] for d in dirs if d.get("send_call_us", {}).get("count")]
     return {"delayline_cpu_s": cpu, "frames": frames, "line_drops": lost,
             "rx_ring": "/".join(rings) or None,
             "cpu_us_per_packet": cpu / frames * 1e6 if frames else float("nan"),
             "lateness_median_us": max((d["median"] for d in late), default=float("nan")),
-            "lateness_p99_us": max((d["p99"] for d in late), default=float("nan"))}
+            "lateness_p99_us": max((d["p99"] for d in late), default=float("nan")),
+            "send_call_median_us": max(calls, default=float("nan"))}
 
 
 def measure_rtt(backend: str, helper: str, rtt_ms: float, pings: int,
@@ -259,6 +263,8 @@ def _result(r: dict[str, Any]) -> str:
         text += f", {r['cpu_us_per_packet']:.1f} us/pkt"
     if "lateness_median_us" in r:
         text += f", late {r['lateness_median_us']:.0f}/{r['lateness_p99_us']:.0f} us"
+    if r["metric"] == "rtt" and r.get("send_call_median_us", float("nan")) >= 0:
+        text += f", send call {r['send_call_median_us']:.0f} us"
     if r.get("rx_ring") and r["metric"] != "rtt":
         text += f", rx ring {r['rx_ring']}"
     if r.get("rx_steering") == "rps":

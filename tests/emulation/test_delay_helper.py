@@ -46,6 +46,9 @@ def test_link_reports_the_delay_it_applied(helper: str) -> None:
         assert d["delay_ms"]["count"] == d["frames"]
         assert d["delay_ms"]["min"] >= 5.0, "a frame left before its due time"
         assert d["lateness_us"]["count"] == d["frames"] and d["lateness_us"]["min"] >= 0
+        if helper == "c":  # echoes one at a time: one-frame send calls, timed
+            assert 0 < d["send_call_us"]["count"] <= d["frames"]
+            assert d["send_call_us"]["min"] > 0
 
 
 _SINK = r"""

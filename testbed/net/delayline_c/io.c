@@ -99,6 +99,7 @@ int dl_dir_init(struct dl_dir *d, const char *name, int rx, int tx, const struct
 	}
 	dl_reservoir_init(&d->delay, seed * 4 + (uint64_t)direction);
 	dl_reservoir_init(&d->lateness, seed * 4 + 2 + (uint64_t)direction);
+	dl_reservoir_init(&d->send_call, seed * 4 + 1000 + (uint64_t)direction);
 	return dl_sched_init(&d->sched, shape, seed, direction);
 }
 
@@ -112,6 +113,7 @@ void dl_dir_free(struct dl_dir *d)
 	dl_sched_free(&d->sched);
 	dl_reservoir_free(&d->delay);
 	dl_reservoir_free(&d->lateness);
+	dl_reservoir_free(&d->send_call);
 }
 
 /* A kernel receive time (CLOCK_REALTIME ns) on CLOCK_MONOTONIC; now when it cannot be one (a
@@ -286,6 +288,8 @@ uint64_t dl_release(struct dl_dir *d, uint64_t now)
 		if (!n)
 			return now;
 		int sent = sendmmsg(d->tx, d->smsg, n, MSG_DONTWAIT);
+		if (sent == 1 && n == 1)
+			dl_reservoir_add(&d->send_call, (double)(dl_now() - now));
 		if (sent < 0) {
 			if (errno == EAGAIN || errno == ENOBUFS || errno == EINTR) {
 				d->tx_busy++;  /* kept, retried on the next turn of the loop */

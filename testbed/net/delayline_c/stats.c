@@ -37,8 +37,9 @@ static void ring_json(FILE *f, const struct dl_dir *d)
 
 static void dir_json(FILE *f, struct dl_dir *d)
 {
-	char delay[320], late[320];
+	char delay[320], late[320], send[320];
 	dl_poll_kernel_drops(d);
+	dl_reservoir_json(&d->send_call, 1e-3, 1, send, sizeof(send));
 	dl_reservoir_json(&d->delay, 1e-6, 4, delay, sizeof(delay));
 	dl_reservoir_json(&d->lateness, 1e-3, 1, late, sizeof(late));
 	const struct dl_shape *s = &d->sched.shape;
@@ -61,7 +62,7 @@ static void dir_json(FILE *f, struct dl_dir *d)
 		"\"other\": %llu}, \"dropped_trunc\": %llu, \"dropped_runt\": %llu, "
 		"\"dropped_rcvbuf\": %llu, \"dropped_overflow\": %llu, \"rx_errors\": %llu, "
 		"\"rx_ts_fallback\": %llu, \"tx_busy\": %llu, \"in_flight\": %zu, "
-		"\"delay_ms\": %s, \"lateness_us\": %s, ",
+		"\"delay_ms\": %s, \"lateness_us\": %s, \"send_call_us\": %s, ",
 		(unsigned long long)d->frames_in, (unsigned long long)d->bytes_in,
 		(unsigned long long)d->wire_bytes_in, (unsigned long long)d->frames,
 		(unsigned long long)d->bytes, (unsigned long long)d->gso_frames,
@@ -72,7 +73,7 @@ static void dir_json(FILE *f, struct dl_dir *d)
 		(unsigned long long)d->dropped_trunc, (unsigned long long)d->dropped_runt,
 		(unsigned long long)d->dropped_rcvbuf, (unsigned long long)d->dropped_overflow,
 		(unsigned long long)d->rx_errors, (unsigned long long)d->rx_ts_fallback,
-		(unsigned long long)d->tx_busy, d->fifo.len, delay, late);
+		(unsigned long long)d->tx_busy, d->fifo.len, delay, late, send);
 	ring_json(f, d);
 }
 
