@@ -287,9 +287,10 @@ uint64_t dl_release(struct dl_dir *d, uint64_t now)
 		}
 		if (!n)
 			return now;
+		uint64_t call = n == 1 ? dl_now() : 0;
 		int sent = sendmmsg(d->tx, d->smsg, n, MSG_DONTWAIT);
 		if (sent == 1 && n == 1)
-			dl_reservoir_add(&d->send_call, (double)(dl_now() - now));
+			dl_reservoir_add(&d->send_call, (double)(dl_now() - call));
 		if (sent < 0) {
 			if (errno == EAGAIN || errno == ENOBUFS || errno == EINTR) {
 				d->tx_busy++;  /* kept, retried on the next turn of the loop */
