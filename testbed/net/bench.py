@@ -43,6 +43,8 @@ PPS_RATES = (100_000, 200_000, 350_000, 500_000, 700_000)
 # is offered, and what it sent is what counts.
 PPS_RATES_QUICK = (100_000, 300_000, 600_000)
 UDP_PORT = 5202
+PROBE_GAP_MS = 2.0  # idleness after each answered RTT probe (rttprobe's default)
+UNSHAPED = "unshaped"  # the delay_helper of measure_paced's rows: no delay line on the path
 THROUGHPUT_BUFFER = 128 << 20  # bytes: a few times the 25 MB bandwidth-delay product
 TARGETS = {"rtt_median_ms": 0.05, "rtt_p99_ms": 0.2, "wire_gbit_s": 2.0, "gso_gbit_s": 10.0,
            "pps": 500_000, "start_s": 5.0, "stop_s": 2.0, "memory_mb": 300.0}
@@ -79,13 +81,14 @@ def _listen(net: Network, port: int) -> None:
                      ready="ready")
 
 
-def _probe(net: Network, mode: str, count: int, rtt_ms: float) -> dict[str, Any]:
+def _probe(net: Network, mode: str, count: int, rtt_ms: float,
+           gap_ms: float = PROBE_GAP_MS) -> dict[str, Any]:
     """Application-clock and kernel-clock RTTs (ms) of ``count`` probes, and how many ICMP
     probes had no transmit timestamp (see rttprobe.py)."""
     text = net.run("client", [sys.executable, "-m", "testbed.net.rttprobe", "--mode", mode,
                               "--server", net.ip("server"), "--port", "5001",
-                              "--count", str(count)],
-                   timeout=count * (0.01 + rtt_ms / 1e3) + 30)
+                              "--count", str(count), "--gap-ms", f"{gap_ms:g}"],
+                   timeout=count * (0.01 + (rtt_ms + gap_ms) / 1e3) + 30)
     samples: dict[str, Any] = json.loads(text)
     if len(samples["app_ms"]) < count:
         lost = count - len(samples["app_ms"])
@@ -118,21 +121,42 @@ def link_figures(reports: dict[str, Any]) -> dict[str, Any]:
 
 
 def measure_rtt(backend: str, helper: str, rtt_ms: float, pings: int,
-                connects: int) -> list[dict[str, Any]]:
-    """ICMP echo (microsecond timer, one probe in flight) and TCP connect() RTTs."""
+                connects: int, gap_ms: float = PROBE_GAP_MS) -> list[dict[str, Any]]:
+    """ICMP echo (microsecond timer, one probe in flight) and TCP connect() RTTs; ``gap_ms``
+    of idleness after each answer."""
     with _network(rtt_ms, backend, helper) as net:
-        ping = _probe(net, "icmp", pings, rtt_ms)
+        ping = _probe(net, "icmp", pings, rtt_ms, gap_ms)
         _listen(net, 5001)
-        connect = _probe(net, "connect", connects, rtt_ms)
+        connect = _probe(net, "connect", connects, rtt_ms, gap_ms)
     rows = []
     for method, samples in (("icmp-echo", ping), ("tcp-connect", connect)):
         rows.append({"metric": "rtt", "method": method, "configured_rtt_ms": rtt_ms,
                      "median_ms": statistics.median(samples["app_ms"]),
                      **_errors(samples["app_ms"], rtt_ms),
                      **_errors(samples["kernel_ms"], rtt_ms, "kernel_"),
-                     "kernel_wall_sends": samples["wall_sends"],
+                     "kernel_wall_sends": samples["wall_sends"], "probe_gap_ms": gap_ms,
                      **link_figures(net.link_reports)})
     return rows
+
+
+def measure_paced(backend: str, quick: bool) -> list[dict[str, Any]]:
+    """The unshaped path (no delay line) probed at each shaped RTT's pace: a probe every RTT
+    plus the usual gap, so the end hosts' stacks sit idle as long between probes as they do
+    behind the line. What the shaped rows add over these is the line's own doing; the hosts'
+    cold send and answer paths after idling are in both."""
+    rows = []
+    for rtt in (r for r in RTTS_MS if r > 0):
+        pings, connects = _probe_counts(rtt, quick)
+        for row in measure_rtt(backend, "python", 0.0, pings, connects, rtt + PROBE_GAP_MS):
+            rows.append({**row, "delay_helper": UNSHAPED, "backend": backend,
+                         "paced_for_rtt_ms": rtt})
+    return rows
+
+
+def _probe_counts(rtt: float, quick: bool) -> tuple[int, int]:
+    if quick:
+        return 50, 20
+    return (300, 200) if rtt < 100 else (100, 100)
 
 
 def _iperf3_server(net: Network) -> None:
@@ -222,9 +246,7 @@ def _can_steer() -> bool:
 def run_helper(backend: str, helper: str, quick: bool) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for rtt in RTTS_MS:
-        pings = 50 if quick else (300 if rtt < 100 else 100)
-        connects = 20 if quick else (200 if rtt < 100 else 100)
-        rows += measure_rtt(backend, helper, rtt, pings, connects)
+        rows += measure_rtt(backend, helper, rtt, *_probe_counts(rtt, quick))
     seconds = 2 if quick else 5
     # The Python fallback's own per-packet cost caps it far below where steering matters.
     for steering in (("off", "rps") if helper == "c" and _can_steer() else ("off",)):
@@ -275,10 +297,13 @@ def _result(r: dict[str, Any]) -> str:
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    lines = [f"{'helper':7} {'metric':15} {'method':20} {'cfg RTT':>7}  result "
+    lines = [f"{'helper':8} {'metric':15} {'method':20} {'cfg RTT':>7}  result "
              "(late = release lateness median/p99)"]
     for r in rows:
-        lines.append(f"{r['delay_helper']:7} {r['metric']:15} {r['method']:20} "
+        method = r["method"]
+        if "paced_for_rtt_ms" in r:  # the unshaped path at a shaped RTT's pace
+            method = f"{method}, idle {r['probe_gap_ms']:g}"
+        lines.append(f"{r['delay_helper']:8} {r['metric']:15} {method:20} "
                      f"{r['configured_rtt_ms']:7.0f}  {_result(r)}")
     return "\n".join(lines)
 
@@ -287,14 +312,18 @@ def _check(ok: bool) -> str:
     return "met" if ok else "NOT met"
 
 
-def _rtt_targets(helper: str, rows: list[dict[str, Any]]) -> list[str]:
+def _rtt_targets(helper: str, rows: list[dict[str, Any]],
+                 paced: list[dict[str, Any]] | None = None) -> list[str]:
     """The RTT target on the kernel's clock (what the link did) and on the application's
     (that plus the client's wake-up after an idle RTT, a property of the machine). Beside the
     kernel clock's verdict, for information: the worst median over the unshaped path's (the 0 ms
-    row, no delay line: the end hosts' own send and answer time on the same clock)."""
+    row, no delay line: the end hosts' own send and answer time on the same clock) and, where
+    ``paced`` has them, over the unshaped path probed at the same pace (measure_paced)."""
     t, out = TARGETS, []
     rtt = [r for r in rows if r["configured_rtt_ms"] > 0]
     base = {r["method"]: r["kernel_median_err_ms"] for r in rows if r["configured_rtt_ms"] == 0}
+    at_pace = {(r["method"], r["paced_for_rtt_ms"]): r["kernel_median_err_ms"]
+               for r in paced or []}
     for prefix, what in (("kernel_", "kernel clock, the link"),
                          ("", "application clock, link + end-host wake-up")):
         med = max(r[f"{prefix}median_err_ms"] for r in rtt)
@@ -304,15 +333,21 @@ def _rtt_targets(helper: str, rows: list[dict[str, Any]]) -> list[str]:
                 f"(<= {t['rtt_p99_ms']}): "
                 f"{_check(med <= t['rtt_median_ms'] and p99 <= t['rtt_p99_ms'])}")
         over = [r["kernel_median_err_ms"] - base[r["method"]] for r in rtt if r["method"] in base]
+        paced_over = [r["kernel_median_err_ms"] - at_pace[(r["method"], r["configured_rtt_ms"])]
+                      for r in rtt if (r["method"], r["configured_rtt_ms"]) in at_pace]
         if prefix and over:
-            line = line.replace(" (target", f", {max(over):+.3f} over the unshaped path (target")
+            extra = f", {max(over):+.3f} over the unshaped path"
+            if paced_over:
+                extra += f", {max(paced_over):+.3f} over it probed at the same pace"
+            line = line.replace(" (target", f"{extra} (target", 1)
         out.append(line)
     return out
 
 
-def _helper_targets(helper: str, mine: list[dict[str, Any]]) -> list[str]:
+def _helper_targets(helper: str, mine: list[dict[str, Any]],
+                    paced: list[dict[str, Any]] | None = None) -> list[str]:
     t = TARGETS
-    out = _rtt_targets(helper, [r for r in mine if r["metric"] == "rtt"])
+    out = _rtt_targets(helper, [r for r in mine if r["metric"] == "rtt"], paced)
     modes = list(dict.fromkeys(r.get("rx_steering", "off") for r in mine
                                if r["metric"] != "rtt"))
     for offl, key in (("wire", "wire_gbit_s"), ("gso", "gso_gbit_s")):
@@ -364,8 +399,9 @@ def _scale_target(s: dict[str, Any]) -> str:
 def targets_summary(rows: list[dict[str, Any]], scale: list[dict[str, Any]]) -> list[str]:
     """Each target against the measured figure, per helper."""
     out = []
-    for helper in dict.fromkeys(r["delay_helper"] for r in rows):
-        out += _helper_targets(helper, [r for r in rows if r["delay_helper"] == helper])
+    paced = [r for r in rows if r["delay_helper"] == UNSHAPED]
+    for helper in dict.fromkeys(r["delay_helper"] for r in rows if r["delay_helper"] != UNSHAPED):
+        out += _helper_targets(helper, [r for r in rows if r["delay_helper"] == helper], paced)
     return out + [_scale_target(s) for s in scale]
 
 
@@ -404,6 +440,8 @@ def main(args: argparse.Namespace) -> None:
     rows: list[dict[str, Any]] = []
     for helper in helpers:
         rows += run_helper(backend, helper, args.quick)
+    if backend == "userspace":
+        rows += measure_paced(backend, args.quick)
     scale = [bench_scale.measure(backend, helper, n) for helper in helpers for n in sizes]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -121,3 +121,20 @@ def test_steering_rows_are_labelled() -> None:
     row = {**bench.pps_row(500_000, {"seconds": 2.0, "failed_calls": 0}, 1_000_000, 1_000_000),
            "rx_steering": "rps"}
     assert bench._result(row).endswith(", rx steering rps")
+
+
+def test_rtt_error_over_the_unshaped_path_probed_at_the_same_pace() -> None:
+    rows = _rows("c", 0.06, 0.1, 2.5, 11.0, 500_000, 0.0)
+    paced = [{"metric": "rtt", "method": m, "configured_rtt_ms": 0.0, "delay_helper": "unshaped",
+              "paced_for_rtt_ms": rtt, "probe_gap_ms": rtt + 2.0,
+              "kernel_median_err_ms": 0.04 if rtt == 200 else 0.01, "kernel_p99_err_ms": 0.1,
+              "median_ms": 0.05, "median_err_ms": 0.05, "p99_err_ms": 0.2}
+             for rtt in (10, 50, 200) for m in ("icmp-echo", "tcp-connect")]
+    lines = bench.targets_summary(rows + paced, [])
+    assert len(lines) == 5  # the paced rows are no helper of their own
+    # worst over the 0 ms row: 0.06 - 0.9; worst over the paced path: 0.06 - 0.01 at 10/50 ms
+    assert ", -0.840 over the unshaped path, +0.050 over it probed at the same pace (target" \
+        in lines[0]
+    assert lines[0].endswith(": NOT met")  # the verdict stays on the absolute error
+    table = bench.format_table(paced[:1])
+    assert "unshaped rtt             icmp-echo, idle 12" in table
