@@ -110,7 +110,8 @@ def link_figures(reports: dict[str, Any]) -> dict[str, Any]:
                ("dropped_rcvbuf", "dropped_tx", "dropped_trunc", "dropped_overflow"))
     rings = sorted({d["rx_ring"]["state"] for d in dirs if "rx_ring" in d})
     # The compiled line times its one-frame send calls (the receiving host's input runs in
-    # them unless receive steering is on): how long after release a frame reached the host.
+    # them unless receive steering is on): at most how long after release a frame reached
+    # the host, plus what the host did with it.
     calls = [d["send_call_us"]["median"] for d in dirs if d.get("send_call_us", {}).get("count")]
     return {"delayline_cpu_s": cpu, "frames": frames, "line_drops": lost,
             "rx_ring": "/".join(rings) or None,

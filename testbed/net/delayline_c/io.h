@@ -18,7 +18,8 @@ struct dl_dir {
 	struct dl_fifo fifo;
 	struct dl_reservoir delay, lateness;  /* ns */
 	/* ns a send call of one frame took: with receive steering off the receiving host's input
-	 * runs inside it, so it is how long after its release a frame reached that host */
+	 * runs inside it, so it bounds from above how long after its release the frame reached
+	 * that host (and includes what the host did with it) */
 	struct dl_reservoir send_call;
 	unsigned batch;
 	uint8_t *bufs;                        /* batch slots of DL_MAX_FRAME + 1 bytes */
