@@ -32,7 +32,7 @@ from typing import Any
 import topologies
 from testbed import bench_wakeup
 from testbed.errors import CommandError, ConfigError
-from testbed.net import bench_scale, delayhelper
+from testbed.net import bench_scale, delayhelper, plan
 from testbed.net.network import NetConfig, Network
 from testbed.net.shaping import choose_backend
 from topologies import PathShape
@@ -148,7 +148,8 @@ def measure_paced(backend: str, quick: bool) -> list[dict[str, Any]]:
     rows = []
     for rtt in (r for r in RTTS_MS if r > 0):
         pings, connects = _probe_counts(rtt, quick)
-        for row in measure_rtt(backend, "python", 0.0, pings, connects, rtt + PROBE_GAP_MS):
+        # An unshaped path starts no delay line, whichever helper is named.
+        for row in measure_rtt(backend, "auto", 0.0, pings, connects, rtt + PROBE_GAP_MS):
             rows.append({**row, "delay_helper": UNSHAPED, "backend": backend,
                          "paced_for_rtt_ms": rtt})
     return rows
@@ -241,7 +242,11 @@ def measure_pps(backend: str, helper: str, rates: tuple[int, ...],
 
 
 def _can_steer() -> bool:
-    return len(os.sched_getaffinity(0)) >= 2
+    try:
+        plan.steering()  # the same rule the network applies
+    except ConfigError:
+        return False
+    return True
 
 
 def run_helper(backend: str, helper: str, quick: bool) -> list[dict[str, Any]]:
@@ -354,23 +359,23 @@ def _helper_targets(helper: str, mine: list[dict[str, Any]],
     for offl, key in (("wire", "wire_gbit_s"), ("gso", "gso_gbit_s")):
         got = {m: next(r["gbit_s"] for r in mine if r["method"] == f"iperf3 ({offl} frames)"
                        and r.get("rx_steering", "off") == m) for m in modes}
-        out.append(f"[{helper}] TCP 20 ms, {offl} frames: {_by_mode(got, 'Gbit/s', 1)} "
+        out.append(f"[{helper}] TCP 20 ms, {offl} frames: {_by_mode(got, '{:.1f} Gbit/s')} "
                    f"(target >= {t[key]:g}): {_verdict(got, t[key])}")
     # What the sender managed to send counts, not what it was asked for: on a loaded
     # machine the sender itself falls short of the offered rate.
     pps = {m: max((r["sent_pps"] / 1e3 for r in mine if r["metric"] == "udp-pps"
                    and r.get("rx_steering", "off") == m and r["loss_percent"] < 1.0), default=0.0)
            for m in modes}
-    out.append(f"[{helper}] 64-byte UDP at < 1 % loss: {_by_mode(pps, 'k pps sent', 0)} "
+    out.append(f"[{helper}] 64-byte UDP at < 1 % loss: {_by_mode(pps, '{:.0f}k pps sent')} "
                f"(target >= {t['pps']/1e3:.0f}k): {_verdict(pps, t['pps'] / 1e3)}")
     return out
 
 
-def _by_mode(got: dict[str, float], unit: str, digits: int) -> str:
+def _by_mode(got: dict[str, float], fmt: str) -> str:
+    """Each steering mode's figure in ``fmt``; the mode named only when steering was measured."""
     if list(got) == ["off"]:
-        return f"{got['off']:.{digits}f} {unit}".replace(" k", "k")
-    return ", ".join(f"{v:.{digits}f} {unit} (rx steering {m})".replace(" k", "k")
-                     for m, v in got.items())
+        return fmt.format(got["off"])
+    return ", ".join(f"{fmt.format(v)} (rx steering {m})" for m, v in got.items())
 
 
 def _verdict(got: dict[str, float], target: float) -> str:

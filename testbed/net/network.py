@@ -52,6 +52,7 @@ from testbed.net.plan import (
     Interface,
     NetConfig,
     NetworkPlan,
+    Steering,
     build_plan,
 )
 from testbed.net.procs import Helper, HostProcesses, wait_for_line
@@ -270,10 +271,14 @@ class Network(HostProcesses):
     def _pinned(self, argv: list[str]) -> list[str]:
         """A delay line's command, on the lines' CPU under receive steering (taskset execs
         it with that affinity, which its threads inherit; the pid stays the helper's)."""
-        steering = self.plan.steering if self.plan is not None else None
+        steering = self._steering
         if steering is None:
             return argv
         return ["taskset", "-c", str(steering.line_cpu), *argv]
+
+    @property
+    def _steering(self) -> Steering | None:
+        return self.plan.steering if self.plan is not None else None
 
     # -- the bpf ENO datapath ----------------------------------------------
 
@@ -362,11 +367,7 @@ class Network(HostProcesses):
             "delay_helper": self.delay_helper.name,
             "delay_helper_note": self.delay_helper.note,
             "offloads": self.config.offloads,
-            "rx_steering": (
-                {"mode": "rps", "line_cpu": self.plan.steering.line_cpu,
-                 "input_cpus": list(self.plan.steering.input_cpus),
-                 "rps_cpus": self.plan.steering.mask}
-                if self.plan is not None and self.plan.steering is not None else {"mode": "off"}),
+            "rx_steering": self._steering.record() if self._steering else {"mode": "off"},
             "config": dataclasses.asdict(self.config),
             "interfaces": {
                 n: [dataclasses.asdict(i) for i in intfs] for n, intfs in self.interfaces.items()

@@ -157,6 +157,11 @@ class Steering:
                 break
         return ",".join(reversed(words)).lstrip("0") or "0"
 
+    def record(self) -> dict[str, Any]:
+        """What the network's description says of it."""
+        return {"mode": "rps", "line_cpu": self.line_cpu, "input_cpus": list(self.input_cpus),
+                "rps_cpus": self.mask}
+
 
 def steering(cpus: Sequence[int] | None = None) -> Steering:
     """The lowest CPU this process may use carries the delay lines, the rest the hosts' input;

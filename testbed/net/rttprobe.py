@@ -44,6 +44,9 @@ SOF_TIMESTAMPING_TX_SOFTWARE = 1 << 1
 SOF_TIMESTAMPING_SOFTWARE = 1 << 4
 SOF_TIMESTAMPING_OPT_TSONLY = 1 << 11
 MSG_ERRQUEUE = 0x2000
+# A reply carries both receive stamps: SO_TIMESTAMPNS (a timespec) and, since SO_TIMESTAMPING
+# is on with SOF_TIMESTAMPING_SOFTWARE, SCM_TIMESTAMPING (struct scm_timestamping, three).
+_REPLY_CMSG_SPACE = socket.CMSG_SPACE(16) + socket.CMSG_SPACE(48)
 TCP_INFO_RTT_OFFSET = 68  # struct tcp_info: 8 bytes of u8 fields, then tcpi_rto... tcpi_rtt (us)
 
 
@@ -95,7 +98,7 @@ def icmp_times(host: str, count: int, gap_s: float,
                 if not select.select([sock], [], [], left)[0]:
                     break
                 try:
-                    data, anc, _flags, _addr = sock.recvmsg(2048, socket.CMSG_SPACE(16) * 2)
+                    data, anc, _flags, _addr = sock.recvmsg(2048, _REPLY_CMSG_SPACE)
                 except BlockingIOError:  # woken by the error queue, not a reply
                     _drain_errqueue(sock)
                     continue
@@ -119,6 +122,7 @@ def _drain_errqueue(sock: socket.socket) -> int | None:
     stamp = None
     while True:
         try:
+            # SCM_TIMESTAMPING, then the sock_extended_err (IP_RECVERR) saying what it was
             _data, anc, _flags, _addr = sock.recvmsg(
                 64, socket.CMSG_SPACE(48) + socket.CMSG_SPACE(64), MSG_ERRQUEUE)
         except BlockingIOError:
