@@ -18,7 +18,7 @@ from typing import Any
 from testbed import log
 from testbed.errors import ConfigError, TestbedError
 from testbed.net.delayhelper import HELPERS
-from testbed.net.plan import RX_STEERING_MODES
+from testbed.net.plan import RX_STEERING_MODES, SEND_LEAD_MODES
 from testbed.net.shaping import BACKENDS, parse_loss, parse_rate_bps, parse_time_ms
 
 
@@ -34,7 +34,15 @@ def _path_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rx-steering", default="off", choices=RX_STEERING_MODES,
                    help="rps: delay lines on one CPU, the hosts' input on the others (more "
                         "packets per second, a hop between CPUs per frame; testbed/net/plan.py)")
+    _send_lead_arg(p)
     p.add_argument("--seed", type=int, default=1)
+
+
+def _send_lead_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--send-lead", default="auto", choices=SEND_LEAD_MODES,
+                   help="compiled delay line: start a send after idleness early by the send "
+                        "path's measured time to the device (auto), or at the due time (off); "
+                        "testbed/net/delayline_c/txstamp.c")
 
 
 MAX_RTT_MS = 10_000.0  # 10 s: far beyond any real path (a geostationary hop is ~0.6 s)
@@ -80,7 +88,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
         topology=topology, path=_path_shape(args), proto=proto,
         middlebox=args.middlebox, repeat=args.repeat, response_size=args.response_size,
         link_backend=args.link_backend, delay_helper=args.delay_helper, seed=args.seed,
-        rx_steering=args.rx_steering,
+        rx_steering=args.rx_steering, send_lead=args.send_lead,
         pcap_dir=Path(args.pcap_dir) if args.pcap_dir else None, policy=args.policy,
         transparent=args.transparent,
         keylog=args.keylog,
@@ -345,6 +353,7 @@ def _add_bench(sub: Any) -> None:
     p.add_argument("--link-backend", default="auto", choices=BACKENDS)
     p.add_argument("--delay-helper", default="both", choices=(*HELPERS, "both"),
                    help="emulator: which delay line(s) to measure (default both, side by side)")
+    _send_lead_arg(p)
     p.add_argument("--fanin-clients", default="10,100",
                    help="emulator: fanin:clients=N networks to time (start, stop, memory); "
                         "comma-separated N, or none")

@@ -37,6 +37,7 @@ class ProbeConfig:
     link_backend: str = "auto"
     delay_helper: str = "auto"
     rx_steering: str = "off"  # NetConfig.rx_steering
+    send_lead: str = "auto"  # NetConfig.send_lead
     seed: int = 1
     pcap_dir: Path | None = None
     policy: str | None = None  # ENO protocols: off | opportunistic | required
@@ -69,7 +70,8 @@ def probe(cfg: ProbeConfig) -> list[dict[str, Any]]:
     if not cfg.transparent and get_transport(cfg.proto, cfg.policy).uses_eno:
         eno_datapath(work)  # resolved (or refused) before any network is built
     net_cfg = NetConfig(link_backend=cfg.link_backend, delay_helper=cfg.delay_helper,
-                        seed=cfg.seed, rx_steering=cfg.rx_steering)
+                        seed=cfg.seed, rx_steering=cfg.rx_steering,
+                        send_lead=cfg.send_lead)
     with Network(topo, net_cfg) as net:
         if box is not None:
             box.install(net, topo.middleboxes[0])
@@ -116,6 +118,7 @@ def _probe_record(cfg: ProbeConfig, record: dict[str, Any], backend: str,
         head["delay_helper_note"] = helper.note
     head.update({k: record.get(k) for k in PROBE_KEYS if k not in head})
     head["rx_steering"] = cfg.rx_steering
+    head["send_lead"] = cfg.send_lead if helper.name == "c" else "off"  # none in Python's
     head.update({k: v for k, v in record.items() if k not in head})
     if counters is not None:
         head["middlebox_counters"] = counters

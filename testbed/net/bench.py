@@ -7,7 +7,9 @@ the link did) and by the application (that plus the end host's wake-up, testbed/
 TCP throughput through one emulated link at 20 ms RTT (iperf3, wire-like and GSO frames); 64-byte
 UDP packets per second forwarded at < 1 % loss (sent by testbed/net/bench_udp.py, counted on the
 sending and receiving interfaces); the delay line's CPU per packet and its release lateness
-(release minus due time). Throughput and packet rate are measured twice for the compiled line:
+(release minus planned release time), and for the compiled line when its frames sent after
+idleness reached the device against their due time, the send path's time to the device and the
+frames that got there early (its send lead, ``--send-lead``: testbed/net/delayline_c/txstamp.c). Throughput and packet rate are measured twice for the compiled line:
 with receive steering off (the receiving host's input runs in the line's send call) and with
 ``rx_steering="rps"`` (lines on one CPU, the hosts' input on the others: testbed/net/plan.py),
 each row saying which. It also prints this machine's wake-up latency (testbed/bench_wakeup.py),
@@ -64,11 +66,12 @@ def _errors(samples: list[float], configured: float, prefix: str = "") -> dict[s
 
 
 def _network(rtt_ms: float, backend: str, helper: str, offloads: str = "wire",
-             steering: str = "off", buffers: int | None = None) -> Network:
+             steering: str = "off", buffers: int | None = None,
+             send_lead: str = "auto") -> Network:
     """A direct path; ``buffers``: the end hosts' TCP buffer maximum (tcp_rmem, tcp_wmem)."""
     topo = topologies.create("direct", path=PathShape(rtt_ms=rtt_ms))
     config = NetConfig(link_backend=backend, delay_helper=helper, offloads=offloads,
-                       rx_steering=steering)
+                       rx_steering=steering, send_lead=send_lead)
     if buffers is not None:
         config = dataclasses.replace(config, tcp_rmem=f"4096 131072 {buffers}",
                                      tcp_wmem=f"4096 16384 {buffers}")
@@ -113,7 +116,17 @@ def link_figures(reports: dict[str, Any]) -> dict[str, Any]:
     # them unless receive steering is on): at most how long after release a frame reached
     # the host, plus what the host did with it.
     calls = [d["send_call_us"]["median"] for d in dirs if d.get("send_call_us", {}).get("count")]
-    return {"delayline_cpu_s": cpu, "frames": frames, "line_drops": lost,
+    # When frames sent after idleness reached the device against their due time (the compiled
+    # line stamps them there: testbed/net/delayline_c/txstamp.c), and how many got there early.
+    stamps = [d["device_stamps"] for d in dirs if d.get("device_stamps", {}).get("stamped")]
+    device = {} if not stamps else {
+        "device_late_median_us": max(s["device_lateness_us"]["median"] for s in stamps),
+        "device_late_p99_us": max(s["device_lateness_us"]["p99"] for s in stamps),
+        "to_device_median_us": max(s["to_device_us"]["median"] or 0 for s in stamps),
+        "early_frames": sum(s["early"] for s in stamps),
+        "early_max_us": max(s["early_max_us"] for s in stamps),
+        "send_lead": "/".join(sorted({s["send_lead"] for s in stamps}))}
+    return {**device, "delayline_cpu_s": cpu, "frames": frames, "line_drops": lost,
             "rx_ring": "/".join(rings) or None,
             "cpu_us_per_packet": cpu / frames * 1e6 if frames else float("nan"),
             "lateness_median_us": max((d["median"] for d in late), default=float("nan")),
@@ -122,10 +135,11 @@ def link_figures(reports: dict[str, Any]) -> dict[str, Any]:
 
 
 def measure_rtt(backend: str, helper: str, rtt_ms: float, pings: int,
-                connects: int, gap_ms: float = PROBE_GAP_MS) -> list[dict[str, Any]]:
+                connects: int, gap_ms: float = PROBE_GAP_MS,
+                send_lead: str = "auto") -> list[dict[str, Any]]:
     """ICMP echo (microsecond timer, one probe in flight) and TCP connect() RTTs; ``gap_ms``
     of idleness after each answer."""
-    with _network(rtt_ms, backend, helper) as net:
+    with _network(rtt_ms, backend, helper, send_lead=send_lead) as net:
         ping = _probe(net, "icmp", pings, rtt_ms, gap_ms)
         _listen(net, 5001)
         connect = _probe(net, "connect", connects, rtt_ms, gap_ms)
@@ -172,12 +186,13 @@ def _iperf3_server(net: Network) -> None:
 
 
 def measure_throughput(backend: str, helper: str, offloads: str, seconds: int,
-                       steering: str = "off") -> dict[str, Any]:
+                       steering: str = "off", send_lead: str = "auto") -> dict[str, Any]:
     """iperf3 through one 20 ms link. The hosts' buffers may grow to THROUGHPUT_BUFFER: 10
     Gbit/s over 20 ms keeps 25 MB in flight, and with the testbed's default 32 MB maximum the
     window, not the link, stopped TCP at about 8.5 Gbit/s (receive autotuning keeps part of the
     buffer for overhead)."""
-    with _network(20.0, backend, helper, offloads, steering, THROUGHPUT_BUFFER) as net:
+    with _network(20.0, backend, helper, offloads, steering, THROUGHPUT_BUFFER,
+                  send_lead) as net:
         _iperf3_server(net)
         out = net.run("client", ["iperf3", "-c", net.ip("server"), "-p", "5201", "-t",
                                  str(seconds), "-J"], timeout=seconds + 30)
@@ -215,7 +230,8 @@ def pps_row(rate: int, sender: dict[str, Any], sent: int, received: int) -> dict
 
 
 def measure_pps(backend: str, helper: str, rates: tuple[int, ...],
-                seconds: int, steering: str = "off") -> list[dict[str, Any]]:
+                seconds: int, steering: str = "off",
+                send_lead: str = "auto") -> list[dict[str, Any]]:
     """64-byte datagrams at each rate; loss from the two interfaces' packet counters.
 
     The client hands the kernel 64 datagrams per call (testbed/net/bench_udp.py) and its
@@ -225,7 +241,7 @@ def measure_pps(backend: str, helper: str, rates: tuple[int, ...],
     for rate in rates:
         # A network per rate, so the line's own figures (CPU per packet, lateness, frames it
         # lost) are this rate's, not the sum over the rates.
-        with _network(20.0, backend, helper, steering=steering) as net:
+        with _network(20.0, backend, helper, steering=steering, send_lead=send_lead) as net:
             net.run("client", ["ethtool", "-K", net.intf("client"), "tx-udp-segmentation",
                                "off"])
             _udp_sink(net)
@@ -249,17 +265,20 @@ def _can_steer() -> bool:
     return True
 
 
-def run_helper(backend: str, helper: str, quick: bool) -> list[dict[str, Any]]:
+def run_helper(backend: str, helper: str, quick: bool,
+               send_lead: str = "auto") -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for rtt in RTTS_MS:
-        rows += measure_rtt(backend, helper, rtt, *_probe_counts(rtt, quick))
+        rows += measure_rtt(backend, helper, rtt, *_probe_counts(rtt, quick),
+                            send_lead=send_lead)
     seconds = 2 if quick else 5
     # The Python fallback's own per-packet cost caps it far below where steering matters.
     for steering in (("off", "rps") if helper == "c" and _can_steer() else ("off",)):
         for offloads in ("wire", "gso"):
-            rows.append(measure_throughput(backend, helper, offloads, seconds, steering))
+            rows.append(measure_throughput(backend, helper, offloads, seconds, steering,
+                                           send_lead))
         rows += measure_pps(backend, helper, PPS_RATES_QUICK if quick else PPS_RATES,
-                            2 if quick else 3, steering)
+                            2 if quick else 3, steering, send_lead)
     for row in rows:
         row["backend"], row["delay_helper"] = backend, helper
     return rows
@@ -293,6 +312,11 @@ def _result(r: dict[str, Any]) -> str:
         text += f", late {r['lateness_median_us']:.0f}/{r['lateness_p99_us']:.0f} us"
     if r["metric"] == "rtt" and r.get("send_call_median_us", float("nan")) >= 0:
         text += f", send call {r['send_call_median_us']:.0f} us"
+    if r["metric"] == "rtt" and "device_late_median_us" in r:
+        text += (f", at device {r['device_late_median_us']:+.1f}/"
+                 f"{r['device_late_p99_us']:+.1f} us after due (send path "
+                 f"{r['to_device_median_us']:.0f} us, lead {r['send_lead']}, "
+                 f"{r['early_frames']:.0f} early by <= {r['early_max_us']:.1f} us)")
     if r.get("rx_ring") and r["metric"] != "rtt":
         text += f", rx ring {r['rx_ring']}"
     if r.get("rx_steering") == "rps":
@@ -445,7 +469,7 @@ def main(args: argparse.Namespace) -> None:
     print(wakeup_line(args.quick), flush=True)
     rows: list[dict[str, Any]] = []
     for helper in helpers:
-        rows += run_helper(backend, helper, args.quick)
+        rows += run_helper(backend, helper, args.quick, getattr(args, "send_lead", "auto"))
     if backend == "userspace":
         rows += measure_paced(backend, args.quick)
     scale = [bench_scale.measure(backend, helper, n) for helper in helpers for n in sizes]

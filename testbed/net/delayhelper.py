@@ -104,7 +104,8 @@ def spin_budget(lines: int) -> float:
 
 
 def c_argv(if_a: str, if_b: str, a2b: LinkShape, b2a: LinkShape, seed: int, stats: Path,
-           lines: int, binary: Path = BINARY, parent_pid: int | None = None) -> list[str]:
+           lines: int, binary: Path = BINARY, parent_pid: int | None = None,
+           send_lead: str = "auto") -> list[str]:
     """The compiled helper's command line; with ``parent_pid`` it stops by itself when that
     process (its parent) dies, so the starter needs no pre-exec hook (no fork of Python)."""
     return [str(binary), "--if-a", if_a, "--if-b", if_b, "--a2b", shape_arg(a2b),
@@ -112,4 +113,5 @@ def c_argv(if_a: str, if_b: str, a2b: LinkShape, b2a: LinkShape, seed: int, stat
             "--spin-budget", str(spin_budget(lines)),
             "--rx-ring", "on" if lines <= RX_RING_MAX_LINES else "off",
             "--threads", "2" if lines <= RX_RING_MAX_LINES else "1",
+            "--send-lead", send_lead,
             *(["--parent-pid", str(parent_pid)] if parent_pid else [])]

@@ -257,7 +257,8 @@ class Network(HostProcesses):
             tie = threading.current_thread() is threading.main_thread()
             argv = delayhelper.c_argv(if_a, if_b, link.spec.a2b, link.spec.b2a,
                                       self.config.seed, stats, len(self._shaper_of),
-                                      parent_pid=os.getpid() if tie else None)
+                                      parent_pid=os.getpid() if tie else None,
+                                      send_lead=self.config.send_lead)
             return self.start_helper(shaper, f"delayline:{link.name}", self._pinned(argv),
                                      preexec_fn=None)
         argv = [
@@ -337,6 +338,7 @@ class Network(HostProcesses):
                     "dropped_queue": stats["dropped_queue"], "dropped_tx": stats["dropped_tx"],
                     # How late frames left against their due time (fidelity check).
                     "lateness_p99_us": stats.get("lateness_us", {}).get("p99"),
+                    **_device_figures(stats),
                 }
             out[link.name] = entry
         return out
@@ -368,6 +370,8 @@ class Network(HostProcesses):
             "delay_helper_note": self.delay_helper.note,
             "offloads": self.config.offloads,
             "rx_steering": self._steering.record() if self._steering else {"mode": "off"},
+            "send_lead": (self.config.send_lead if self.delay_helper.name == "c"
+                          else "off (the Python delay line has none)"),
             "config": dataclasses.asdict(self.config),
             "interfaces": {
                 n: [dataclasses.asdict(i) for i in intfs] for n, intfs in self.interfaces.items()
@@ -379,3 +383,15 @@ class Network(HostProcesses):
             },
             "sysctls": self.sysctls,
         }
+
+
+def _device_figures(stats: dict[str, Any]) -> dict[str, Any]:
+    """The compiled line's device stamps (testbed/net/delayline_c/txstamp.c): when frames sent
+    after idleness reached the device against their due time, and how many got there early."""
+    stamps = stats.get("device_stamps")
+    if not stamps:
+        return {}
+    late = stamps["device_lateness_us"]
+    return {"device_lateness_median_us": late["median"], "device_lateness_p99_us": late["p99"],
+            "device_stamped": stamps["stamped"], "early_frames": stamps["early"],
+            "early_max_us": stamps["early_max_us"], "send_lead": stamps["send_lead"]}

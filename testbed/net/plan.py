@@ -48,6 +48,11 @@ OFFLOAD_MODES = ("wire", "gso")
 # packets/s without loss) and costs every delivered frame a hop between CPUs (about 15 us per
 # frame there, 30 us per round trip), so it is for throughput, not for latency figures.
 RX_STEERING_MODES = ("off", "rps")
+# The compiled delay line's send lead (testbed/net/delayline_c/txstamp.c): "auto" starts a send
+# that follows idleness early by the time the kernel's send path was measured to take to the
+# device after such idleness, so the frame reaches the device at its due time; "off" starts
+# it at the due time. The Python delay line has no send lead.
+SEND_LEAD_MODES = ("auto", "off")
 FORWARDING_ROLES = ("router", "middlebox")
 SHAPER_ROLE = "shaper"
 SHAPER_SYSCTLS = {"net.ipv6.conf.all.disable_ipv6": "1",
@@ -65,6 +70,7 @@ class NetConfig:
     # algorithm listed in the root namespace's tcp_allowed_congestion_control.
     congestion_control: str | None = None
     rx_steering: str = "off"  # RX_STEERING_MODES
+    send_lead: str = "auto"  # SEND_LEAD_MODES
     tcp_fastopen: int = 3  # client and server TFO enabled (RFC 7413)
     tcp_rmem: str = "4096 131072 33554432"
     tcp_wmem: str = "4096 16384 33554432"
@@ -79,6 +85,8 @@ class NetConfig:
         if self.rx_steering not in RX_STEERING_MODES:
             raise ConfigError(f"unknown receive steering {self.rx_steering!r}",
                               f"use {RX_STEERING_MODES}")
+        if self.send_lead not in SEND_LEAD_MODES:
+            raise ConfigError(f"unknown send lead {self.send_lead!r}", f"use {SEND_LEAD_MODES}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> NetConfig:

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -44,11 +45,51 @@ def test_link_reports_the_delay_it_applied(helper: str) -> None:
         assert d["frames"] >= 20 and d["frames"] == d["frames_in"]
         assert d["dropped_loss"] == d["dropped_queue"] == d["dropped_tx"] == 0
         assert d["delay_ms"]["count"] == d["frames"]
-        assert d["delay_ms"]["min"] >= 5.0, "a frame left before its due time"
         assert d["lateness_us"]["count"] == d["frames"] and d["lateness_us"]["min"] >= 0
-        if helper == "c":  # echoes one at a time: one-frame send calls, timed
-            assert 0 < d["send_call_us"]["count"] <= d["frames"]
-            assert d["send_call_us"]["min"] > 0
+        if helper == "python":
+            assert d["delay_ms"]["min"] >= 5.0, "a frame left before its due time"
+            continue
+        # echoes one at a time: one-frame send calls, timed
+        assert 0 < d["send_call_us"]["count"] <= d["frames"]
+        assert d["send_call_us"]["min"] > 0
+        _check_device_stamps(d, 5.0)
+
+
+def _check_device_stamps(d: dict[str, Any], delay_ms: float) -> None:
+    """What a direction of the compiled line says about its frames at the device
+    (testbed/net/delayline_c/txstamp.c): ping's 10 ms gaps are idleness, so frames were stamped;
+    a frame whose recorded delay is below the configured one is counted as early, by no more
+    than the largest early margin, which is never more than a measured send path."""
+    s = d["device_stamps"]
+    assert s["state"] == "on" and s["error"] is None
+    assert s["asked"] == s["stamped"] + s["missing"] and s["stamped"] > 0
+    assert s["device_lateness_us"]["count"] == s["stamped"]
+    assert s["to_device_us"]["count"] >= 1 and s["to_device_us"]["min"] >= 0
+    shortfall_us = (delay_ms - d["delay_ms"]["min"]) * 1e3  # delay_ms has 0.1 us digits
+    if shortfall_us > 0.1:
+        assert s["early"] >= 1 and shortfall_us <= s["early_max_us"] + 0.1
+    if s["send_lead"] == "off" or s["early"] == 0:
+        assert s["early_max_us"] == 0 and d["delay_ms"]["min"] >= delay_ms
+        assert s["device_lateness_us"]["min"] >= 0
+    assert s["early_max_us"] <= s["to_device_us"]["max"]
+    for lead in s["lead_us"]:
+        assert lead is None or 0 <= lead <= s["to_device_us"]["max"]
+    if s["send_lead"] == "off":
+        assert s["lead_us"] == [None] * 4
+
+
+def test_send_lead_off_starts_every_send_at_its_due_time() -> None:
+    """The compiled line with its send lead off still stamps frames at the device, and none is
+    early: the recorded delay of every frame is at least the configured one."""
+    topo = topologies.create("direct", path=PathShape(rtt_ms=10))
+    config = NetConfig(link_backend="userspace", delay_helper="c", send_lead="off")
+    with Network(topo, config) as net:
+        _ping(net, 20)
+        assert net.describe()["send_lead"] == "off"
+    for name in ("a2b", "b2a"):
+        d = net.link_reports["client-server"]["directions"][name]
+        assert d["device_stamps"]["send_lead"] == "off"
+        _check_device_stamps(d, 5.0)
 
 
 _SINK = r"""

@@ -100,6 +100,8 @@ int dl_dir_init(struct dl_dir *d, const char *name, int rx, int tx, const struct
 	dl_reservoir_init(&d->delay, seed * 4 + (uint64_t)direction);
 	dl_reservoir_init(&d->lateness, seed * 4 + 2 + (uint64_t)direction);
 	dl_reservoir_init(&d->send_call, seed * 4 + 1000 + (uint64_t)direction);
+	dl_reservoir_init(&d->to_device, seed * 4 + 2000 + (uint64_t)direction);
+	dl_reservoir_init(&d->device_late, seed * 4 + 3000 + (uint64_t)direction);
 	return dl_sched_init(&d->sched, shape, seed, direction);
 }
 
@@ -114,6 +116,11 @@ void dl_dir_free(struct dl_dir *d)
 	dl_reservoir_free(&d->delay);
 	dl_reservoir_free(&d->lateness);
 	dl_reservoir_free(&d->send_call);
+	dl_reservoir_free(&d->to_device);
+	dl_reservoir_free(&d->device_late);
+	if (d->tx >= 0)
+		close(d->tx);
+	d->tx = -1;
 }
 
 /* A kernel receive time (CLOCK_REALTIME ns) on CLOCK_MONOTONIC; now when it cannot be one (a
@@ -262,15 +269,96 @@ int dl_drain(struct dl_dir *d, uint64_t now, int64_t offset)
 	return d->ring.map ? drain_ring(d, now, offset) : drain_queue(d, now, offset);
 }
 
-static void account_sent(struct dl_dir *d, uint64_t now)
+/* The head frame left: its delay is counted from its arrival to the device (dev, when it was
+ * stamped) or else to now, the time its send call was decided (never before its due time: only
+ * a stamped frame can have been released early). rel: when its call was planned to start. */
+static void account_sent(struct dl_dir *d, uint64_t now, uint64_t rel, uint64_t dev)
 {
 	struct dl_held *h = dl_fifo_peek(&d->fifo);
-	dl_reservoir_add(&d->delay, (double)(now - h->arrived));
-	dl_reservoir_add(&d->lateness, (double)(now >= h->due ? now - h->due : 0));
+	dl_reservoir_add(&d->delay, (double)((dev ? dev : now) - h->arrived));
+	dl_reservoir_add(&d->lateness, (double)(now >= rel ? now - rel : 0));
+	if (dev) {
+		double late = (double)dev - (double)h->due;
+		dl_reservoir_add(&d->device_late, late);
+		if (late < 0) {
+			d->stamp.early++;
+			d->stamp.early_max_ns = -late > d->stamp.early_max_ns ? -late : d->stamp.early_max_ns;
+		}
+	}
 	d->frames++;
 	d->bytes += h->len - VNET_HDR_LEN;
 	free(h->data);
 	dl_fifo_pop(&d->fifo);
+}
+
+uint64_t dl_release_at(const struct dl_dir *d, const struct dl_held *h)
+{
+	uint64_t lead = dl_lead_at(&d->stamp, h->due);
+	return h->due > lead ? h->due - lead : 0;
+}
+
+static uint64_t real_now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+/* Which of the n frames about to be sent ask for a device stamp (bit i: frame i): the first
+ * one of a call after idleness (to learn the lead), and every one released before its due
+ * time (its delay must be the device's time). */
+static uint64_t ask_stamps(struct dl_dir *d, unsigned n, uint64_t call, int cls)
+{
+	uint64_t mask = 0;
+	for (unsigned i = 0; i < n; i++) {
+		struct dl_held *h = &d->fifo.items[(d->fifo.head + i) % d->fifo.cap];
+		int ask = d->stamp.on && ((i == 0 && cls >= 0) || h->due > call);
+		d->smsg[i].msg_hdr.msg_control = ask ? d->stamp.cmsg : NULL;
+		d->smsg[i].msg_hdr.msg_controllen = ask ? d->stamp.cmsg_len : 0;
+		mask |= (uint64_t)ask << i;
+	}
+	return mask;
+}
+
+/* After a call that sent `sent` frames: the device time (CLOCK_MONOTONIC) of each stamped one
+ * into dev[] (0: not stamped, or its stamp did not come), learning the lead from the first. */
+static void read_stamps(struct dl_dir *d, uint64_t mask, int sent, uint64_t call,
+			uint64_t call_real, int cls, uint64_t *dev)
+{
+	uint32_t keys[DL_STAMPS_MAX];
+	uint64_t ts[DL_STAMPS_MAX];
+	int got = dl_stamps_read(d->tx, keys, ts, DL_STAMPS_MAX);
+	uint32_t last = d->stamp.next_key;
+	for (int i = 0; i < sent; i++) {
+		dev[i] = 0;
+		if (!(mask >> i & 1))
+			continue;
+		uint32_t key = d->stamp.next_key++;
+		d->stamp.asked++;
+		for (int j = 0; j < got; j++) {
+			if (keys[j] != key)
+				continue;
+			uint64_t to_device = ts[j] > call_real ? ts[j] - call_real : 0;
+			dev[i] = call + to_device;
+			if (i == 0 && cls >= 0) {
+				dl_reservoir_add(&d->to_device, (double)to_device);
+				dl_lead_learn(&d->stamp, cls, to_device);
+			}
+		}
+		if (dev[i])
+			d->stamp.stamped++;
+		else
+			d->stamp.missing++;
+	}
+	/* A frame the kernel numbered but failed to send shifts the numbering: follow the kernel. */
+	for (int j = 0; j < got; j++)
+		if ((int32_t)(keys[j] + 1 - last) > 0)
+			d->stamp.next_key = keys[j] + 1 > d->stamp.next_key ? keys[j] + 1 : d->stamp.next_key;
+	if (d->stamp.on && !d->stamp.stamped && d->stamp.missing >= DL_STAMP_GIVE_UP) {
+		d->stamp.on = 0;
+		snprintf(d->stamp.error, sizeof(d->stamp.error),
+			 "no transmit timestamp came for %d frames asked", DL_STAMP_GIVE_UP);
+	}
 }
 
 uint64_t dl_release(struct dl_dir *d, uint64_t now)
@@ -278,17 +366,23 @@ uint64_t dl_release(struct dl_dir *d, uint64_t now)
 	d->tx_blocked = 0;
 	for (;;) {
 		unsigned n = 0;
+		uint64_t rel[DL_BATCH_MAX];
 		for (size_t i = 0; i < d->fifo.len && n < d->batch; i++) {
 			struct dl_held *h = &d->fifo.items[(d->fifo.head + i) % d->fifo.cap];
-			if (h->due > now)
+			rel[n] = dl_release_at(d, h);
+			if (rel[n] > now)
 				break;
 			d->siov[n] = (struct iovec){h->data, h->len};
 			n++;
 		}
 		if (!n)
 			return now;
-		uint64_t call = n == 1 ? dl_now() : 0;
+		uint64_t call = dl_now();
+		int cls = dl_idle_class(&d->stamp, call);
+		uint64_t mask = ask_stamps(d, n, call, cls);
+		uint64_t call_real = mask ? real_now() : 0;
 		int sent = sendmmsg(d->tx, d->smsg, n, MSG_DONTWAIT);
+		d->stamp.last_send = call;
 		if (sent == 1 && n == 1)
 			dl_reservoir_add(&d->send_call, (double)(dl_now() - call));
 		if (sent < 0) {
@@ -305,8 +399,11 @@ uint64_t dl_release(struct dl_dir *d, uint64_t now)
 			dl_fifo_pop(&d->fifo);
 			continue;
 		}
+		uint64_t dev[DL_BATCH_MAX] = {0};
+		if (mask)
+			read_stamps(d, mask, sent, call, call_real, cls, dev);
 		for (int i = 0; i < sent; i++)
-			account_sent(d, now);
+			account_sent(d, now, rel[i], dev[i]);
 		now = dl_now();
 	}
 }

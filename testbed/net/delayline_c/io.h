@@ -6,6 +6,7 @@
 
 #include "model.h"
 #include "ring.h"
+#include "txstamp.h"
 
 #define DL_BATCH_MAX 64
 
@@ -21,6 +22,10 @@ struct dl_dir {
 	 * runs inside it, so it bounds from above how long after its release the frame reached
 	 * that host (and includes what the host did with it) */
 	struct dl_reservoir send_call;
+	/* Frames stamped at the device (txstamp.c): ns from the send call to the device (first
+	 * frame of a call after idleness), and device time minus due time (negative: early). */
+	struct dl_reservoir to_device, device_late;
+	struct dl_txstamp stamp;
 	unsigned batch;
 	uint8_t *bufs;                        /* batch slots of DL_MAX_FRAME + 1 bytes */
 	struct mmsghdr rmsg[DL_BATCH_MAX], smsg[DL_BATCH_MAX];
@@ -40,13 +45,16 @@ struct dl_dir {
  * missed); if that fails the port reads with recvmmsg and ring_err says why. */
 int dl_open_port(const char *ifname, struct dl_ring *ring, char *ring_err, size_t ring_errlen,
 		 char *err, size_t errlen);
+/* tx: the direction's own send socket (dl_open_tx), closed by dl_dir_free. */
 int dl_dir_init(struct dl_dir *d, const char *name, int rx, int tx, const struct dl_shape *shape,
 		uint64_t seed, int direction, unsigned batch);
 void dl_dir_free(struct dl_dir *d);
 /* Read one batch; returns frames read (0 when none was waiting). */
 int dl_drain(struct dl_dir *d, uint64_t now_mono, int64_t real_minus_mono);
-/* Send what is due by now; returns the time after the last send. */
+/* Send what may start by now (dl_release_at); returns the time after the last send. */
 uint64_t dl_release(struct dl_dir *d, uint64_t now);
+/* When the send call of held frame h may start: its due time less the send lead (txstamp.c). */
+uint64_t dl_release_at(const struct dl_dir *d, const struct dl_held *h);
 void dl_poll_kernel_drops(struct dl_dir *d);
 uint64_t dl_now(void);
 #endif

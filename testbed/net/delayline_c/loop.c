@@ -1,8 +1,8 @@
 /* The per-packet loop of the compiled delay line, run by each of its worker threads.
  *
  * A turn: release what is due, wait (sleep or poll) for the next due time or a frame, read.
- * The loop sleeps in ppoll() until `lead` before the earliest due time, then polls without
- * sleeping until it is due. `lead` is the wake-up latency measured on this machine: every timed
+ * The loop sleeps in ppoll() until `lead` before the earliest release time (a frame's due time,
+ * less the send lead of txstamp.c when that is on), then polls without sleeping until then. `lead` is the wake-up latency measured on this machine: every timed
  * sleep's overshoot is recorded and lead = the largest of the last 32 plus a 20 us margin, so a
  * machine that wakes idle processes slowly gets a longer spin, a quick one a short one. Polling
  * is capped to the worker's share of --spin-budget of wall time per 100 ms window (the endpoints
@@ -58,9 +58,10 @@ static uint64_t earliest(struct dl_worker *w)
 {
 	uint64_t t = UINT64_MAX;
 	for (int k = 0; k < w->ndirs; k++) {
-		struct dl_held *h = dl_fifo_peek(&dir_of(w, k)->fifo);
-		if (h && h->due < t)
-			t = h->due;
+		struct dl_dir *d = dir_of(w, k);
+		struct dl_held *h = dl_fifo_peek(&d->fifo);
+		uint64_t at = h ? dl_release_at(d, h) : UINT64_MAX;
+		t = at < t ? at : t;
 	}
 	return t;
 }

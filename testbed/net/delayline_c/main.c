@@ -2,7 +2,7 @@
  *
  *   tcpinc-delayline --if-a IF0 --if-b IF1 --a2b SHAPE --b2a SHAPE [--seed N] [--stats PATH]
  *       [--spin-budget F] [--lead-us N] [--batch N] [--rt-priority N] [--parent-pid N]
- *       [--rx-ring on|off] [--threads 1|2]
+ *       [--rx-ring on|off] [--threads 1|2] [--send-lead auto|off]
  *   tcpinc-delayline --trace --a2b SHAPE --b2a SHAPE [--seed N] < events   (see trace.c)
  *   tcpinc-delayline --limits
  * SHAPE: delay_ns=N,jitter_ns=N,loss=F,rate_bps=N,queue_packets=N,queue_bytes=N (0 = none).
@@ -24,6 +24,11 @@
  * (the default): recvmmsg. The network builder turns rings and two threads on for a network of
  * few lines (testbed/net/delayhelper.py): a hundred idle lines need no 32 MB each. A ring that
  * cannot be set up is recorded in the stats and the port reads with recvmmsg.
+ *
+ * --send-lead auto: a send call after idleness starts early by the time the kernel's send path
+ * was measured to take to the device after such idleness, so the frame reaches the device at
+ * its due time (txstamp.c); off (the default): the call starts at the due time. Either way each
+ * direction sends on a socket of its own and stamps such frames at the device.
  *
  * --parent-pid N: SIGTERM when process N (the network that started it, whose child it must be)
  * dies, even by SIGKILL (prctl PR_SET_PDEATHSIG); already gone: exit 1 at once. The starter then
@@ -102,6 +107,13 @@ static int parse_args(int argc, char **argv, struct dl_config *c, int *trace, ch
 		else if (!strcmp(k, "--rt-priority")) c->rt_priority = (int)strtol(v, &end, 10);
 		else if (!strcmp(k, "--parent-pid")) parent_pid = strtol(v, &end, 10);
 		else if (!strcmp(k, "--threads")) c->threads = (unsigned)strtoul(v, &end, 10);
+		else if (!strcmp(k, "--send-lead")) {
+			c->send_lead = !strcmp(v, "auto") ? 1 : !strcmp(v, "off") ? 0 : -1;
+			if (c->send_lead < 0) {
+				snprintf(err, errlen, "--send-lead must be auto or off, got '%s'", v);
+				return -1;
+			}
+		}
 		else if (!strcmp(k, "--rx-ring")) {
 			c->rx_ring = !strcmp(v, "on") ? 1 : !strcmp(v, "off") ? 0 : -1;
 			if (c->rx_ring < 0) {
@@ -240,29 +252,43 @@ static int open_line(struct dl_line *l, char *err, size_t errlen)
 {
 	struct dl_config *c = &l->cfg;
 	struct dl_ring ring[2] = {{0}};
-	char ring_err[2][96] = {"", ""};
-	int fd[2] = {-1, -1};
+	char ring_err[2][96] = {"", ""}, stamp_err[2][96] = {"", ""};
+	int fd[2] = {-1, -1}, tx[2] = {-1, -1}, stamps[2] = {0, 0};
 	const char *name[2] = {c->if_a, c->if_b};
 	for (int i = 0; i < 2; i++) {
 		fd[i] = dl_open_port(name[i], c->rx_ring ? &ring[i] : NULL, ring_err[i],
 				     sizeof(ring_err[i]), err, errlen);
 		if (fd[i] >= 0)
+			tx[i] = dl_open_tx(name[i], &stamps[i], stamp_err[i], sizeof(stamp_err[i]), err,
+					   errlen);
+		if (fd[i] >= 0 && tx[i] >= 0)
 			continue;
-		if (i) {
-			dl_ring_close(&ring[0]);
-			close(fd[0]);
+		int bad_input = fd[i] == -2;
+		for (int j = 0; j <= i; j++) {
+			if (fd[j] >= 0) {
+				dl_ring_close(&ring[j]);
+				close(fd[j]);
+			}
+			if (tx[j] >= 0)
+				close(tx[j]);
 		}
-		if (fd[i] == -2)
+		if (bad_input)
 			return usage_error(err);
 		fprintf(stderr, "delayline: error: %s\n", err);
 		return 1;
 	}
-	if (dl_dir_init(&l->dir[0], "a2b", fd[0], fd[1], &c->a2b, c->seed, 0, c->batch) ||
-	    dl_dir_init(&l->dir[1], "b2a", fd[1], fd[0], &c->b2a, c->seed, 1, c->batch)) {
+	/* a2b reads port a and sends on port b's send socket; b2a the reverse */
+	if (dl_dir_init(&l->dir[0], "a2b", fd[0], tx[1], &c->a2b, c->seed, 0, c->batch) ||
+	    dl_dir_init(&l->dir[1], "b2a", fd[1], tx[0], &c->b2a, c->seed, 1, c->batch)) {
 		fprintf(stderr, "delayline: error: out of memory\n");
 		return 1;
 	}
 	for (int i = 0; i < 2; i++) {
+		int out = 1 - i;  /* the port direction i sends on */
+		dl_txstamp_init(&l->dir[i].stamp, stamps[out], c->send_lead, stamp_err[out]);
+		if (stamp_err[out][0])
+			fprintf(stderr, "delayline: warning: %s; no device stamps, no send lead\n",
+				stamp_err[out]);
 		l->dir[i].ring = ring[i];
 		memcpy(l->dir[i].ring_error, ring_err[i], sizeof(ring_err[i]));
 		if (ring_err[i][0])  /* also in the stats: rx_ring.state "failed" and its error */
@@ -283,6 +309,7 @@ int main(int argc, char **argv)
 	c->rt_priority = 10;
 	c->rx_ring = 0;
 	c->threads = 1;
+	c->send_lead = 0;
 	int trace = 0;
 	char err[256];
 	if (argc == 2 && !strcmp(argv[1], "--limits")) {

@@ -35,6 +35,36 @@ static void ring_json(FILE *f, const struct dl_dir *d)
 		fputs("null}}", f);
 }
 
+/* "device_stamps": frames stamped at the device (txstamp.c) and the send lead learned from them:
+ * per idle class (>= 0.25, 1, 4, 16 ms) the lead a send of that class would start early by now
+ * (null: too few measurements, or leading off), and how often a frame got there early. */
+static void stamp_json(FILE *f, struct dl_dir *d)
+{
+	const struct dl_txstamp *t = &d->stamp;
+	char to_dev[320], late[320];
+	dl_reservoir_json(&d->to_device, 1e-3, 1, to_dev, sizeof(to_dev));
+	dl_reservoir_json(&d->device_late, 1e-3, 1, late, sizeof(late));
+	fprintf(f, "\"device_stamps\": {\"state\": \"%s\", \"send_lead\": \"%s\", \"error\": ",
+		t->on ? "on" : "off", t->lead ? "auto" : "off");
+	if (t->error[0])
+		fprintf(f, "\"%s\"", t->error);  /* strerror() text or our own: no quotes */
+	else
+		fputs("null", f);
+	fprintf(f, ", \"asked\": %llu, \"stamped\": %llu, \"missing\": %llu, \"early\": %llu, "
+		"\"early_max_us\": %.3f, \"to_device_us\": %s, \"device_lateness_us\": %s, "
+		"\"lead_us\": [", (unsigned long long)t->asked, (unsigned long long)t->stamped,
+		(unsigned long long)t->missing, (unsigned long long)t->early, t->early_max_ns / 1e3,
+		to_dev, late);
+	for (int c = 0; c < DL_IDLE_CLASSES; c++) {
+		uint64_t lead;
+		if (dl_class_lead(t, c, &lead))
+			fprintf(f, "%s%.3f", c ? ", " : "", (double)lead / 1e3);
+		else
+			fprintf(f, "%snull", c ? ", " : "");
+	}
+	fputs("]}", f);
+}
+
 static void dir_json(FILE *f, struct dl_dir *d)
 {
 	char delay[320], late[320], send[320];
@@ -74,6 +104,8 @@ static void dir_json(FILE *f, struct dl_dir *d)
 		(unsigned long long)d->dropped_rcvbuf, (unsigned long long)d->dropped_overflow,
 		(unsigned long long)d->rx_errors, (unsigned long long)d->rx_ts_fallback,
 		(unsigned long long)d->tx_busy, d->fifo.len, delay, late, send);
+	stamp_json(f, d);
+	fputs(", ", f);
 	ring_json(f, d);
 }
 

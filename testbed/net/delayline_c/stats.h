@@ -13,6 +13,7 @@ struct dl_config {
 	int rt_priority;
 	int rx_ring;  /* --rx-ring on: 1 */
 	unsigned threads;  /* --threads: 1 (both directions in one thread) or 2 (one each) */
+	int send_lead;  /* --send-lead auto: 1 */
 };
 
 struct dl_line {
