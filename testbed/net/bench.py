@@ -2,20 +2,21 @@
 
 One run measures each delay helper side by side (the compiled one and the Python fallback, or
 the one named by ``--delay-helper``; netem instead where the kernel has it): ping and
-TCP-connect RTT error (median, p99) at 0/10/50/200 ms RTT, each probe timed by the kernel (what
-the link did) and by the application (that plus the end host's wake-up, testbed/net/rttprobe.py);
-TCP throughput through one emulated link at 20 ms RTT (iperf3, wire-like and GSO frames); 64-byte
-UDP packets per second forwarded at < 1 % loss (sent by testbed/net/bench_udp.py, counted on the
-sending and receiving interfaces); the delay line's CPU per packet and its release lateness
-(release minus planned release time), and for the compiled line when its frames sent after
-idleness reached the device against their due time, the send path's time to the device and the
-frames that got there early (its send lead, ``--send-lead``: testbed/net/delayline_c/txstamp.c). Throughput and packet rate are measured twice for the compiled line:
-with receive steering off (the receiving host's input runs in the line's send call) and with
-``rx_steering="rps"`` (lines on one CPU, the hosts' input on the others: testbed/net/plan.py),
-each row saying which. It also prints this machine's wake-up latency (testbed/bench_wakeup.py),
-its load average, and the start and stop time and delay-line memory of ``fanin:clients=N``
-networks (testbed/net/bench_scale.py), then each result against the targets. Writes the rows as
-a CSV.
+TCP-connect RTT error (median, p99) at 0/10/50/200 ms RTT, each probe timed by the kernel (what the
+link did) and by the application (that plus the end host's wake-up, testbed/net/rttprobe.py);
+TCP throughput through one emulated link at 20 ms RTT (iperf3, wire-like and GSO frames);
+64-byte UDP packets per second forwarded at < 1 % loss (sent by testbed/net/bench_udp.py,
+counted on the sending and receiving interfaces); the delay line's CPU per packet and its
+release lateness (release minus planned release time), and for the compiled line when its frames
+sent after idleness reached the device against their due time, the send path's time to the
+device and the frames that got there early (its send lead, ``--send-lead``:
+testbed/net/delayline_c/txstamp.c). Throughput and packet rate are measured twice for the
+compiled line: with receive steering off (the receiving host's input runs in the line's send
+call) and with ``rx_steering="rps"`` (lines on one CPU, the hosts' input on the others:
+testbed/net/plan.py), each row saying which. It also prints this machine's wake-up latency
+(testbed/bench_wakeup.py), its load average, and the start and stop time and delay-line memory
+of ``fanin:clients=N`` networks (testbed/net/bench_scale.py), then each result against the
+targets. Writes the rows as a CSV.
 """
 
 from __future__ import annotations

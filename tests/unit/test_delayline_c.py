@@ -24,6 +24,7 @@ from testbed.net.delayline_sched import (
     VnetHeader,
     wire_bytes,
 )
+from testbed.net.network import NetConfig
 from topologies.shapes import LinkShape
 
 HELPER_DIR = delayhelper.BINARY.parent
@@ -190,6 +191,7 @@ def test_fuzzed_frames_are_never_reordered_duplicated_or_changed(binary: Path) -
     (["--a2b", "", "--b2a", "", "--if-a", "nosuch0", "--if-b", "nosuch1"], "unknown interface"),
     (["--a2b", "", "--b2a", "", "--rx-ring", "auto"], "--rx-ring must be on or off"),
     (["--a2b", "", "--b2a", "", "--threads", "3"], "--threads 1 or 2"),
+    (["--a2b", "", "--b2a", "", "--send-lead", "on"], "--send-lead must be auto or off"),
 ])
 def test_bad_arguments_are_one_line_exit_2(binary: Path, args: list[str], message: str) -> None:
     proc = subprocess.run([str(binary), *args], capture_output=True, text=True, timeout=10)
@@ -204,6 +206,80 @@ def test_bad_trace_is_one_line_exit_2(binary: Path, line: str) -> None:
     proc = subprocess.run([str(binary), "--trace", "--a2b", "", "--b2a", ""], input=line,
                           capture_output=True, text=True, timeout=10)
     assert proc.returncode == 2 and proc.stderr.startswith("delayline: error: trace line")
+
+
+# --- the send lead's bookkeeping on a virtual clock (--lead-trace, txstamp.c) -------------------
+
+
+def lead_trace(binary: Path, sends: list[tuple[int, int | None]]) -> list[tuple[int, int]]:
+    """(class, lead ns) decided before each send call (at, ns its first frame took to reach
+    the device, or None: not stamped)."""
+    text = "".join(f"{at} {'-' if dev is None else dev}\n" for at, dev in sends)
+    proc = subprocess.run([str(binary), "--lead-trace"], input=text, capture_output=True,
+                          text=True, check=True, timeout=10)
+    rows = [line.split() for line in proc.stdout.splitlines()]
+    assert [int(r[0]) for r in rows] == [at for at, _ in sends]
+    return [(int(r[1]), int(r[2])) for r in rows]
+
+
+MS = 1_000_000
+
+
+def test_idle_classes_start_at_quarter_one_four_and_sixteen_ms(binary: Path) -> None:
+    gaps = [249_999, 250_000, MS - 1, MS, 4 * MS - 1, 4 * MS, 16 * MS - 1, 16 * MS, 10_000 * MS]
+    at, sends = 1, [(1, None)]
+    for gap in gaps:
+        at += gap
+        sends.append((at, None))
+    classes = [c for c, _ in lead_trace(binary, sends)]
+    assert classes == [-1, -1, 0, 0, 1, 1, 2, 2, 3, 3]  # the first send: nothing to be idle since
+
+
+def test_a_class_leads_by_the_least_of_its_last_eight_after_four(binary: Path) -> None:
+    # Sends 20 ms apart (class 3), each stamped: the lead is 0 until four are learned, then
+    # the smallest of the last eight; an old small one is forgotten after eight more.
+    devs = [9_000, 20_000, 15_000, 18_000, 17_000, 16_000, 19_000, 21_000, 22_000, 23_000, 24_000]
+    sends = [(1 + i * 20 * MS, dev) for i, dev in enumerate([None, *devs])]
+    got = lead_trace(binary, sends)
+    assert [c for c, _ in got] == [-1] + [3] * len(devs)
+    # before call k (k = 1..11) the class has learned devs[:k-1]
+    assert [lead for _, lead in got] == [0, 0, 0, 0, 0, 9_000, 9_000, 9_000, 9_000, 9_000,
+                                         15_000, 15_000]
+
+
+def test_unstamped_and_preempted_calls_teach_nothing_and_classes_are_separate(
+        binary: Path) -> None:
+    sends: list[tuple[int, int | None]] = [(1, None)]
+    at = 1
+    for dev in (5_000, 6_000, 7_000, 8_000):  # class 0: 0.5 ms apart
+        at += MS // 2
+        sends.append((at, dev))
+    for dev in (None, 100_001, 3_000):  # unstamped, above the 100 us cap, then learned
+        at += MS // 2
+        sends.append((at, dev))
+    at += 2 * MS  # class 1 has learned nothing
+    sends.append((at, None))
+    got = lead_trace(binary, sends)
+    assert got[5] == (0, 5_000) and got[6] == (0, 5_000) and got[7] == (0, 5_000)
+    assert got[8] == (1, 0)
+    # the last class-0 measurement (3 us) counts from the next class-0 call on
+    assert lead_trace(binary, [*sends[:8], (sends[7][0] + MS // 2, None)])[-1] == (0, 3_000)
+
+
+@pytest.mark.parametrize("text", ["5 -\n5 -", "x -", "5 abc", "5"])
+def test_bad_lead_trace_is_one_line_exit_2(binary: Path, text: str) -> None:
+    proc = subprocess.run([str(binary), "--lead-trace"], input=text, capture_output=True,
+                          text=True, timeout=10)
+    assert proc.returncode == 2 and proc.stderr.startswith("delayline: error: lead trace line")
+    assert proc.stderr.count("\n") == 1
+
+
+def test_send_lead_reaches_the_helper_and_is_checked_before_a_network(tmp_path: Path) -> None:
+    argv = delayhelper.c_argv("a", "b", LinkShape(), LinkShape(), 1, tmp_path / "s.json", 1,
+                              send_lead="off")
+    assert argv[argv.index("--send-lead") + 1] == "off"
+    with pytest.raises(ConfigError, match="unknown send lead"):
+        NetConfig(send_lead="on")
 
 
 # --- selection and limits on the Python side ----------------------------------------------

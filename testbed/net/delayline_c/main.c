@@ -4,6 +4,7 @@
  *       [--spin-budget F] [--lead-us N] [--batch N] [--rt-priority N] [--parent-pid N]
  *       [--rx-ring on|off] [--threads 1|2] [--send-lead auto|off]
  *   tcpinc-delayline --trace --a2b SHAPE --b2a SHAPE [--seed N] < events   (see trace.c)
+ *   tcpinc-delayline --lead-trace < sends   (the send lead's bookkeeping: see txstamp.c)
  *   tcpinc-delayline --limits
  * SHAPE: delay_ns=N,jitter_ns=N,loss=F,rate_bps=N,queue_packets=N,queue_bytes=N (0 = none).
  *
@@ -56,6 +57,7 @@
 #include "model.h"
 #include "stats.h"
 #include "trace.h"
+#include "txstamp.h"
 
 #define LEAD_MAX_NS 2000000ULL
 #define SIGNAL_WAIT_NS 50000000L  /* how soon the main thread notices a worker that stopped */
@@ -316,6 +318,8 @@ int main(int argc, char **argv)
 		limits();
 		return 0;
 	}
+	if (argc == 2 && !strcmp(argv[1], "--lead-trace"))
+		return dl_lead_trace_main(stdin, stdout);
 	if (parse_args(argc, argv, c, &trace, err, sizeof(err)))
 		return usage_error(err);
 	if (trace)

@@ -165,3 +165,37 @@ int dl_stamps_read(int fd, uint32_t *keys, uint64_t *real_ns, int max)
 		}
 	}
 }
+
+/* --lead-trace: the send lead's bookkeeping on a virtual clock, for exact tests. Input, one send
+ * call per line (blank lines and '#' comments skipped), times increasing:
+ *     T_NS TO_DEVICE_NS    a send call at T_NS whose first frame reached the device after
+ *     T_NS -               TO_DEVICE_NS, or was not stamped (a warm call: never learned)
+ * Output, one line per call, as decided before the call: "T_NS CLASS LEAD_NS" (CLASS -1: warm).
+ * Bad input: one line on stderr, exit 2. */
+int dl_lead_trace_main(FILE *in, FILE *out)
+{
+	struct dl_txstamp t;
+	dl_txstamp_init(&t, 1, 1, NULL);
+	char line[256];
+	unsigned long long prev = 0;
+	for (unsigned n = 1; fgets(line, sizeof(line), in); n++) {
+		char *p = line + strspn(line, " \t");
+		if (*p == '#' || *p == '\n' || !*p)
+			continue;
+		unsigned long long at, to_device = 0;
+		char dev[32];
+		if (sscanf(p, "%llu %31s", &at, dev) != 2 || at <= prev ||
+		    (strcmp(dev, "-") && sscanf(dev, "%llu", &to_device) != 1)) {
+			fprintf(stderr, "delayline: error: lead trace line %u: want 'T_NS TO_DEVICE_NS|-' "
+				"with increasing times\n", n);
+			return 2;
+		}
+		int cls = dl_idle_class(&t, at);
+		fprintf(out, "%llu %d %llu\n", at, cls, (unsigned long long)dl_lead_at(&t, at));
+		if (strcmp(dev, "-"))
+			dl_lead_learn(&t, cls, to_device);
+		t.last_send = at;
+		prev = at;
+	}
+	return 0;
+}

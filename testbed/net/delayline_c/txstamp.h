@@ -2,6 +2,7 @@
 #define DL_TXSTAMP_H
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <sys/socket.h>
 
 /* When a frame a direction sends reaches the device, and the send lead learned from it. See
@@ -46,6 +47,8 @@ void dl_lead_learn(struct dl_txstamp *t, int cls, uint64_t to_device_ns);
 /* Read every stamp waiting on fd's error queue: up to max (key, CLOCK_REALTIME ns) pairs;
  * returns how many were read. */
 int dl_stamps_read(int fd, uint32_t *keys, uint64_t *real_ns, int max);
+/* --lead-trace: send calls on a virtual clock in, class and lead per call out (txstamp.c). */
+int dl_lead_trace_main(FILE *in, FILE *out);
 /* Stamps per send call, at most. */
 #define DL_STAMPS_MAX 64
 #endif
