@@ -20,7 +20,6 @@
 #ifndef PACKET_IGNORE_OUTGOING
 #define PACKET_IGNORE_OUTGOING 23
 #endif
-#define SOCKET_BUFFER (32 * 1024 * 1024)
 #define MAX_RX_AGE_NS 10000000000LL
 
 uint64_t dl_now(void)
@@ -30,37 +29,47 @@ uint64_t dl_now(void)
 	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
 }
 
-int dl_open_port(const char *ifname, struct dl_ring *ring, char *ring_err, size_t ring_errlen,
-		 char *err, size_t errlen)
+int dl_packet_socket(const char *ifname, const struct dl_sockopt *opts, size_t nopts,
+		     const char *role, unsigned *ifindex, char *err, size_t errlen)
 {
-	unsigned idx = if_nametoindex(ifname);
-	if (!idx) {
+	*ifindex = if_nametoindex(ifname);
+	if (!*ifindex) {
 		snprintf(err, errlen, "unknown interface '%s' in this namespace", ifname);
 		return -2;
 	}
 	/* Protocol 0 until bind: ETH_P_ALL would queue frames of every interface meanwhile. */
 	int fd = socket(AF_PACKET, SOCK_RAW | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0) {
-		snprintf(err, errlen, "socket(AF_PACKET): %s", strerror(errno));
+		snprintf(err, errlen, "socket(AF_PACKET) %s: %s", role, strerror(errno));
 		return -1;
 	}
-	int one = 1, buf = SOCKET_BUFFER;
-	struct { int level, name; const void *val; const char *what; } opts[] = {
-		{SOL_PACKET, PACKET_VNET_HDR, &one, "PACKET_VNET_HDR"},
-		{SOL_PACKET, PACKET_IGNORE_OUTGOING, &one, "PACKET_IGNORE_OUTGOING"},
-		{SOL_PACKET, PACKET_QDISC_BYPASS, &one, "PACKET_QDISC_BYPASS"},
-		{SOL_SOCKET, SO_RCVBUFFORCE, &buf, "SO_RCVBUFFORCE"},
-		{SOL_SOCKET, SO_SNDBUFFORCE, &buf, "SO_SNDBUFFORCE"},
-		{SOL_SOCKET, SO_TIMESTAMPNS, &one, "SO_TIMESTAMPNS"},
-	};
-	for (size_t i = 0; i < sizeof(opts) / sizeof(opts[0]); i++) {
-		if (setsockopt(fd, opts[i].level, opts[i].name, opts[i].val, sizeof(int))) {
-			snprintf(err, errlen, "setsockopt %s on %s: %s", opts[i].what, ifname,
-				 strerror(errno));
+	for (size_t i = 0; i < nopts; i++) {
+		if (setsockopt(fd, opts[i].level, opts[i].name, &opts[i].value, sizeof(int))) {
+			snprintf(err, errlen, "setsockopt %s on %s (%s): %s", opts[i].what, ifname,
+				 role, strerror(errno));
 			close(fd);
 			return -1;
 		}
 	}
+	return fd;
+}
+
+int dl_open_port(const char *ifname, struct dl_ring *ring, char *ring_err, size_t ring_errlen,
+		 char *err, size_t errlen)
+{
+	static const struct dl_sockopt opts[] = {
+		{SOL_PACKET, PACKET_VNET_HDR, 1, "PACKET_VNET_HDR"},
+		{SOL_PACKET, PACKET_IGNORE_OUTGOING, 1, "PACKET_IGNORE_OUTGOING"},
+		{SOL_PACKET, PACKET_QDISC_BYPASS, 1, "PACKET_QDISC_BYPASS"},
+		{SOL_SOCKET, SO_RCVBUFFORCE, DL_SOCKET_BUFFER, "SO_RCVBUFFORCE"},
+		{SOL_SOCKET, SO_SNDBUFFORCE, DL_SOCKET_BUFFER, "SO_SNDBUFFORCE"},
+		{SOL_SOCKET, SO_TIMESTAMPNS, 1, "SO_TIMESTAMPNS"},
+	};
+	unsigned idx;
+	int fd = dl_packet_socket(ifname, opts, sizeof(opts) / sizeof(opts[0]), "to read", &idx,
+				  err, errlen);
+	if (fd < 0)
+		return fd;
 	if (ring && dl_ring_open(ring, fd, ring_err, ring_errlen))
 		ring->map = NULL;  /* recorded by the caller; recvmmsg instead */
 	struct sockaddr_ll sll = {.sll_family = AF_PACKET, .sll_protocol = htons(ETH_P_ALL),

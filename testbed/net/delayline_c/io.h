@@ -9,6 +9,7 @@
 #include "txstamp.h"
 
 #define DL_BATCH_MAX 64
+#define DL_SOCKET_BUFFER (32 * 1024 * 1024)  /* bytes: each port socket's buffers */
 
 
 /* One direction: reads rx, holds the FIFO, writes tx, keeps counters. */
@@ -41,6 +42,12 @@ struct dl_dir {
 	uint64_t tx_errno[4];  /* EINVAL, ENETDOWN, EMSGSIZE, other */
 };
 
+/* One int-valued socket option of a port's socket. */
+struct dl_sockopt { int level, name, value; const char *what; };
+/* An AF_PACKET socket (not yet bound) with opts set, for ifname (its index into *ifindex);
+ * role names it in errors. The fd, -2 for an unknown interface, or -1 (the cause in err). */
+int dl_packet_socket(const char *ifname, const struct dl_sockopt *opts, size_t nopts,
+		     const char *role, unsigned *ifindex, char *err, size_t errlen);
 /* With ring: a PACKET_RX_RING is set up before the bind (so no frame is ever read twice or
  * missed); if that fails the port reads with recvmmsg and ring_err says why. */
 int dl_open_port(const char *ifname, struct dl_ring *ring, char *ring_err, size_t ring_errlen,

@@ -21,6 +21,8 @@
  */
 #include "txstamp.h"
 
+#include "io.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <linux/errqueue.h>
@@ -32,36 +34,21 @@
 #include <string.h>
 #include <unistd.h>
 
-#define SOCKET_BUFFER (32 * 1024 * 1024)
 
 int dl_open_tx(const char *ifname, int *stamps, char *serr, size_t serrlen, char *err,
 	       size_t errlen)
 {
 	*stamps = 0;
-	unsigned idx = if_nametoindex(ifname);
-	if (!idx) {
-		snprintf(err, errlen, "unknown interface '%s' in this namespace", ifname);
-		return -1;
-	}
-	int fd = socket(AF_PACKET, SOCK_RAW | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (fd < 0) {
-		snprintf(err, errlen, "socket(AF_PACKET) to send: %s", strerror(errno));
-		return -1;
-	}
-	int one = 1, buf = SOCKET_BUFFER;
-	struct { int level, name; const void *val; const char *what; } opts[] = {
-		{SOL_PACKET, PACKET_VNET_HDR, &one, "PACKET_VNET_HDR"},
-		{SOL_PACKET, PACKET_QDISC_BYPASS, &one, "PACKET_QDISC_BYPASS"},
-		{SOL_SOCKET, SO_SNDBUFFORCE, &buf, "SO_SNDBUFFORCE"},
+	static const struct dl_sockopt opts[] = {
+		{SOL_PACKET, PACKET_VNET_HDR, 1, "PACKET_VNET_HDR"},
+		{SOL_PACKET, PACKET_QDISC_BYPASS, 1, "PACKET_QDISC_BYPASS"},
+		{SOL_SOCKET, SO_SNDBUFFORCE, DL_SOCKET_BUFFER, "SO_SNDBUFFORCE"},
 	};
-	for (size_t i = 0; i < sizeof(opts) / sizeof(opts[0]); i++) {
-		if (setsockopt(fd, opts[i].level, opts[i].name, opts[i].val, sizeof(int))) {
-			snprintf(err, errlen, "setsockopt %s on %s's send socket: %s", opts[i].what,
-				 ifname, strerror(errno));
-			close(fd);
-			return -1;
-		}
-	}
+	unsigned idx;
+	int fd = dl_packet_socket(ifname, opts, sizeof(opts) / sizeof(opts[0]), "to send", &idx,
+				  err, errlen);
+	if (fd < 0)
+		return -1;
 	/* Protocol 0: bound for sending only, no frame is ever queued to it. */
 	struct sockaddr_ll sll = {.sll_family = AF_PACKET, .sll_protocol = 0, .sll_ifindex = (int)idx};
 	if (bind(fd, (struct sockaddr *)&sll, sizeof(sll))) {
