@@ -336,7 +336,8 @@ class Network(HostProcesses):
                     "median_ms": stats["delay_ms"]["median"], "p99_ms": stats["delay_ms"]["p99"],
                     "frames": stats["frames"], "dropped_loss": stats["dropped_loss"],
                     "dropped_queue": stats["dropped_queue"], "dropped_tx": stats["dropped_tx"],
-                    # How late frames left against their due time (fidelity check).
+                    # How late send calls started against their planned release (the due
+                    # time, less the send lead after idleness): the fidelity check.
                     "lateness_p99_us": stats.get("lateness_us", {}).get("p99"),
                     **_device_figures(stats),
                 }
