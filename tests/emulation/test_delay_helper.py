@@ -86,10 +86,15 @@ def test_send_lead_off_starts_every_send_at_its_due_time() -> None:
     with Network(topo, config) as net:
         _ping(net, 20)
         assert net.describe()["send_lead"] == "off"
+    applied = net.applied_delay()["client-server"]
     for name in ("a2b", "b2a"):
         d = net.link_reports["client-server"]["directions"][name]
         assert d["device_stamps"]["send_lead"] == "off"
         _check_device_stamps(d, 5.0)
+        s = d["device_stamps"]
+        assert applied[name]["send_lead"] == "off" and applied[name]["early_frames"] == 0
+        assert applied[name]["device_stamped"] == s["stamped"]
+        assert applied[name]["device_lateness_p99_us"] == s["device_lateness_us"]["p99"]
 
 
 _SINK = r"""

@@ -89,6 +89,32 @@ def test_link_figures_take_the_worst_direction() -> None:
     assert bench.link_figures({}) == {}
 
 
+def test_link_figures_report_the_device_stamps_of_the_compiled_line() -> None:
+    def stamped(med: float, p99: float, to_dev: float, early: int, early_max: float,
+                lead: str = "auto") -> dict[str, Any]:
+        return {"frames": 10, "lateness_us": {"count": 10, "median": 0.0, "p99": 1.0},
+                "device_stamps": {"stamped": 9, "early": early, "early_max_us": early_max,
+                                  "send_lead": lead, "to_device_us": {"median": to_dev},
+                                  "device_lateness_us": {"median": med, "p99": p99}}}
+    none = {**stamped(0, 0, 0, 0, 0), "device_stamps": {"stamped": 0}}
+    reports = {"l0": {"cpu_s": 0.1, "directions": {"a2b": stamped(2.5, 20.0, 16.0, 3, 1.5),
+                                                    "b2a": stamped(3.5, 11.0, 18.0, 2, 6.7)}},
+               "l1": {"cpu_s": 0.1, "directions": {"a2b": none, "b2a": none}}}
+    fig = bench.link_figures(reports)
+    assert fig["device_late_median_us"] == 3.5 and fig["device_late_p99_us"] == 20.0
+    assert fig["to_device_median_us"] == 18.0 and fig["send_lead"] == "auto"
+    assert fig["early_frames"] == 5 and fig["early_max_us"] == 6.7
+    row = {"metric": "rtt", "median_ms": 10.05, "kernel_median_err_ms": 0.03,
+           "kernel_p99_err_ms": 0.09, "median_err_ms": 0.1, "p99_err_ms": 0.3, **fig}
+    assert ("at device +3.5/+20.0 us after due (send path 18 us, lead auto, 5 early by <= "
+            "6.7 us)") in bench._result(row)
+    # the Python line stamps nothing: no device figures, none printed
+    plain = bench.link_figures({"l": {"cpu_s": 0.1, "directions": {"a2b": none, "b2a": none}}})
+    assert "device_late_median_us" not in plain
+    unstamped = {k: v for k, v in row.items() if k not in fig or k in plain}
+    assert "at device" not in bench._result(unstamped)
+
+
 def _steered(rows: list[dict[str, Any]], wire: float, gso: float,
              sent: float) -> list[dict[str, Any]]:
     """The same helper's throughput and packet-rate rows again, measured with rx steering."""
