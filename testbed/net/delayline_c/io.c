@@ -279,8 +279,9 @@ int dl_drain(struct dl_dir *d, uint64_t now, int64_t offset)
 }
 
 /* The head frame left: its delay is counted from its arrival to the device (dev, when it was
- * stamped) or else to now, the time its send call was decided (never before its due time: only
- * a stamped frame can have been released early). rel: when its call was planned to start. */
+ * stamped) or else to now, the time its send call was decided. Only a frame asked to be stamped
+ * can have been released before its due time; if its stamp did not come (counted in
+ * device_stamps.missing) its delay is counted to the call. rel: when its call was planned. */
 static void account_sent(struct dl_dir *d, uint64_t now, uint64_t rel, uint64_t dev)
 {
 	struct dl_held *h = dl_fifo_peek(&d->fifo);
