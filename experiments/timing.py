@@ -15,7 +15,10 @@ latency run: plain TCP at each of the run's RTTs (its TTFB excess over theory is
 harness: kernel TCP has no think time) and the delay line's own report (the applied RTT
 against the configured one, and how late it sent frames against their due time). The run is
 ``noisy`` when one of them crosses its threshold below; the verdict and the figures go into
-metadata.json, the CLI's summary line and the top of the report section.
+metadata.json, the CLI's summary line and the top of the report section. The compiled line's
+device stamps (testbed/net/delayline_c/txstamp.c: when frames sent after idleness reached
+the device against their due time, and how many got there early) are reported beside them,
+not judged.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ CALIBRATION_ARM = "plain"
 PLAIN_EXCESS_MAX_MS = 1.5
 # The delay line's applied RTT against the configured one (median of the point's frames).
 APPLIED_RTT_ERROR_MAX_MS = 0.2
-# The delay line's p99 lateness against a frame's due time (delay line report, us).
+# The delay line's p99 lateness of its send calls against their planned release (the due
+# time, less the send lead after idleness; delay line report, us).
 LATENESS_P99_MAX_US = 200.0
 
 
@@ -86,21 +90,31 @@ def split_errors(records: pd.DataFrame) -> dict[str, int]:
     return {str(k): int(v) for k, v in counts.items()}
 
 
-def _lateness_p99_us(run_dir: Path) -> float | None:
-    """The worst p99 lateness any delay line of the run reported (networks.jsonl)."""
+def _directions(run_dir: Path) -> list[dict[str, Any]]:
+    """Every link direction's applied-delay summary in the run (networks.jsonl)."""
     path = run_dir / "networks.jsonl"
     if not path.exists():
-        return None
-    worst: float | None = None
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        for link in json.loads(line).get("applied_delay", {}).values():
-            for direction in link.values():
-                value = direction.get("lateness_p99_us")
-                if value is not None:
-                    worst = value if worst is None else max(worst, value)
-    return worst
+        return []
+    return [direction for line in path.read_text().splitlines() if line.strip()
+            for link in json.loads(line).get("applied_delay", {}).values()
+            for direction in link.values()]
+
+
+def _worst(directions: list[dict[str, Any]], key: str) -> float | None:
+    values = [d[key] for d in directions if d.get(key) is not None]
+    return max(values) if values else None
+
+
+def _device(directions: list[dict[str, Any]]) -> dict[str, Any]:
+    """The compiled line's device stamps over the run: worst p99 device lateness, early
+    frames and the largest early margin (None where no line stamped a frame)."""
+    stamped = [d for d in directions if d.get("device_stamped")]
+    return {"delayline_device_lateness_p99_us": _worst(stamped, "device_lateness_p99_us"),
+            "delayline_device_stamped": sum(d["device_stamped"] for d in stamped) if stamped
+            else None,
+            "delayline_early_frames": sum(d["early_frames"] for d in stamped) if stamped
+            else None,
+            "delayline_early_max_us": _worst(stamped, "early_max_us")}
 
 
 def fidelity(summary: pd.DataFrame, run_dir: Path) -> dict[str, Any]:
@@ -110,7 +124,8 @@ def fidelity(summary: pd.DataFrame, run_dir: Path) -> dict[str, Any]:
               if not pd.isna(r.error_ms)}
     applied = (summary["applied_rtt_ms"] - summary["rtt_ms"]).abs().dropna()
     applied_err = round(float(applied.max()), 4) if not applied.empty else None
-    lateness = _lateness_p99_us(run_dir)
+    directions = _directions(run_dir)
+    lateness = _worst(directions, "lateness_p99_us")
     reasons = []
     if not excess:
         reasons.append(f"no {CALIBRATION_ARM} calibration point in this run")
@@ -127,7 +142,7 @@ def fidelity(summary: pd.DataFrame, run_dir: Path) -> dict[str, Any]:
     return {
         "noisy": bool(reasons), "reasons": reasons,
         "plain_excess_ms": excess, "applied_rtt_error_max_ms": applied_err,
-        "delayline_lateness_p99_us": lateness,
+        "delayline_lateness_p99_us": lateness, **_device(directions),
         "thresholds": {"plain_excess_max_ms": PLAIN_EXCESS_MAX_MS,
                        "applied_rtt_error_max_ms": APPLIED_RTT_ERROR_MAX_MS,
                        "lateness_p99_max_us": LATENESS_P99_MAX_US},
@@ -150,6 +165,11 @@ def verdict_line(check: dict[str, Any]) -> str:
     figures = (f"plain TCP excess {excess or 'not measured'}; delay line RTT error "
                f"{check['applied_rtt_error_max_ms']} ms, p99 lateness "
                f"{check['delayline_lateness_p99_us']} us")
+    if check.get("delayline_device_lateness_p99_us") is not None:
+        figures += (f", at the device p99 {check['delayline_device_lateness_p99_us']} us, "
+                    f"{check['delayline_early_frames']} of "
+                    f"{check['delayline_device_stamped']} stamped frames early by <= "
+                    f"{check['delayline_early_max_us']} us")
     if check["noisy"]:
         return f"**noisy run**: {'; '.join(check['reasons'])} ({figures})."
     return f"Fidelity check passed ({figures}; thresholds {check['thresholds']})."

@@ -49,11 +49,32 @@ def test_fidelity_marks_noisy_runs(tmp_path: Path, plain: float, applied: float,
     assert timing.verdict_line(check).startswith(f"**noisy run**: {reason} (")
 
 
+def test_fidelity_reports_the_device_stamps_without_judging_them(tmp_path: Path) -> None:
+    stamped = {"configured_ms": 5.0, "median_ms": 5.0, "lateness_p99_us": 3.0,
+               "device_stamped": 40, "device_lateness_p99_us": 900.0, "early_frames": 3,
+               "early_max_us": 2.5}
+    quiet = {**stamped, "device_lateness_p99_us": 20.0, "early_frames": 1, "early_max_us": 4.0}
+    unstamped = {"configured_ms": 5.0, "median_ms": 5.0, "lateness_p99_us": 1.0}
+    line = {"tag": "t", "applied_delay": {"l0": {"a2b": stamped, "b2a": quiet},
+                                          "l1": {"a2b": unstamped, "b2a": unstamped}}}
+    (tmp_path / "networks.jsonl").write_text(json.dumps(line) + "\n")
+    check = timing.fidelity(_summary(0.4), tmp_path)
+    assert check["noisy"] is False  # a late device is reported, not a reason
+    assert check["delayline_device_lateness_p99_us"] == 900.0
+    assert check["delayline_early_frames"] == 4 and check["delayline_early_max_us"] == 4.0
+    assert check["delayline_lateness_p99_us"] == 3.0
+    assert check["delayline_device_stamped"] == 80
+    assert "at the device p99 900.0 us, 4 of 80 stamped frames early by <= 4.0 us" in \
+        timing.verdict_line(check)
+
+
 def test_fidelity_without_calibration_or_lateness(tmp_path: Path) -> None:
     check = timing.fidelity(_summary(0.2).iloc[1:], tmp_path)
     assert check["noisy"] is True
     assert check["reasons"] == ["no plain calibration point in this run"]
     assert check["delayline_lateness_p99_us"] is None
+    assert check["delayline_device_lateness_p99_us"] is None
+    assert check["delayline_early_frames"] is None
 
 
 def test_fidelity_is_recorded_in_metadata(tmp_path: Path) -> None:
