@@ -35,8 +35,11 @@ def test_link_reports_the_delay_it_applied(helper: str) -> None:
     with Network(topo, NetConfig(link_backend="userspace", delay_helper=helper)) as net:
         out = _ping(net, 20)
         assert net.describe()["delay_helper"] == helper
-    assert " 0% packet loss" in out
     report = net.link_reports["client-server"]
+    counters = {name: {k: v for k, v in d.items() if k.startswith(("frames", "dropped", "rx_",
+                                                                   "tx_", "in_flight"))}
+                for name, d in report["directions"].items()}
+    assert " 0% packet loss" in out, (out, counters)
     assert report["final"] is True and report["error"] is None
     assert report.get("helper", "python") == helper
     for name in ("a2b", "b2a"):
@@ -135,10 +138,13 @@ def test_rx_ring_forwards_every_frame_intact(ring: bool, offloads: str,
         out = net.run("client", [sys.executable, "-c", _SOURCE, net.ip("server"),
                                  str(8 << 20)], timeout=60)
         ofo = net.run("server", ["nstat", "-az", "TcpExtTCPOFOQueue"])
-    assert out.strip() == "ok"
+    counters = {name: {k: v for k, v in d.items() if k.startswith(("frames", "dropped", "rx_",
+                                                                   "tx_", "in_flight"))}
+                for name, d in net.link_reports["client-server"]["directions"].items()}
+    assert out.strip() == "ok", (out, counters)
     # No segment reached the server out of order: the line lost and reordered nothing (a
     # retransmission would not say so: a tail loss probe on a loaded machine is one).
-    assert ofo.split()[-2] == "0", ofo
+    assert ofo.split()[-2] == "0", (ofo, counters)
     for name, d in net.link_reports["client-server"]["directions"].items():
         assert d["dropped_trunc"] == d["dropped_runt"] == d["dropped_rcvbuf"] == 0, name
         assert d["frames"] == d["frames_in"] > 0, name
