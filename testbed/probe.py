@@ -10,7 +10,7 @@ import middleboxes
 import topologies
 from testbed.apps.transport import get_transport
 from testbed.errors import ConfigError
-from testbed.net.delayhelper import HelperChoice
+from testbed.net.delayhelper import HelperChoice, effective_send_lead
 from testbed.net.network import NetConfig, Network
 from testbed.userinput import check_writable_dir
 from testbed.workload import Workload, eno_datapath, run_workload
@@ -118,7 +118,7 @@ def _probe_record(cfg: ProbeConfig, record: dict[str, Any], backend: str,
         head["delay_helper_note"] = helper.note
     head.update({k: record.get(k) for k in PROBE_KEYS if k not in head})
     head["rx_steering"] = cfg.rx_steering
-    head["send_lead"] = cfg.send_lead if helper.name == "c" else "off"  # none in Python's
+    head["send_lead"] = effective_send_lead(cfg.send_lead, helper.name)
     head.update({k: v for k, v in record.items() if k not in head})
     if counters is not None:
         head["middlebox_counters"] = counters

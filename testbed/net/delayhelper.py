@@ -115,3 +115,9 @@ def c_argv(if_a: str, if_b: str, a2b: LinkShape, b2a: LinkShape, seed: int, stat
             "--threads", "2" if lines <= RX_RING_MAX_LINES else "1",
             "--send-lead", send_lead,
             *(["--parent-pid", str(parent_pid)] if parent_pid else [])]
+
+
+def effective_send_lead(requested: str, helper: str) -> str:
+    """The send lead a line of ``helper`` applies: the one asked for on the compiled line,
+    ``off`` on the Python one, which has none (testbed/net/delayline_c/txstamp.c)."""
+    return requested if helper == "c" else "off"

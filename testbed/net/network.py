@@ -371,8 +371,8 @@ class Network(HostProcesses):
             "delay_helper_note": self.delay_helper.note,
             "offloads": self.config.offloads,
             "rx_steering": self._steering.record() if self._steering else {"mode": "off"},
-            "send_lead": (self.config.send_lead if self.delay_helper.name == "c"
-                          else "off (the Python delay line has none)"),
+            "send_lead": delayhelper.effective_send_lead(self.config.send_lead,
+                                                         self.delay_helper.name),
             "config": dataclasses.asdict(self.config),
             "interfaces": {
                 n: [dataclasses.asdict(i) for i in intfs] for n, intfs in self.interfaces.items()

@@ -278,6 +278,8 @@ def test_send_lead_reaches_the_helper_and_is_checked_before_a_network(tmp_path: 
     argv = delayhelper.c_argv("a", "b", LinkShape(), LinkShape(), 1, tmp_path / "s.json", 1,
                               send_lead="off")
     assert argv[argv.index("--send-lead") + 1] == "off"
+    assert delayhelper.effective_send_lead("auto", "c") == "auto"
+    assert delayhelper.effective_send_lead("auto", "python") == "off"
     with pytest.raises(ConfigError, match="unknown send lead"):
         NetConfig(send_lead="on")
 

@@ -409,11 +409,11 @@ uint64_t dl_release(struct dl_dir *d, uint64_t now)
 			dl_fifo_pop(&d->fifo);
 			continue;
 		}
-		uint64_t dev[DL_BATCH_MAX] = {0};
+		uint64_t dev[DL_BATCH_MAX];  /* written by read_stamps, read only when it ran */
 		if (mask)
 			read_stamps(d, mask, sent, call, call_real, cls, dev);
 		for (int i = 0; i < sent; i++)
-			account_sent(d, now, rel[i], dev[i]);
+			account_sent(d, now, rel[i], mask ? dev[i] : 0);
 		now = dl_now();
 	}
 }
