@@ -239,7 +239,10 @@ def _host_target_text(run: Path) -> list[str]:
             "round trip, one more wake-up per side than plain TCP, and on ENO arms the wait "
             "for the datapath's verdict after the TCP handshake (`eno_query_ms`, the "
             "client's; the server waits for its own). `tcpinc bench endpoints` gives the "
-            "host time per flight beside the TEP's in-memory CPU.", ""]
+            "host time per flight beside the TEP's in-memory CPU on the critical chain, warm "
+            "and cold (each flight after a round trip of sleep, as here): on a machine whose "
+            "caches do not outlast that idleness the cold CPU is most of the gap, and no "
+            "change to the harness removes it (README, Results).", ""]
 
 
 def section_roundtrips(run: Path, root: Path) -> list[str]:

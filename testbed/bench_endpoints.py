@@ -6,12 +6,15 @@ latency experiment's measurement, experiments/common.py). The time split of
 testbed/net/timesplit.py gives, for every flight of the critical chain, how long the sending
 host held it: C1 is the client's SYN (nothing before it in the captures), S1 the server's
 answer to it, C2 the client's next flight, and so on. Beside it the same TEP's handshake CPU
-from the in-memory benchmark (testbed/teps/*/bench.py, no sockets, no processes): what is left
-of a flight's host time once the CPU is taken away is the endpoint's overhead (process and
-thread wake-ups, Python, the ENO hook's queue round trip). The two RTTs show what idleness
-adds: between flights an endpoint waits about one RTT, and on the development VM every
-flight's host time, CPU included, is longer after 200 ms of it than after 10 ms (the CPU comes
-back cold), also with an endpoint that polls instead of sleeping (README, Results).
+from the in-memory benchmark (testbed/teps/*/bench.py, no sockets, no processes), counted as
+the critical chain holds it (``cpu_ms``), twice: warm (handshakes back to back) and cold (each
+flight after one RTT of sleep, as on the path).
+What is left of a side's host time once the cold CPU is taken away (``left``) is the
+endpoint's overhead: process and thread wake-ups, the application's own work (plain TCP's
+host time), the ENO hook's queue round trip. The cold figure is the point: on the
+development VM a flight's CPU after 10 ms or more of idleness is 2-5x its warm figure, in
+OpenSSL's C as much as in Python (an ECDSA signature 49 -> 250 us, an X25519 exchange
+105 -> 270 us; README, Results), and no endpoint that sleeps between flights avoids it.
 """
 
 from __future__ import annotations
@@ -53,8 +56,12 @@ def hop_medians(records: list[dict[str, Any]]) -> dict[str, float]:
     return {label: statistics.median(c[i][1] for c in same) for i, label in enumerate(common)}
 
 
-def cpu_ms(arm: str, count: int) -> tuple[float | None, float | None]:
-    """(client, server) handshake CPU in ms of the arm's TEP, in memory."""
+def cpu_ms(arm: str, count: int, idle_s: float = 0.0) -> tuple[float | None, float | None]:
+    """(client, server) CPU in ms of the arm's TEP handshake in memory, counted as the path's
+    critical chain holds it: every server flight, and the client's flights after its first
+    (the ClientHello or Init1 is made while the SYN travels, testbed/earlytep.py and
+    testbed/apps/proto_tls_plain.py; a resumption's SYN suboption precedes the SYN).
+    ``idle_s``: each flight follows that much sleep (cold, as on a path of that RTT)."""
     variant = CPU_VARIANT.get(arm)
     if variant is None:
         return None, None
@@ -62,12 +69,17 @@ def cpu_ms(arm: str, count: int) -> tuple[float | None, float | None]:
     if tep == "tls":
         from testbed.teps.tls import bench as tls_bench
 
-        r = tls_bench.handshakes(count, resumed=resumed)
+        r = tls_bench.handshakes(count, resumed=resumed, idle_s=idle_s)
     else:
         from testbed.teps.tcpcrypt import bench as tcpcrypt_bench
 
-        r = tcpcrypt_bench.bench_handshakes(count=count, resumed=resumed)
-    return r["client_cpu_s_per_handshake"] * 1e3, r["server_cpu_s_per_handshake"] * 1e3
+        r = tcpcrypt_bench.bench_handshakes(count=count, resumed=resumed, idle_s=idle_s)
+    return on_chain_ms(r["client_cpu_s_per_flight"], r["server_cpu_s_per_flight"])
+
+
+def on_chain_ms(client: list[float], server: list[float]) -> tuple[float, float]:
+    """Per-flight CPU seconds -> (client, server) ms on the critical chain (see cpu_ms)."""
+    return sum(client[1:]) * 1e3, sum(server) * 1e3
 
 
 def measure_arm(arm: str, run_dir: Path, connections: int, backend: str,
@@ -95,16 +107,26 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+def _left(host: float | None, cpu: float | None) -> float | None:
+    return None if host is None or cpu is None else host - cpu
+
+
 def format_rows(rows: list[dict[str, Any]]) -> str:
-    lines = ["host time per flight (median ms) beside in-memory handshake CPU (ms)",
+    lines = ["host time per side (median ms) beside the TEP's in-memory handshake CPU on the "
+             "critical chain (ms), warm and after one RTT of idleness before each flight "
+             "(cold); left = host - cold",
              f"{'arm':<16} {'rtt':>5} {'n':>3} {'client':>7} {'server':>7} {'cpu C':>6} "
-             f"{'cpu S':>6}  held per flight"]
+             f"{'cpu S':>6} {'cold C':>6} {'cold S':>6} {'left C':>6} {'left S':>6}"
+             "  held per flight"]
     for row in rows:
         flights = " ".join(f"{k} {v:.3f}" for k, v in row["flights"].items() if k != "C1")
+        cold_c, cold_s = row.get("cold_client_ms"), row.get("cold_server_ms")
         lines.append(f"{row['arm']:<16} {row['rtt_ms']:>5g} {row['n']:>3} "
                      f"{_fmt(row['client_host_ms']):>7} "
                      f"{_fmt(row['server_host_ms']):>7} {_fmt(row['cpu_client_ms']):>6} "
-                     f"{_fmt(row['cpu_server_ms']):>6}  {flights}")
+                     f"{_fmt(row['cpu_server_ms']):>6} {_fmt(cold_c):>6} {_fmt(cold_s):>6} "
+                     f"{_fmt(_left(row['client_host_ms'], cold_c)):>6} "
+                     f"{_fmt(_left(row['server_host_ms'], cold_s)):>6}  {flights}")
     return "\n".join(lines)
 
 
@@ -115,7 +137,9 @@ def main(args: Any) -> None:
 
     quick = bool(getattr(args, "quick", False))
     arms = QUICK_ARMS if quick else tuple(CPU_VARIANT)
-    connections, count = (5, 50) if quick else (20, 300)
+    # Cold handshakes sleep one RTT before each flight: few of them (a TLS one at 200 ms RTT
+    # sleeps 1.2 s).
+    connections, count, cold_count = (5, 50, 3) if quick else (20, 300, 10)
     backend = choose_backend(getattr(args, "link_backend", "auto"))
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     out = Path(getattr(args, "out", "results/bench"))
@@ -127,6 +151,7 @@ def main(args: Any) -> None:
         for rtt in RTTS_MS:
             row = measure_arm(arm, run_dir, connections, backend, rtt)
             row["cpu_client_ms"], row["cpu_server_ms"] = cpu
+            row["cold_client_ms"], row["cold_server_ms"] = cpu_ms(arm, cold_count, rtt / 1e3)
             rows.append(row)
     print(format_rows(rows))
     flat = [{**{k: v for k, v in r.items() if k != "flights"},

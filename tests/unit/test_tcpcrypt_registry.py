@@ -67,6 +67,21 @@ def test_bench_handshakes_returns_figures() -> None:
         bench_handshakes(count=0)
 
 
+def test_cold_bench_handshakes_sleep_before_each_flight(monkeypatch: pytest.MonkeyPatch) -> None:
+    from testbed.teps.tcpcrypt import bench
+
+    slept: list[float] = []
+    monkeypatch.setattr(bench.time, "sleep", slept.append)
+    for resumed in (False, True):
+        out = bench_handshakes(count=2, resumed=resumed, idle_s=0.5)
+        # Client: Init1 (or the SYN's suboption), then its keys; server: its answer and keys.
+        assert len(out["client_cpu_s_per_flight"]) == 2
+        assert len(out["server_cpu_s_per_flight"]) == 1 and out["idle_s"] == 0.5
+    assert slept == [0.5] * 3 * 2 * 2
+    with pytest.raises(ValueError, match="idle_s"):
+        bench_handshakes(count=1, idle_s=-0.1)
+
+
 def test_bench_framing_returns_figures() -> None:
     out = bench_framing(AeadId.CHACHA20_POLY1305, chunk_size=1000, total_bytes=10_000)
     assert out["bytes"] == 10_000 and out["overhead_bytes_per_frame"] == 20

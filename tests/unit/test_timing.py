@@ -116,7 +116,7 @@ def test_split_and_host_tables() -> None:
 
 
 def test_bench_endpoints_flights_and_table() -> None:
-    from testbed.bench_endpoints import flight_labels, format_rows, hop_medians
+    from testbed.bench_endpoints import flight_labels, format_rows, hop_medians, on_chain_ms
 
     chain = [["c2s", 0.0, 5.0], ["s2c", 0.1, 5.0], ["c2s", 1.0, 5.0], ["s2c", 0.5, 5.0]]
     assert flight_labels(chain) == ["C1", "S1", "C2", "S2"]
@@ -129,9 +129,18 @@ def test_bench_endpoints_flights_and_table() -> None:
     assert hop_medians([{"split_hops": None}]) == {}
     row = {"arm": "plain", "rtt_ms": 200.0, "n": 3, "client_host_ms": 0.6,
            "server_host_ms": 0.8, "cpu_client_ms": None, "cpu_server_ms": None,
-           "flights": hop_medians(records)}
-    assert format_rows([row]).splitlines()[-1] == (
-        "plain              200   3   0.600   0.800      -      -  S1 0.100 C2 1.000 S2 0.500")
+           "cold_client_ms": None, "cold_server_ms": None, "flights": hop_medians(records)}
+    tls = {**row, "arm": "tls", "rtt_ms": 10.0, "client_host_ms": 2.0, "server_host_ms": 1.5,
+           "cpu_client_ms": 0.4, "cpu_server_ms": 0.45, "cold_client_ms": 1.25,
+           "cold_server_ms": 1.0}
+    lines = format_rows([row, tls]).splitlines()
+    assert lines[-2] == ("plain              200   3   0.600   0.800      -      -      -      -"
+                         "      -      -  S1 0.100 C2 1.000 S2 0.500")
+    assert lines[-1] == ("tls                 10   3   2.000   1.500  0.400  0.450  1.250  1.000"
+                         "  0.750  0.500  S1 0.100 C2 1.000 S2 0.500")
+    # The client's first flight is made while the SYN travels: not on the critical chain.
+    assert on_chain_ms([0.001, 0.002, 0.0005], [0.0001, 0.003]) == \
+        (pytest.approx(2.5), pytest.approx(3.1))
 
 
 def test_pooled_applied_rtt_puts_a_networks_delay_on_each_of_its_points(tmp_path: Path) -> None:

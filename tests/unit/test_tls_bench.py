@@ -29,6 +29,29 @@ def test_handshake_benchmark(
     assert capsys.readouterr() == ("", "")
 
 
+@pytest.mark.parametrize("resumed", [False, True])
+def test_cold_handshakes_sleep_before_each_flight_untimed(
+    resumed: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    slept: list[float] = []
+    monkeypatch.setattr(bench.time, "sleep", slept.append)
+    result = bench.handshakes(2, resumed=resumed, idle_s=0.25)
+    # Client: its core and ClientHello, the server's flight, the tickets. Server: its core with
+    # the ClientHello (one idle period on a path), the client's Finished.
+    assert len(result["client_cpu_s_per_flight"]) == 3
+    assert len(result["server_cpu_s_per_flight"]) == 3
+    assert slept == [0.25] * 5 * 2 and result["idle_s"] == 0.25
+    assert sum(result["client_cpu_s_per_flight"]) > 0 and result["wall_s"] > 0
+    assert bench.handshakes(1)["idle_s"] == 0.0 and len(slept) == 10  # no sleep by default
+    with pytest.raises(ValueError, match="idle_s"):
+        bench.handshakes(1, idle_s=-1.0)
+
+
+def test_flight_medians_keep_the_common_shape() -> None:
+    assert bench.flight_medians([[1.0, 2.0], [3.0, 4.0], [9.0], [5.0, 0.0]]) == [3.0, 2.0]
+    assert bench.flight_medians([]) == []
+
+
 def test_bulk_benchmark() -> None:
     suite = "TLS_CHACHA20_POLY1305_SHA256"
     result = bench.bulk_throughput(2**16, write_size=4096, ciphersuite=suite)

@@ -7,6 +7,7 @@ separate; wall-clock rates use ``time.perf_counter``. Nothing here touches a soc
 
 from __future__ import annotations
 
+import statistics
 import time
 from typing import Any
 
@@ -21,48 +22,75 @@ from .resumption import ResumptionCache
 _TRANSCRIPT = bytes.fromhex("450422") + bytes.fromhex("450322")  # a plausible ENO transcript
 
 
-def _fresh_once(tep_id: int, aead_id: int, seed: int) -> tuple[float, float]:
-    """One fresh handshake; returns (client CPU s, server CPU s)."""
+def _idle(seconds: float) -> float:
+    """Sleep ``seconds`` (outside every timed window) as an endpoint waits between flights on a
+    path; returns the wall seconds slept."""
+    if seconds <= 0:
+        return 0.0
+    start = time.perf_counter()
+    time.sleep(seconds)
+    return time.perf_counter() - start
+
+
+Steps = tuple[list[float], list[float], float]  # client, server CPU s per flight; s slept
+
+
+def _fresh_once(tep_id: int, aead_id: int, seed: int, idle_s: float = 0.0) -> Steps:
+    """One fresh handshake: each side's CPU per flight, and the wall seconds slept. Each of
+    its three flights (Init1; Init2 from Init1; the client's keys from Init2) follows
+    ``idle_s`` of sleep."""
     rand_a = DeterministicRandom(f"bench-a-{seed}")
     rand_b = DeterministicRandom(f"bench-b-{seed}")
     options = {OPT_CIPHERS: (aead_id,)}
+    slept = _idle(idle_s)
     t0 = time.process_time()
     a = TcpcryptCore(TepContext(Role.A, _TRANSCRIPT, rand_a, options=dict(options)), tep_id)
     a.start(0.0)
     init1 = a.data_to_send()
     t1 = time.process_time()
+    slept += _idle(idle_s)
+    t1b = time.process_time()
     b = TcpcryptCore(TepContext(Role.B, _TRANSCRIPT, rand_b, options=dict(options)), tep_id)
     b.start(0.0)
     b.receive_data(init1, 0.0)
     init2 = b.data_to_send()
     t2 = time.process_time()
+    slept += _idle(idle_s)
+    t2b = time.process_time()
     a.receive_data(init2, 0.0)
     t3 = time.process_time()
     if a.session_id is None or a.session_id != b.session_id:
         raise RuntimeError("benchmark handshake did not agree on a session ID")
-    return (t1 - t0) + (t3 - t2), t2 - t1
+    return [t1 - t0, t3 - t2b], [t2 - t1b], slept
 
 
 def _resumed_once(tep_id: int, caches: tuple[ResumptionCache, ResumptionCache], seed: int,
-                  ) -> tuple[float, float]:
-    """One resumed handshake (§3.5) from the caches' current entries."""
+                  idle_s: float = 0.0) -> Steps:
+    """One resumed handshake (§3.5) from the caches' current entries; each of its three steps
+    (the SYN's suboption, the server's answer and keys, the client's keys) follows
+    ``idle_s`` of sleep."""
     rand_a = DeterministicRandom(f"bench-ra-{seed}")
     rand_b = DeterministicRandom(f"bench-rb-{seed}")
     opts_a: dict[str, Any] = {OPT_CACHE: caches[0], OPT_PEER: "server"}
     opts_b: dict[str, Any] = {OPT_CACHE: caches[1], OPT_PEER: "client"}
+    slept = _idle(idle_s)
     t0 = time.process_time()
     syn = local_suboption_data(opts_a, tep_id, rand_a, 0.0)
     t1 = time.process_time()
+    slept += _idle(idle_s)
+    t1b = time.process_time()
     synack = local_suboption_data(opts_b, tep_id, rand_b, 0.0, peer_data=syn)
     b = TcpcryptCore(TepContext(Role.B, _TRANSCRIPT, rand_b, 0.0, syn, opts_b), tep_id)
     b.start(0.0)
     t2 = time.process_time()
+    slept += _idle(idle_s)
+    t2b = time.process_time()
     a = TcpcryptCore(TepContext(Role.A, _TRANSCRIPT, rand_a, 0.0, synack, opts_a), tep_id)
     a.start(0.0)
     t3 = time.process_time()
     if not (a.resumed and b.resumed and a.session_id == b.session_id):
         raise RuntimeError("benchmark resumption did not resume")
-    return (t1 - t0) + (t3 - t2), t2 - t1
+    return [t1 - t0, t3 - t2b], [t2 - t1b], slept
 
 
 def bench_handshakes(
@@ -70,34 +98,48 @@ def bench_handshakes(
     aead_id: int = AeadId.AES_128_GCM,
     count: int = 200,
     resumed: bool = False,
+    idle_s: float = 0.0,
 ) -> dict[str, Any]:
-    """Handshakes per second and CPU seconds per handshake for each side."""
+    """Handshakes per second, CPU seconds per handshake for each side and the median of each
+    side's flights in order (client: Init1 or the SYN's resumption suboption, then its keys;
+    server: its answer and keys). ``idle_s``: every flight sleeps that long first (untimed,
+    left out of the wall time), as an endpoint waits about one RTT between flights: the cold
+    CPU `tcpinc bench endpoints` shows."""
     if count < 1:
         raise ValueError("count must be >= 1")
+    if idle_s < 0:
+        raise ValueError("idle_s must be >= 0")
     caches = (ResumptionCache(), ResumptionCache())
     if resumed:  # one fresh session seeds both caches with ss[1]
         connect(tep_id, options_a={OPT_CACHE: caches[0], OPT_PEER: "server",
                                    OPT_CIPHERS: (aead_id,)},
                 options_b={OPT_CACHE: caches[1], OPT_PEER: "client"}).pump()
-    client = server = 0.0
+    flights: tuple[list[list[float]], list[list[float]]] = ([], [])
+    slept = 0.0
     start = time.perf_counter()
     for i in range(count):
         if resumed:
-            c, s = _resumed_once(tep_id, caches, i)
+            c, s, z = _resumed_once(tep_id, caches, i, idle_s)
         else:
-            c, s = _fresh_once(tep_id, aead_id, i)
-        client += c
-        server += s
-    wall = time.perf_counter() - start
+            c, s, z = _fresh_once(tep_id, aead_id, i, idle_s)
+        flights[0].append(c)
+        flights[1].append(s)
+        slept += z
+    wall = time.perf_counter() - start - slept
+    client = sum(map(sum, flights[0]))
+    server = sum(map(sum, flights[1]))
     return {
         "tep": TEPS[tep_id].name,
         "aead": AeadId(aead_id).name,
         "resumed": resumed,
         "handshakes": count,
+        "idle_s": idle_s,
         "wall_s": wall,
         "handshakes_per_s": count / wall if wall > 0 else float("inf"),
         "client_cpu_s_per_handshake": client / count,
         "server_cpu_s_per_handshake": server / count,
+        "client_cpu_s_per_flight": [statistics.median(f[i] for f in flights[0]) for i in (0, 1)],
+        "server_cpu_s_per_flight": [statistics.median(f[0] for f in flights[1])],
     }
 
 

@@ -9,6 +9,7 @@ and print nothing.
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -24,17 +25,44 @@ _T = TypeVar("_T")
 
 
 class _CpuClock:
-    """Accumulates process CPU time spent inside the calls it runs."""
+    """Accumulates process CPU time spent inside the calls it runs, in total and per flight of
+    the current handshake (``steps``). ``flight`` begins a flight (a side's start, the arrival
+    of the peer's bytes) after ``idle_s`` of sleep, untimed: on a path each flight follows
+    about one round trip of waiting."""
 
-    def __init__(self) -> None:
+    def __init__(self, idle_s: float = 0.0) -> None:
         self.seconds = 0.0
+        self.idle_s = idle_s
+        self.slept = 0.0  # wall seconds spent in those sleeps
+        self.steps: list[float] = []
 
     def run(self, fn: Callable[..., _T], *args: Any) -> _T:
         start = time.process_time()
         try:
             return fn(*args)
         finally:
-            self.seconds += time.process_time() - start
+            spent = time.process_time() - start
+            self.seconds += spent
+            if self.steps:
+                self.steps[-1] += spent
+
+    def flight(self, *, idle: bool = True) -> None:
+        if idle and self.idle_s > 0:
+            start = time.perf_counter()
+            time.sleep(self.idle_s)
+            self.slept += time.perf_counter() - start
+        self.steps.append(0.0)
+
+
+def flight_medians(handshakes: list[list[float]]) -> list[float]:
+    """Median CPU per flight, in order, over the handshakes with the most common number of
+    flights (a handshake of another shape is left out)."""
+    if not handshakes:
+        return []
+    lengths = [len(h) for h in handshakes]
+    common = max(set(lengths), key=lengths.count)
+    same = [h for h in handshakes if len(h) == common]
+    return [statistics.median(h[i] for h in same) for i in range(common)]
 
 
 def _cores(
@@ -50,14 +78,18 @@ def _one_handshake(a: TlsCore, b: TlsCore, client: _CpuClock, server: _CpuClock)
     """Run until both ends are done and the link is quiet (tickets delivered too)."""
     client.run(a.start, 0.0)
     server.run(b.start, 0.0)
-    for _ in range(20):
+    for round_ in range(20):
         moved = False
         data = client.run(a.data_to_send)
         if data:
+            # On a path the server's core is made as the connection is accepted, and the
+            # ClientHello arrives with the ACK that completes it: one idle period for both.
+            server.flight(idle=round_ > 0)
             server.run(b.receive_data, data, 0.0)
             moved = True
         data = server.run(b.data_to_send)
         if data:
+            client.flight()
             client.run(a.receive_data, data, 0.0)
             moved = True
         if not moved and a.handshake_complete and b.handshake_complete:
@@ -79,14 +111,23 @@ def handshakes(
     resumed: bool = False,
     early_data: bytes = b"",
     key_type: str = "ecdsa-p256",
+    idle_s: float = 0.0,
 ) -> dict[str, Any]:
     """``count`` in-memory handshakes: full, or resumed from tickets (optionally 0-RTT).
 
     Returns handshakes per second (wall) and client and server CPU seconds per handshake.
     Each measured handshake covers core creation up to the server's tickets being read.
+    ``*_cpu_s_per_flight``: the median CPU of each side's flights in order (the first one
+    creates and starts the side's core). ``idle_s``: each side sleeps that long (untimed, and
+    left out of the wall time) before every flight it begins or receives, as an endpoint
+    waits about one RTT between flights on a path; the CPU a flight takes after such idleness
+    is the cold figure that `tcpinc bench endpoints` sets beside the host time
+    (testbed/bench_endpoints.py).
     """
     if count < 1:
         raise ValueError("count must be at least 1")
+    if idle_s < 0:
+        raise ValueError("idle_s must be >= 0")
     if early_data and not resumed:
         raise ValueError("early_data needs resumed=True")
     identity = ServerIdentity(
@@ -101,14 +142,20 @@ def handshakes(
         warm_a, warm_b = _cores(client_options, server_options, _CpuClock(), _CpuClock())
         _one_handshake(warm_a, warm_b, _CpuClock(), _CpuClock())
         _close(warm_a, warm_b)
-    client, server = _CpuClock(), _CpuClock()
+    client, server = _CpuClock(idle_s), _CpuClock(idle_s)
     resumed_count = accepted = 0
     wall = 0.0
+    steps: tuple[list[list[float]], list[list[float]]] = ([], [])
     for _ in range(count):
         start = time.perf_counter()
+        client.steps, server.steps = [], []
+        client.flight()  # the first flight of each side: its core, its start
+        server.flight()
         a, b = _cores(client_options, server_options, client, server)
         _one_handshake(a, b, client, server)
         wall += time.perf_counter() - start
+        steps[0].append(client.steps)
+        steps[1].append(server.steps)
         resumed_count += a.resumed
         accepted += bool(a.early_data_accepted)
         _close(a, b)
@@ -116,10 +163,13 @@ def handshakes(
         "kind": "0-rtt" if early_data else "resumed" if resumed else "full",
         "key_type": key_type,
         "handshakes": count,
-        "wall_s": wall,
+        "idle_s": idle_s,
+        "wall_s": (wall := wall - client.slept - server.slept),
         "handshakes_per_s": count / wall,
         "client_cpu_s_per_handshake": client.seconds / count,
         "server_cpu_s_per_handshake": server.seconds / count,
+        "client_cpu_s_per_flight": flight_medians(steps[0]),
+        "server_cpu_s_per_flight": flight_medians(steps[1]),
         "resumed_fraction": resumed_count / count,
         "early_data_accepted_fraction": accepted / count,
     }
