@@ -158,10 +158,9 @@ def run_workload(
 def _choose_datapath(net: Network, work: Workload, nodes: tuple[str, ...]) -> str:
     """The run's ENO datapath, set on each host that runs a hook (before the server starts)."""
     datapath = eno_datapath(work)
-    for node in nodes:
-        # Only the datapath asked for: a process in a host with the program attached
-        # would take the bpf path whatever the run says.
-        net.set_eno_bpf(node, datapath == "bpf")
+    # Only the datapath asked for: a process in a host whose cgroup has the program would
+    # take the bpf path whatever the run says. Both hosts' programs load side by side.
+    net.set_eno_bpf_hosts(nodes, datapath == "bpf")
     return datapath
 
 

@@ -48,8 +48,10 @@ class HostProcesses:
         # Every process started in a host: one-shot commands too, so that one abandoned by an
         # exception (an interrupted run, a timeout above it) is killed at teardown.
         self._procs: list[subprocess.Popen[str]] = []
-        # bpf ENO datapath: host -> its cgroup and pinned program (testbed/eno/bpf/attach.py)
+        # bpf ENO datapath: host -> its cgroup and pinned program (testbed/eno/bpf/attach.py);
+        # hosts whose datapath is turned off keep theirs, unused (Network.set_eno_bpf_hosts)
         self.eno_bpf: dict[str, HostAttachment] = {}
+        self.eno_bpf_off: set[str] = set()
 
     def _stop_helpers(self) -> list[str]:
         """Applications and middleboxes first, newest first; then every delay line at once
@@ -91,10 +93,11 @@ class HostProcesses:
 
     def _in_host(self, node: str, kwargs: dict[str, Any]) -> dict[str, Any]:
         """Popen arguments that start a process of ``node`` in the host's cgroup, if it has
-        one: the child joins it before it execs (so no socket of it is ever made outside),
-        through an fd opened here (the host's mount namespace has no cgroup2 mount)."""
+        one and its datapath is on: the child joins it before it execs (so no socket of it
+        is ever made outside), through an fd opened here (the host's mount namespace has no
+        cgroup2 mount)."""
         attachment = self.eno_bpf.get(node)
-        if attachment is None:
+        if attachment is None or node in self.eno_bpf_off:
             return kwargs
         fd = attachment.procs_fd()
         previous = kwargs.get("preexec_fn")

@@ -22,12 +22,13 @@ from experiments.common import reordered
 from testbed.eno.bench import nfqueue_rules
 from testbed.eno.bpf import attach
 from testbed.eno.bpf.attach import ids_file, support_problem
+from testbed.errors import KernelFeatureError
 from testbed.net.capture import Capture
 from testbed.net.network import Network
 from testbed.net.pcap import options_of
 from testbed.net.state import NetworkState, clean_bpf
 from testbed.workload import Workload, run_workload
-from tests.emulation.eno_support import RAW_PEER, run_script, strip_rule
+from tests.emulation.eno_support import RAW_PEER, eno_hooks, run_script, stats, strip_rule
 from tests.emulation.test_eno_hook import (
     ENO_KIND,
     MALFORMED,
@@ -105,6 +106,42 @@ def test_eno_stripped_by_the_path(tmp_path: Path, where: str, policy: str) -> No
     for r in records:
         assert r["bytes_ok"] and r["outcome"] == "plaintext", r
         assert (r["fallback_reason"], r["peer_fallback_reason"]) == expected, r
+
+
+def test_a_host_turned_off_keeps_its_program_unused_and_gets_it_back_without_a_reload() -> None:
+    """A pooled network switching datapaths (latency's arms, the datapath experiment): off
+    keeps the program attached to the empty cgroup while the hook takes the connections; on
+    again reuses it (the same pinned program, no second verifier pass)."""
+    nodes = ("client", "server")
+    with Network(topologies.create("direct")) as net:
+        first = run_workload(net, Workload(proto="tcpcrypt", connections=2, eno_datapath="bpf"))
+        attached = dict(net.eno_bpf)
+        progs = {node: (a.pins / "prog").stat().st_ino for node, a in attached.items()}
+        # Off while a process of the host still runs in its cgroup: refused, nothing changes.
+        sleeper = net.popen("server", ["sleep", "30"])
+        try:
+            with pytest.raises(KernelFeatureError, match=f"processes {sleeper.pid} still run"):
+                net.set_eno_bpf("server", False)
+        finally:
+            sleeper.kill()
+            sleeper.communicate()
+        assert not net.eno_bpf_off
+        net.set_eno_bpf_hosts(nodes, False)
+        with eno_hooks(net):
+            middle = run_workload(net, Workload(proto="tcpcrypt", connections=2),
+                                  eno_hooks=False)
+            counts = {node: stats(net, node)["counts"] for node in nodes}
+        last = run_workload(net, Workload(proto="tcpcrypt", connections=2, eno_datapath="bpf"))
+        assert net.eno_bpf == attached and not net.eno_bpf_off
+        assert {node: (a.pins / "prog").stat().st_ino for node, a in net.eno_bpf.items()} == progs
+        cgroups = [a.cgroup for a in attached.values()]
+    assert not any(cgroup.exists() for cgroup in cgroups), "detached and removed at teardown"
+    for r in first + middle + last:
+        assert r["bytes_ok"] and r["eno"] == "negotiated" and \
+            r["session_id"] == r["session_id_peer"], r
+    # The hooks negotiated the middle connections, so their processes were outside the
+    # cgroups whose program was still attached.
+    assert [counts[node]["negotiated"] for node in nodes] == [2, 2], counts
 
 
 def test_malformed_eno_from_a_crafted_peer_never_wedges_the_program() -> None:

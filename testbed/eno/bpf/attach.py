@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,7 +67,15 @@ def _bpftool(argv: list[str]) -> None:
                                  f"{why or (lines[-1] if lines else proc.returncode)}", FIX)
 
 
+_PREREQUISITES = threading.Lock()  # hosts attach side by side: one bpffs mount
+
+
 def _prerequisites() -> None:
+    with _PREREQUISITES:
+        _check_prerequisites()
+
+
+def _check_prerequisites() -> None:
     if shutil.which("bpftool") is None:
         raise KernelFeatureError("bpftool is missing for the bpf ENO datapath",
                                  f"run `make setup`, or {FIX}")
@@ -134,6 +143,13 @@ class HostAttachment:
     cgroup: Path
     pins: Path
     _fd: int | None = None
+
+    def members(self) -> list[int]:
+        """The pids in the cgroup now (none once it is gone)."""
+        try:
+            return [int(pid) for pid in self.procs_file.read_text().split()]
+        except FileNotFoundError:
+            return []
 
     def procs_fd(self) -> int:
         """A write fd on the cgroup's cgroup.procs (kept open until ``remove``)."""
