@@ -242,27 +242,35 @@ def _run(
     if peer_view:
         argv += ["--records", str(server_records)]
     env = _keylog_env(pcap) if work.keylog and pcap is not None else None
-    # The server and the client import their modules while the hooks start; the server
-    # listens once the hooks are up (--wait-go), the client opens its first connection once
-    # the captures are too (_run_client).
+    # The server and the client import their modules while the hooks and the captures start;
+    # the server listens once the hooks are up (--wait-go), the client opens its first
+    # connection once the captures listen too (_run_client).
     server_proc = net.start_helper(server, f"server:{work.proto}", [*argv, "--wait-go"],
                                    stdin=subprocess.PIPE)
     client_proc = _start_client(net, work, client, server, port, env)
+    captures: Captures | None = None
     try:
-        ready_hooks()
-        _release(server_proc)
-        wait_for_line(server_proc, "ready", 10.0, f"server:{work.proto} in {server}")
         if pcap is not None:
             # Server side first: its capture is listening before the client's first SYN.
             cap_s = Capture(net.nodes[server], net.intf(server), server_pcap(pcap))
             cap_c = Capture(net.nodes[client], net.intf(client), pcap)
-            with Captures(cap_s, cap_c):
+            captures = Captures(cap_s, cap_c)
+            captures.launch()
+        ready_hooks()
+        _release(server_proc)
+        wait_for_line(server_proc, "ready", 10.0, f"server:{work.proto} in {server}")
+        if captures is not None:
+            with captures:
                 records = _run_client(net, work, client_proc)
             for end, cap in (("client", cap_c), ("server", cap_s)):
                 if cap.stats is not None:
                     stats[end] = cap.stats
         else:
             records = _run_client(net, work, client_proc)
+    except BaseException as err:
+        if captures is not None:  # launched, and the block that stops them never ran
+            captures.abandon(err)
+        raise
     finally:
         if client_proc.poll() is None:  # never released (the run failed first), or stuck
             client_proc.kill()

@@ -158,6 +158,7 @@ class Capture:
         self._reader: threading.Thread | None = None
         self._stderr: list[str] = []
         self._listening = threading.Event()
+        self._interrupted = False  # SIGINT already sent (``interrupt``)
 
     @property
     def command_line(self) -> str:
@@ -171,6 +172,18 @@ class Capture:
     @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def launched(self) -> bool:
+        return self._proc is not None
+
+    def interrupt(self) -> None:
+        """Send the SIGINT that ``stop`` begins with, without waiting: tcpdump's exit waits
+        for its packet socket's release, about one RCU grace period (22 ms here), which
+        several captures then wait out side by side (``Captures``)."""
+        if self.running and not self._interrupted:
+            present(self._proc, "the tcpdump process").send_signal(signal.SIGINT)
+            self._interrupted = True
 
     def start(self) -> None:
         """Start tcpdump and return once it is listening; CaptureError otherwise."""
@@ -225,8 +238,9 @@ class Capture:
             raise CaptureError(f"capture was never started: {self.command_line}")
         if self.stats is not None:
             return self.stats
-        early_rc = self._proc.poll()
-        if early_rc is None and not settled:
+        # An exit after our own SIGINT (``interrupt``) is the stop, not an early death.
+        early_rc = None if self._interrupted else self._proc.poll()
+        if early_rc is None and not settled and not self._interrupted:
             time.sleep(self.settle)  # packets still on their way through the stack
         rc = self._end_process()
         if early_rc is not None:
@@ -282,7 +296,8 @@ class Capture:
             if sig is not signal.SIGINT:
                 log.warning("tcpdump pid %d still running after %.1f s; sending %s",
                             proc.pid, self.stop_timeout, sig.name)
-            proc.send_signal(sig)
+            if not (sig is signal.SIGINT and self._interrupted):
+                proc.send_signal(sig)
             try:
                 wait_exit(proc, self.stop_timeout)
             except subprocess.TimeoutExpired:
@@ -298,22 +313,33 @@ class Capture:
 class Captures:
     """Several captures as one context manager: started together (each tcpdump is launched,
     then each is awaited) and stopped together after one ``settle`` wait, so the set costs
-    about what one capture does. Stopping stops every capture, also when one fails; the first
-    failure is raised (or attached as a note to the body's exception)."""
+    about what one capture does. ``launch`` may come earlier than the block: the tcpdumps
+    then start while the caller does something else (a point's server imports its modules),
+    and a caller that never enters the block ends them with ``abandon``. Stopping stops every
+    capture, also when one fails; the first failure is raised (or attached as a note to the
+    body's exception)."""
 
     def __init__(self, *captures: Capture) -> None:
         self.captures = captures
+        self._stopped = False
 
-    def __enter__(self) -> Captures:
-        launched: list[Capture] = []
+    def launch(self) -> None:
+        """Launch every capture not launched yet, without waiting for any."""
         try:
             for cap in self.captures:
-                cap.launch()
-                launched.append(cap)
+                if not cap.launched:
+                    cap.launch()
+        except BaseException as err:
+            self.abandon(err)
+            raise
+
+    def __enter__(self) -> Captures:
+        self.launch()
+        try:
             for cap in self.captures:
                 cap.await_listening()
         except BaseException as err:
-            self._stop(launched, err)
+            self.abandon(err)
             raise
         return self
 
@@ -323,13 +349,22 @@ class Captures:
     ) -> None:
         self._stop(list(self.captures), exc)
 
+    def abandon(self, primary: BaseException) -> None:
+        """Stop whatever was launched after ``primary`` (which stays the error to raise)."""
+        self._stop([c for c in self.captures if c.launched], primary)
+
     def _stop(self, captures: list[Capture], primary: BaseException | None) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
         running = [c for c in captures if c.running]
         if running:
             time.sleep(max(c.settle for c in running))
+        for cap in running:  # every tcpdump's exit under way at once
+            cap.interrupt()
         failure: CaptureError | None = None
         for cap in captures:
-            if cap._proc is None or cap.stats is not None:
+            if not cap.launched or cap.stats is not None:
                 continue
             try:
                 cap.stop(settled=True)

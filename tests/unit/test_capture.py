@@ -31,7 +31,20 @@ def stats(*_):
     sys.stderr.flush()
     sys.exit(0)
 mode = sys.argv[1]
-if mode == "ignore":
+if mode == "pair":  # exits with counters only once its peer got its SIGINT too
+    def paired(*_):
+        open(sys.argv[2], "w").close()
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            try:
+                open(sys.argv[3]).close()
+            except FileNotFoundError:
+                time.sleep(0.01)
+                continue
+            stats()
+        sys.exit(3)
+    signal.signal(signal.SIGINT, paired)
+elif mode == "ignore":
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 elif mode != "mute":
@@ -53,13 +66,15 @@ class FakeTcpdumpHost:
 
     name = "fake"
 
-    def __init__(self, mode: str) -> None:
+    def __init__(self, mode: str, *extra: str) -> None:
         self.mode = mode
+        self.extra = extra
         self.calls: list[tuple[list[str], dict[str, Any]]] = []
 
     def popen(self, args: list[str], /, **kwargs: Any) -> subprocess.Popen[bytes]:
         self.calls.append((args, kwargs))
-        return subprocess.Popen([sys.executable, "-c", FAKE_TCPDUMP, self.mode], **kwargs)
+        return subprocess.Popen([sys.executable, "-c", FAKE_TCPDUMP, self.mode, *self.extra],
+                                **kwargs)
 
 
 # --------------------------------------------------------------------------- builder
@@ -200,3 +215,37 @@ def test_captures_stop_all_when_one_fails(tmp_path: Path) -> None:
         raise RuntimeError("boom")
     assert other.stats is not None and not stuck.running
     assert any("capture stop also failed" in note for note in err.value.__notes__)
+
+
+def test_captures_are_interrupted_together_before_any_is_waited_for(tmp_path: Path) -> None:
+    # Each stand-in exits cleanly only once the other got its SIGINT: stopping one after the
+    # other would leave the first without its peer's marker (exit code 3, no counters).
+    a, b = tmp_path / "a.int", tmp_path / "b.int"
+    caps = [Capture(FakeTcpdumpHost("pair", str(a), str(b)), "fake0", tmp_path / "a.pcap",
+                    settle=0),
+            Capture(FakeTcpdumpHost("pair", str(b), str(a)), "fake1", tmp_path / "b.pcap",
+                    settle=0)]
+    with Captures(*caps):
+        pass
+    assert [c.stats for c in caps] == [CaptureStats(3, 5, 2)] * 2
+
+
+def test_captures_launched_early_then_awaited_or_abandoned(tmp_path: Path) -> None:
+    caps = [Capture(FakeTcpdumpHost("normal"), f"fake{i}", tmp_path / f"{i}.pcap", settle=0)
+            for i in range(2)]
+    both = Captures(*caps)
+    both.launch()
+    assert all(c.launched and c.running for c in caps)
+    with both:  # launched already: the block only waits for them to listen
+        pass
+    assert [c.stats for c in caps] == [CaptureStats(3, 5, 2)] * 2
+    assert [len(c.host.calls) for c in caps] == [1, 1]
+    left = [Capture(FakeTcpdumpHost("normal"), f"fake{i}", tmp_path / f"l{i}.pcap", settle=0)
+            for i in range(2)]
+    never = Captures(*left)
+    never.launch()
+    for cap in left:  # as a point's server takes its time to fail: the stand-ins are up
+        cap.await_listening()
+    never.abandon(RuntimeError("the server never became ready"))
+    assert not any(c.running for c in left) and all(c.stats is not None for c in left)
+    never.abandon(RuntimeError("again"))  # stopping twice does nothing
