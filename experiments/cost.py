@@ -1,7 +1,8 @@
 """cost: what encryption costs the hosts, from the TEP benchmarks, gathered as an experiment.
 
 Points: the in-memory handshake benchmark for every TEP variant (handshakes/s on
-one core, client and server CPU per handshake), the loopback bulk transfer
+one core, client and server CPU per handshake; for the variants the latency arms run, also
+cold: each flight after 10 ms of idleness, ``*_cpu_cold_ms``), the loopback bulk transfer
 for every transport (MB/s, CPU per side, bytes on the wire per application
 byte), and the wake-up cost of an endpoint that sat idle (loopback ping-pong
 after 0-200 ms of idleness, testbed/bench_wakeup.py; the latency report uses it
@@ -29,9 +30,10 @@ from experiments.runner import RunContext  # noqa: E402
 from testbed import bench_teps, bench_wakeup  # noqa: E402
 
 NAME = "cost"
-PROFILES = {"quick": {"handshakes": 100, "mbytes": 32, "wakeup_rounds": 20, "eno_rounds": 100},
-            "full": {"handshakes": 1000, "mbytes": 256, "wakeup_rounds": 100,
-                     "eno_rounds": 500}}
+PROFILES = {"quick": {"handshakes": 100, "cold_handshakes": 10, "mbytes": 32,
+                      "wakeup_rounds": 20, "eno_rounds": 100},
+            "full": {"handshakes": 1000, "cold_handshakes": 50, "mbytes": 256,
+                     "wakeup_rounds": 100, "eno_rounds": 500}}
 # What the datapath table keeps of each side of `tcpinc bench eno-hook` (added = paired
 # median over plain TCP in the same round of the interleaving).
 ENO_PHASES = ("eno_tcp_connect", "eno_setup_until_result", "eno_until_tep_handshake_done")
@@ -46,7 +48,8 @@ def points(profile: str) -> list[dict[str, Any]]:
 def run_point(point: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
     grid = PROFILES[ctx.profile]
     if point["bench"] == "handshake":
-        return bench_teps.handshake_rows(ctx.repeat or grid["handshakes"])
+        return bench_teps.handshake_rows(ctx.repeat or grid["handshakes"],
+                                         cold_count=grid["cold_handshakes"])
     if point["bench"] == "eno-datapath":
         return eno_datapath_rows(grid["eno_rounds"])
     if point["bench"] == "wakeup":
@@ -59,7 +62,8 @@ def analyse(run_dir: Path) -> dict[str, Any]:
     records = [json.loads(line) for line in (run_dir / "records.jsonl").read_text().splitlines()]
     hs = pd.DataFrame([r for r in records if r["bench"] == "handshake"])
     tp = pd.DataFrame([r for r in records if r["bench"] == "throughput"])
-    hs_cols = ["tep", "variant", "handshakes_per_s", "client_cpu_ms", "server_cpu_ms"]
+    hs_cols = ["tep", "variant", "handshakes_per_s", "client_cpu_ms", "server_cpu_ms",
+               *[c for c in ("client_cpu_cold_ms", "server_cpu_cold_ms") if c in hs]]
     tp_cols = ["kind", "cipher", "mb_per_s", "sender_cpu_s", "receiver_cpu_s",
                "wire_bytes_per_app_byte"]
     hs[hs_cols].to_csv(run_dir / "handshake_cost.csv", index=False, float_format="%.4f")

@@ -296,9 +296,25 @@ def section_cost(run: Path, root: Path) -> list[str]:
     tp = pd.read_csv(run / "throughput.csv")
     return ["## Cost", _config(run), "", f"![cost]({_rel(run / 'cost.png', root)})", "",
             f"Handshakes (in memory, one core): `{_rel(run / 'handshake_cost.csv', root)}`", "",
-            _table(hs, "{:.3f}"), "",
+            _table(hs, "{:.3f}"), "", *_cold_text(hs),
             f"Bulk transfer over loopback: `{_rel(run / 'throughput.csv', root)}`", "",
             _table(tp, "{:.3f}"), "", *_datapath_text(run, root)]
+
+
+def _cold_text(hs: pd.DataFrame) -> list[str]:
+    """What idleness does to a handshake's CPU (the cold columns), where the run has them."""
+    if "server_cpu_cold_ms" not in hs:
+        return []
+    cold = hs.dropna(subset=["client_cpu_cold_ms", "server_cpu_cold_ms"])
+    if cold.empty:
+        return []
+    ratios = ((cold["client_cpu_cold_ms"] + cold["server_cpu_cold_ms"])
+              / (cold["client_cpu_ms"] + cold["server_cpu_ms"]))
+    return [f"`*_cold_ms`: the same handshakes with 10 ms of sleep before each flight, as an "
+            f"endpoint waits a round trip between flights on a path: {ratios.min():.1f}-"
+            f"{ratios.max():.1f}x the CPU of back-to-back handshakes on this machine. The "
+            "latency arms' host time pays the cold figure (`tcpinc bench endpoints` sets it "
+            "beside the host time per arm).", ""]
 
 
 def section_datapath(run: Path, root: Path) -> list[str]:

@@ -40,24 +40,44 @@ TRANSCRIPT = bytes.fromhex("45042023") + bytes.fromhex("45030023")  # a plausibl
 CHUNK = 16384
 
 
-def handshake_rows(count: int) -> list[dict[str, Any]]:
+# The variants the latency arms run (tcpcrypt's preferred TEP, the TLS profile) also get a
+# cold figure: each flight after COLD_IDLE_S of sleep, as on a path (testbed/bench_endpoints.py).
+COLD_IDLE_S = 0.01
+
+
+def handshake_rows(count: int, cold_count: int = 0) -> list[dict[str, Any]]:
+    """Per TEP variant: handshakes/s and client and server CPU per handshake, warm (back to
+    back); with ``cold_count``, the latency arms' variants also after COLD_IDLE_S of idleness
+    before each flight (``*_cold_ms``, that many handshakes; the rest None)."""
     rows: list[dict[str, Any]] = []
     for tep in (TepId.P256, TepId.P521, TepId.X25519, TepId.X448):
         for resumed in (False, True):
             r = tcpcrypt_bench.bench_handshakes(tep, count=count, resumed=resumed)
+            cold = (tcpcrypt_bench.bench_handshakes(tep, count=cold_count, resumed=resumed,
+                                                    idle_s=COLD_IDLE_S)
+                    if cold_count and tep == TepId.X25519 else None)
             rows.append({"tep": r["tep"], "variant": "resumed" if resumed else "fresh",
                          "handshakes_per_s": r["handshakes_per_s"],
                          "client_cpu_ms": r["client_cpu_s_per_handshake"] * 1e3,
-                         "server_cpu_ms": r["server_cpu_s_per_handshake"] * 1e3})
+                         "server_cpu_ms": r["server_cpu_s_per_handshake"] * 1e3, **_cold(cold)})
     for variant, kwargs in (("full", {}), ("resumed (beyond the draft)", {"resumed": True}),
                             ("0-RTT (beyond the draft)", {"resumed": True,
                                                           "early_data": b"GET / HTTP/1.0"})):
         r = tls_bench.handshakes(count, **kwargs)  # type: ignore[arg-type]
+        cold = (tls_bench.handshakes(cold_count, idle_s=COLD_IDLE_S, **kwargs)  # type: ignore[arg-type]
+                if cold_count else None)
         rows.append({"tep": "tls (0x30, non-standard)", "variant": variant,
                      "handshakes_per_s": r["handshakes_per_s"],
                      "client_cpu_ms": r["client_cpu_s_per_handshake"] * 1e3,
-                     "server_cpu_ms": r["server_cpu_s_per_handshake"] * 1e3})
+                     "server_cpu_ms": r["server_cpu_s_per_handshake"] * 1e3, **_cold(cold)})
     return rows
+
+
+def _cold(result: dict[str, Any] | None) -> dict[str, float | None]:
+    if result is None:
+        return {"client_cpu_cold_ms": None, "server_cpu_cold_ms": None}
+    return {"client_cpu_cold_ms": result["client_cpu_s_per_handshake"] * 1e3,
+            "server_cpu_cold_ms": result["server_cpu_s_per_handshake"] * 1e3}
 
 
 # -- loopback throughput ------------------------------------------------------
@@ -255,7 +275,13 @@ def format_handshakes(rows: list[dict[str, Any]]) -> str:
                          ("variant", "variant" + " " * 20, lambda v: f"{v:27}"),
                          ("handshakes_per_s", "handshakes/s", lambda v: f"{v:.0f}"),
                          ("client_cpu_ms", "client CPU ms", lambda v: f"{v:.3f}"),
-                         ("server_cpu_ms", "server CPU ms", lambda v: f"{v:.3f}")])
+                         ("server_cpu_ms", "server CPU ms", lambda v: f"{v:.3f}"),
+                         ("client_cpu_cold_ms", "cold", _ms_or_dash),
+                         ("server_cpu_cold_ms", "cold", _ms_or_dash)])
+
+
+def _ms_or_dash(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def format_throughput(rows: list[dict[str, Any]]) -> str:
@@ -274,7 +300,7 @@ def main(args: Any) -> None:
     import pandas as pd
 
     if args.target == "handshake":
-        rows = handshake_rows(50 if args.quick else 500)
+        rows = handshake_rows(50 if args.quick else 500, cold_count=5 if args.quick else 30)
         text = format_handshakes(rows)
     else:
         rows = throughput_rows((8 if args.quick else 256) * 2**20)
