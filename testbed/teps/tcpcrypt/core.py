@@ -432,7 +432,8 @@ class TcpcryptCore:
     def _take(self, length: int | None) -> bytes | None:
         if length is None or len(self._in) < length:
             return None
-        raw = bytes(self._in[:length])
+        with memoryview(self._in) as view:  # one copy, not a bytearray slice and then bytes
+            raw = bytes(view[:length])
         del self._in[:length]
         self._recv_offset += length  # Init messages count too: offsets are stream offsets
         return raw
