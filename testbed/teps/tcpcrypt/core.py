@@ -124,7 +124,7 @@ class TcpcryptCore:
         self._state = State.IDLE
         self._now = context.now
         self._in = bytearray()
-        self._out = bytearray()
+        self._out: list[bytes] = []  # messages and frames to send, joined once when taken
         self._events: list[TepEvent] = []
         self._send_offset = 0  # offset of our next frame in our stream (§3.6)
         self._recv_offset = 0  # bytes of the peer's stream consumed so far (§3.6)
@@ -284,7 +284,7 @@ class TcpcryptCore:
 
     def data_to_send(self) -> bytes:
         with self._guard():
-            out = bytes(self._out)
+            out = b"".join(self._out)  # a single frame is returned as it is, not copied
             self._out.clear()
             return out
 
@@ -319,7 +319,7 @@ class TcpcryptCore:
         self._n_a = self._random(N_A_LEN)
         self._eph = generate_ephemeral(self.tep_id, self._ctx.random)
         self._init1 = push_init1(Init1(self._opts.ciphers, self._n_a, self._eph.public))
-        self._out += self._init1
+        self._out.append(self._init1)
         self._send_offset = len(self._init1)  # the first frame follows Init1 (§3.6)
 
     def _on_init1(self, raw: bytes, events: list[TepEvent]) -> None:
@@ -334,7 +334,7 @@ class TcpcryptCore:
         es = key_agreement(eph, msg.pub)  # validates Pub_A (§3.3, §5)
         init2 = push_init2(Init2(cipher, nonce, eph.public))
         ss0 = prk(self._ctx.transcript, raw, init2, es, msg.nonce)
-        self._out += init2
+        self._out.append(init2)
         self._send_offset = len(init2)
         keys = derive_session(ss0, b"", cipher, self.tep_id, original_a=False)
         self._install(keys, cipher, index=0, original_a=False, peer=self._opts.peer)
@@ -480,7 +480,7 @@ class TcpcryptCore:
             raise LocalProtocolError("no traffic keys yet")
         frame = seal_frame(self._send.key, self._send_offset, plain, rekey=self._rekey_next)
         self._rekey_next = False  # only a generation's first frame has rekey = 1 (§3.8)
-        self._out += frame
+        self._out.append(frame)
         self._send_offset += len(frame)
 
     def _random(self, n: int) -> bytes:
