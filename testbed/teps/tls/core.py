@@ -402,18 +402,19 @@ class TlsCore:
         )
 
     def _read_records(self, events: list[TepEvent]) -> None:
-        received = bytearray()
+        received: list[bytes] = []  # joined once: a single read is delivered as it is
         ended = False
         while True:
             try:
-                received += self._conn.recv(_BIO_CHUNK)
+                received.append(self._conn.recv(_BIO_CHUNK))
             except SSL.WantReadError:
                 break
             except SSL.ZeroReturnError:
                 ended = True
                 break
-        if received:
-            events.append(DataReceived(bytes(received)))
+        data = b"".join(received)
+        if data:
+            events.append(DataReceived(data))
         if ended:
             events.append(EndOfStream())
             closed = self._state is TlsState.LOCAL_CLOSED
