@@ -23,9 +23,15 @@ from testbed.net.network import NetConfig, Network
 from testbed.net.state import STATE_DIR
 from topologies import PathShape
 
+# ping -c N alone stops waiting two of its largest RTTs after its last probe (iputils
+# ping(8), -W), so one reply a loaded delay line released 30 ms late counted as lost ("19
+# received, 5% packet loss" in a CI run, no frame dropped). With a deadline it waits for all N
+# replies, up to the deadline: a real loss still shows, as a missing reply.
+PING_DEADLINE = ["-w", "20"]
+
 
 def _ping(net: Network, count: int) -> str:
-    return net.run("client", ["ping", "-n", "-c", str(count), "-i", "0.01", "-W", "1",
+    return net.run("client", ["ping", "-n", "-c", str(count), "-i", "0.01", *PING_DEADLINE,
                               net.ip("server")], timeout=60)
 
 
@@ -210,7 +216,8 @@ def test_fanin_clients_parameter_builds_that_many_shaped_links() -> None:
     with Network(topo, NetConfig(link_backend="userspace")) as net:
         lines = [h for h in net.helpers if h.name.startswith("delayline:")]
         assert len(lines) == 5
-        out = net.run("client4", ["ping", "-n", "-c", "2", "-i", "0.01", net.ip("server")])
+        out = net.run("client4", ["ping", "-n", "-c", "2", "-i", "0.01", *PING_DEADLINE,
+                                  net.ip("server")])
     assert " 0% packet loss" in out
     assert all(r["spin_budget"] == 0.1 for r in net.link_reports.values())  # 0.5 / 5 lines
     assert all(r["threads"] == 1 for r in net.link_reports.values())
