@@ -21,7 +21,7 @@ MYPY_STRICT := testbed/eno/__init__.py testbed/eno/bench.py testbed/eno/config.p
     testbed/eno/errors.py testbed/eno/events.py testbed/eno/fastopt.py testbed/eno/hook.py \
     testbed/eno/marks.py testbed/eno/negotiation.py testbed/eno/option.py testbed/eno/rules.py \
     testbed/eno/selection.py testbed/eno/tcp_options.py testbed/eno/transitions.py testbed/teps/__init__.py \
-    testbed/teps/base.py testbed/teps/enotest.py testbed/teps/tcpcrypt/__init__.py \
+    testbed/teps/base.py testbed/teps/benchflights.py testbed/teps/enotest.py testbed/teps/tcpcrypt/__init__.py \
     testbed/teps/tcpcrypt/bench.py testbed/teps/tcpcrypt/constants.py \
     testbed/teps/tcpcrypt/core.py testbed/teps/tcpcrypt/errors.py testbed/teps/tcpcrypt/keys.py \
     testbed/teps/tcpcrypt/loopback.py testbed/teps/tcpcrypt/options.py \

@@ -63,7 +63,8 @@ def analyse(run_dir: Path) -> dict[str, Any]:
     hs = pd.DataFrame([r for r in records if r["bench"] == "handshake"])
     tp = pd.DataFrame([r for r in records if r["bench"] == "throughput"])
     hs_cols = ["tep", "variant", "handshakes_per_s", "client_cpu_ms", "server_cpu_ms",
-               *[c for c in ("client_cpu_cold_ms", "server_cpu_cold_ms") if c in hs]]
+               *[c for c in ("client_cpu_cold_ms", "server_cpu_cold_ms", "cold_idle_ms")
+                 if c in hs]]
     tp_cols = ["kind", "cipher", "mb_per_s", "sender_cpu_s", "receiver_cpu_s",
                "wire_bytes_per_app_byte"]
     hs[hs_cols].to_csv(run_dir / "handshake_cost.csv", index=False, float_format="%.4f")

@@ -303,14 +303,15 @@ def section_cost(run: Path, root: Path) -> list[str]:
 
 def _cold_text(hs: pd.DataFrame) -> list[str]:
     """What idleness does to a handshake's CPU (the cold columns), where the run has them."""
-    if "server_cpu_cold_ms" not in hs:
+    if not {"client_cpu_cold_ms", "server_cpu_cold_ms", "cold_idle_ms"} <= set(hs.columns):
         return []
     cold = hs.dropna(subset=["client_cpu_cold_ms", "server_cpu_cold_ms"])
     if cold.empty:
         return []
     ratios = ((cold["client_cpu_cold_ms"] + cold["server_cpu_cold_ms"])
               / (cold["client_cpu_ms"] + cold["server_cpu_ms"]))
-    return [f"`*_cold_ms`: the same handshakes with 10 ms of sleep before each flight, as an "
+    idle = " / ".join(f"{v:g}" for v in sorted(set(cold["cold_idle_ms"])))
+    return [f"`*_cold_ms`: the same handshakes with {idle} ms of sleep before each flight, as an "
             f"endpoint waits a round trip between flights on a path: {ratios.min():.1f}-"
             f"{ratios.max():.1f}x the CPU of back-to-back handshakes on this machine. The "
             "latency arms' host time pays the cold figure (`tcpinc bench endpoints` sets it "

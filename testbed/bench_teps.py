@@ -75,9 +75,10 @@ def handshake_rows(count: int, cold_count: int = 0) -> list[dict[str, Any]]:
 
 def _cold(result: dict[str, Any] | None) -> dict[str, float | None]:
     if result is None:
-        return {"client_cpu_cold_ms": None, "server_cpu_cold_ms": None}
+        return {"client_cpu_cold_ms": None, "server_cpu_cold_ms": None, "cold_idle_ms": None}
     return {"client_cpu_cold_ms": result["client_cpu_s_per_handshake"] * 1e3,
-            "server_cpu_cold_ms": result["server_cpu_s_per_handshake"] * 1e3}
+            "server_cpu_cold_ms": result["server_cpu_s_per_handshake"] * 1e3,
+            "cold_idle_ms": result["idle_s"] * 1e3}
 
 
 # -- loopback throughput ------------------------------------------------------

@@ -347,23 +347,24 @@ class Captures:
         self, exc_type: type[BaseException] | None, exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._stop(list(self.captures), exc)
+        self._stop(exc)
 
     def abandon(self, primary: BaseException) -> None:
         """Stop whatever was launched after ``primary`` (which stays the error to raise)."""
-        self._stop([c for c in self.captures if c.launched], primary)
+        self._stop(primary)
 
-    def _stop(self, captures: list[Capture], primary: BaseException | None) -> None:
+    def _stop(self, primary: BaseException | None) -> None:
+        """Stop every launched capture, once."""
         if self._stopped:
             return
         self._stopped = True
-        running = [c for c in captures if c.running]
+        running = [c for c in self.captures if c.running]
         if running:
             time.sleep(max(c.settle for c in running))
         for cap in running:  # every tcpdump's exit under way at once
             cap.interrupt()
         failure: CaptureError | None = None
-        for cap in captures:
+        for cap in self.captures:
             if not cap.launched or cap.stats is not None:
                 continue
             try:

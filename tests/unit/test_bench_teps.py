@@ -8,23 +8,22 @@ import pytest
 
 from experiments.report import _cold_text
 from testbed import bench_teps
-from testbed.teps.tcpcrypt import bench as tcpcrypt_bench
-from testbed.teps.tls import bench as tls_bench
+from testbed.teps import benchflights
 
 
 def test_handshake_rows_add_cold_figures_for_the_latency_arms_variants(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     slept: list[float] = []
-    monkeypatch.setattr(tcpcrypt_bench.time, "sleep", slept.append)
-    monkeypatch.setattr(tls_bench.time, "sleep", slept.append)
+    monkeypatch.setattr(benchflights.time, "sleep", slept.append)
     rows = bench_teps.handshake_rows(2, cold_count=1)
     cold = [(r["tep"], r["variant"]) for r in rows if r["server_cpu_cold_ms"] is not None]
     assert cold == [("tcpcrypt-x25519", "fresh"), ("tcpcrypt-x25519", "resumed"),
                     ("tls (0x30, non-standard)", "full"),
                     ("tls (0x30, non-standard)", "resumed (beyond the draft)"),
                     ("tls (0x30, non-standard)", "0-RTT (beyond the draft)")]
-    assert all(r["client_cpu_cold_ms"] > 0 for r in rows if r["client_cpu_cold_ms"] is not None)
+    assert all(r["client_cpu_cold_ms"] > 0 and r["cold_idle_ms"] == 10.0
+               for r in rows if r["client_cpu_cold_ms"] is not None)
     assert len(rows) == 11 and set(slept) == {bench_teps.COLD_IDLE_S}
     # One cold handshake each: tcpcrypt sleeps before its three flights, TLS before five
     # (resumed and 0-RTT ones too: the client's and the server's flights as in a full one).
@@ -37,11 +36,12 @@ def test_handshake_rows_add_cold_figures_for_the_latency_arms_variants(
 def test_cost_report_states_the_cold_over_warm_ratio() -> None:
     hs = pd.DataFrame([
         {"tep": "a", "variant": "fresh", "client_cpu_ms": 0.1, "server_cpu_ms": 0.1,
-         "client_cpu_cold_ms": 0.3, "server_cpu_cold_ms": 0.3},
+         "client_cpu_cold_ms": 0.3, "server_cpu_cold_ms": 0.3, "cold_idle_ms": 10.0},
         {"tep": "b", "variant": "full", "client_cpu_ms": 0.5, "server_cpu_ms": 0.5,
-         "client_cpu_cold_ms": 1.0, "server_cpu_cold_ms": 1.25},
+         "client_cpu_cold_ms": 1.0, "server_cpu_cold_ms": 1.25, "cold_idle_ms": 10.0},
         {"tep": "c", "variant": "fresh", "client_cpu_ms": 0.5, "server_cpu_ms": 0.5,
-         "client_cpu_cold_ms": None, "server_cpu_cold_ms": None}])
+         "client_cpu_cold_ms": None, "server_cpu_cold_ms": None, "cold_idle_ms": None}])
     text = _cold_text(hs)
+    assert "with 10 ms of sleep before each flight" in text[0]
     assert "2.2-3.0x the CPU of back-to-back handshakes" in text[0]
     assert _cold_text(hs.drop(columns=["client_cpu_cold_ms", "server_cpu_cold_ms"])) == []

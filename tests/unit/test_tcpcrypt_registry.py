@@ -68,10 +68,10 @@ def test_bench_handshakes_returns_figures() -> None:
 
 
 def test_cold_bench_handshakes_sleep_before_each_flight(monkeypatch: pytest.MonkeyPatch) -> None:
-    from testbed.teps.tcpcrypt import bench
+    from testbed.teps import benchflights
 
     slept: list[float] = []
-    monkeypatch.setattr(bench.time, "sleep", slept.append)
+    monkeypatch.setattr(benchflights.time, "sleep", slept.append)
     for resumed in (False, True):
         out = bench_handshakes(count=2, resumed=resumed, idle_s=0.5)
         # Client: Init1 (or the SYN's suboption), then its keys; server: its answer and keys.

@@ -6,6 +6,8 @@ from typing import Any
 
 import pytest
 
+from testbed.teps import benchflights
+from testbed.teps.benchflights import flight_medians
 from testbed.teps.tls import bench
 
 
@@ -34,7 +36,7 @@ def test_cold_handshakes_sleep_before_each_flight_untimed(
     resumed: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     slept: list[float] = []
-    monkeypatch.setattr(bench.time, "sleep", slept.append)
+    monkeypatch.setattr(benchflights.time, "sleep", slept.append)
     result = bench.handshakes(2, resumed=resumed, idle_s=0.25)
     # Client: its core and ClientHello, the server's flight, the tickets. Server: its core with
     # the ClientHello (one idle period on a path), the client's Finished.
@@ -48,8 +50,8 @@ def test_cold_handshakes_sleep_before_each_flight_untimed(
 
 
 def test_flight_medians_keep_the_common_shape() -> None:
-    assert bench.flight_medians([[1.0, 2.0], [3.0, 4.0], [9.0], [5.0, 0.0]]) == [3.0, 2.0]
-    assert bench.flight_medians([]) == []
+    assert flight_medians([[1.0, 2.0], [3.0, 4.0], [9.0], [5.0, 0.0]]) == [3.0, 2.0]
+    assert flight_medians([]) == []
 
 
 def test_bulk_benchmark() -> None:

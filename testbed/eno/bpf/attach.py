@@ -71,11 +71,6 @@ _PREREQUISITES = threading.Lock()  # hosts attach side by side: one bpffs mount
 
 
 def _prerequisites() -> None:
-    with _PREREQUISITES:
-        _check_prerequisites()
-
-
-def _check_prerequisites() -> None:
     if shutil.which("bpftool") is None:
         raise KernelFeatureError("bpftool is missing for the bpf ENO datapath",
                                  f"run `make setup`, or {FIX}")
@@ -84,7 +79,9 @@ def _check_prerequisites() -> None:
                                  f"run `make setup` (clang compiles it), or {FIX}")
     if cgroup2_mount() is None:
         raise KernelFeatureError("no cgroup v2 mount for the bpf ENO datapath", FIX)
-    if not _bpffs_mounted():
+    with _PREREQUISITES:
+        if _bpffs_mounted():
+            return
         BPF_FS.mkdir(parents=True, exist_ok=True)
         proc = subprocess.run(["mount", "-t", "bpf", "bpf", str(BPF_FS)], capture_output=True,
                               text=True, check=False)

@@ -7,11 +7,11 @@ separate; wall-clock rates use ``time.perf_counter``. Nothing here touches a soc
 
 from __future__ import annotations
 
-import statistics
 import time
 from typing import Any
 
 from testbed.teps.base import Role, TepContext
+from testbed.teps.benchflights import flight_medians, idle
 
 from .constants import AEADS, MAX_CHUNK, TEPS, AeadId, TepId
 from .core import TcpcryptCore
@@ -20,16 +20,6 @@ from .options import OPT_CACHE, OPT_CHUNK_SIZE, OPT_CIPHERS, OPT_PEER, local_sub
 from .resumption import ResumptionCache
 
 _TRANSCRIPT = bytes.fromhex("450422") + bytes.fromhex("450322")  # a plausible ENO transcript
-
-
-def _idle(seconds: float) -> float:
-    """Sleep ``seconds`` (outside every timed window) as an endpoint waits between flights on a
-    path; returns the wall seconds slept."""
-    if seconds <= 0:
-        return 0.0
-    start = time.perf_counter()
-    time.sleep(seconds)
-    return time.perf_counter() - start
 
 
 Steps = tuple[list[float], list[float], float]  # client, server CPU s per flight; s slept
@@ -42,20 +32,20 @@ def _fresh_once(tep_id: int, aead_id: int, seed: int, idle_s: float = 0.0) -> St
     rand_a = DeterministicRandom(f"bench-a-{seed}")
     rand_b = DeterministicRandom(f"bench-b-{seed}")
     options = {OPT_CIPHERS: (aead_id,)}
-    slept = _idle(idle_s)
+    slept = idle(idle_s)
     t0 = time.process_time()
     a = TcpcryptCore(TepContext(Role.A, _TRANSCRIPT, rand_a, options=dict(options)), tep_id)
     a.start(0.0)
     init1 = a.data_to_send()
     t1 = time.process_time()
-    slept += _idle(idle_s)
+    slept += idle(idle_s)
     t1b = time.process_time()
     b = TcpcryptCore(TepContext(Role.B, _TRANSCRIPT, rand_b, options=dict(options)), tep_id)
     b.start(0.0)
     b.receive_data(init1, 0.0)
     init2 = b.data_to_send()
     t2 = time.process_time()
-    slept += _idle(idle_s)
+    slept += idle(idle_s)
     t2b = time.process_time()
     a.receive_data(init2, 0.0)
     t3 = time.process_time()
@@ -73,17 +63,17 @@ def _resumed_once(tep_id: int, caches: tuple[ResumptionCache, ResumptionCache], 
     rand_b = DeterministicRandom(f"bench-rb-{seed}")
     opts_a: dict[str, Any] = {OPT_CACHE: caches[0], OPT_PEER: "server"}
     opts_b: dict[str, Any] = {OPT_CACHE: caches[1], OPT_PEER: "client"}
-    slept = _idle(idle_s)
+    slept = idle(idle_s)
     t0 = time.process_time()
     syn = local_suboption_data(opts_a, tep_id, rand_a, 0.0)
     t1 = time.process_time()
-    slept += _idle(idle_s)
+    slept += idle(idle_s)
     t1b = time.process_time()
     synack = local_suboption_data(opts_b, tep_id, rand_b, 0.0, peer_data=syn)
     b = TcpcryptCore(TepContext(Role.B, _TRANSCRIPT, rand_b, 0.0, syn, opts_b), tep_id)
     b.start(0.0)
     t2 = time.process_time()
-    slept += _idle(idle_s)
+    slept += idle(idle_s)
     t2b = time.process_time()
     a = TcpcryptCore(TepContext(Role.A, _TRANSCRIPT, rand_a, 0.0, synack, opts_a), tep_id)
     a.start(0.0)
@@ -138,8 +128,8 @@ def bench_handshakes(
         "handshakes_per_s": count / wall if wall > 0 else float("inf"),
         "client_cpu_s_per_handshake": client / count,
         "server_cpu_s_per_handshake": server / count,
-        "client_cpu_s_per_flight": [statistics.median(f[i] for f in flights[0]) for i in (0, 1)],
-        "server_cpu_s_per_flight": [statistics.median(f[0] for f in flights[1])],
+        "client_cpu_s_per_flight": flight_medians(flights[0]),
+        "server_cpu_s_per_flight": flight_medians(flights[1]),
     }
 
 

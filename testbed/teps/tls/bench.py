@@ -9,11 +9,11 @@ and print nothing.
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from testbed.teps import benchflights
 from testbed.teps.base import Role, TepContext
 from testbed.teps.tls.constants import CIPHERSUITES
 from testbed.teps.tls.core import TlsCore
@@ -47,22 +47,9 @@ class _CpuClock:
                 self.steps[-1] += spent
 
     def flight(self, *, idle: bool = True) -> None:
-        if idle and self.idle_s > 0:
-            start = time.perf_counter()
-            time.sleep(self.idle_s)
-            self.slept += time.perf_counter() - start
+        if idle:
+            self.slept += benchflights.idle(self.idle_s)
         self.steps.append(0.0)
-
-
-def flight_medians(handshakes: list[list[float]]) -> list[float]:
-    """Median CPU per flight, in order, over the handshakes with the most common number of
-    flights (a handshake of another shape is left out)."""
-    if not handshakes:
-        return []
-    lengths = [len(h) for h in handshakes]
-    common = max(set(lengths), key=lengths.count)
-    same = [h for h in handshakes if len(h) == common]
-    return [statistics.median(h[i] for h in same) for i in range(common)]
 
 
 def _cores(
@@ -159,17 +146,18 @@ def handshakes(
         resumed_count += a.resumed
         accepted += bool(a.early_data_accepted)
         _close(a, b)
+    wall -= client.slept + server.slept
     return {
         "kind": "0-rtt" if early_data else "resumed" if resumed else "full",
         "key_type": key_type,
         "handshakes": count,
         "idle_s": idle_s,
-        "wall_s": (wall := wall - client.slept - server.slept),
+        "wall_s": wall,
         "handshakes_per_s": count / wall,
         "client_cpu_s_per_handshake": client.seconds / count,
         "server_cpu_s_per_handshake": server.seconds / count,
-        "client_cpu_s_per_flight": flight_medians(steps[0]),
-        "server_cpu_s_per_flight": flight_medians(steps[1]),
+        "client_cpu_s_per_flight": benchflights.flight_medians(steps[0]),
+        "server_cpu_s_per_flight": benchflights.flight_medians(steps[1]),
         "resumed_fraction": resumed_count / count,
         "early_data_accepted_fraction": accepted / count,
     }
