@@ -143,6 +143,42 @@ def test_bench_endpoints_flights_and_table() -> None:
         (pytest.approx(2.5), pytest.approx(3.1))
 
 
+def test_bench_endpoints_floor_against_the_host_target() -> None:
+    from testbed.bench_endpoints import floor_rows, format_floor
+
+    four = {"C1": 0.0, "S1": 0.05, "C2": 0.2, "S2": 0.3}
+    six = {**four, "C3": 0.6, "S3": 0.4}
+    rows = [
+        {"arm": "plain", "rtt_ms": 200.0, "client_host_ms": 0.5, "server_host_ms": 0.3,
+         "cold_client_ms": None, "cold_server_ms": None, "flights": four},
+        # Two flights more than plain TCP: two cold wake-ups on top of the cold CPU.
+        {"arm": "tls", "rtt_ms": 200.0, "client_host_ms": 2.4, "server_host_ms": 1.7,
+         "cold_client_ms": 1.1, "cold_server_ms": 0.8, "flights": six},
+        # As many flights as plain TCP: the cold CPU alone.
+        {"arm": "tcpcrypt-resume", "rtt_ms": 200.0, "client_host_ms": 1.9,
+         "server_host_ms": 0.6, "cold_client_ms": 0.4, "cold_server_ms": 0.5, "flights": four},
+        # No plain row at this RTT: nothing to stand against.
+        {"arm": "tls", "rtt_ms": 10.0, "client_host_ms": 1.4, "server_host_ms": 1.1,
+         "cold_client_ms": 0.4, "cold_server_ms": 0.4, "flights": six},
+    ]
+    wake = {0.0: 13.0, 200.0: 169.0}
+    floors = floor_rows(rows, wake)
+    assert [(f["arm"], f["rtt_ms"]) for f in floors] == [("tls", 200.0),
+                                                          ("tcpcrypt-resume", 200.0)]
+    tls, resume = floors
+    assert tls["over_plain_ms"] == pytest.approx(4.1 - 0.8)
+    assert tls["extra_flights"] == 2 and tls["cold_wake_ms"] == pytest.approx(0.156)
+    assert tls["floor_ms"] == pytest.approx(1.9 + 2 * 0.156)
+    assert tls["floor_over_target_ms"] == pytest.approx(1.9 + 0.312 - 1.5)
+    assert resume["extra_flights"] == 0 and resume["floor_ms"] == pytest.approx(0.9)
+    lines = format_floor(floors, wake).splitlines()
+    assert "13 us after 0 ms, 169 us after 200 ms" in lines[0]
+    assert lines[2] == ("tls                200      3.300  1.900        2  2.212  floor 0.712 "
+                        "above the target: not reachable by any harness here")
+    assert lines[3] == ("tcpcrypt-resume    200      1.700  0.900        0  0.900  floor under "
+                        "the target: 0.600 left for the rest")
+
+
 def test_pooled_applied_rtt_puts_a_networks_delay_on_each_of_its_points(tmp_path: Path) -> None:
     from experiments.common import pooled_applied_rtt
 
