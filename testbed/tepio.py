@@ -24,6 +24,17 @@ A server may hand the connection to its application before the handshake ends
 drafts) the application can read it and answer with 0.5-RTT data; the rest of the handshake
 then happens inside later ``recv`` calls and ``completed()`` reports it.
 
+Frame sizes (``FrameSizer``): a receiving TEP hands over a frame (a tcpcrypt frame, a TLS
+record) only once all of it has arrived and its tag is checked. A frame larger than what the
+sender's congestion window lets out in one flight (10 segments when a connection starts,
+RFC 6928, and again after an idle period, RFC 5681 §4.1) keeps every byte of it from the
+application until the next flight, one round trip later. So the first ``SMALL_FRAMES_FOR``
+bytes the application sends, and again the first ones after ``IDLE_RESTART_S`` without
+sending, go to the core in pieces of one segment each (the path MSS less ``FRAME_HEADROOM``),
+one frame each; past that, frames grow to the TEP's largest (fewer tags, nonces and calls per
+byte). TLS stacks size records the same way (dynamic record sizing). The transparent relay
+cuts what it reads from applications the same way (testbed/transparent/relay.py).
+
 Errors are not handled here: the stream layer resets the connection and re-raises.
 """
 
@@ -33,6 +44,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from testbed import keylog
 from testbed.teps.base import (
@@ -46,6 +58,51 @@ from testbed.teps.base import (
 
 READ_SIZE = 65536
 CLOSE_HANDSHAKE_S = 2.0  # how long a close waits for a handshake still under way to end
+
+SMALL_FRAMES_FOR = 256 << 10  # bytes sent in one-segment frames after a start or an idle time
+# Linux restarts slow start after an RTO of idleness (tcp_slow_start_after_idle), and its RTO
+# is at least 200 ms (TCP_RTO_MIN): idle this long and the window may be the initial one again.
+IDLE_RESTART_S = 0.2
+FRAME_HEADROOM = 64  # bytes of a segment left for a frame's own header and tag (both TEPs' fit)
+MIN_SMALL_FRAME = 512
+
+
+@dataclass
+class FrameSizer:
+    """How an application's bytes are cut into TEP frames (module docstring, frame sizes).
+
+    ``small``: the payload of a one-segment frame; ``left``: bytes still to send in such
+    frames; ``last``: when the last bytes were handed to the TEP (time.monotonic())."""
+
+    small: int
+    left: int = SMALL_FRAMES_FOR
+    last: float = float("-inf")
+    restart: bool = True  # small frames again after IDLE_RESTART_S without sending
+
+    @classmethod
+    def for_socket(cls, sock: socket.socket) -> FrameSizer:
+        """One-segment frames for the path MSS of a connected TCP ``sock`` (TCP_MAXSEG,
+        tcp(7)); another kind of socket (a unix socket pair in a test) has no congestion
+        window to fit: its frames are the TEP's largest from the start."""
+        if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.type != socket.SOCK_STREAM:
+            return cls(small=MIN_SMALL_FRAME, left=0, restart=False)
+        mss = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG)
+        return cls(small=max(mss - FRAME_HEADROOM, MIN_SMALL_FRAME))
+
+    def chunks(self, data: memoryview, now: float) -> list[memoryview]:
+        """``data`` cut into what each frame carries: one-segment pieces while small frames
+        are due, the rest whole (the TEP cuts it at its own largest frame)."""
+        if self.restart and now - self.last > IDLE_RESTART_S:
+            self.left = SMALL_FRAMES_FOR
+        self.last = now
+        if self.left <= 0:
+            return [data]
+        head = min(len(data), self.left)
+        self.left -= head
+        out = [data[i:min(i + self.small, head)] for i in range(0, head, self.small)]
+        if head < len(data):
+            out.append(data[head:])
+        return out
 
 
 class TepDriver:
@@ -75,6 +132,7 @@ class TepDriver:
         self._key_log: Callable[[], object] | None = (
             getattr(core, "key_log", None) if keylog.TCPCRYPT_ENV in os.environ else None)
         self._keys_seen: object = None
+        self._frames: FrameSizer | None = None
 
     def start(self) -> None:
         """Start the core (its first flight is then ready to send) without touching the
@@ -159,7 +217,14 @@ class TepDriver:
         return self.handshake
 
     def send(self, data: bytes) -> None:
-        self.core.send_data(data)
+        if self._frames is None:  # the MSS is known once the connection is up
+            self._frames = FrameSizer.for_socket(self.sock)
+        pieces = self._frames.chunks(memoryview(data), self.clock())
+        if len(pieces) == 1:
+            self.core.send_data(data)
+        else:
+            for piece in pieces:  # one frame each (module docstring, frame sizes)
+                self.core.send_data(bytes(piece))
         self._flush()
 
     def recv(self, size: int) -> bytes:

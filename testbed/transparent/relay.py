@@ -28,17 +28,11 @@ that has not been read for ``SWEEP`` seconds drops back to 1 byte at once (the k
 reports what is queued), so the tail of a burst waits at most ``SWEEP``, and traffic below
 the rate never waits.
 
-Frame sizes (``FrameSizer``): a receiving TEP hands over a frame (a tcpcrypt frame, a TLS
-record) only once all of it has arrived and its tag is checked. A frame larger than what the
-sender's congestion window lets out in one flight (10 segments when a connection starts,
-RFC 6928, and again after an idle period, RFC 5681 §4.1) keeps every byte of it from the
-application until the next flight, one round trip later: an HTTP server's headers and a
-16 KiB body read together made one frame, and curl saw its first byte one RTT late in about
-half the fetches. So the first ``SMALL_FRAMES_FOR`` bytes of each direction, and again the
-first ones after ``IDLE_RESTART_S`` without sending, go out in frames of one segment each
-(the path MSS less ``FRAME_HEADROOM``); past that, frames grow to the TEP's largest (fewer
-tags, nonces and calls per byte). TLS stacks size records the same way (dynamic record
-sizing).
+Frame sizes: what the relay reads from the application goes to the TEP cut by the network
+side's ``FrameSizer`` (testbed/tepio.py): one-segment frames while the congestion window may
+be small, so a receiving TEP can hand over what each segment completes. Without it an HTTP
+server's headers and a 16 KiB body, read together, made one tcpcrypt frame larger than the
+initial window, and curl saw its first byte one round trip late.
 """
 
 from __future__ import annotations
@@ -54,6 +48,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from testbed.stream import Stream, reset
+from testbed.tepio import FrameSizer
 from testbed.teps.base import DataReceived, EndOfStream, TepCore, TepError, TruncationError
 
 logger = logging.getLogger("tcpinc.transparent")
@@ -64,45 +59,6 @@ BULK_RATE = 32 << 20  # bytes/s from the network past which its reads are batche
 RATE_WINDOW = 0.01  # seconds over which that rate is measured
 BATCH = 64 << 10  # SO_RCVLOWAT while batching
 SWEEP = 0.001  # a batching side unread this long goes back to SO_RCVLOWAT 1
-SMALL_FRAMES_FOR = 256 << 10  # bytes sent in one-segment frames after a start or an idle time
-# Linux restarts slow start after an RTO of idleness (tcp_slow_start_after_idle), and its RTO
-# is at least 200 ms (TCP_RTO_MIN): idle this long and the window may be the initial one again.
-IDLE_RESTART_S = 0.2
-FRAME_HEADROOM = 64  # bytes of a segment left for a frame's own header and tag (both TEPs' fit)
-MIN_SMALL_FRAME = 512
-
-
-@dataclass
-class FrameSizer:
-    """How the application's bytes are cut into TEP frames (module docstring, frame sizes).
-
-    ``small``: the payload of a one-segment frame; ``left``: bytes still to send in such
-    frames; ``last``: when the last bytes were handed to the TEP (time.monotonic())."""
-
-    small: int
-    left: int = SMALL_FRAMES_FOR
-    last: float = float("-inf")
-
-    @classmethod
-    def for_socket(cls, sock: socket.socket) -> FrameSizer:
-        """One-segment frames for the path MSS of ``sock`` (TCP_MAXSEG, tcp(7))."""
-        mss = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG)
-        return cls(small=max(mss - FRAME_HEADROOM, MIN_SMALL_FRAME))
-
-    def chunks(self, data: memoryview, now: float) -> list[memoryview]:
-        """``data`` cut into what each frame carries: one-segment pieces while small frames
-        are due, the rest whole (the TEP cuts it at its own largest frame)."""
-        if now - self.last > IDLE_RESTART_S:
-            self.left = SMALL_FRAMES_FOR
-        self.last = now
-        if self.left <= 0:
-            return [data]
-        head = min(len(data), self.left)
-        self.left -= head
-        out = [data[i:min(i + self.small, head)] for i in range(0, head, self.small)]
-        if head < len(data):
-            out.append(data[head:])
-        return out
 
 
 class PairClosed(Exception):

@@ -12,7 +12,7 @@ import pytest
 from testbed.cli import main
 from testbed.errors import ConfigError
 from testbed.stream import Stream, StreamInfo
-from testbed.teps.base import DataReceived, TepCore
+from testbed.teps.base import TepCore
 from testbed.teps.tcpcrypt import loopback as tcpcrypt_loopback
 from testbed.teps.tcpcrypt.constants import TepId
 from testbed.teps.tcpcrypt.options import MAX_CHUNK
@@ -20,15 +20,7 @@ from testbed.teps.tls.pair import tls_pair
 from testbed.transparent import control, rules
 from testbed.transparent import relay as relay_module
 from testbed.transparent.host import ProxySpec
-from testbed.transparent.relay import (
-    BATCH,
-    IDLE_RESTART_S,
-    SMALL_FRAMES_FOR,
-    FrameSizer,
-    Pair,
-    Relay,
-    Side,
-)
+from testbed.transparent.relay import BATCH, Pair, Relay, Side
 
 DIV = rules.Diversion(gid=7690, redirect_port=7690, tproxy_port=7691, listen_ports=(80, 443))
 
@@ -256,50 +248,6 @@ def tep_relays(core_a: TepCore, core_b: TepCore
         stream = Stream(net, StreamInfo(policy="opportunistic"))
         relay.add(Pair(Side("app", app), Side("net", net), stream, core, {}))
     return sender, receiver, relay, ended
-
-
-def test_frame_sizer_cuts_one_segment_frames_after_a_start_and_an_idle_time() -> None:
-    sizer = FrameSizer(small=1000)
-    data = memoryview(bytes(range(256)) * 10)  # 2560 bytes
-    assert [len(c) for c in sizer.chunks(data, now=5.0)] == [1000, 1000, 560]
-    assert sizer.left == SMALL_FRAMES_FOR - 2560
-    # The small-frame budget runs out inside a read: the rest goes whole.
-    sizer.left = 1500
-    assert [len(c) for c in sizer.chunks(data, now=5.1)] == [1000, 500, 1060]
-    assert sizer.left == 0
-    assert [len(c) for c in sizer.chunks(data, now=5.1 + IDLE_RESTART_S / 2)] == [2560]
-    # Idle for longer than an RTO: the congestion window may be the initial one again.
-    assert [len(c) for c in sizer.chunks(data, now=5.2 + 2 * IDLE_RESTART_S)] == [
-        1000, 1000, 560]
-    assert b"".join(sizer.chunks(data, now=9.0)) == bytes(data)
-
-
-def _delivered_from(core: TepCore, wire: bytes, limit: int) -> bytes:
-    """What ``core`` hands over from the first ``limit`` bytes of ``wire``, fed a segment's
-    worth at a time."""
-    got = bytearray()
-    for start in range(0, min(limit, len(wire)), 1448):
-        events = core.receive_data(wire[start:min(start + 1448, limit)], 0.0)
-        got += b"".join(e.data for e in events if isinstance(e, DataReceived))
-    return bytes(got)
-
-
-@pytest.mark.parametrize("tep", ["tcpcrypt", "tls"])
-def test_first_frames_fit_the_initial_window(tep: str) -> None:
-    """A response read in one piece (headers and a 16 KiB body): cut by the frame sizer, the
-    peer delivers its first bytes from the first segment; sealed whole, nothing of it
-    arrives within the initial window of 10 segments (RFC 6928) and the application waits
-    for the next flight."""
-    response = b"HTTP/1.1 200 OK\r\nContent-Length: 16384\r\n\r\n" + bytes(16384)
-    window = 10 * 1448
-    a, b = tep_cores(tep)
-    for piece in FrameSizer(small=1448 - 64).chunks(memoryview(response), now=0.0):
-        a.send_data(piece)  # type: ignore[arg-type]  # the cores take buffers
-    first = _delivered_from(b, a.data_to_send(), 1448)
-    assert first and response.startswith(first)
-    a, b = tep_cores(tep)
-    a.send_data(response)
-    assert _delivered_from(b, a.data_to_send(), window) == b""
 
 
 @pytest.mark.parametrize("tep", ["tcpcrypt", "tls"])
