@@ -2,7 +2,9 @@
 
 Points: the in-memory handshake benchmark for every TEP variant (handshakes/s on
 one core, client and server CPU per handshake; for the variants the latency arms run, also
-cold: each flight after 10 ms of idleness, ``*_cpu_cold_ms``), the loopback bulk transfer
+cold: each flight after 10 ms of idleness, ``*_cpu_cold_ms``), the same latency arms' TEP
+CPU on the critical chain after 10 and after 200 ms of idleness (``floor_cpu.csv``, the
+latency report's floor under the host time, testbed/bench_endpoints.py), the loopback bulk transfer
 for every transport (MB/s, CPU per side, bytes on the wire per application
 byte), and the wake-up cost of an endpoint that sat idle (loopback ping-pong
 after 0-200 ms of idleness, testbed/bench_wakeup.py; the latency report uses it
@@ -31,9 +33,14 @@ from testbed import bench_teps, bench_wakeup  # noqa: E402
 
 NAME = "cost"
 PROFILES = {"quick": {"handshakes": 100, "cold_handshakes": 10, "mbytes": 32,
-                      "wakeup_rounds": 20, "eno_rounds": 100},
+                      "wakeup_rounds": 20, "eno_rounds": 100, "floor_handshakes": 4},
             "full": {"handshakes": 1000, "cold_handshakes": 50, "mbytes": 256,
-                     "wakeup_rounds": 100, "eno_rounds": 500}}
+                     "wakeup_rounds": 100, "eno_rounds": 500, "floor_handshakes": 10}}
+# The latency arms whose TEP the floor measures, after the idle times that bound the latency
+# RTTs from below (cold CPU grows with idleness: 10 ms stands for 10-199 ms RTT). A TLS
+# handshake sleeps 5 times: 1 s per handshake at 200 ms, about 9 s for the quick profile.
+FLOOR_ARMS = ("tls", "tls-noeno", "tcpcrypt", "tcpcrypt-resume")
+FLOOR_IDLE_MS = (10.0, 200.0)
 # What the datapath table keeps of each side of `tcpinc bench eno-hook` (added = paired
 # median over plain TCP in the same round of the interleaving).
 ENO_PHASES = ("eno_tcp_connect", "eno_setup_until_result", "eno_until_tep_handshake_done")
@@ -42,7 +49,7 @@ ENO_PHASES = ("eno_tcp_connect", "eno_setup_until_result", "eno_until_tep_handsh
 def points(profile: str) -> list[dict[str, Any]]:
     return ([{"bench": "handshake"}]
             + [{"bench": "throughput", "kind": kind} for kind in bench_teps.THROUGHPUT_KINDS]
-            + [{"bench": "wakeup"}, {"bench": "eno-datapath"}])
+            + [{"bench": "wakeup"}, {"bench": "floor"}, {"bench": "eno-datapath"}])
 
 
 def run_point(point: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
@@ -52,6 +59,11 @@ def run_point(point: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
                                          cold_count=grid["cold_handshakes"])
     if point["bench"] == "eno-datapath":
         return eno_datapath_rows(grid["eno_rounds"])
+    if point["bench"] == "floor":
+        from testbed import bench_endpoints
+
+        return [{"bench": "floor", **row} for row in bench_endpoints.chain_cold_rows(
+            FLOOR_ARMS, FLOOR_IDLE_MS, grid["floor_handshakes"])]
     if point["bench"] == "wakeup":
         result = bench_wakeup.measure(rounds=grid["wakeup_rounds"], seed=ctx.seed)
         return [{"bench": "wakeup", **row} for row in result["rows"]]
@@ -73,11 +85,16 @@ def analyse(run_dir: Path) -> dict[str, Any]:
     wakeup = pd.DataFrame([r for r in records if r["bench"] == "wakeup"])
     if not wakeup.empty:  # runs made before the wake-up point existed have none
         wakeup.drop(columns=["bench"]).to_csv(run_dir / "wakeup.csv", index=False)
+    floor = pd.DataFrame([r for r in records if r["bench"] == "floor"])
+    if not floor.empty:  # nor those made before the floor point
+        floor[["arm", "idle_ms", "client_chain_cold_ms", "server_chain_cold_ms"]].to_csv(
+            run_dir / "floor_cpu.csv", index=False, float_format="%.4f")
     tls_full = hs[(hs["tep"].str.startswith("tls")) & (hs["variant"] == "full")]
     x25519 = hs[(hs["tep"] == "tcpcrypt-x25519") & (hs["variant"] == "fresh")]
     ratio = (float(tls_full["server_cpu_ms"].iloc[0]) / float(x25519["server_cpu_ms"].iloc[0])
              if len(tls_full) and len(x25519) else None)
     return {"handshake_rows": len(hs), "throughput_rows": len(tp), "wakeup_rows": len(wakeup),
+            "floor_rows": len(floor),
             "tls_over_tcpcrypt_x25519_server_cpu": ratio,
             "eno_datapath_rows": analyse_eno_datapath(records, run_dir)}
 

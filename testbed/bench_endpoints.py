@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,27 @@ def cpu_ms(arm: str, count: int, idle_s: float = 0.0) -> tuple[float | None, flo
 
         r = tcpcrypt_bench.bench_handshakes(count=count, resumed=resumed, idle_s=idle_s)
     return on_chain_ms(r["client_cpu_s_per_flight"], r["server_cpu_s_per_flight"])
+
+
+def chain_cold_rows(arms: Iterable[str], idles_ms: Iterable[float], count: int
+                    ) -> list[dict[str, Any]]:
+    """Per arm with a TEP and per idle time: the TEP's CPU on the critical chain (``cpu_ms``)
+    with that much sleep before each flight, from ``count`` handshakes. Arms that run the
+    same TEP variant (tls and tls-noeno) share one measurement."""
+    done: dict[tuple[tuple[str, bool], float], tuple[float | None, float | None]] = {}
+    rows = []
+    arms = tuple(arms)
+    for idle in idles_ms:
+        for arm in arms:
+            variant = CPU_VARIANT.get(arm)
+            if variant is None:
+                continue
+            if (variant, idle) not in done:
+                done[(variant, idle)] = cpu_ms(arm, count, idle / 1e3)
+            client, server = done[(variant, idle)]
+            rows.append({"arm": arm, "idle_ms": idle, "client_chain_cold_ms": client,
+                         "server_chain_cold_ms": server})
+    return rows
 
 
 def on_chain_ms(client: list[float], server: list[float]) -> tuple[float, float]:

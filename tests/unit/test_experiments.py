@@ -216,6 +216,32 @@ def test_cost_grid_includes_the_wakeup_benchmark():
     assert cost.PROFILES["quick"]["wakeup_rounds"] < cost.PROFILES["full"]["wakeup_rounds"]
 
 
+def test_cost_floor_point_measures_each_tep_variant_once_per_idle_time(monkeypatch, tmp_path):
+    from experiments import cost
+    from experiments.runner import RunContext
+    from testbed import bench_endpoints
+
+    calls = []
+
+    def fake_cpu(arm, count, idle_s=0.0):
+        calls.append((bench_endpoints.CPU_VARIANT[arm], count, idle_s))
+        return 0.1 + idle_s, 0.2 + idle_s
+
+    monkeypatch.setattr(bench_endpoints, "cpu_ms", fake_cpu)
+    assert {"bench": "floor"} in cost.points("quick")
+    rows = cost.run_point({"bench": "floor"}, RunContext(tmp_path, "quick", None, 1, "auto"))
+    # tls and tls-noeno run the same TEP variant: measured once per idle time.
+    assert sorted(calls) == sorted([(v, 4, idle) for v in
+                                    (("tls", False), ("tcpcrypt", False), ("tcpcrypt", True))
+                                    for idle in (0.01, 0.2)])
+    assert [(r["arm"], r["idle_ms"]) for r in rows] == [
+        (arm, idle) for idle in cost.FLOOR_IDLE_MS for arm in cost.FLOOR_ARMS]
+    tls_noeno = next(r for r in rows if r["arm"] == "tls-noeno" and r["idle_ms"] == 200.0)
+    assert tls_noeno == {"bench": "floor", "arm": "tls-noeno", "idle_ms": 200.0,
+                         "client_chain_cold_ms": pytest.approx(0.3),
+                         "server_chain_cold_ms": pytest.approx(0.4)}
+
+
 def test_loss_counts_downgrades_of_encrypting_arms(tmp_path):
     import json
 
