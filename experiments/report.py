@@ -262,7 +262,7 @@ def _floor_text(run: Path, root: Path, cost_run: Path | None) -> list[str]:
     above = table[table["floor_ms"] > HOST_TARGET_MS]
     same = "the same run" if cost_run.name == run.name else f"run `{cost_run.name}`"
     verdict = ("Above the target: " + ", ".join(
-        f"{r.proto} at {r.rtt_ms:g} ms (floor {r.floor_ms:.2f} ms)" for r in above.itertuples())
+        f"{r.proto} at {r.rtt_ms:g} ms (floor {r.floor_ms:.3f} ms)" for r in above.itertuples())
         + ". At those points no change to the harness meets the target on this machine; "
         "elsewhere the floor leaves the rest of the host time to the harness."
         if not above.empty else

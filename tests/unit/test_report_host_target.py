@@ -102,6 +102,6 @@ def test_text_gives_the_floor_and_where_it_is_above_the_target(tmp_path) -> None
     text = "\n".join(_host_target_text(latency, tmp_path, cost))
     assert "**The floor under it on this machine** (cost experiment, the same run" in text
     assert "`cost/R/floor_cpu.csv`, `cost/R/wakeup.csv`" in text
-    assert "Above the target: tls at 200 ms (floor 2.22 ms)." in text
+    assert "Above the target: tls at 200 ms (floor 2.220 ms)." in text
     # Without a cost run the target's text stands alone.
     assert "The floor under it" not in "\n".join(_host_target_text(latency, tmp_path))
