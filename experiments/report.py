@@ -19,6 +19,7 @@ from experiments.ladders import section_ladders
 from experiments.runner import ALL
 from experiments.theory import THEORY_RTTS
 from experiments.timing import verdict_line
+from testbed.bench_endpoints import HOST_TARGET_MS
 
 BEYOND = "beyond the drafts"
 
@@ -193,7 +194,6 @@ def _excess_text(run: Path, root: Path, cost_run: Path | None) -> list[str]:
             f"({last['ratio_to_smallest_gap']:.1f}x).", ""]
 
 
-HOST_TARGET_MS = 1.5  # issue 13: an encrypted arm's TTFB excess at most this above plain's
 UNENCRYPTED_ARMS = ("plain", "plain-tfo")
 
 
