@@ -29,7 +29,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from experiments.runner import RunContext  # noqa: E402
-from testbed import bench_teps, bench_wakeup  # noqa: E402
+from testbed import bench_endpoints, bench_teps, bench_wakeup  # noqa: E402
 
 NAME = "cost"
 PROFILES = {"quick": {"handshakes": 100, "cold_handshakes": 10, "mbytes": 32,
@@ -60,8 +60,6 @@ def run_point(point: dict[str, Any], ctx: RunContext) -> list[dict[str, Any]]:
     if point["bench"] == "eno-datapath":
         return eno_datapath_rows(grid["eno_rounds"])
     if point["bench"] == "floor":
-        from testbed import bench_endpoints
-
         return [{"bench": "floor", **row} for row in bench_endpoints.chain_cold_rows(
             FLOOR_ARMS, FLOOR_IDLE_MS, grid["floor_handshakes"])]
     if point["bench"] == "wakeup":

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -89,14 +89,13 @@ def cpu_ms(arm: str, count: int, idle_s: float = 0.0) -> tuple[float | None, flo
     return on_chain_ms(r["client_cpu_s_per_flight"], r["server_cpu_s_per_flight"])
 
 
-def chain_cold_rows(arms: Iterable[str], idles_ms: Iterable[float], count: int
+def chain_cold_rows(arms: Sequence[str], idles_ms: Iterable[float], count: int
                     ) -> list[dict[str, Any]]:
     """Per arm with a TEP and per idle time: the TEP's CPU on the critical chain (``cpu_ms``)
     with that much sleep before each flight, from ``count`` handshakes. Arms that run the
     same TEP variant (tls and tls-noeno) share one measurement."""
     done: dict[tuple[tuple[str, bool], float], tuple[float | None, float | None]] = {}
     rows = []
-    arms = tuple(arms)
     for idle in idles_ms:
         for arm in arms:
             variant = CPU_VARIANT.get(arm)
