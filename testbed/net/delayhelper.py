@@ -14,6 +14,7 @@ exists, with one line naming the limit.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,6 +99,24 @@ def shape_arg(shape: LinkShape) -> str:
             f"queue_packets={shape.queue_packets or 0},queue_bytes=0")
 
 
+def threads(lines: int) -> int:
+    """Worker threads of each compiled line in a network of ``lines``: one per direction in a
+    small network, one for both in a large one."""
+    return 2 if lines <= RX_RING_MAX_LINES else 1
+
+
+def line_cpus(index: int, lines: int, allowed: Sequence[int]) -> list[int]:
+    """The CPUs the workers of the ``index``-th of ``lines`` compiled lines run on (its
+    ``--cpus``): every line's workers take the next CPUs of ``allowed`` in turn, so a worker
+    stays on one CPU and the workers spread over all. A worker that moved between CPUs could
+    deliver frames out of the order it sent them (testbed/net/delayline_c/main.c, --cpus)."""
+    cpus = sorted(set(allowed))
+    if not cpus:
+        raise ConfigError("no CPU to run the delay lines on", "check the process's affinity")
+    n = threads(lines)
+    return [cpus[(index * n + i) % len(cpus)] for i in range(min(n, len(cpus)))]
+
+
 def spin_budget(lines: int) -> float:
     """Per-line busy-poll budget: all lines together stay within TOTAL_SPIN_BUDGET of a CPU."""
     return round(min(MAX_SPIN_BUDGET, TOTAL_SPIN_BUDGET / max(1, lines)), 4)
@@ -105,15 +124,17 @@ def spin_budget(lines: int) -> float:
 
 def c_argv(if_a: str, if_b: str, a2b: LinkShape, b2a: LinkShape, seed: int, stats: Path,
            lines: int, binary: Path = BINARY, parent_pid: int | None = None,
-           send_lead: str = "auto") -> list[str]:
+           send_lead: str = "auto", cpus: Sequence[int] = ()) -> list[str]:
     """The compiled helper's command line; with ``parent_pid`` it stops by itself when that
-    process (its parent) dies, so the starter needs no pre-exec hook (no fork of Python)."""
+    process (its parent) dies, so the starter needs no pre-exec hook (no fork of Python); with
+    ``cpus`` (from :func:`line_cpus`) each worker stays on its CPU."""
     return [str(binary), "--if-a", if_a, "--if-b", if_b, "--a2b", shape_arg(a2b),
             "--b2a", shape_arg(b2a), "--seed", str(seed), "--stats", str(stats),
             "--spin-budget", str(spin_budget(lines)),
             "--rx-ring", "on" if lines <= RX_RING_MAX_LINES else "off",
-            "--threads", "2" if lines <= RX_RING_MAX_LINES else "1",
+            "--threads", str(threads(lines)),
             "--send-lead", send_lead,
+            *(["--cpus", ",".join(map(str, cpus))] if cpus else []),
             *(["--parent-pid", str(parent_pid)] if parent_pid else [])]
 
 

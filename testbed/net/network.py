@@ -102,6 +102,7 @@ class Network(HostProcesses):
         self.workdir = Path(workdir) if workdir else Path(tempfile.gettempdir(), "tcpinc-net-?")
         self._made_workdir = False
         self._shaper_of: dict[str, str] = {}
+        self.line_cpus: dict[str, list[int]] = {}  # shaped link -> its line's workers' CPUs
         self._hosts: HostSet | None = None
 
     # -- lifecycle ---------------------------------------------------------
@@ -146,9 +147,11 @@ class Network(HostProcesses):
     def _build(self) -> None:
         # The whole network as data first: a topology the plan refuses costs nothing.
         self._mark = time.monotonic()
-        plan = self.plan = build_plan(self.topology, self.config, self.backend)
+        plan = self.plan = build_plan(self.topology, self.config, self.backend,
+                                      helper=self.delay_helper.name)
         self.interfaces = plan.interfaces
         self._shaper_of = dict(plan.shaper_of)
+        self.line_cpus = dict(plan.line_cpus)
         self._step("plan")
         self._hosts = spawn_hosts(list(plan.hosts))
         self.nodes = self._hosts.nodes
@@ -248,9 +251,11 @@ class Network(HostProcesses):
                 raise KernelFeatureError(f"netem not active on {intf}: {shown.strip()}")
 
     def _start_delay_line(self, link: LinkDesc) -> subprocess.Popen[str]:
+        """A shaped link's delay line, each worker on its CPU of the plan (plan.py: order)."""
         shaper = self._shaper_of[link.name]
         if_a, if_b = (i.name for i in self.interfaces[shaper])
         stats = self.workdir / f"delayline-{link.name}.json"
+        cpus = self.line_cpus[link.name]
         if self.delay_helper.name == "c":
             # The helper asks for its own parent-death signal (main thread only: the kernel
             # sends it when the creating thread exits): no pre-exec hook, so Popen need not
@@ -259,7 +264,7 @@ class Network(HostProcesses):
             argv = delayhelper.c_argv(if_a, if_b, link.spec.a2b, link.spec.b2a,
                                       self.config.seed, stats, len(self._shaper_of),
                                       parent_pid=os.getpid() if tie else None,
-                                      send_lead=self.config.send_lead)
+                                      send_lead=self.config.send_lead, cpus=cpus)
             return self.start_helper(shaper, f"delayline:{link.name}", self._pinned(argv),
                                      preexec_fn=None)
         argv = [
@@ -268,10 +273,12 @@ class Network(HostProcesses):
             "--b2a", json.dumps(link.spec.b2a.delayline_json()),
             "--seed", str(self.config.seed), "--stats", str(stats),
         ]
-        return self.start_helper(shaper, f"delayline:{link.name}", self._pinned(argv))
+        # The Python line is one thread, on its one CPU.
+        return self.start_helper(shaper, f"delayline:{link.name}",
+                                 ["taskset", "-c", str(cpus[0]), *argv])
 
     def _pinned(self, argv: list[str]) -> list[str]:
-        """A delay line's command, on the lines' CPU under receive steering (taskset execs
+        """A compiled line's command, on the lines' CPU under receive steering (taskset execs
         it with that affinity, which its threads inherit; the pid stays the helper's)."""
         steering = self._steering
         if steering is None:
@@ -406,6 +413,7 @@ class Network(HostProcesses):
             "rx_steering": self._steering.record() if self._steering else {"mode": "off"},
             "send_lead": delayhelper.effective_send_lead(self.config.send_lead,
                                                          self.delay_helper.name),
+            "line_cpus": self.line_cpus,
             "config": dataclasses.asdict(self.config),
             "interfaces": {
                 n: [dataclasses.asdict(i) for i in intfs] for n, intfs in self.interfaces.items()

@@ -4,7 +4,9 @@
 every host (topology nodes, plus one transparent shaper per shaped link under the userspace
 backend), every veth pair with its names and MAC addresses, and per host the commands that
 configure it: sysctls to write and read back, the ``ip -batch`` lines (links up, addresses,
-permanent neighbours, routes) and the interfaces whose offloads go off. Nothing here touches the
+permanent neighbours, routes), the interfaces whose offloads go off and, under
+``rx_steering="rps"``, the interfaces' receive steering; and the CPUs of each delay line's
+workers. Nothing here touches the
 machine, so addressing and routing are unit-tested without root for every topology;
 testbed/net/network.py runs a plan (one ``ip -batch`` in the root namespace creates every veth
 directly inside its hosts' namespaces, then one shell chain per host, the hosts in parallel).
@@ -14,6 +16,17 @@ second .2. Endpoints get a default route through their neighbour when it forward
 nodes get one static route per remote subnet (topologies are trees). MAC addresses are fixed by
 the plan (locally administered, 02:00:00:..), so each end's permanent neighbour entry for its
 peer is known before anything exists: no ARP exchange delays a measured SYN.
+
+Delay lines and order: a frame sent into a veth waits on the sending CPU's input backlog until
+that CPU's softirq (or, on a busy machine, its ksoftirqd) delivers it, so two frames sent in
+order from two CPUs can reach the other end in the other order. Each line's worker keeps to one
+CPU (``line_cpus``), so the line delivers a direction's frames in the order it sends them. A
+host's own sends still come from several CPUs (the application's on one, those its incoming
+ACKs clock out on another), so under load a host can reorder its frames before the line sees
+them, as two CPUs feeding one NIC queue would not. Steering each shaper port's input to one CPU
+(Receive Packet Steering) orders them, but a TCP frame's arrival stamp is then taken after the
+hop between CPUs and the hop lands in its delay: +30..+50 us of TCP connect() RTT error on the
+kernel's clock, ICMP unchanged (2-vCPU VM, 2026-12-03), so the ports are not steered.
 """
 
 from __future__ import annotations
@@ -27,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from testbed.errors import ConfigError, present
+from testbed.net import delayhelper
 from topologies.base import LinkDesc, Topology
 
 # Read back into the metadata beside the ones the network sets. SYN retransmission timing
@@ -194,6 +208,8 @@ class NetworkPlan:
     veths: list[tuple[Interface, Interface]]
     shaper_of: dict[str, str]  # shaped link -> its shaper host (userspace backend)
     steering: Steering | None = None  # rx_steering="rps": lines' CPU and the input mask
+    # shaped link -> the CPUs of its line's workers (the a2b worker's first; userspace backend)
+    line_cpus: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def interfaces(self) -> dict[str, list[Interface]]:
@@ -239,6 +255,7 @@ class _Builder:
         self.veths: list[tuple[Interface, Interface]] = []
         self.shaper_of: dict[str, str] = {}
         self.steering: Steering | None = None
+        self.line_cpus: dict[str, list[int]] = {}
 
     def veth(self, a: str, b: str, link: str) -> tuple[Interface, Interface]:
         ends: list[Interface] = []
@@ -268,6 +285,16 @@ class _Builder:
 
     def end(self, node: str, link: str) -> Interface:
         return next(i for i in self.hosts[node].interfaces if i.link == link)
+
+    def place_lines(self, helper: str, cpus: Sequence[int]) -> None:
+        """Each line's workers on CPUs of their own in turn (one worker for the Python line),
+        all on the lines' CPU under receive steering (module docstring: order)."""
+        for index, link in enumerate(self.shaper_of):
+            if self.steering is not None:
+                placed = [self.steering.line_cpu]
+            else:
+                placed = delayhelper.line_cpus(index, len(self.shaper_of), cpus)
+            self.line_cpus[link] = placed if helper == "c" else placed[:1]
 
     def configure_host(self, host: HostPlan) -> None:
         if host.role == SHAPER_ROLE:
@@ -321,10 +348,11 @@ class _Builder:
 
 
 def build_plan(topology: Topology, config: NetConfig, backend: str,
-               cpus: Sequence[int] | None = None) -> NetworkPlan:
+               cpus: Sequence[int] | None = None, helper: str = "c") -> NetworkPlan:
     """The whole network as data (see the module docstring); raises nothing but ConfigError
-    (and InvariantError on a bug). ``cpus``: the CPUs receive steering may use (default: this
-    process's affinity)."""
+    (and InvariantError on a bug). ``cpus``: the CPUs the delay lines and receive steering may
+    use (default: this process's affinity); ``helper``: the delay line that runs the shaped
+    links ("c": a worker per direction in a small network; "python": one)."""
     if len(topology.links) > 254:
         raise ConfigError(f"topology {topology.name} has {len(topology.links)} links",
                           "the addressing plan (10.0.<link>.0/24) allows at most 254")
@@ -333,10 +361,12 @@ def build_plan(topology: Topology, config: NetConfig, backend: str,
         builder.steering = steering(cpus)
     for index, link in enumerate(topology.links):
         builder.add_link(index, link)
+    builder.place_lines(helper, sorted(os.sched_getaffinity(0) if cpus is None else cpus))
     for host in builder.hosts.values():
         builder.configure_host(host)
     for link in topology.links:
         builder.neighbours(link)
     for name in topology.nodes:
         builder.routes(name)
-    return NetworkPlan(builder.hosts, builder.veths, builder.shaper_of, builder.steering)
+    return NetworkPlan(builder.hosts, builder.veths, builder.shaper_of, builder.steering,
+                       builder.line_cpus)

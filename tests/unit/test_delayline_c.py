@@ -192,6 +192,11 @@ def test_fuzzed_frames_are_never_reordered_duplicated_or_changed(binary: Path) -
     (["--a2b", "", "--b2a", "", "--rx-ring", "auto"], "--rx-ring must be on or off"),
     (["--a2b", "", "--b2a", "", "--threads", "3"], "--threads 1 or 2"),
     (["--a2b", "", "--b2a", "", "--send-lead", "on"], "--send-lead must be auto or off"),
+    (["--a2b", "", "--b2a", "", "--cpus", "x"], "--cpus must be one or two CPU numbers"),
+    (["--a2b", "", "--b2a", "", "--cpus", "0,"], "--cpus must be one or two CPU numbers"),
+    (["--a2b", "", "--b2a", "", "--cpus", "0,1,0"], "--cpus must be one or two CPU numbers"),
+    (["--a2b", "", "--b2a", "", "--cpus", "-1"], "--cpus must be one or two CPU numbers"),
+    (["--a2b", "", "--b2a", "", "--cpus", "1023"], "--cpus: CPU 1023 is not one this process"),
 ])
 def test_bad_arguments_are_one_line_exit_2(binary: Path, args: list[str], message: str) -> None:
     proc = subprocess.run([str(binary), *args], capture_output=True, text=True, timeout=10)
@@ -282,6 +287,25 @@ def test_send_lead_reaches_the_helper_and_is_checked_before_a_network(tmp_path: 
     assert delayhelper.effective_send_lead("auto", "python") == "off"
     with pytest.raises(ConfigError, match="unknown send lead"):
         NetConfig(send_lead="on")
+
+
+def test_each_line_keeps_its_workers_on_cpus_of_their_own_in_turn(tmp_path: Path) -> None:
+    few = delayhelper.RX_RING_MAX_LINES
+    # Two workers per line in a small network: one CPU each, the lines' workers in turn.
+    assert delayhelper.line_cpus(0, 1, [0, 1]) == [0, 1]
+    assert [delayhelper.line_cpus(i, 2, [1, 0]) for i in (0, 1)] == [[0, 1], [0, 1]]
+    assert [delayhelper.line_cpus(i, 3, [2, 5, 7]) for i in (0, 1, 2)] == [[2, 5], [7, 2],
+                                                                           [5, 7]]
+    # One worker per line in a large one; one CPU: every worker on it.
+    assert [delayhelper.line_cpus(i, few + 1, [0, 1]) for i in range(3)] == [[0], [1], [0]]
+    assert delayhelper.line_cpus(3, 1, [4]) == [4]
+    with pytest.raises(ConfigError, match="no CPU"):
+        delayhelper.line_cpus(0, 1, [])
+    argv = delayhelper.c_argv("a", "b", LinkShape(), LinkShape(), 1, tmp_path / "s.json", 1,
+                              cpus=[1, 0])
+    assert argv[argv.index("--cpus") + 1] == "1,0"
+    assert "--cpus" not in delayhelper.c_argv("a", "b", LinkShape(), LinkShape(), 1,
+                                              tmp_path / "s.json", 1)
 
 
 # --- selection and limits on the Python side ----------------------------------------------

@@ -9,6 +9,7 @@ import pytest
 
 import topologies
 from testbed.errors import ConfigError
+from testbed.net import delayhelper
 from testbed.net.plan import (
     RECORDED_SYSCTLS,
     SHAPER_ROLE,
@@ -165,9 +166,25 @@ def test_rx_steering_writes_every_host_interfaces_rps_mask(spec: str) -> None:
         assert host.rps_cpus == {i.name: "a" for i in host.interfaces}
         intf = host.interfaces[0].name
         assert f"printf %s a > /sys/class/net/{intf}/queues/rx-0/rps_cpus" in host.script()
+    assert plan.line_cpus and all(cpus == [0] for cpus in plan.line_cpus.values())
     off = build_plan(topo, NetConfig(), "userspace", cpus=[0, 1])
     assert off.steering is None
     assert all(not h.rps_cpus and "rps_cpus" not in h.script() for h in off.hosts.values())
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_every_line_worker_has_a_cpu_of_its_own_in_turn(spec: str) -> None:
+    """Order on the path (plan.py docstring): the lines' workers take the CPUs in turn (the
+    a2b worker's first), one CPU for the Python line; no line under netem."""
+    topo = topologies.create(spec, path=PathShape(rtt_ms=20.0))
+    plan = build_plan(topo, NetConfig(), "userspace", cpus=[3, 1])
+    shaped = [link.name for link in topo.links if not link.spec.is_identity]
+    assert list(plan.line_cpus) == shaped
+    for index, link in enumerate(shaped):
+        assert plan.line_cpus[link] == delayhelper.line_cpus(index, len(shaped), [1, 3])
+    python = build_plan(topo, NetConfig(), "userspace", cpus=[3, 1], helper="python")
+    assert python.line_cpus == {link: cpus[:1] for link, cpus in plan.line_cpus.items()}
+    assert build_plan(topo, NetConfig(), "netem", cpus=[3, 1]).line_cpus == {}
 
 
 @pytest.mark.parametrize(("cpus", "mask"), [

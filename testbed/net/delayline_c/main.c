@@ -2,7 +2,7 @@
  *
  *   tcpinc-delayline --if-a IF0 --if-b IF1 --a2b SHAPE --b2a SHAPE [--seed N] [--stats PATH]
  *       [--spin-budget F] [--lead-us N] [--batch N] [--rt-priority N] [--parent-pid N]
- *       [--rx-ring on|off] [--threads 1|2] [--send-lead auto|off]
+ *       [--rx-ring on|off] [--threads 1|2] [--send-lead auto|off] [--cpus N[,M]]
  *   tcpinc-delayline --trace --a2b SHAPE --b2a SHAPE [--seed N] < events   (see trace.c)
  *   tcpinc-delayline --lead-trace < sends   (the send lead's bookkeeping: see txstamp.c)
  *   tcpinc-delayline --limits
@@ -30,6 +30,18 @@
  * was measured to take to the device after such idleness, so the frame reaches the device at
  * its due time (txstamp.c); off (the default): the call starts at the due time. Either way each
  * direction sends on a socket of its own and stamps such frames at the device.
+ *
+ * --cpus N[,M]: worker i runs on the i-th CPU listed only (modulo the list), from its creation;
+ * without, the scheduler moves the workers freely. A send into a veth queues the frame on the
+ * sending CPU's input backlog (net/core/dev.c, enqueue_to_backlog), which that CPU drains in its
+ * own softirq, or later in its ksoftirqd when a busy machine deferred it. A worker that moved to
+ * another CPU meanwhile delivers its next frames first, so the receiving host sees segments out
+ * of order that the line sent in order. Measured with two busy loops beside 40 runs of three
+ * 8 MB transfers (tests/emulation/test_delay_helper.py, test_rx_ring_forwards_every_frame_intact,
+ * the client's sends all from one CPU): the server counted segments out of order in 2 runs with
+ * the workers free, in none with each on its CPU. One CPU per worker is what a NIC receive queue
+ * with its interrupt bound to a CPU does. The network builder assigns the CPUs
+ * (testbed/net/delayhelper.py, line_cpus); a CPU this process may not use is bad input.
  *
  * --parent-pid N: SIGTERM when process N (the network that started it, whose child it must be)
  * dies, even by SIGKILL (prctl PR_SET_PDEATHSIG); already gone: exit 1 at once. The starter then
@@ -81,6 +93,39 @@ static void limits(void)
 	       (unsigned long long)DL_MAX_HELD_BYTES);
 }
 
+/* --cpus: one or two CPU numbers, comma-separated, each one this process may run on. */
+static int parse_cpus(const char *v, struct dl_config *c, char *err, size_t errlen)
+{
+	cpu_set_t allowed;
+	CPU_ZERO(&allowed);
+	if (sched_getaffinity(0, sizeof(allowed), &allowed) != 0) {
+		snprintf(err, errlen, "--cpus: sched_getaffinity: %s", strerror(errno));
+		return -1;
+	}
+	c->ncpus = 0;
+	const char *p = v;
+	for (;;) {
+		char *end = NULL;
+		errno = 0;
+		long cpu = strtol(p, &end, 10);
+		if (end == p || errno || cpu < 0 || cpu >= CPU_SETSIZE || (*end && *end != ',')
+		    || c->ncpus == 2) {
+			snprintf(err, errlen, "--cpus must be one or two CPU numbers (N or N,M), "
+				 "got '%s'", v);
+			return -1;
+		}
+		if (!CPU_ISSET((int)cpu, &allowed)) {
+			snprintf(err, errlen, "--cpus: CPU %ld is not one this process may run on "
+				 "(%d allowed)", cpu, CPU_COUNT(&allowed));
+			return -1;
+		}
+		c->cpus[c->ncpus++] = (int)cpu;
+		if (!*end)
+			return 0;
+		p = end + 1;
+	}
+}
+
 static int parse_args(int argc, char **argv, struct dl_config *c, int *trace, char *err,
 		      size_t errlen)
 {
@@ -109,6 +154,10 @@ static int parse_args(int argc, char **argv, struct dl_config *c, int *trace, ch
 		else if (!strcmp(k, "--rt-priority")) c->rt_priority = (int)strtol(v, &end, 10);
 		else if (!strcmp(k, "--parent-pid")) parent_pid = strtol(v, &end, 10);
 		else if (!strcmp(k, "--threads")) c->threads = (unsigned)strtoul(v, &end, 10);
+		else if (!strcmp(k, "--cpus")) {
+			if (parse_cpus(v, c, err, errlen))
+				return -1;
+		}
 		else if (!strcmp(k, "--send-lead")) {
 			c->send_lead = !strcmp(v, "auto") ? 1 : !strcmp(v, "off") ? 0 : -1;
 			if (c->send_lead < 0) {
@@ -163,6 +212,30 @@ static void wake(struct dl_worker *w, unsigned n)
 			perror("delayline: eventfd");  /* cannot happen: 1 on a fresh counter */
 }
 
+/* Worker i's thread, on its --cpus CPU from the start (no frame is sent anywhere else); 0 or
+ * an errno value. */
+static int create_worker(struct dl_line *l, unsigned i, struct dl_worker *w)
+{
+	pthread_attr_t attr;
+	int e = pthread_attr_init(&attr);
+	if (e)
+		return e;
+	if (l->cfg.ncpus) {
+		cpu_set_t one;
+		CPU_ZERO(&one);
+		CPU_SET(l->cfg.cpus[i % l->cfg.ncpus], &one);
+		e = pthread_attr_setaffinity_np(&attr, sizeof(one), &one);
+	}
+	if (!e)
+		e = pthread_create(&w->thread, &attr, dl_worker_run, w);
+	pthread_attr_destroy(&attr);
+	/* named for its directions before "ready", so /proc/PID/task shows which worker runs where */
+	if (!e)
+		pthread_setname_np(w->thread, w->ndirs == 2 ? "dl-both" : w->dirs[0] ? "dl-b2a"
+				   : "dl-a2b");
+	return e;
+}
+
 /* The worker threads (one for both directions, or one each), started with every signal
  * blocked; 0, or -1 with the cause in err. */
 static int start_workers(struct dl_line *l, struct dl_worker *w, char *err, size_t errlen)
@@ -174,8 +247,7 @@ static int start_workers(struct dl_line *l, struct dl_worker *w, char *err, size
 					  .spin_budget = l->cfg.spin_budget / n};
 		pthread_mutex_init(&w[i].lock, NULL);
 		w[i].wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-		int e = w[i].wake_fd < 0 ? errno : pthread_create(&w[i].thread, NULL, dl_worker_run,
-								  &w[i]);
+		int e = w[i].wake_fd < 0 ? errno : create_worker(l, i, &w[i]);
 		if (!e)
 			continue;
 		snprintf(err, errlen, "thread %u: %s", i, strerror(e));

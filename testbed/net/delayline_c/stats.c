@@ -153,6 +153,15 @@ static void line_json(FILE *f, struct dl_line *l, int final, const char *error)
 		policy,
 		(double)l->lead_ns / 1e3, wake, (double)(dl_now() - l->started) / 1e9, user, sys,
 		user + sys, status_kb("VmRSS"), status_kb("VmHWM"));
+	/* --cpus as given: worker i on cpus[i % n]; null: the scheduler places the workers */
+	if (l->cfg.ncpus) {
+		fputs("\"cpus\": [", f);
+		for (unsigned i = 0; i < l->cfg.ncpus; i++)
+			fprintf(f, "%s%d", i ? ", " : "", l->cfg.cpus[i]);
+		fputs("], ", f);
+	} else {
+		fputs("\"cpus\": null, ", f);
+	}
 	if (frames) fprintf(f, "\"cpu_us_per_frame\": %.3f, ", (user + sys) * 1e6 / (double)frames);
 	else fputs("\"cpu_us_per_frame\": null, ", f);
 	fputs("\"directions\": {", f);

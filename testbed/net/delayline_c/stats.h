@@ -14,6 +14,8 @@ struct dl_config {
 	int rx_ring;  /* --rx-ring on: 1 */
 	unsigned threads;  /* --threads: 1 (both directions in one thread) or 2 (one each) */
 	int send_lead;  /* --send-lead auto: 1 */
+	int cpus[2];  /* --cpus: worker i runs on cpus[i % ncpus] only; ncpus 0: anywhere */
+	unsigned ncpus;
 };
 
 struct dl_line {
