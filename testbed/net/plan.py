@@ -24,9 +24,10 @@ CPU (``line_cpus``), so the line delivers a direction's frames in the order it s
 host's own sends still come from several CPUs (the application's on one, those its incoming
 ACKs clock out on another), so under load a host can reorder its frames before the line sees
 them, as two CPUs feeding one NIC queue would not. Steering each shaper port's input to one CPU
-(Receive Packet Steering) orders them, but a TCP frame's arrival stamp is then taken after the
-hop between CPUs and the hop lands in its delay: +30..+50 us of TCP connect() RTT error on the
-kernel's clock, ICMP unchanged (2-vCPU VM, 2026-12-03), so the ports are not steered.
+(Receive Packet Steering) orders them, but the hop between CPUs then lands in a TCP frame's
+delay: +30..+50 us of TCP connect() RTT error on the kernel's clock, ICMP unchanged (2-vCPU VM,
+2026-12-03; presumably a TCP frame's arrival stamp is taken after the hop, an ICMP one
+before), so the ports are not steered.
 """
 
 from __future__ import annotations
