@@ -223,7 +223,9 @@ class TepDriver:
         if len(pieces) == 1:
             self.core.send_data(data)
         else:
-            for piece in pieces:  # one frame each (module docstring, frame sizes)
+            # One frame each (module docstring, frame sizes), as bytes: unlike the relay's
+            # reads, a driver's send may be TLS early data, whose path takes bytes only.
+            for piece in pieces:
                 self.core.send_data(bytes(piece))
         self._flush()
 

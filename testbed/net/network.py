@@ -102,7 +102,6 @@ class Network(HostProcesses):
         self.workdir = Path(workdir) if workdir else Path(tempfile.gettempdir(), "tcpinc-net-?")
         self._made_workdir = False
         self._shaper_of: dict[str, str] = {}
-        self.line_cpus: dict[str, list[int]] = {}  # shaped link -> its line's workers' CPUs
         self._hosts: HostSet | None = None
 
     # -- lifecycle ---------------------------------------------------------
@@ -151,7 +150,6 @@ class Network(HostProcesses):
                                       helper=self.delay_helper.name)
         self.interfaces = plan.interfaces
         self._shaper_of = dict(plan.shaper_of)
-        self.line_cpus = dict(plan.line_cpus)
         self._step("plan")
         self._hosts = spawn_hosts(list(plan.hosts))
         self.nodes = self._hosts.nodes
@@ -276,6 +274,11 @@ class Network(HostProcesses):
         # The Python line is one thread, on its one CPU.
         return self.start_helper(shaper, f"delayline:{link.name}",
                                  ["taskset", "-c", str(cpus[0]), *argv])
+
+    @property
+    def line_cpus(self) -> dict[str, list[int]]:
+        """Shaped link -> the CPUs of its line's workers, as the plan placed them."""
+        return self.plan.line_cpus if self.plan is not None else {}
 
     def _pinned(self, argv: list[str]) -> list[str]:
         """A compiled line's command, on the lines' CPU under receive steering (taskset execs

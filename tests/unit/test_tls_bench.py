@@ -55,8 +55,11 @@ def test_cold_handshakes_sleep_before_each_flight_untimed(
     assert len(result["client_cpu_s_per_flight"]) == 3
     assert len(result["server_cpu_s_per_flight"]) == 3
     assert slept == [0.25] * 5 * 2 and result["idle_s"] == 0.25
-    # The 2.5 s slept are left out of the wall time: what remains is the clock's own ticks.
-    assert sum(result["client_cpu_s_per_flight"]) > 0 and 0 < result["wall_s"] < 0.25
+    # The 2.5 s slept are left out of the wall time, exactly: what remains per handshake is
+    # the window's closing reading plus, of each of the 5 sleeps' two readings, the one its
+    # measured sleep does not span: 6 ticks of 1 us.
+    assert sum(result["client_cpu_s_per_flight"]) > 0
+    assert result["wall_s"] == pytest.approx(2 * 6e-6, abs=1e-12)
     assert bench.handshakes(1)["idle_s"] == 0.0 and len(slept) == 10  # no sleep by default
     with pytest.raises(ValueError, match="idle_s"):
         bench.handshakes(1, idle_s=-1.0)
