@@ -34,6 +34,7 @@ PARAM_RANGES: dict[str, Check] = {
     "offset": (0, 2**32 - 1),  # a sequence-number offset (32-bit space)
     "rate": (0.0, 1.0),  # a probability
     "direction": ("both", "c2s", "s2c"),
+    "skip": (0, 2**31 - 1),  # leading bytes of each stream direction a model leaves alone
     "split": (0, 65535),  # 0 = no splitting, coalescing only (middleboxes/resegment.py)
     "hold_ms": (0.0, 10_000.0),
     "mtu": (68, 65535),  # RFC 791: every host handles 68-byte datagrams

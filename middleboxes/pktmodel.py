@@ -259,6 +259,12 @@ class IsnRewrite(PacketModel):
 # -- tamper -----------------------------------------------------------------------------
 
 
+@dataclass
+class _TamperFlow:
+    client: Endpoint
+    isn: dict[Endpoint, int]  # each sender's initial sequence number, once its SYN was seen
+
+
 @packet_model
 class Tamper(PacketModel):
     """Flip one random bit in a data segment's payload with probability ``rate``.
@@ -267,10 +273,18 @@ class Tamper(PacketModel):
     end-to-end integrity check (a TEP's MAC, TLS records) can notice it. ``direction``
     (both, c2s, s2c; relative to the SYN sender) and ``port`` (0 = any) narrow the
     segments at risk; draws come from a generator seeded with ``seed``.
+
+    ``skip`` spares the first ``skip`` bytes of each direction's byte stream, counted from
+    the sender's SYN: a segment that holds only spared bytes takes no draw, and a flip in a
+    segment that straddles the boundary lands past it. With ``skip`` set, only flows whose
+    opening this box saw are at risk (elsewhere a byte's stream offset is unknown). A test
+    uses it to aim the damage at what follows a handshake: a TLS ServerHello is plaintext,
+    so a flip there fails the handshake with whatever alert the changed field calls for,
+    where a flip in a protected record is always the record's bad MAC (RFC 8446 §5.2).
     """
 
     name = "tamper"
-    defaults = {"rate": 0.1, "seed": 1, "direction": "both", "port": 0}
+    defaults = {"rate": 0.1, "seed": 1, "direction": "both", "port": 0, "skip": 0}
     DIRECTIONS = ("both", "c2s", "s2c")
 
     def __init__(self, **params: Any) -> None:
@@ -279,27 +293,51 @@ class Tamper(PacketModel):
             raise ValueError(f"tamper direction must be one of {self.DIRECTIONS}")
         self.rng = random.Random(int(self.params["seed"]))
         self.rate = float(self.params["rate"])
-        self.clients: FlowTable[Endpoint] = FlowTable()
+        self.skip = int(self.params["skip"])
+        if self.skip < 0:
+            raise ValueError(f"tamper skip must be >= 0, not {self.skip}")
+        self.flows: FlowTable[_TamperFlow] = FlowTable()
 
-    def _selected(self, pkt: p.TcpPacket) -> bool:
-        port = int(self.params["port"])
-        if port and port not in (pkt.sport, pkt.dport):
-            return False
+    def _flow(self, pkt: p.TcpPacket) -> _TamperFlow | None:
+        sender = (pkt.src, pkt.sport)
         if pkt.has(p.SYN) and not pkt.has(p.ACK):
-            self.clients.put(pkt, (pkt.src, pkt.sport))
+            return self.flows.put(pkt, _TamperFlow(sender, {sender: pkt.seq}))
+        flow = self.flows.get(pkt)
+        if flow is not None and pkt.has(p.SYN):  # the SYN-ACK: the server's ISN
+            flow.isn[sender] = pkt.seq
+        return flow
+
+    def _selected(self, pkt: p.TcpPacket, flow: _TamperFlow | None) -> bool:
         direction = self.params["direction"]
         if direction == "both":
             return True
-        client = self.clients.get(pkt)  # direction is only known for flows seen opening
-        return client is not None and ((pkt.src, pkt.sport) == client) == (direction == "c2s")
+        # Direction is only known for flows seen opening.
+        return flow is not None and ((pkt.src, pkt.sport) == flow.client) == (direction == "c2s")
+
+    def _first_byte(self, pkt: p.TcpPacket, flow: _TamperFlow | None) -> int | None:
+        """Index of the payload's first byte that may be flipped; None: none may."""
+        if not self.skip:
+            return 0
+        isn = flow.isn.get((pkt.src, pkt.sport)) if flow is not None else None
+        if isn is None:
+            return None
+        # The SYN takes one sequence number: stream byte 0 has sequence number ISN + 1.
+        start = (pkt.seq + (1 if pkt.has(p.SYN) else 0) - isn - 1) % 2**32
+        first = max(0, self.skip - start)
+        return first if first < len(pkt.payload) else None
 
     def handle(self, data: bytes, now: float) -> Decision:
         pkt = p.parse(data)
-        if pkt is None or not self._selected(pkt) or not pkt.payload:
+        port = int(self.params["port"])
+        if pkt is None or (port and port not in (pkt.sport, pkt.dport)):
             return ACCEPT
-        if self.rng.random() >= self.rate:
+        flow = self._flow(pkt)
+        if not pkt.payload or not self._selected(pkt, flow):
             return ACCEPT
-        bit = self.rng.randrange(len(pkt.payload) * 8)
+        first = self._first_byte(pkt, flow)
+        if first is None or self.rng.random() >= self.rate:
+            return ACCEPT
+        bit = first * 8 + self.rng.randrange((len(pkt.payload) - first) * 8)
         body = bytearray(pkt.payload)
         body[bit // 8] ^= 1 << (bit % 8)
         return decision_for(data, pkt.with_(payload=bytes(body)))

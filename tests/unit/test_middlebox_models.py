@@ -138,6 +138,53 @@ def test_tamper_direction_follows_the_syn_sender() -> None:
         Tamper(direction="sideways")
 
 
+def flipped_bytes(before: bytes, after: bytes) -> list[int]:
+    return [i for i, (x, y) in enumerate(zip(before, after, strict=True)) if x != y]
+
+
+def test_tamper_skip_spares_each_streams_leading_bytes() -> None:
+    # Server ISN 0xFFFFFFF0: its stream offsets wrap the sequence space.
+    box = Tamper(rate=1.0, skip=10, seed=7)
+    box.process(seg("S", seq=100), 0)
+    box.process(seg("SA", seq=0xFFFFFFF0, ack=101, c2s=False), 0)
+    # Client bytes 0..9 (seq 101..110) are spared and take no draw.
+    spared = seg("PA", seq=101, ack=0xFFFFFFF1, payload=b"\x00" * 10)
+    assert box.process(spared, 0) == ACCEPT
+    # Server bytes 5..24 straddle the boundary: the flip lands in bytes 10..24.
+    for n in range(40):
+        box.rng.seed(n)
+        reply = seg("PA", seq=0xFFFFFFF6, ack=111, payload=b"\x00" * 20, c2s=False)
+        changed = bytes(valid(out(box.process(reply, 0), reply))[TCP].payload)
+        (index,) = flipped_bytes(b"\x00" * 20, changed)
+        assert index >= 5, (n, index)
+    # A client segment from byte 10 on is at risk from its first byte.
+    later = seg("PA", seq=111, ack=0xFFFFFFF1, payload=b"\x00" * 4)
+    assert box.process(later, 0).replacement is not None
+    assert box.counters.changed == 41
+
+
+def test_tamper_skip_counts_the_data_on_a_syn() -> None:
+    # A TFO SYN's payload is stream byte 0 on (the SYN's own sequence number comes first).
+    box = Tamper(rate=1.0, skip=3, seed=2)
+    syn = seg("S", seq=500, payload=b"\x00" * 4)
+    changed = bytes(valid(out(box.process(syn, 0), syn))[TCP].payload)
+    assert flipped_bytes(b"\x00" * 4, changed) == [3]
+
+
+def test_tamper_skip_spares_flows_it_did_not_see_open() -> None:
+    box = Tamper(rate=1.0, skip=1)
+    data = seg("PA", seq=5000, ack=1, payload=b"\x00" * 100)
+    assert box.process(data, 0) == ACCEPT
+    # Without skip, the same segment is at risk: stream offsets are not needed.
+    assert Tamper(rate=1.0).process(data, 0).replacement is not None
+    # The server's bytes stay spared until its SYN-ACK gives its ISN.
+    box.process(seg("S", seq=0), 0)
+    reply = seg("PA", seq=900, ack=1, payload=b"\x00" * 100, c2s=False)
+    assert box.process(reply, 0) == ACCEPT
+    with pytest.raises(ValueError, match="skip"):
+        Tamper(skip=-1)
+
+
 # -- add-option ---------------------------------------------------------------------------
 
 

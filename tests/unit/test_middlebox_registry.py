@@ -84,6 +84,7 @@ def test_every_parameter_of_every_box_has_a_range() -> None:
     ("tamper:rate=-1", "rate=-1.0 is out of range"),
     ("tamper:direction=sideways", "direction='sideways' is not one of"),
     ("tamper:port=70000", "port=70000 is out of range"),
+    ("tamper:skip=-5", "skip=-5 is out of range"),
     ("dpi-443:port=0", "port=0 is out of range"),
     ("resegment:split=-1", "split=-1 is out of range"),
     ("resegment:split=0,coalesce=no", "changes nothing"),
