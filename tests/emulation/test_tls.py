@@ -181,13 +181,14 @@ def test_flipped_payload_bits_tear_down_and_deliver_nothing_corrupted(proto: str
     # s2c only, past the server's plaintext: its first 133 bytes are the ServerHello record
     # (127) and the compatibility ChangeCipherSpec (6), where a flip fails the handshake with
     # whatever alert the changed field calls for (a CI run once met "illegal_parameter: invalid
-    # session id"). skip=1024 also spares the rest of the server's handshake flight (665
-    # bytes in all, measured on a capture of `tcpinc probe`), so every flip lands in a record protected after the handshake, whose
-    # check is always the record's MAC. Every connection must meet a flip: a 256 KiB response
-    # is about 185 data segments, which all pass the box unflipped with probability 0.95**185
-    # (1e-4). With 64 KiB (about 48 segments, 8 %) a local CI run once had a connection pass
-    # untouched: how the seeded draws fall on the connections depends on how many segments
-    # each one sent before its reset, which load changes.
+    # session id"). skip=1024 also spares the rest of the server's handshake flight (665 bytes
+    # in all, measured on a capture of `tcpinc probe`), so every flip lands in a record
+    # protected after the handshake, whose check is always the record's MAC. Every connection
+    # must meet a flip: a 256 KiB response is about 185 data segments, which all pass the box
+    # unflipped with probability 0.95**185 (1e-4). With 64 KiB (about 48 segments, 8 %) a
+    # local CI run once had a connection pass untouched: how the seeded draws fall on the
+    # connections depends on how many segments each one sent before its reset, which load
+    # changes.
     size = 262144
     records = probe("--proto", proto, "--middlebox",
                     "tamper:rate=0.05,direction=s2c,skip=1024",
