@@ -140,6 +140,15 @@ class FlowTable(Generic[T]):
             self._flows.popitem(last=False)
         return state
 
+    def pop(self, pkt: p.TcpPacket) -> T | None:
+        return self._flows.pop(self.key(pkt), None)
+
+    def drain(self) -> list[T]:
+        """Every flow's state, oldest first; the table is empty afterwards."""
+        states = list(self._flows.values())
+        self._flows.clear()
+        return states
+
     def get_or_create(self, pkt: p.TcpPacket, make: Callable[[], T]) -> T:
         state = self.get(pkt)
         return state if state is not None else self.put(pkt, make())
@@ -397,3 +406,54 @@ class AddOption(PacketModel):
         except ValueError:
             return ACCEPT  # no room: the segment goes out as the kernel made it
         return decision_for(data, pkt.with_(options=options))
+
+
+# -- cross-syns (a test and experiment tool, not a catalogue middlebox) ------------------
+
+
+@dataclass
+class _HeldSyn:
+    sender: Endpoint
+    data: bytes
+
+
+@packet_model
+class CrossSyns(PacketModel):
+    """Hold a SYN until the SYN of the other direction of the same 4-tuple comes, then
+    release both at once: a simultaneous open (RFC 9293 §3.5, Figure 8) by construction.
+
+    Two active openers' SYNs cross only when each reaches its peer while the peer's socket
+    is in SYN-SENT. Timed from the endpoints, that needs both connect() calls within one
+    one-way delay of each other, which a loaded machine does not promise (and a SYN
+    retransmission keeps the two ends' offset). On a box between them, the second SYN finds
+    the first held: both ends are in SYN-SENT by then, and each SYN arrives after its peer
+    sent its own. A repeated SYN of the held side replaces the held copy (one goes out).
+    ``port`` (0 = any) narrows the SYNs held. Run on a box's FORWARD queue; RFC 8547 §4.3
+    (Figure 12) is the ENO case this exists for.
+    """
+
+    name = "cross-syns"
+    defaults = {"port": 0}
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self.port = int(self.params["port"])
+        self.held: FlowTable[_HeldSyn] = FlowTable()
+
+    def handle(self, data: bytes, now: float) -> Decision:
+        pkt = p.parse(data)
+        if pkt is None or not pkt.has(p.SYN) or pkt.has(p.ACK):
+            return ACCEPT
+        if self.port and self.port not in (pkt.sport, pkt.dport):
+            return ACCEPT
+        sender = (pkt.src, pkt.sport)
+        held = self.held.get(pkt)
+        if held is None or held.sender == sender:
+            self.held.put(pkt, _HeldSyn(sender, data))
+            return DROP
+        self.held.pop(pkt)
+        return Decision(inject=(held.data,))
+
+    def flush(self) -> list[bytes]:
+        """A box that stops lets what it holds go (a lone SYN then opens as usual)."""
+        return [held.data for held in self.held.drain()]

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from middleboxes.helper import read_stats
 from testbed.eno.bench import hook_stats
 from testbed.eno.rules import HookSpec, start_hook, stop_hook
 from testbed.net.network import Network
@@ -41,6 +42,30 @@ def eno_hooks(net: Network, nodes: tuple[str, ...] = ("client", "server"),
     finally:
         for node, proc in started:
             stop_hook(net, node, proc)
+
+
+@contextmanager
+def cross_syns(net: Network, port: int, queue: int = 9) -> Iterator[dict[str, Any]]:
+    """The middle host holds each SYN to ``port`` until the other end's SYN comes, then lets
+    both go: a simultaneous open by construction (middleboxes/pktmodel.py, CrossSyns).
+    Yields a dict that holds the model's final stats once the block has left."""
+    path = net.workdir / "cross-syns.json"
+    proc = net.start_helper("mb", "cross-syns", [
+        sys.executable, "-m", "middleboxes.nfq", "--model", "cross-syns",
+        "--params", json.dumps({"port": port}), "--queue", str(queue), "--stats", str(path)],
+        ready="ready")
+    rule = ["FORWARD", "-p", "tcp", "--dport", str(port), "--tcp-flags", "SYN,ACK", "SYN",
+            "-j", "NFQUEUE", "--queue-num", str(queue)]
+    final: dict[str, Any] = {}
+    try:
+        net.run("mb", ["iptables", "-w", "-A", *rule])
+        try:
+            yield final
+        finally:
+            net.run("mb", ["iptables", "-w", "-D", *rule])
+    finally:
+        net.stop_helper(proc)
+        final.update(read_stats(path) or {})
 
 
 def stats(net: Network, node: str) -> dict[str, Any]:

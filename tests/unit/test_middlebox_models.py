@@ -11,7 +11,9 @@ from middleboxes import packet as p
 from middleboxes.nfq import Runner
 from middleboxes.pktmodel import (
     ACCEPT,
+    DROP,
     AddOption,
+    CrossSyns,
     Decision,
     FlowTable,
     IsnRewrite,
@@ -204,6 +206,34 @@ def test_add_option_passes_segments_without_room() -> None:
     box = AddOption(kind=69, data="20" * 10, segments="all")
     full = seg("S", options=[("NOP", None)] * 32)
     assert box.process(full, 0) == ACCEPT
+
+
+# -- cross-syns --------------------------------------------------------------------------
+
+
+def test_cross_syns_releases_the_held_syn_with_the_other_directions() -> None:
+    box = CrossSyns()
+    first = seg("S", seq=100)
+    assert box.process(first, 0) == DROP
+    again = seg("S", seq=100, ip_id=2)  # the held side's retransmission replaces its copy
+    assert box.process(again, 0) == DROP
+    other = seg("S", seq=900, c2s=False)
+    assert box.process(other, 0) == Decision(inject=(again,))
+    assert box.counters.as_dict() == {"seen": 3, "changed": 0, "dropped": 2, "reset": 0,
+                                      "injected": 1}
+    assert box.flush() == []
+    # Everything but a SYN without ACK passes, held SYN or not.
+    assert box.process(seg("SA", seq=900, ack=101, c2s=False), 0) == ACCEPT
+    assert box.process(seg("A", seq=101, ack=901), 0) == ACCEPT
+
+
+def test_cross_syns_port_and_flush() -> None:
+    box = CrossSyns(port=6000)
+    assert box.process(seg("S", seq=1), 0) == ACCEPT  # 40000 -> 5000: not the port
+    lone = IP(src="10.0.1.1", dst="10.0.2.2") / TCP(sport=6000, dport=6000, flags="S")
+    assert box.process(bytes(lone), 0) == DROP
+    assert box.flush() == [bytes(lone)]  # a stopping box lets the lone SYN go
+    assert box.flush() == []
 
 
 # -- resegment ----------------------------------------------------------------------------
