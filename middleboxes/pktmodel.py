@@ -420,7 +420,8 @@ class _HeldSyn:
 @packet_model
 class CrossSyns(PacketModel):
     """Hold a SYN until the SYN of the other direction of the same 4-tuple comes, then
-    release both at once: a simultaneous open (RFC 9293 §3.5, Figure 8) by construction.
+    release both at once: a simultaneous open (RFC 9293 §3.5, "simultaneous connection
+    synchronization") by construction.
 
     Two active openers' SYNs cross only when each reaches its peer while the peer's socket
     is in SYN-SENT. Timed from the endpoints, that needs both connect() calls within one
