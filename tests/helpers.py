@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from testbed.net.flows import Connection
+
 
 def assert_within(measured: float, expected: float, tol: float, rel: float = 0.0,
                   what: str = "value") -> None:
@@ -38,3 +40,38 @@ def theory_rounds(proto: str) -> tuple[int, int]:
 
     send, resp = THEORY_RTTS[proto]
     return int(send), int(resp)
+
+
+def _seq_leq(a: int, b: int) -> bool:
+    """a <= b in 32-bit sequence space (RFC 9293 §3.4)."""
+    return (b - a) % 2**32 < 2**31
+
+
+def close_problems(conn: Connection) -> tuple[list[str], list[str]]:
+    """(problems, resets after the close completed) of one capture of a connection.
+
+    Problems: a direction that sent no FIN, and the first reset seen before the close
+    completed (both FINs sent and each acknowledged by the other side). A reset after that
+    is a closed socket's answer to a late segment, listed apart.
+    """
+    out, late = [], []
+    fin_end: dict[str, int] = {}  # per direction: the sequence number just past its FIN
+    acked: set[str] = set()  # directions whose FIN the other side acknowledged
+    for cs in conn.segments:
+        s = cs.segment
+        where = f"RST {cs.direction} at segment {cs.index}"
+        if s.is_rst:
+            if acked == {"c2s", "s2c"}:
+                late.append(where)
+            elif not any(p.startswith("RST") for p in out):
+                out.append(where)
+            continue
+        other = "s2c" if cs.direction == "c2s" else "c2s"
+        if s.is_ack and other in fin_end and _seq_leq(fin_end[other], s.ack):
+            acked.add(other)
+        if s.is_fin and cs.direction not in fin_end:
+            fin_end[cs.direction] = (s.seq + s.payload_len + 1) % 2**32
+    for direction in ("c2s", "s2c"):
+        if direction not in fin_end:
+            out.append(f"no FIN {direction}")
+    return out, late
