@@ -5,11 +5,12 @@ last one it holds (README, known limits), so order is not asserted here yet.
 
 "Completed": both FINs sent and each acknowledged by the other side. A reset after that is a
 closed socket's answer to a late segment, not an abortive close. CI met one on the NFQUEUE
-datapath: the hook held the client's ACK of the server's FIN (every segment of a short
-connection goes through its order window) past the server's tail-loss probe timer, the
-server repeated its FIN, the ACK then closed the server's socket, and the client's answer to
-the repeat drew the reset. Such resets are listed with a failure, not counted as one
-(tests/helpers.py, ``close_problems``; tests/unit/test_close_problems.py has that capture).
+datapath: the client's ACK of the server's FIN reached the server's interface 25 ms before
+the server's tail-loss probe repeated the FIN, so it was held on its way to TCP (the hook
+queues every segment of so short a connection); it then closed the server's socket, and the
+client's answer to the repeat drew the reset. Such resets are listed with a failure, not
+counted as one (tests/helpers.py, ``close_problems``; tests/unit/test_close_problems.py has
+that capture).
 """
 
 from __future__ import annotations

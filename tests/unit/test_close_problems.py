@@ -2,7 +2,8 @@
 
 tests/data/close_late_reset.pcap is the client capture of a CI run of
 tests/emulation/test_close_and_order.py (arm tls-0rtt-syn, NFQUEUE ENO hook, 10 ms RTT): on
-the second connection the hook held the client's ACK of the server's FIN past the server's
+the second connection the client's ACK of the server's FIN was held on its way to the
+server's TCP (the hook queues every segment of so short a connection) past the server's
 tail-loss probe timer; the server repeated its FIN, the held ACK then closed its socket, and
 the client's ACK of the repeat drew a reset from the closed port.
 """
