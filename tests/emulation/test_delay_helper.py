@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -26,8 +27,21 @@ from topologies import PathShape
 # ping -c N alone stops waiting two of its largest RTTs after its last probe (iputils
 # ping(8), -W), so one reply a loaded delay line released 30 ms late counted as lost ("19
 # received, 5% packet loss" in a CI run, no frame dropped). With a deadline it waits for all N
-# replies, up to the deadline: a real loss still shows, as a missing reply.
+# replies, up to the deadline. While it waits it keeps probing at its interval and stops at the
+# N-th reply, so on a slow line the probes still unanswered then count as "loss" in its summary
+# ("24 transmitted, 20 received, 16.6667% packet loss" in a run beside a second test suite,
+# every line counter clean), and a lost probe is made up for by a later one. So ping's figure
+# says nothing exact about loss: the tests take its number of replies (``replies``), and the
+# lines' own counters say whether a frame was dropped.
 PING_DEADLINE = ["-w", "20"]
+PING_SUMMARY = re.compile(r"(\d+) packets transmitted, (\d+) received")
+
+
+def replies(out: str) -> int:
+    """How many echo replies ping's summary line counts."""
+    found = PING_SUMMARY.search(out)
+    assert found, out
+    return int(found.group(2))
 
 
 def _ping(net: Network, count: int) -> str:
@@ -45,7 +59,7 @@ def test_link_reports_the_delay_it_applied(helper: str) -> None:
     counters = {name: {k: v for k, v in d.items() if k.startswith(("frames", "dropped", "rx_",
                                                                    "tx_", "in_flight"))}
                 for name, d in report["directions"].items()}
-    assert " 0% packet loss" in out, (out, counters)
+    assert replies(out) == 20, (out, counters)
     assert report["final"] is True and report["error"] is None
     assert report.get("helper", "python") == helper
     for name in ("a2b", "b2a"):
@@ -273,7 +287,7 @@ def test_fanin_clients_parameter_builds_that_many_shaped_links() -> None:
         assert len(lines) == 5
         out = net.run("client4", ["ping", "-n", "-c", "2", "-i", "0.01", *PING_DEADLINE,
                                   net.ip("server")])
-    assert " 0% packet loss" in out
+    assert replies(out) == 2, out
     assert all(r["spin_budget"] == 0.1 for r in net.link_reports.values())  # 0.5 / 5 lines
     assert all(r["threads"] == 1 for r in net.link_reports.values())
 
