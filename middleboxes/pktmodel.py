@@ -306,6 +306,8 @@ class Tamper(PacketModel):
         if self.skip < 0:
             raise ValueError(f"tamper skip must be >= 0, not {self.skip}")
         self.flows: FlowTable[_TamperFlow] = FlowTable()
+        # Only a direction or a skip needs the flows' openings: otherwise no table per packet.
+        self.tracks_flows = self.params["direction"] != "both" or self.skip > 0
 
     def _flow(self, pkt: p.TcpPacket) -> _TamperFlow | None:
         sender = (pkt.src, pkt.sport)
@@ -340,7 +342,7 @@ class Tamper(PacketModel):
         port = int(self.params["port"])
         if pkt is None or (port and port not in (pkt.sport, pkt.dport)):
             return ACCEPT
-        flow = self._flow(pkt)
+        flow = self._flow(pkt) if self.tracks_flows else None
         if not pkt.payload or not self._selected(pkt, flow):
             return ACCEPT
         first = self._first_byte(pkt, flow)

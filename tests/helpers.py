@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from middleboxes.packet import seq_after
 from testbed.net.flows import Connection
 
 
@@ -42,11 +43,6 @@ def theory_rounds(proto: str) -> tuple[int, int]:
     return int(send), int(resp)
 
 
-def _seq_leq(a: int, b: int) -> bool:
-    """a <= b in 32-bit sequence space (RFC 9293 §3.4)."""
-    return (b - a) % 2**32 < 2**31
-
-
 def close_problems(conn: Connection) -> tuple[list[str], list[str]]:
     """(problems, resets after the close completed) of one capture of a connection.
 
@@ -63,11 +59,11 @@ def close_problems(conn: Connection) -> tuple[list[str], list[str]]:
         if s.is_rst:
             if acked == {"c2s", "s2c"}:
                 late.append(where)
-            elif not any(p.startswith("RST") for p in out):
+            elif not out:  # only resets go in before the loop ends: the first one is named
                 out.append(where)
             continue
         other = "s2c" if cs.direction == "c2s" else "c2s"
-        if s.is_ack and other in fin_end and _seq_leq(fin_end[other], s.ack):
+        if s.is_ack and other in fin_end and not seq_after(fin_end[other], s.ack):
             acked.add(other)
         if s.is_fin and cs.direction not in fin_end:
             fin_end[cs.direction] = (s.seq + s.payload_len + 1) % 2**32
